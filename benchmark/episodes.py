@@ -1,0 +1,197 @@
+"""Episodes as pure functions of their key.
+
+An episode's classes, its support and query samples and its label order are drawn from a Philox counter-based
+generator keyed by SHA-256 of (dataset fingerprint, split, ways, shots, queries per class, seed, episode index, stream).
+Nothing here reads or advances global random state (``random``, ``numpy.random``, ``torch``), so model
+initialisation, dropout or a method that draws more random numbers than another cannot shift an episode. Only the raw
+64-bit Philox output is used (``random_raw``), whose stream NumPy keeps stable across releases.
+
+Label order: the ``ways`` classes are drawn in random order and class ``i`` of the draw gets label ``i``. Support and
+query tensors are class-major: ``support_y = [0]*shots + [1]*shots + ...``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .data import FewShotDataset
+
+
+def keyed_rng(*key) -> np.random.Generator:
+    """A Philox generator whose key is SHA-256 of the JSON of ``key``: same key, same stream, on any machine."""
+    digest = hashlib.sha256(json.dumps(key, separators=(",", ":")).encode()).digest()
+    return np.random.Generator(np.random.Philox(key=int.from_bytes(digest[:16], "little")))
+
+
+def draw_without_replacement(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    """``k`` distinct integers from ``range(n)`` in random order, from raw generator output only."""
+    if k > n:
+        raise ValueError(f"cannot draw {k} distinct items from {n}")
+    return np.argsort(rng.bit_generator.random_raw(n), kind="stable")[:k]
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """What an episode is drawn from: everything but the index."""
+
+    dataset: str  # dataset fingerprint
+    split: str
+    ways: int
+    shots: int
+    queries: int
+    seed: int
+    stream: str = "episodes"
+
+    def key(self, index: int) -> list:
+        return [self.dataset, self.split, self.ways, self.shots, self.queries, self.seed, self.stream, int(index)]
+
+
+@dataclass
+class Episode:
+    """One few-shot task. ``classes`` are class indices within ``split``; labels are positions in ``classes``."""
+
+    spec: EpisodeSpec
+    index: int
+    classes: np.ndarray  # [ways]
+    support_idx: np.ndarray  # [ways, shots] positions within each class's members
+    query_idx: np.ndarray  # [ways, queries]
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+
+    @property
+    def ways(self) -> int:
+        return len(self.classes)
+
+    @property
+    def shots(self) -> int:
+        return self.support_idx.shape[1]
+
+    def to(self, device: torch.device | str) -> "Episode":
+        if self.support_x.device == torch.device(device):
+            return self
+        return Episode(self.spec, self.index, self.classes, self.support_idx, self.query_idx,
+                       self.support_x.to(device), self.support_y.to(device),
+                       self.query_x.to(device), self.query_y.to(device))
+
+    def digest(self) -> bytes:
+        h = hashlib.sha256()
+        for a in (self.classes, self.support_idx, self.query_idx):
+            h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
+        return h.digest()
+
+
+def draw_indices(ds: FewShotDataset, spec: EpisodeSpec, index: int,
+                 classes: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(classes [ways], support [ways, shots], query [ways, queries]) for episode ``index``.
+
+    With ``classes`` given (e.g. MTL's hard tasks) only the samples are drawn, in that class order.
+    """
+    rng = keyed_rng(*spec.key(index))
+    split = ds.splits[spec.split]
+    if classes is None:
+        cls = draw_without_replacement(rng, len(split), spec.ways)
+    else:
+        cls = np.asarray(classes, dtype=np.int64)
+        if len(cls) != spec.ways:
+            raise ValueError(f"{len(cls)} classes given for a {spec.ways}-way episode")
+    per = spec.shots + spec.queries
+    picks = np.stack([draw_without_replacement(rng, len(split.members[c]), per) for c in cls])
+    return cls, picks[:, :spec.shots], picks[:, spec.shots:]
+
+
+def make_episode(ds: FewShotDataset, spec: EpisodeSpec, index: int,
+                 classes: Sequence[int] | None = None) -> Episode:
+    cls, sup, qry = draw_indices(ds, spec, index, classes)
+    ways = len(cls)
+    sx = ds.tensor(spec.split, np.repeat(cls, spec.shots), sup.reshape(-1))
+    qx = ds.tensor(spec.split, np.repeat(cls, spec.queries), qry.reshape(-1))
+    sy = torch.arange(ways).repeat_interleave(spec.shots)
+    qy = torch.arange(ways).repeat_interleave(spec.queries)
+    return Episode(spec, int(index), cls, sup, qry, sx, sy, qx, qy)
+
+
+def check_spec(ds: FewShotDataset, split: str, ways: int, shots: int, queries: int) -> None:
+    """Raise ValueError with a clear message when such episodes cannot be drawn."""
+    if split not in ds.splits:
+        raise ValueError(f"dataset {ds.name} has no split {split!r}")
+    if ways < 1 or shots < 1 or queries < 1:
+        raise ValueError(f"ways, shots and queries must be at least 1 (got {ways}-way {shots}-shot, {queries} queries)")
+    sp = ds.splits[split]
+    if ways > len(sp):
+        raise ValueError(f"{ways}-way episodes need {ways} classes but {ds.name}'s {split} split has {len(sp)}")
+    if shots + queries > sp.min_class_size():
+        raise ValueError(f"{shots} shots + {queries} queries per class exceed the {sp.min_class_size()} images of the "
+                         f"smallest class in {ds.name}'s {split} split")
+
+
+class EpisodeSet:
+    """A fixed, fingerprinted set of ``n`` episodes (validation or test): episode ``i`` is ``make_episode(spec, i)``."""
+
+    def __init__(self, ds: FewShotDataset, split: str, ways: int, shots: int, queries: int, seed: int, n: int,
+                 stream: str = "eval"):
+        check_spec(ds, split, ways, shots, queries)
+        self.ds, self.n = ds, n
+        self.spec = EpisodeSpec(ds.fingerprint, split, ways, shots, queries, seed, stream)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Episode:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return make_episode(self.ds, self.spec, i)
+
+    def __iter__(self) -> Iterator[Episode]:
+        return (self[i] for i in range(self.n))
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 over the spec and every episode's classes and samples (not the pixels: the dataset fingerprint,
+        part of the spec, covers those)."""
+        h = hashlib.sha256(json.dumps([*self.spec.key(-1), self.n]).encode())
+        for i in range(self.n):
+            cls, sup, qry = draw_indices(self.ds, self.spec, i)
+            for a in (cls, sup, qry):
+                h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
+        return h.hexdigest()
+
+
+class TaskSampler:
+    """Training data for one run: episodes and plain classification batches, each a pure function of its index.
+
+    Methods receive one in their :class:`~methods.base.Context`. Streams are separated by name, so that, for
+    example, TADAM's auxiliary batches never share random numbers with its episodes.
+    """
+
+    def __init__(self, ds: FewShotDataset, split: str, seed: int):
+        self.ds, self.split, self.seed = ds, split, seed
+        self.n_classes = len(ds.splits[split])
+
+    def spec(self, ways: int, shots: int, queries: int, stream: str = "episodes") -> EpisodeSpec:
+        check_spec(self.ds, self.split, ways, shots, queries)
+        return EpisodeSpec(self.ds.fingerprint, self.split, ways, shots, queries, self.seed, stream)
+
+    def episode(self, index: int, ways: int, shots: int, queries: int, stream: str = "episodes",
+                classes: Sequence[int] | None = None) -> Episode:
+        """Training episode ``index`` of ``stream``; with ``classes`` given, an episode over exactly those classes
+        (in that label order) with samples drawn afresh from the key."""
+        return make_episode(self.ds, self.spec(ways, shots, queries, stream), index, classes)
+
+    def batch(self, index: int, size: int, stream: str = "batches") -> tuple[torch.Tensor, torch.Tensor]:
+        """A standard classification batch: ``size`` images drawn uniformly from all images of the split, with
+        labels that are class indices within the split (0 .. n_classes-1)."""
+        split = self.ds.splits[self.split]
+        sizes = np.array([len(m) for m in split.members])
+        rng = keyed_rng(self.ds.fingerprint, self.split, self.seed, stream, int(index), size)
+        flat = (rng.bit_generator.random_raw(size) % np.uint64(sizes.sum())).astype(np.int64)
+        cls = np.searchsorted(np.cumsum(sizes), flat, side="right")
+        pos = flat - np.concatenate([[0], np.cumsum(sizes)[:-1]])[cls]
+        return self.ds.tensor(self.split, cls, pos), torch.from_numpy(cls).long()

@@ -1,0 +1,190 @@
+"""python -m benchmark.run: meta-train and test few-shot methods on identical episodes, then write the report.
+
+Every combination of --methods x --ways x --shots x --seeds is one run. Finished runs are skipped and interrupted
+ones resume from their last checkpoint, so re-running a command is always safe. Results go to --results-dir (one
+folder per run plus leaderboard.csv) and the report to --reports-dir/<--report-name>/.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import itertools
+import sys
+import time
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def _epilog() -> str:
+    from .backbones import BACKBONES
+    from .data import LOADERS
+    from .runner import PROFILES
+
+    import methods
+
+    lines = ["methods:"]
+    for n, c in methods.registry().items():
+        tag = f" (variant of {c.variant_of})" if c.variant_of else ""
+        lines.append(f"  {n:16s} {c.family:15s} {c.idea}{tag}")
+    lines.append("  all = " + ", ".join(methods.main_methods()) + "; variants = every entry above")
+    lines.append("profiles:")
+    lines += [f"  {p.name:8s} {p.doc} (val {p.val_episodes} / test {p.test_episodes} episodes)"
+              for p in PROFILES.values()]
+    lines.append("backbones:")
+    lines += [f"  {n:16s} {c.doc}" for n, c in BACKBONES.items()]
+    lines.append("datasets: " + ", ".join(LOADERS) + " (omniglot is embedded; others need --data-dir)")
+    lines.append("examples:\n  python -m benchmark.run --methods all\n"
+                 "  python -m benchmark.run --methods protonet,maml --shots 1 --seeds 0 1 2 --profile smoke\n"
+                 "  python -m benchmark.run --methods protonet --set train_steps=2000 lr=5e-4")
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmark.run", description=__doc__, epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", default="all", help="comma list of method names, 'all' (one per paper) or "
+                   "'variants' (all plus ablations); default: all")
+    p.add_argument("--dataset", default="omniglot", help="dataset name; default: omniglot (embedded)")
+    p.add_argument("--data-dir", default=None, help="folder with the dataset in its standard layout (omniglot: "
+                   "images_background/ and images_evaluation/ or their zips); default: the embedded Omniglot")
+    p.add_argument("--ways", type=int, nargs="+", default=[5], help="classes per test episode; default: 5")
+    p.add_argument("--shots", type=int, nargs="+", default=[1, 5], help="support examples per class; default: 1 5")
+    p.add_argument("--queries", type=int, default=15, help="query examples per class in validation and test "
+                   "episodes; default: 15")
+    p.add_argument("--backbone", default="conv4", help="shared backbone for every method; default: conv4")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (initialisation and training "
+                   "episodes); default: 0")
+    p.add_argument("--eval-seed", type=int, default=0, help="seed of the fixed validation/test episodes, shared by "
+                   "all runs; default: 0")
+    p.add_argument("--profile", default="quick", help="smoke | quick | paper; default: quick")
+    p.add_argument("--test-episodes", type=int, default=None, help="test episodes; default: the profile's (600)")
+    p.add_argument("--val-episodes", type=int, default=None, help="validation episodes; default: the profile's")
+    p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="override hyperparameters of every selected method, e.g. --set train_steps=500")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]; default: auto (CUDA when present)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch; default: PyTorch's")
+    p.add_argument("--results-dir", default="results", help="where runs are written; default: results")
+    p.add_argument("--reports-dir", default="reports", help="where reports are written; default: reports")
+    p.add_argument("--report-name", default="latest", help="report folder name; default: latest")
+    p.add_argument("--no-report", action="store_true", help="do not build the report at the end")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def _parse_overrides(items: list[str]) -> tuple[tuple[str, object], ...]:
+    out = []
+    for it in items:
+        if "=" not in it:
+            raise UsageError(f"--set expects FIELD=VALUE, got {it!r}")
+        k, v = it.split("=", 1)
+        try:
+            val = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            val = v
+        out.append((k.strip(), val))
+    return tuple(out)
+
+
+def plan(args) -> tuple[list, object]:
+    """Validate everything up front; returns (run configs, device). Raises UsageError with one clear line."""
+    import methods
+
+    from .data import DataError
+    from .results import check_writable
+    from .runner import RunConfig, prepare, resolve_device
+
+    try:
+        names = methods.resolve(args.methods)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    for label, vals in (("ways", args.ways), ("shots", args.shots), ("queries", [args.queries])):
+        bad = [v for v in vals if v < 1]
+        if bad:
+            raise UsageError(f"--{label} must be at least 1 (got {bad[0]})")
+    for label, v in (("--test-episodes", args.test_episodes), ("--val-episodes", args.val_episodes)):
+        if v is not None and v < 1:
+            raise UsageError(f"{label} must be at least 1 (got {v})")
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise UsageError(f"--data-dir {args.data_dir} does not exist or is not a folder")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    overrides = _parse_overrides(args.set)
+    configs = []
+    for m, w, s, seed in itertools.product(names, args.ways, args.shots, args.seeds):
+        cfg = RunConfig(method=m, dataset=args.dataset, ways=w, shots=s, backbone=args.backbone, seed=seed,
+                        profile=args.profile, queries=args.queries, test_episodes=args.test_episodes,
+                        val_episodes=args.val_episodes, eval_seed=args.eval_seed, overrides=overrides)
+        try:
+            prepare(cfg, args.data_dir)
+        except (ValueError, DataError) as e:
+            raise UsageError(str(e)) from None
+        configs.append(cfg)
+    try:
+        check_writable(Path(args.results_dir))
+    except OSError as e:
+        raise UsageError(str(e)) from None
+    return configs, device
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        import torch
+
+        from .perf import tune_cpu
+
+        tune_cpu()
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        configs, device = plan(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+    from tqdm import tqdm
+
+    from .results import write_leaderboard
+    from .runner import Interrupted, run
+
+    def progress(iterable=None, total=None, desc="", initial=0):
+        return tqdm(iterable, total=total, desc=desc, initial=initial, leave=False, dynamic_ncols=True,
+                    disable=args.no_progress, file=sys.stderr, mininterval=0.5)
+
+    results_dir = Path(args.results_dir)
+    t0 = time.time()
+    summaries = []
+    outer = tqdm(configs, desc="runs", disable=args.no_progress or len(configs) < 2, file=sys.stderr,
+                 dynamic_ncols=True)
+    for cfg in outer:
+        outer.set_postfix_str(cfg.run_id)
+        try:
+            s = run(cfg, results_dir, device, args.data_dir, progress=progress)
+        except Interrupted as e:
+            print(f"\n{cfg.run_id}: {e}", file=sys.stderr)
+            write_leaderboard(results_dir)
+            return 130
+        summaries.append(s)
+        tqdm.write(f"{cfg.run_id}: {s['mean']:.2f} +- {s['ci95']:.2f} % over {s['n_episodes']} test episodes "
+                   f"({s['train_episodes']} training episodes, {s['train_seconds']:.0f} s training)", file=sys.stderr)
+    board = write_leaderboard(results_dir)
+    print(f"{len(summaries)} runs done in {time.time() - t0:.0f} s; leaderboard: {results_dir / 'leaderboard.csv'} "
+          f"({len(board)} runs)", file=sys.stderr)
+    if not args.no_report:
+        from .report import build_report
+
+        out = build_report(results_dir, Path(args.reports_dir) / args.report_name,
+                           run_ids=[s["run_id"] for s in summaries])
+        print(f"report: {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The interface every few-shot method implements, and what the harness hands it.
+
+A method is an ``nn.Module`` subclass of :class:`Method` with
+
+* class facts: ``name`` (registry key), ``family`` ('metric' | 'initialization' | 'optimizer'), ``idea`` (one line),
+  ``paper`` (citation), ``Hyper`` (its hyperparameter dataclass, a subclass of :class:`Hyper`), and, for metric
+  methods, ``metric_facts`` (support embedding, query embedding, distance, distinguishing feature);
+* ``hyper(profile, setting)``: the hyperparameters for a profile ('smoke', 'quick', 'paper') and a setting;
+* ``__init__(hp, ctx)``: build networks (through ``ctx.backbone``) and optimisers;
+* ``train_step(episodes, step)``: one meta-training step on a meta-batch of episodes, including the optimiser
+  update; returns metrics (floats; ``tasks`` counts extra episodes it drew itself, e.g. MTL's hard tasks);
+* ``predict(episode)``: adapt to the episode's support set and return query logits ``[n_query, ways]``.
+
+A method draws any further training data from ``ctx.sampler`` (a pure function of its index, never global random
+state), reports long preparations through ``ctx.progress`` and caches expensive artefacts with ``ctx.cached``. It
+loads no data, writes no files and prints nothing: the harness does those.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable
+
+import torch
+from torch import nn
+
+from benchmark.backbones import build_backbone, feature_shape
+from benchmark.episodes import Episode, EpisodeSet, TaskSampler
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What is evaluated: dataset, ways and shots at test time (queries per class at test time too)."""
+
+    dataset: str
+    ways: int
+    shots: int
+    queries: int = 15
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset} {self.ways}-way {self.shots}-shot"
+
+
+@dataclass
+class Hyper:
+    """Training-budget fields every method has. Subclasses add their own, each with a comment citing its source.
+
+    ``train_steps``: meta-training steps; ``meta_batch``: episodes per step; ``train_ways``/``train_shots``/
+    ``train_queries``: the shape of training episodes (``None`` ways/shots: the test setting's);
+    ``val_every``: steps between validations (a convergence-curve point each).
+    """
+
+    train_steps: int = 1000
+    meta_batch: int = 1
+    train_ways: int | None = None
+    train_shots: int | None = None
+    train_queries: int = 15
+    val_every: int = 100
+
+    def replace(self, **changes) -> "Hyper":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class Context:
+    """What the harness gives a method: the data it may train on, the backbone factory, and services."""
+
+    setting: Setting
+    image_shape: tuple[int, int, int]
+    backbone_name: str
+    sampler: TaskSampler
+    val_episodes: EpisodeSet
+    device: torch.device
+    seed: int
+    profile: str
+    cached: Callable[[str, dict, Callable[[], Any]], Any] = field(
+        default=lambda name, key, fn: fn())  # (name, key, compute) -> value, computed once per key by the harness
+    progress: Callable[..., Any] = field(default=None)  # (iterable=None, total=None, desc=str) -> tqdm-like
+
+    def backbone(self, *, keep_spatial: bool = False, bn_running_stats: bool = True, name: str | None = None,
+                 ) -> nn.Module:
+        """A fresh shared backbone (``name`` overrides the run's backbone, e.g. a method's own embedding)."""
+        return build_backbone(name or self.backbone_name, self.image_shape[0], keep_spatial=keep_spatial,
+                              bn_running_stats=bn_running_stats).to(self.device)
+
+    def feature_shape(self, net: nn.Module) -> tuple[int, ...]:
+        return feature_shape(net, self.image_shape)
+
+    def iterate(self, iterable: Iterable | None = None, total: int | None = None, desc: str = ""):
+        """Wrap a long loop in the harness's progress bar (a no-op bar when the harness gives none)."""
+        if self.progress is None:
+            return iterable if iterable is not None else range(total or 0)
+        return self.progress(iterable if iterable is not None else range(total or 0), total=total, desc=desc)
+
+
+class Method(nn.Module):
+    """Base class of all methods; see the module docstring for the contract."""
+
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    idea: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    Hyper: ClassVar[type[Hyper]] = Hyper
+    variant_of: ClassVar[str | None] = None  # registry entries that are ablations/variants name their main method
+    adapts_at_test: ClassVar[bool] = False  # predict() needs autograd (gradient steps on the support set)
+    metric_facts: ClassVar[dict[str, str] | None] = None  # support/query embedding, distance, distinctive
+
+    def __init__(self, hp: Hyper, ctx: Context):
+        super().__init__()
+        self.hp, self.ctx = hp, ctx
+
+    # ---- to implement
+    @classmethod
+    def hyper(cls, profile: str, setting: Setting) -> Hyper:
+        raise NotImplementedError
+
+    def train_step(self, episodes: list[Episode], step: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    def predict(self, episode: Episode) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ---- provided
+    def stateful(self) -> dict[str, Any]:
+        """Objects besides the module's parameters whose state a checkpoint must keep (optimisers, schedulers).
+
+        The default finds every ``torch.optim.Optimizer`` and LR scheduler stored as an attribute.
+        """
+        out = {}
+        for k, v in vars(self).items():
+            if isinstance(v, (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)):
+                out[k] = v
+        return out
+
+    def training_state(self) -> dict[str, Any]:
+        return {"module": self.state_dict(), **{k: v.state_dict() for k, v in self.stateful().items()}}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        self.load_state_dict(state["module"])
+        for k, v in self.stateful().items():
+            v.load_state_dict(state[k])
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def adapted_parameters(self) -> int:
+        """Parameters changed per task at test time (gradient-based methods override); 0 for metric methods."""
+        return 0
+
+    def train_shape(self) -> tuple[int, int, int]:
+        """(ways, shots, queries) of training episodes."""
+        s = self.ctx.setting
+        return (self.hp.train_ways or s.ways, self.hp.train_shots or s.shots, self.hp.train_queries)
+
+    @staticmethod
+    def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+        return (logits.argmax(-1) == y).float().mean().item()

@@ -1,0 +1,102 @@
+"""Prototypical Networks (Snell, Swersky & Zemel, NeurIPS 2017).
+
+Each class's prototype is the mean embedding of its support examples; a query's logits are minus its squared
+Euclidean distance to each prototype (Snell et al., Sec. 2.2, Eq. 1-2), trained with cross-entropy over episodes.
+
+Protocol (Sec. 3.1): Adam, learning rate 1e-3 halved every 2,000 episodes; Omniglot training episodes have 60 classes
+and 5 queries per class, with as many shots as the test setting; miniImageNet trains 30-way (1-shot) / 20-way (5-shot)
+with 15 queries. The paper trains "until validation loss stops improving"; the ``paper`` profile fixes that budget at
+20,000 episodes and keeps the checkpoint with the best validation accuracy (choice: a fixed budget makes runs
+comparable and resumable). No data augmentation beyond the rotation classes already in the Omniglot split.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from benchmark.episodes import Episode
+
+from .base import Context, Hyper, Method, Setting
+
+
+@dataclass
+class ProtoNetHyper(Hyper):
+    lr: float = 1e-3  # Snell et al. Sec. 3.1: Adam, initial learning rate 1e-3
+    lr_halve_every: int = 2000  # Sec. 3.1: "cut the learning rate in half every 2000 episodes"
+
+
+def prototypes(z: torch.Tensor, y: torch.Tensor, ways: int) -> torch.Tensor:
+    """Mean embedding per class: ``z`` [n, d], labels ``y`` [n] in 0..ways-1 -> [ways, d]."""
+    onehot = F.one_hot(y, ways).to(z.dtype)
+    return onehot.t() @ z / onehot.sum(0).unsqueeze(1)
+
+
+def sq_euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise squared Euclidean distances, [n, d] x [m, d] -> [n, m]."""
+    return (a.unsqueeze(1) - b.unsqueeze(0)).pow(2).sum(-1)
+
+
+class ProtoNet(Method):
+    """Prototypical Networks: nearest class mean in the backbone's embedding, squared Euclidean distance."""
+
+    name = "protonet"
+    family = "metric"
+    idea = "class prototype = mean support embedding; squared Euclidean distance"
+    paper = "Snell, Swersky & Zemel. Prototypical Networks for Few-shot Learning. NeurIPS 2017"
+    Hyper = ProtoNetHyper
+    metric_facts = {
+        "support embedding": "shared CNN f, averaged per class (prototype)",
+        "query embedding": "the same CNN f",
+        "distance": "squared Euclidean",
+        "distinctive": "one prototype per class; linear classifier in embedding space",
+    }
+
+    @classmethod
+    def hyper(cls, profile: str, setting: Setting) -> ProtoNetHyper:
+        omniglot = setting.dataset == "omniglot"
+        if profile == "paper":
+            ways = 60 if omniglot else (30 if setting.shots == 1 else 20)
+            return ProtoNetHyper(train_steps=20000, train_ways=ways, train_queries=5 if omniglot else 15,
+                                 val_every=500)
+        if profile == "quick":
+            # ~2 minutes on 2 CPU cores for Omniglot 28x28 (measured; see README "Speed").
+            ways = 60 if omniglot else 20
+            steps = 1200 if setting.shots == 1 else 800
+            return ProtoNetHyper(train_steps=steps, train_ways=ways, train_queries=5 if omniglot else 15,
+                                 val_every=100, lr_halve_every=400)
+        if profile == "smoke":
+            return ProtoNetHyper(train_steps=60, train_ways=20, train_queries=5, val_every=20)
+        raise ValueError(f"unknown profile {profile!r}")
+
+    def __init__(self, hp: ProtoNetHyper, ctx: Context):
+        super().__init__(hp, ctx)
+        self.encoder = ctx.backbone()
+        self.optimizer = torch.optim.Adam(self.encoder.parameters(), lr=hp.lr)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=hp.lr_halve_every, gamma=0.5)
+
+    def logits(self, episode: Episode) -> torch.Tensor:
+        z = self.encoder(torch.cat([episode.support_x, episode.query_x]))
+        n = episode.support_x.shape[0]
+        protos = prototypes(z[:n], episode.support_y, episode.ways)
+        return -sq_euclidean(z[n:], protos)
+
+    def train_step(self, episodes: list[Episode], step: int) -> dict[str, float]:
+        self.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, acc_sum = 0.0, 0.0
+        for ep in episodes:
+            logits = self.logits(ep)
+            loss = F.cross_entropy(logits, ep.query_y) / len(episodes)
+            loss.backward()
+            loss_sum += loss.item()
+            acc_sum += self.accuracy(logits, ep.query_y) / len(episodes)
+        self.optimizer.step()
+        self.scheduler.step()
+        return {"loss": loss_sum, "acc": acc_sum}
+
+    @torch.no_grad()
+    def predict(self, episode: Episode) -> torch.Tensor:
+        self.eval()
+        return self.logits(episode)

@@ -1,0 +1,74 @@
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from benchmark.backbones import BACKBONES, build_backbone, convs, feature_shape
+
+
+@pytest.mark.parametrize("name,shape,expected", [
+    ("conv4", (1, 28, 28), (64,)), ("conv4-32", (3, 84, 84), (32 * 5 * 5,)), ("conv4-strided", (1, 28, 28), (64 * 2 * 2,)),
+    ("resnet12-narrow", (1, 28, 28), (256,)), ("resnet12", (3, 84, 84), (640,)),
+])
+def test_feature_shapes(name, shape, expected):
+    net = build_backbone(name, shape[0])
+    assert feature_shape(net, shape) == expected
+
+
+def test_spatial_variants():
+    assert feature_shape(build_backbone("conv4", 1, keep_spatial=True), (1, 28, 28)) == (64, 3, 3)
+    assert feature_shape(build_backbone("conv4-relation", 1, keep_spatial=True), (1, 28, 28)) == (64, 7, 7)
+    assert feature_shape(build_backbone("resnet12-narrow", 3, keep_spatial=True), (3, 84, 84)) == (256, 5, 5)
+    with pytest.raises(ValueError, match="unknown backbone"):
+        build_backbone("vgg", 1)
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_functional_call_matches_module(name):
+    torch.manual_seed(0)
+    net = build_backbone(name, 1, bn_running_stats=False)
+    x = torch.randn(4, 1, 28, 28)
+    params = {k: v * 1.5 for k, v in net.named_parameters()}
+    out = functional_call(net, params, (x,))
+    with torch.no_grad():
+        for k, v in net.named_parameters():
+            v.mul_(1.5)
+    torch.testing.assert_close(out, net(x))
+
+
+class Scale(nn.Module):
+    def __init__(self, conv):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(conv.out_channels, conv.in_channels, 1, 1))
+        self.shift = nn.Parameter(torch.zeros(conv.out_channels))
+
+    def forward(self, w, b):
+        return w * self.scale, self.shift if b is None else b + self.shift
+
+
+def test_conv_modulator_hook():
+    torch.manual_seed(0)
+    net = build_backbone("resnet12-narrow", 1).eval()
+    x = torch.randn(2, 1, 28, 28)
+    ref = net(x)
+    for _, c in convs(net):
+        c.modulator = Scale(c)
+    torch.testing.assert_close(net(x), ref)  # identity modulation
+    assert any("modulator.scale" in n for n, _ in net.named_parameters())
+    with torch.no_grad():
+        for _, c in convs(net):
+            c.modulator.scale.mul_(2.0)
+    assert not torch.allclose(net(x), ref)
+
+
+def test_film_hook():
+    torch.manual_seed(0)
+    for name in ("conv4", "resnet12-narrow"):
+        net = build_backbone(name, 1).eval()
+        x = torch.randn(3, 1, 28, 28)
+        ident = [(torch.ones(c), torch.zeros(c)) for c in net.film_channels]
+        torch.testing.assert_close(net(x, film=ident), net(x))
+        shifted = [(torch.ones(c), torch.full((c,), 0.5)) for c in net.film_channels]
+        assert not torch.allclose(net(x, film=shifted), net(x))
+        per_sample = [(torch.ones(3, c), torch.zeros(3, c)) for c in net.film_channels]
+        torch.testing.assert_close(net(x, film=per_sample), net(x))

@@ -1,0 +1,74 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from benchmark.results import finished_runs, leaderboard, mean_ci95, write_leaderboard
+from benchmark.runner import Interrupted, RunConfig, run
+
+CPU = torch.device("cpu")
+
+
+def test_protonet_learns_on_smoke_profile(tmp_path):
+    cfg = RunConfig("protonet", "omniglot", 5, 5, profile="smoke", test_episodes=100)
+    s = run(cfg, tmp_path, CPU)
+    assert s["mean"] > 80.0, s["mean"]  # chance is 20%
+    d = tmp_path / cfg.run_id
+    eps = pd.read_csv(d / "test_episodes.csv")
+    assert len(eps) == 100 and s["n_episodes"] == 100
+    m, ci = mean_ci95(eps["accuracy"].to_numpy())
+    assert s["mean"] == pytest.approx(100 * m) and s["ci95"] == pytest.approx(100 * ci)
+    curve = pd.read_csv(d / "curve.csv")
+    assert list(curve["step"]) == list(range(20, 61, 20)) and curve["episodes"].is_monotonic_increasing
+    assert s["best_val_acc"] == pytest.approx(curve["val_acc"].max())
+    assert s["trainable_params"] == 4 * 64 * 2 + 64 * 9 + 64 + 3 * (64 * 64 * 9 + 64)
+    for key in ("test_fingerprint", "val_fingerprint", "dataset_fingerprint", "code_version", "environment"):
+        assert s[key]
+    config = json.loads((d / "config.json").read_text())
+    assert config["hyperparameters"]["train_ways"] == 20 and config["train_episode_shape"] == [20, 5, 5]
+    assert not (tmp_path / f"{cfg.run_id}.partial").exists()
+
+
+def test_ci_formula():
+    acc = np.array([1.0, 0.8, 0.6, 1.0])
+    m, ci = mean_ci95(acc)
+    assert m == pytest.approx(0.85) and ci == pytest.approx(1.96 * np.std(acc, ddof=1) / 2)
+
+
+def test_resume_gives_the_uninterrupted_result(tmp_path):
+    over = (("train_steps", 12), ("val_every", 4), ("train_ways", 5), ("train_queries", 5))
+    cfg = RunConfig("protonet", "omniglot", 5, 1, profile="smoke", test_episodes=30, val_episodes=10, overrides=over)
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    full = run(cfg, a_dir, CPU)
+    with pytest.raises(Interrupted):
+        run(cfg, b_dir, CPU, stop_after=6)  # mid-way between two validations
+    part = b_dir / f"{cfg.run_id}.partial"
+    assert (part / "checkpoint.pt").is_file() and not finished_runs(b_dir)
+    with pytest.raises(Interrupted):
+        run(cfg, b_dir, CPU, stop_after=3)  # a second interruption, right after the resume
+    resumed = run(cfg, b_dir, CPU)
+    ea = pd.read_csv(a_dir / cfg.run_id / "test_episodes.csv")["accuracy"]
+    eb = pd.read_csv(b_dir / cfg.run_id / "test_episodes.csv")["accuracy"]
+    assert ea.tolist() == eb.tolist()
+    ca = pd.read_csv(a_dir / cfg.run_id / "curve.csv")
+    cb = pd.read_csv(b_dir / cfg.run_id / "curve.csv")
+    assert ca["val_acc"].tolist() == cb["val_acc"].tolist() and ca["train_loss"].tolist() == cb["train_loss"].tolist()
+    assert full["mean"] == resumed["mean"] and full["train_episodes"] == resumed["train_episodes"] == 12
+    assert not part.exists()
+
+
+def test_finished_runs_are_skipped_and_leaderboard_rebuilt(tmp_path):
+    over = (("train_steps", 4), ("val_every", 2), ("train_ways", 5))
+    cfgs = [RunConfig("protonet", "omniglot", 5, 1, profile="smoke", test_episodes=10, val_episodes=5, seed=s,
+                      overrides=over) for s in (0, 1)]
+    first = [run(c, tmp_path, CPU) for c in cfgs]
+    again = run(cfgs[0], tmp_path, CPU)
+    assert again == first[0]  # read back, not re-run
+    (tmp_path / "junk.partial").mkdir()
+    board = write_leaderboard(tmp_path)
+    assert len(board) == 2 and set(board["seed"]) == {0, 1}
+    assert board["test_fingerprint"].nunique() == 1  # test episodes do not depend on the training seed
+    assert pd.read_csv(tmp_path / "leaderboard.csv")["run_id"].tolist() == board["run_id"].tolist()
+    assert leaderboard(tmp_path / "nothing").empty
