@@ -14,7 +14,11 @@ Loaders:
   ``images_background.zip`` / ``images_evaluation.zip`` in that directory. Images are resized to 28x28 exactly as
   the embedded copy was made, so both loaders give the same pixels.
 
-Other datasets are registered in :data:`LOADERS`; each needs the user's data directory.
+* ``cifar-fs`` and ``fc100``: the CIFAR-100 python download (``cifar-100-python/{train,test,meta}``) split as
+  Bertinetto et al. (2019) and Oreshkin et al. (2018); 32x32 RGB.
+* ``miniimagenet``: Ravi & Larochelle's csv layout or one folder per class; 84x84 RGB.
+
+Their split lists ship in ``benchmark/data/splits/`` (sources in README, "Data"). Colour datasets are normalised per channel with the training split's mean and std.
 """
 from __future__ import annotations
 
@@ -238,8 +242,144 @@ def load_omniglot(data_dir: str | Path | None = None) -> FewShotDataset:
     return load_omniglot_embedded() if data_dir is None else load_omniglot_dir(data_dir)
 
 
+# ------------------------------------------------------------------------------------- CIFAR-FS, FC100 (CIFAR-100)
+def _split_file(*parts: str) -> str:
+    return resources.files("benchmark.data").joinpath("splits", *parts).read_text()
+
+
+def _normalised(images: np.ndarray, train_members: list[np.ndarray]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (of pixels scaled to [0, 1]) over the training split's images."""
+    x = images[np.concatenate(train_members)].astype(np.float64) / 255.0
+    return tuple(x.mean(axis=(0, 1, 2)).round(6).tolist()), tuple(x.std(axis=(0, 1, 2)).round(6).tolist())
+
+
+def _load_cifar100(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], list[str]]:
+    """CIFAR-100 'python version' (``cifar-100-python/{train,test,meta}``) -> images [N,32,32,3], fine, coarse, names."""
+    import pickle
+
+    base = root / "cifar-100-python" if (root / "cifar-100-python").is_dir() else root
+    parts = []
+    for f in ("train", "test", "meta"):
+        if not (base / f).is_file():
+            raise DataError(f"CIFAR-100 file {base / f} is missing; --data-dir must hold cifar-100-python/ "
+                            "(train, test, meta) from the CIFAR-100 python download")
+        try:
+            with open(base / f, "rb") as fh:
+                parts.append(pickle.load(fh, encoding="bytes"))
+        except Exception as e:  # pickle raises many types on corrupt input
+            raise DataError(f"CIFAR-100 file {base / f} is corrupt ({type(e).__name__}); download it again") from None
+    tr, te, meta = parts
+    try:
+        data = np.concatenate([tr[b"data"], te[b"data"]]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        fine = np.concatenate([tr[b"fine_labels"], te[b"fine_labels"]])
+        coarse = np.concatenate([tr[b"coarse_labels"], te[b"coarse_labels"]])
+        fine_names = [n.decode() for n in meta[b"fine_label_names"]]
+        coarse_names = [n.decode() for n in meta[b"coarse_label_names"]]
+    except (KeyError, ValueError) as e:
+        raise DataError(f"CIFAR-100 files in {base} do not have the expected layout ({e})") from None
+    return np.ascontiguousarray(data, dtype=np.uint8), fine, coarse, fine_names, coarse_names
+
+
+def _cifar_dataset(name: str, root, split_classes: dict[str, list[str]]) -> FewShotDataset:
+    if root is None:
+        raise DataError(f"{name} is not embedded; give --data-dir with the CIFAR-100 python download "
+                        "(cifar-100-python/train, test, meta)")
+    images, fine, _, fine_names, _ = _load_cifar100(Path(root))
+    splits = {}
+    for s, classes in split_classes.items():
+        missing = [c for c in classes if c not in fine_names]
+        if missing:
+            raise DataError(f"{name} split '{s}' needs CIFAR-100 class {missing[0]!r}, absent from {root}")
+        members = [np.flatnonzero(fine == fine_names.index(c)) for c in classes]
+        splits[s] = Split(list(classes), members, np.zeros(len(classes), dtype=np.int64))
+    mean, std = _normalised(images, splits["train"].members)
+    return FewShotDataset(name, images, splits, mean, std, source=f"dir:{root}")
+
+
+def load_cifar_fs(root=None) -> FewShotDataset:
+    """CIFAR-FS (Bertinetto et al. 2019): CIFAR-100 fine classes split 64 / 16 / 20, 600 images each, 32x32."""
+    return _cifar_dataset("cifar-fs", root, {s: _split_file("cifar-fs", f"{s}.txt").split() for s in SPLITS})
+
+
+def load_fc100(root=None) -> FewShotDataset:
+    """FC100 (Oreshkin et al. 2018): CIFAR-100 split by superclass, 12 / 4 / 4 superclasses (60 / 20 / 20 classes)."""
+    import json
+
+    if root is None:
+        return _cifar_dataset("fc100", None, {})
+    _, fine, coarse, fine_names, coarse_names = _load_cifar100(Path(root))
+    split_classes = {}
+    for s in SPLITS:
+        supers = json.loads(_split_file("fc100", f"{s}.json"))
+        ids = [coarse_names.index(c) for c in supers if c in coarse_names]
+        if len(ids) != len(supers):
+            raise DataError(f"fc100 split '{s}' names superclasses absent from the CIFAR-100 meta file in {root}")
+        split_classes[s] = sorted({fine_names[f] for f, c in zip(fine, coarse) if c in ids})
+    return _cifar_dataset("fc100", root, split_classes)
+
+
+# ------------------------------------------------------------------------------------------------- miniImageNet
+MINI_SIZE = 84
+
+
+def load_miniimagenet(root=None) -> FewShotDataset:
+    """miniImageNet (Vinyals et al. 2016; split of Ravi & Larochelle 2017: 64 / 16 / 20 classes of 600 images).
+
+    Two layouts are read from ``root``: Ravi's, ``{train,val,test}.csv`` (filename,label) with ``images/<file>``; or
+    one folder per class, ``{train,val,test}/<wnid>/*.jpg``. Images are resized to 84x84 (LANCZOS) when they are
+    not already; the class lists must match Ravi & Larochelle's split, which ships with the package.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if root is None:
+        raise DataError("miniimagenet is not embedded; give --data-dir with {train,val,test}.csv and images/, "
+                        "or {train,val,test}/<class>/*.jpg")
+    root = Path(root)
+    files: dict[str, dict[str, list[Path]]] = {}
+    for s in SPLITS:
+        per: dict[str, list[Path]] = {}
+        if (root / f"{s}.csv").is_file():
+            import csv
+
+            with open(root / f"{s}.csv", newline="") as fh:
+                for row in csv.DictReader(fh):
+                    per.setdefault(row["label"], []).append(root / "images" / row["filename"])
+        elif (root / s).is_dir():
+            for d in sorted(p for p in (root / s).iterdir() if p.is_dir()):
+                per[d.name] = sorted(p for p in d.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        else:
+            raise DataError(f"miniimagenet: neither {root / f'{s}.csv'} nor {root / s}/ exists")
+        expected = _split_file("miniimagenet", f"{s}.txt").split()
+        if sorted(per) != sorted(expected):
+            raise DataError(f"miniimagenet split '{s}' in {root} has {len(per)} classes that differ from "
+                            f"Ravi & Larochelle's {len(expected)}")
+        files[s] = {c: per[c] for c in expected}
+    total = sum(len(v) for f in files.values() for v in f.values())
+    images = np.empty((total, MINI_SIZE, MINI_SIZE, 3), dtype=np.uint8)
+    splits, k = {}, 0
+    for s in SPLITS:
+        members = []
+        for c, paths in files[s].items():
+            start = k
+            for p in paths:
+                try:
+                    with Image.open(p) as img:
+                        img = img.convert("RGB")
+                        if img.size != (MINI_SIZE, MINI_SIZE):
+                            img = img.resize((MINI_SIZE, MINI_SIZE), Image.Resampling.LANCZOS)
+                        images[k] = np.asarray(img)
+                except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
+                    raise DataError(f"miniimagenet image {p} is missing or corrupt ({type(e).__name__})") from None
+                k += 1
+            members.append(np.arange(start, k))
+        splits[s] = Split(list(files[s]), members, np.zeros(len(members), dtype=np.int64))
+    mean, std = _normalised(images, splits["train"].members)
+    return FewShotDataset("miniimagenet", images, splits, mean, std, source=f"dir:{root}")
+
+
 # --------------------------------------------------------------------------------------------------------- registry
-LOADERS: dict[str, Callable[[str | Path | None], FewShotDataset]] = {"omniglot": load_omniglot}
+LOADERS: dict[str, Callable[[str | Path | None], FewShotDataset]] = {
+    "omniglot": load_omniglot, "cifar-fs": load_cifar_fs, "fc100": load_fc100, "miniimagenet": load_miniimagenet}
 """Dataset name -> loader taking the user's data directory (None: the embedded copy, where there is one)."""
 
 _CACHE: dict[tuple[str, str], FewShotDataset] = {}
