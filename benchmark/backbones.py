@@ -60,6 +60,14 @@ def _film(h: torch.Tensor, fp: tuple[torch.Tensor, torch.Tensor] | None) -> torc
     return gamma.view(shape) * h + beta.view(shape)
 
 
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels-last layout; unchanged inside ``torch.func.vmap``, which cannot set a memory format."""
+    try:
+        return x.contiguous(memory_format=torch.channels_last)
+    except RuntimeError:  # "NYI: querying is_contiguous inside of vmap for memory_format other than ..."
+        return x
+
+
 def _bn(ch: int, running: bool) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(ch, track_running_stats=running)
 
@@ -105,7 +113,7 @@ class Conv4(nn.Module):
         self.film_channels = [width] * 4
 
     def forward(self, x: torch.Tensor, film: Film = None) -> torch.Tensor:
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = _channels_last(x)
         for i, b in enumerate(self.blocks):
             x = b(x, None if film is None else film[i])
         return x if self.keep_spatial else x.flatten(1)
@@ -145,7 +153,7 @@ class ResNet12(nn.Module):
         self.film_channels = [w for w in widths for _ in range(3)]
 
     def forward(self, x: torch.Tensor, film: Film = None) -> torch.Tensor:
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = _channels_last(x)
         for i, b in enumerate(self.blocks):
             x = b(x, None if film is None else film[3 * i:3 * i + 3])
         return x if self.keep_spatial else x.mean(dim=(2, 3))

@@ -1,76 +1,474 @@
 """python -m benchmark.report: build the report from the run records in a results directory (never re-running).
 
-Writes ``<reports-dir>/<name>/report.md`` with the leaderboard table (mean accuracy and 95% CI per run).
+Writes ``<reports-dir>/<name>/``: ``report.md`` (figures as PNG files beside it), ``report.html`` (one self-contained
+file), ``leaderboard.csv`` (one row per method x dataset x setting x backbone x profile, aggregated over seeds;
+columns :data:`REPORT_LEADERBOARD_COLUMNS`), ``paired.csv`` (every paired test) and ``episode_counts.csv``.
+
+Sections: 1 the survey's Table 1 mirrored (measured vs published), 2 the metric methods (survey Table 2),
+3 paired statistics and ranks, 4 convergence, 5 episode counts to accuracy thresholds, 6 cost, 7 provenance.
+
+Errors (no finished runs, incomplete run folders, paired comparisons refused because test-episode fingerprints
+differ) print one line and exit with code 2; with refused pairs the report is still written and says why.
 """
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import re
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from .results import atomic_write_text, leaderboard
+from .report_data import (FAMILY_LABEL, FINAL_FRACTION, REPORT_LEADERBOARD_COLUMNS, SETTING_KEYS, Entry, ReportError,
+                          build_entries, episode_counts, load_runs, load_survey, parse_thresholds, paired_statistics,
+                          setting_label, shared_artefacts, short, survey_figure)
+from .report_render import Doc, convergence_png, to_html, to_markdown
+from .results import atomic_write_bytes, atomic_write_csv, atomic_write_text
+
+__all__ = ["build_report", "build", "main", "ReportError", "REPORT_LEADERBOARD_COLUMNS"]
+
+ALPHA = 0.05
+STAT_TEST = "two-sided paired t-test (scipy.stats.ttest_rel) on per-episode accuracy"
 
 
-class ReportError(Exception):
-    pass
+@dataclass
+class BuildResult:
+    path: Path  # report.md
+    html: Path
+    leaderboard: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)
 
 
-def _table(df: pd.DataFrame) -> str:
-    view = df.assign(accuracy=[f"{m:.2f} ± {c:.2f}" for m, c in zip(df["mean"], df["ci95"])],
-                     setting=[f"{d} {w}-way {s}-shot" for d, w, s in zip(df["dataset"], df["ways"], df["shots"])])
-    view = view[["setting", "method", "backbone", "profile", "seed", "accuracy", "n_episodes", "train_episodes",
-                 "train_seconds", "ms_per_train_episode", "test_fingerprint"]].copy()
-    view["train_seconds"] = view["train_seconds"].map(lambda v: f"{v:.0f}")
-    view["ms_per_train_episode"] = view["ms_per_train_episode"].map(lambda v: f"{v:.1f}")
-    view["test_fingerprint"] = view["test_fingerprint"].str[:12]
-    return view.to_markdown(index=False) if _has_tabulate() else _plain_markdown(view)
+# ------------------------------------------------------------------------------------------------ formatting
+def _f(v, nd=2) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
 
 
-def _has_tabulate() -> bool:
+def _int(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
     try:
-        import tabulate  # noqa: F401
-
-        return True
-    except ImportError:
-        return False
+        return f"{int(round(float(v))):,}"
+    except ValueError:
+        return str(v)
 
 
-def _plain_markdown(df: pd.DataFrame) -> str:
-    head = "| " + " | ".join(map(str, df.columns)) + " |"
-    sep = "| " + " | ".join("---" for _ in df.columns) + " |"
-    rows = ["| " + " | ".join(str(v) for v in r) + " |" for r in df.itertuples(index=False)]
-    return "\n".join([head, sep, *rows])
+def _secs(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    return f"{v:.1f} s" if v < 100 else f"{v:,.0f} s"
 
 
-def build_report(results_dir: Path, out_dir: Path, run_ids: list[str] | None = None) -> Path:
-    """Write ``out_dir/report.md`` from the finished runs in ``results_dir`` (only ``run_ids`` when given)."""
-    df = leaderboard(Path(results_dir))
-    if run_ids is not None:
-        df = df[df["run_id"].isin(run_ids)]
-    if df.empty:
-        raise ReportError(f"no finished runs in {results_dir}; run python -m benchmark.run first")
-    text = ["# Few-shot benchmark report", "",
-            f"{len(df)} runs from `{results_dir}`. Accuracy: mean over test episodes ± 95% CI (1.96 sd/√n), in %.",
-            "", _table(df), ""]
-    out = Path(out_dir) / "report.md"
-    atomic_write_text(out, "\n".join(text))
+def _p(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    return "< 1e-4" if v < 1e-4 else f"{v:.4f}"
+
+
+def _commit(v) -> str:
+    if not v:
+        return "—"
+    head, _, rest = str(v).partition("-")
+    return head[:12] + (f"-{rest}" if rest else "")
+
+
+def _setting_title(setting: tuple) -> str:
+    d = dict(zip(SETTING_KEYS, setting))
+    return (f"{setting_label(d['dataset'], d['ways'], d['shots'])} — backbone {d['backbone']}, profile "
+            f"{d['profile']}, {d['queries']} test queries per class")
+
+
+def _slug(setting: tuple) -> str:
+    d = dict(zip(SETTING_KEYS, setting))
+    s = f"{d['dataset']}-{d['ways']}w{d['shots']}s-q{d['queries']}-{d['backbone']}-{d['profile']}"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", s)
+
+
+def _method_cell(e: Entry) -> str:
+    return e.label + (f" (variant of {e.info.variant_of})" if e.info.variant_of else "")
+
+
+def _by_setting(entries: list[Entry]) -> dict[tuple, list[Entry]]:
+    out: dict[tuple, list[Entry]] = {}
+    for e in entries:
+        out.setdefault(e.setting, []).append(e)
     return out
 
 
+# ------------------------------------------------------------------------------------------------ sections
+def _table1(doc: Doc, entries: list[Entry]) -> None:
+    doc.h(2, "1. Survey Table 1 mirror: measured vs published", "table1")
+    doc.p("Rows: methods grouped by family (variants beneath their method); columns: the settings that were run. "
+          "Each cell: **measured** mean accuracy ± 95% CI over test episodes (with several seeds also the sd of the "
+          "per-seed means), then the **published** figure with its footnote (source), then **Δ** = measured − "
+          "published, in percentage points. **†** marks a published figure obtained under another protocol "
+          "(different backbone, test queries per class or test-episode count, as the footnote says): its Δ is "
+          "shown for information, not as a like-for-like comparison. Variants are compared only with the published "
+          "ablation figure of the same name where the reference notes give one (e.g. MTL without HT).")
+    survey = load_survey()
+    blocks: dict[tuple, list[Entry]] = {}
+    for e in entries:
+        blocks.setdefault((e.key["backbone"], e.key["profile"], e.key["queries"]), []).append(e)
+    for (backbone, profile, queries), es in blocks.items():
+        if len(blocks) > 1:
+            doc.h(3, f"Backbone {backbone}, profile {profile}, {queries} test queries per class")
+        settings = list(dict.fromkeys((e.key["dataset"], e.key["ways"], e.key["shots"]) for e in es))
+        labels = list(dict.fromkeys(e.label for e in sorted(es, key=lambda e: (e.info.order, e.label))))
+        notes: dict[str, int] = {}
+        rows = []
+        for label in labels:
+            first = next(e for e in es if e.label == label)
+            info = first.info
+            idea = info.idea
+            if info.variant_of is None:
+                srow = survey[survey["method"] == info.name]
+                if len(srow):
+                    idea = srow.iloc[0]["idea"]
+            row = {"Family": FAMILY_LABEL.get(info.family, info.family or "—"), "Method": _method_cell(first),
+                   "Idea": idea or "—"}
+            for st in settings:
+                cells = []
+                for e in es:
+                    if e.label != label or (e.key["dataset"], e.key["ways"], e.key["shots"]) != st:
+                        continue
+                    r, pub = e.row, e.row["_published"]
+                    txt = f"{r['mean']:.2f} ± {r['ci95']:.2f}"
+                    if r["n_seeds"] > 1:
+                        txt += f" ({r['n_seeds']} seeds, sd {r['seed_sd']:.2f})"
+                    if pub:
+                        note = pub["source"]
+                        if pub["note"]:
+                            note += f"; note: {pub['note']}"
+                        sfig = survey_figure(survey, pub["ref_method"], *st) if not pub["ablation"] else None
+                        if sfig is not None and abs(sfig - pub["accuracy"]) > 0.005:
+                            note += f"; the survey's Table 1 cites {sfig:.2f}"
+                        if r["protocol_differences"]:
+                            note += f"; † other protocol: {r['protocol_differences']}"
+                        n = notes.setdefault(note, len(notes) + 1)
+                        mark = "" if r["published_comparable"] else "†"
+                        ptxt = f"{pub['accuracy']:.2f}"
+                        if not math.isnan(pub["ci95"]):
+                            ptxt += f" ± {pub['ci95']:.2f}"
+                        txt += f" · pub. {ptxt} [{n}]{mark} · Δ {r['difference']:+.2f}{mark}"
+                    else:
+                        txt += " · pub. —"
+                    if len([x for x in es if x.label == label and (x.key['dataset'], x.key['ways'],
+                                                                   x.key['shots']) == st]) > 1:
+                        txt += f" (episodes {short(e.key['test_fingerprint'], 8)})"
+                    cells.append(txt)
+                row[setting_label(*st)] = "; ".join(cells) if cells else "not run"
+            rows.append(row)
+        foot = [f"[{n}] {t}" for t, n in sorted(notes.items(), key=lambda kv: kv[1])]
+        foot.append("Published figures and the survey's Table 1: `benchmark/reference/paper_results.csv` and "
+                    "`survey_table1.csv` (sources as listed). CIs are not comparable across papers: MAML and MTL "
+                    "report 1 query per class, ProtoNets 15. Where the reference does not record a protocol fact "
+                    "(queries or episodes), it is not flagged.")
+        doc.table(pd.DataFrame(rows), foot)
+    ran = {e.key["method"] for e in entries}
+    try:
+        import methods
+
+        missing = [n for n in methods.main_methods() if n not in ran]
+    except Exception:
+        missing = []
+    if missing:
+        doc.p("Registered methods without runs in this report: " + ", ".join(f"`{m}`" for m in missing) + ".")
+
+
+_FACT_KEYS = [("support embedding", "Support embedding"), ("query embedding", "Query embedding"),
+              ("distance", "Distance"), ("distinctive", "Distinctive feature")]
+
+
+def _metric_table(doc: Doc, entries: list[Entry]) -> None:
+    doc.h(2, "2. Metric-based methods (survey Table 2)", "table2")
+    try:
+        import methods
+
+        reg = methods.registry()
+    except Exception:
+        reg = {}
+    ran = {e.key["method"] for e in entries}
+    rows = []
+    for name, cls in reg.items():
+        if cls.family != "metric":
+            continue
+        facts = {re.sub(r"[_\s]+", " ", str(k)).strip().lower(): v for k, v in (cls.metric_facts or {}).items()}
+        row = {"Method": name + (f" (variant of {cls.variant_of})" if cls.variant_of else ""),
+               "Paper": cls.paper or "—"}
+        for k, col in _FACT_KEYS:
+            row[col] = facts.pop(k, "—")
+        for k, v in facts.items():
+            row[k.capitalize()] = v
+        row["In this report"] = "yes" if name in ran else "no"
+        rows.append(row)
+    if rows:
+        doc.p("From the `metric_facts` each metric method's class declares: how support and query examples are "
+              "embedded, the distance or similarity, and what distinguishes the method.")
+        doc.table(pd.DataFrame(rows).fillna("—"))
+    else:
+        doc.p("No registered metric-based method.")
+
+
+def _paired(doc: Doc, stats, alpha: float) -> tuple[pd.DataFrame, list[str]]:
+    doc.h(2, "3. Paired statistics and ranks", "paired")
+    doc.p(f"Every method of a setting is tested on the same episodes (same `test_fingerprint`), so methods are "
+          f"compared episode by episode: {STAT_TEST}, with Holm's step-down correction over all pairs "
+          f"of methods within a setting (family-wise α = {alpha:g}). With several seeds, each method's per-episode "
+          "accuracy is first averaged over its seeds, and the test runs on those averages (the episode is the "
+          "unit; the spread over seeds is the sd of per-seed means, shown separately). Accuracy: mean ± 95% CI "
+          "(1.96 sd/√n over episodes of the seed-averaged accuracy).")
+    doc.p("**Rank rule**: rank = 1 + the number of methods significantly better (Holm-adjusted p < α and a higher "
+          "mean). Methods that no method beats significantly share rank 1; methods beaten by the same set share a "
+          "rank. Because non-significance is not transitive (A ~ B, B ~ C, A > C gives ranks 1, 1, 2), the table "
+          "also lists the methods each one is not significantly different from. Runs whose test-episode "
+          "fingerprints differ are never paired.")
+    rows, refusals = [], []
+    for st in stats:
+        doc.h(3, _setting_title(st.setting))
+        for fp, ges, res in st.groups:
+            if len(st.groups) > 1:
+                doc.p(f"Test episodes with fingerprint `{short(fp)}` ({len(ges[0].accuracy)} episodes):")
+            by_label = {e.label: e for e in ges}
+            rk = []
+            for r in res.ranks.itertuples():
+                e = by_label[r.label]
+                rk.append({"Rank": int(r.rank), "Method": _method_cell(e),
+                           "Accuracy (%)": f"{e.row['mean']:.2f} ± {e.row['ci95']:.2f}",
+                           "Seeds": e.row["n_seeds"], "Seed sd": _f(e.row["seed_sd"]),
+                           "Episodes": e.row["n_episodes"],
+                           "Significantly better than": ", ".join(r.better_than) or "—",
+                           "Not significantly different from": ", ".join(r.tied_with) or "—"})
+            doc.table(pd.DataFrame(rk))
+            if len(res.pairs):
+                pt = pd.DataFrame({"Method A": res.pairs["a"], "Method B": res.pairs["b"],
+                                   "Δ accuracy (A − B)": res.pairs["difference"].map(lambda v: f"{v:+.2f}"),
+                                   "t": res.pairs["t"].map(lambda v: _f(v, 2)), "p": res.pairs["p"].map(_p),
+                                   "p (Holm)": res.pairs["p_holm"].map(_p),
+                                   f"Significant (α = {alpha:g})": res.pairs["significant"].map(
+                                       lambda v: "yes" if v else "no")})
+                doc.table(pt)
+            else:
+                doc.p("Only one method on these episodes: nothing to pair.")
+            d = dict(zip(SETTING_KEYS, st.setting))
+            for r in res.pairs.itertuples(index=False):
+                rows.append({**d, "test_fingerprint": fp, **r._asdict(), "test": STAT_TEST, "alpha": alpha})
+        for msg in st.refusals:
+            doc.p(f"**Refused:** {msg}.")
+            refusals.append(msg)
+    cols = SETTING_KEYS + ["test_fingerprint", "a", "b", "mean_a", "mean_b", "difference", "t", "p", "p_holm",
+                           "significant", "n_episodes", "test", "alpha"]
+    return pd.DataFrame(rows, columns=cols), refusals
+
+
+def _convergence(doc: Doc, entries: list[Entry]) -> None:
+    doc.h(2, "4. Convergence", "convergence")
+    doc.p("Validation accuracy against meta-training episodes (tasks) and against training seconds (validation "
+          "time excluded), both on a log scale; one line per method (mean over seeds, aligned on the training "
+          "step), band ± 1 sd over seeds (for a single seed: the run's 95% CI over validation episodes); "
+          "dashed lines are variants, the dotted line is chance.")
+    for setting, es in _by_setting(entries).items():
+        d = dict(zip(SETTING_KEYS, setting))
+        doc.h(3, _setting_title(setting))
+        series = [{"label": e.label, "curve": e.curve, "dashed": bool(e.info.variant_of)} for e in es]
+        title = _setting_title(setting)
+        for x, xl, tag in (("episodes", "meta-training episodes (log scale)", "episodes"),
+                           ("train_seconds", "training seconds (log scale)", "seconds")):
+            png = convergence_png(series, x, title, xl, chance=100.0 / int(d["ways"]))
+            doc.img(f"convergence-{tag}-{_slug(setting)}.png", png,
+                    f"Validation accuracy vs {tag}, {title}")
+
+
+def _episode_counts(doc: Doc, entries: list[Entry], thresholds) -> pd.DataFrame:
+    doc.h(2, "5. Episode counts to accuracy thresholds", "episodes")
+    counts = episode_counts(entries, thresholds)
+    doc.p(f"Meta-training episodes (tasks, as each method counts them) and training seconds until the seed-averaged "
+          f"validation curve first reaches each accuracy, and {FINAL_FRACTION:.0%} of the method's own final "
+          "validation accuracy. Resolution: one validation interval (column *validated every*); the figures are the "
+          "first validation point at or above the target. **not reached** means no validation point reached it "
+          "(the best accuracy is given). Thresholds are configurable (`--thresholds`).")
+    for setting, es in _by_setting(entries).items():
+        doc.h(3, _setting_title(setting))
+        rows = []
+        for e in es:
+            c = counts[counts["method"] == e.label]
+            c = c[(c[SETTING_KEYS].astype(str) == pd.Series(dict(zip(SETTING_KEYS, map(str, setting))))).all(axis=1)]
+            row = {"Method": _method_cell(e)}
+            for r in c.itertuples():
+                col = f"≥ {r.target}" if r.target.endswith("%") else f"{r.target} ({_f(r.threshold, 1)}%)"
+                if "final" in r.target:
+                    col = f"{r.target}"
+                    row[col] = (f"{_int(r.train_episodes)} ep · {_secs(r.train_seconds)} (≥ {_f(r.threshold, 1)}%)"
+                                if r.reached else f"not reached (target {_f(r.threshold, 1)}%)")
+                else:
+                    row[col] = (f"{_int(r.train_episodes)} ep · {_secs(r.train_seconds)}" if r.reached
+                                else f"not reached (best {_f(r.best_val_acc, 1)}%)")
+            if len(c):
+                row["Final val. acc (%)"] = _f(c["final_val_acc"].iloc[0])
+                row["Validated every (steps)"] = _int(c["val_every_steps"].iloc[0])
+                row["Seeds"] = int(c["n_seeds"].iloc[0])
+            rows.append(row)
+        doc.table(pd.DataFrame(rows).fillna("—"))
+    return counts
+
+
+def _cost(doc: Doc, entries: list[Entry], runs) -> None:
+    doc.h(2, "6. Cost", "cost")
+    doc.p("Means over seeds. Training time excludes validation and shared artefacts (listed once below); "
+          "ms per test episode is adaptation plus prediction; peak memory is the process's resident set (CPU) or "
+          "peak allocated CUDA memory, maximum over seeds; *adapted per task* counts the parameters changed by "
+          "test-time adaptation (gradient-based methods; — for methods that do not adapt).")
+    for setting, es in _by_setting(entries).items():
+        doc.h(3, _setting_title(setting))
+        rows = []
+        for e in es:
+            r = e.row
+            gradient = e.info.family in ("initialization", "optimizer") or e.info.adapts_at_test
+            rows.append({"Method": _method_cell(e), "Training episodes": _int(r["train_episodes"]),
+                         "Training time": _secs(r["train_seconds"]),
+                         "ms / training episode": _f(r["ms_per_train_episode"], 1),
+                         "ms / test episode": _f(r["ms_per_test_episode"], 1),
+                         "Peak memory (MB)": f"{_f(r['peak_memory_mb'], 0)} ({r['memory_kind'] or '?'})",
+                         "Trainable parameters": _int(r["trainable_params"]) if str(r["trainable_params"]).isdigit()
+                         else r["trainable_params"],
+                         "Adapted per task": (_int(r["adapted_params"]) if str(r["adapted_params"]).isdigit()
+                                              else r["adapted_params"]) if gradient else "—",
+                         "Shared artefacts used (s)": _secs(r["shared_seconds"]) if r["shared_seconds"] else "—"})
+        doc.table(pd.DataFrame(rows))
+    arts = shared_artefacts(runs)
+    doc.h(3, "Shared artefacts (counted once)")
+    if len(arts):
+        t = pd.DataFrame({"Artefact": arts["artefact"], "File": arts["file"], "Seconds": arts["seconds"].map(_secs),
+                          "Computed by": arts["computed_by"].replace("", "an earlier run"),
+                          "Used by (runs)": arts["n_runs"]})
+        doc.table(t, ["Computed once and reused from the results cache; not included in any run's training time."])
+    else:
+        doc.p("None: no run used a cached artefact.")
+
+
+def _provenance(doc: Doc, runs) -> None:
+    doc.h(2, "7. Provenance", "provenance")
+    doc.p("Every number above comes from these run records (`summary.json` of each run); fingerprints are the first "
+          "12 hex digits of SHA-256 (full values in `leaderboard.csv`). Runs compared in one table share the test "
+          "episode fingerprint unless the table says otherwise.")
+    rows = []
+    for r in sorted(runs, key=lambda r: r.path.name):
+        env = r["environment"] or {}
+        rows.append({"Run": r.path.name, "Profile": r["profile"], "Device": r["device"],
+                     "Device name": env.get("device_name", "—"), "Python": env.get("python", "—"),
+                     "PyTorch": env.get("torch", "—"), "NumPy": env.get("numpy", "—"),
+                     "pandas": env.get("pandas", "—"), "Code version": _commit(r["code_version"]),
+                     "Test episodes": short(r["test_fingerprint"]), "Dataset": short(r["dataset_fingerprint"]),
+                     "Finished": r["finished_at"] or "—"})
+    doc.table(pd.DataFrame(rows))
+
+
+# ------------------------------------------------------------------------------------------------ build
+def build(results_dir: Path, out_dir: Path, run_ids: list[str] | None = None,
+          thresholds: dict | list[str] | None = None, alpha: float = ALPHA) -> BuildResult:
+    """Build the report; raises :class:`ReportError` (one-line message) when it cannot."""
+    results_dir, out_dir = Path(results_dir), Path(out_dir)
+    thr = thresholds if isinstance(thresholds, dict) else parse_thresholds(thresholds)
+    loaded = load_runs(results_dir, run_ids)
+    runs = loaded.runs
+    entries = build_entries(runs)
+    stats = paired_statistics(entries, alpha)
+
+    settings = list(dict.fromkeys(setting_label(e.key["dataset"], e.key["ways"], e.key["shots"]) for e in entries))
+    meths = list(dict.fromkeys(e.label for e in entries))
+    doc = Doc("Few-shot benchmark report")
+    doc.p(f"{len(runs)} runs from `{results_dir}`: {len(meths)} method(s) ({', '.join(meths)}) on "
+          f"{', '.join(settings)}. Built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from the run records "
+          "alone (nothing re-run). Accuracies in %: mean over test episodes of the seed-averaged per-episode "
+          "accuracy ± 95% CI (1.96 sd/√n over episodes).")
+    doc.ul([f"[{t}](#{a})" for t, a in (
+        ("1. Survey Table 1 mirror", "table1"), ("2. Metric-based methods", "table2"),
+        ("3. Paired statistics and ranks", "paired"), ("4. Convergence", "convergence"),
+        ("5. Episode counts", "episodes"), ("6. Cost", "cost"), ("7. Provenance", "provenance"))])
+    notes = list(loaded.notes)
+    refusal_summary = [s for st in stats for s in st.refusals]
+    if notes or refusal_summary:
+        doc.p("**Notes**")
+        doc.ul(notes + [f"Refused pairing: {s}" for s in refusal_summary])
+    _table1(doc, entries)
+    _metric_table(doc, entries)
+    paired_df, refusals = _paired(doc, stats, alpha)
+    _convergence(doc, entries)
+    counts = _episode_counts(doc, entries, thr)
+    _cost(doc, entries, runs)
+    _provenance(doc, runs)
+    doc.h(2, "Files", "files")
+    doc.p("Beside this report: `leaderboard.csv` (one row per method × dataset × setting × backbone × profile, "
+          "aggregated over seeds; schema in the README), `paired.csv` (every paired test), `episode_counts.csv` "
+          "(section 5 in long form), the figures as PNG files, and `report.html` (this report in one "
+          "self-contained file).")
+
+    board = pd.DataFrame([e.row for e in entries])[REPORT_LEADERBOARD_COLUMNS]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("convergence-*.png"):
+        old.unlink()
+    for name, png in doc.images.items():
+        atomic_write_bytes(out_dir / name, png)
+    atomic_write_csv(out_dir / "leaderboard.csv", board.round(4))
+    atomic_write_csv(out_dir / "paired.csv", paired_df)
+    atomic_write_csv(out_dir / "episode_counts.csv", counts)
+    atomic_write_text(out_dir / "report.html", to_html(doc))
+    md = out_dir / "report.md"
+    atomic_write_text(md, to_markdown(doc))
+    _readable(out_dir, [*doc.images, "leaderboard.csv", "paired.csv", "episode_counts.csv", "report.html", "report.md"])
+    return BuildResult(md, out_dir / "report.html", board, notes, refusals)
+
+
+def _readable(folder: Path, names: list[str]) -> None:
+    """Atomic writes create files with mode 0600; reports are for sharing, so give them the umask's default."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for n in names:
+        try:
+            os.chmod(folder / n, 0o666 & ~umask)
+        except OSError:
+            pass
+
+
+def build_report(results_dir: Path, out_dir: Path, run_ids: list[str] | None = None,
+                 thresholds: dict | list[str] | None = None, alpha: float = ALPHA) -> Path:
+    """Write the report for the finished runs in ``results_dir`` (only ``run_ids`` when given) into ``out_dir``;
+    returns the path of ``report.md``. Refused pairings are explained in the report, not raised."""
+    return build(results_dir, out_dir, run_ids, thresholds, alpha).path
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmark.report", description=__doc__)
-    p.add_argument("--results-dir", default="results")
-    p.add_argument("--reports-dir", default="reports")
-    p.add_argument("--name", default="latest")
+    p = argparse.ArgumentParser(prog="python -m benchmark.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results-dir", default="results", help="where the runs are; default: results")
+    p.add_argument("--reports-dir", default="reports", help="where reports go; default: reports")
+    p.add_argument("--name", default="latest", help="report folder name; default: latest")
+    p.add_argument("--thresholds", nargs="+", default=None, metavar="T",
+                   help="accuracy thresholds in %% for the episode-count table: numbers for every dataset "
+                        "(e.g. 50 80 90 95) and/or DATASET:50,80,90; default: omniglot 50 80 90 95, other "
+                        "datasets 40 50 60 70")
+    p.add_argument("--alpha", type=float, default=ALPHA, help="family-wise significance level; default: 0.05")
     args = p.parse_args(argv)
     try:
-        out = build_report(Path(args.results_dir), Path(args.reports_dir) / args.name)
+        if not 0 < args.alpha < 1:
+            raise ReportError(f"--alpha must lie in (0, 1), got {args.alpha:g}")
+        res = build(Path(args.results_dir), Path(args.reports_dir) / args.name, thresholds=args.thresholds,
+                    alpha=args.alpha)
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(out)
+    for n in res.notes:
+        print(f"note: {n}", file=sys.stderr)
+    print(res.path)
+    if res.refusals:
+        print(f"error: paired comparison refused in {len(res.refusals)} case(s), the test episodes differ "
+              f"(first: {res.refusals[0]}); the report was written without those pairs: {res.path}",
+              file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,0 +1,137 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import methods
+from benchmark.backbones import build_backbone, convs
+from benchmark.episodes import EpisodeSet, TaskSampler
+from benchmark.runner import RunConfig, run
+from methods.mtl import MTL, ScaleShift, adapt_linear, add_scale_shift, hard_task_classes
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("name", ["conv4", "resnet12-narrow"])
+def test_identity_scale_shift_reproduces_the_frozen_network_exactly(name):
+    torch.manual_seed(0)
+    net = build_backbone(name, 1).eval()
+    x = torch.randn(3, 1, 28, 28)
+    ref = net(x)
+    mods = add_scale_shift(net)
+    assert len(mods) == len(list(convs(net))) > 0
+    assert torch.equal(net(x), ref)
+    for _, c in convs(net):
+        assert not c.weight.requires_grad and isinstance(c.modulator, ScaleShift)
+        assert c.modulator.scale.shape == (c.out_channels, c.in_channels, 1, 1)
+        w, b = c.modulator(c.weight, c.bias)
+        if c.bias is None:  # ResNet-12: the shift becomes the bias
+            assert b is c.modulator.shift
+    with torch.no_grad():
+        mods[0].shift.add_(0.5)
+    assert not torch.allclose(net(x), ref)
+
+
+def test_closed_form_inner_step_matches_autograd():
+    torch.manual_seed(0)
+    z, y = torch.randn(10, 7), torch.arange(5).repeat(2)
+    w, b = torch.randn(5, 7, requires_grad=True), torch.zeros(5, requires_grad=True)
+    gw, gb = torch.autograd.grad(F.cross_entropy(F.linear(z, w, b), y), (w, b))
+    w1, b1 = adapt_linear(w, b, z, y, 1, 0.3)
+    torch.testing.assert_close(w1, w - 0.3 * gw)
+    torch.testing.assert_close(b1, b - 0.3 * gb)
+    # second order: gradients flow through the inner step into the features
+    zz = z.clone().requires_grad_(True)
+    w2, b2 = adapt_linear(w, b, zz, y, 3, 0.3, differentiable=True)
+    (g,) = torch.autograd.grad(w2.sum() + b2.sum(), zz)
+    assert g.abs().sum() > 0
+
+
+def test_hard_task_classes_come_from_failure_classes_and_are_deterministic():
+    rng = np.random.default_rng(0)
+    rankings = [rng.permutation(np.arange(100 * i, 100 * i + 5)) for i in range(10)]  # 10 tasks, disjoint classes
+    failures = {int(r[0]) for r in rankings}
+    a = hard_task_classes(rankings, 5, 2, seed=0, step=7)
+    assert a == hard_task_classes(rankings, 5, 2, seed=0, step=7)
+    assert len(a) == 2 and all(len(set(t)) == 5 for t in a)
+    assert {c for t in a for c in t} == failures  # every failure class used exactly once
+    assert hard_task_classes(rankings, 5, 2, seed=0, step=8) != a  # a new step permutes afresh
+    # too few distinct failure classes: extended by each task's next-worst class, never by a best class
+    few = [np.array([1, 2, 3, 4, 5]), np.array([1, 6, 7, 8, 9])]
+    (t,) = hard_task_classes(few, 5, 1, seed=0, step=0)
+    assert set(t) == {1, 2, 3, 6, 7}
+
+
+@pytest.fixture(scope="module")
+def tiny(omniglot):
+    """A smoke-profile MTL with a one-iteration pretraining (fast), 5-way 1-shot."""
+    setting = methods.Setting("omniglot", 5, 1)
+    hp = MTL.hyper("smoke", setting).replace(pre_epochs=1e-5, pre_val_episodes=1, inner_steps=5)
+    torch.manual_seed(0)
+    ctx = methods.Context(setting=setting, image_shape=omniglot.image_shape, backbone_name="conv4",
+                          sampler=TaskSampler(omniglot, "train", 0),
+                          val_episodes=EpisodeSet(omniglot, "val", 5, 1, 15, 0, 2, stream="val"), device=CPU, seed=0,
+                          profile="smoke")
+    return MTL(hp, ctx)
+
+
+def test_hard_episodes_sample_fresh_data_from_the_failure_classes(tiny):
+    rankings = [np.array([10 * i + k for k in range(5)]) for i in range(5)]
+    eps = tiny.hard_episodes(rankings, step=3)
+    again = tiny.hard_episodes(rankings, step=3)
+    assert len(eps) == tiny.hp.hard_tasks == 1
+    assert sorted(eps[0].classes.tolist()) == [0, 10, 20, 30, 40]
+    assert eps[0].digest() == again[0].digest()
+    assert eps[0].spec.stream == "mtl-hard" and eps[0].index == 3 * tiny.hp.hard_tasks
+    ordinary = tiny.ctx.sampler.episode(eps[0].index, 5, 1, 5, classes=eps[0].classes)
+    assert ordinary.digest() != eps[0].digest()  # its own stream: fresh samples
+
+
+def test_meta_training_moves_ss_and_theta_but_not_frozen_weights(tiny):
+    frozen = {n: c.weight.detach().clone() for n, c in convs(tiny.encoder)}
+    biases = {n: c.bias.detach().clone() for n, c in convs(tiny.encoder)}
+    scale = [c.modulator.scale.detach().clone() for _, c in convs(tiny.encoder)]
+    shift = [c.modulator.shift.detach().clone() for _, c in convs(tiny.encoder)]
+    theta = tiny.theta_w.detach().clone()
+    eps = [tiny.ctx.sampler.episode(i, 5, 1, 5) for i in range(5)]
+    out = tiny.train_step(eps, 0)
+    assert out["tasks"] == 5 + tiny.hp.hard_tasks and "hard_acc" in out
+    for n, c in convs(tiny.encoder):
+        assert torch.equal(c.weight, frozen[n]) and torch.equal(c.bias, biases[n])
+    assert any(not torch.equal(c.modulator.scale, s) for (_, c), s in zip(convs(tiny.encoder), scale))
+    assert any(not torch.equal(c.modulator.shift, s) for (_, c), s in zip(convs(tiny.encoder), shift))
+    assert not torch.equal(tiny.theta_w, theta)
+    logits = tiny.predict(tiny.ctx.val_episodes[0])
+    assert logits.shape == (75, 5) and torch.isfinite(logits).all()
+    assert tiny.adapted_parameters() == 5 * 64 + 5
+
+
+@pytest.fixture(scope="module")
+def variant_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mtl_runs")
+    out = {}
+    for name in ("mtl", "mtl-noht", "mtl-ft", "pretrain-only"):
+        cfg = RunConfig(name, "omniglot", 5, 5, profile="smoke", test_episodes=50, val_episodes=10)
+        out[name] = run(cfg, root, CPU)
+    return out
+
+
+def test_pretrained_backbone_is_computed_once_and_reused(variant_runs):
+    records = [s["cache"] for s in variant_runs.values()]
+    assert all(len(r) == 1 and r[0]["name"] == "mtl-pretrain" for r in records)
+    assert [r[0]["computed_in_this_run"] for r in records] == [True, False, False, False]
+    assert len({r[0]["file"] for r in records}) == 1 and len({r[0]["seconds"] for r in records}) == 1
+
+
+@pytest.mark.parametrize("name", ["mtl", "mtl-noht", "mtl-ft", "pretrain-only"])
+def test_each_variant_learns_above_chance(variant_runs, name):
+    s = variant_runs[name]
+    assert s["mean"] > 45.0, s["mean"]  # 5-way: chance is 20%
+    hp = MTL.hyper("smoke", methods.Setting("omniglot", 5, 5))
+    if name == "mtl":
+        assert s["train_episodes"] == hp.train_steps * (hp.meta_batch + hp.hard_tasks)
+    elif name == "pretrain-only":
+        assert s["train_episodes"] == 0 and s["train_steps"] == 1 and s["trainable_params"] == 0
+    else:
+        assert s["train_episodes"] == hp.train_steps * hp.meta_batch
+    assert methods.get(name).variant_of == (None if name == "mtl" else "mtl")
