@@ -1,0 +1,270 @@
+"""MAML: Model-Agnostic Meta-Learning (Finn, Abbeel & Levine, ICML 2017).
+
+MAML meta-learns an initialisation ``theta`` of the whole network such that a few gradient steps on a task's support
+set give parameters that do well on the task's query set (Finn et al., Sec. 2.2, Algorithm 2):
+
+    theta'_i = theta - alpha * grad_theta L_support_i(theta)          (inner step; repeated ``inner_steps`` times)
+    theta   <- theta - beta * grad_theta sum_i L_query_i(theta'_i)    (outer step; Adam, beta = 1e-3)
+
+The outer gradient differentiates through the inner steps (second order). ``first_order=True`` gives the paper's
+first-order approximation (Sec. 5.2), which treats the inner gradients as constants. Both are exact: the inner loop
+is written functionally over the parameters of one shared network (``torch.func.functional_call``), with autograd
+``create_graph=True`` for the second-order case; no module is deep-copied.
+
+Network: ``ctx.backbone(bn_running_stats=False)`` followed by a linear layer to ``ways`` outputs; every parameter,
+head included, is meta-learned and adapted. MAML trains and tests with the same number of ways (the head is
+``ways`` wide), so ``train_ways`` must be the test setting's. The paper's networks are the benchmark's
+``--backbone conv4-strided`` (Omniglot: 64 filters, stride-2 convolutions, no pooling) and ``--backbone conv4-32``
+(miniImageNet: 32 filters, max-pooling); the run's default ``conv4`` (64 filters, max-pooling) also works.
+
+BatchNorm: always normalises with the current batch's statistics, in training and at test, as the authors' code does
+(``tf.contrib.layers.batch_norm`` left in training mode); no running averages are kept
+(``bn_running_stats=False``). A test episode's support set is therefore normalised with its own statistics during
+adaptation and the query set with its own when predicting (the query set is predicted as one batch, as in the
+authors' evaluation).
+
+Vectorised meta-batch (``vectorize``): the tasks of a meta-batch are computed together with ``torch.func.vmap``
+over tasks, the inner gradient with ``torch.func.grad``, and the meta-gradient by ordinary autograd through both;
+``vectorize=False`` loops over tasks with ``torch.autograd.grad``. Both give the same meta-gradient (tested). The
+default is the path measured faster with the harness's 2 threads (see ``MAMLHyper.vectorize``). Under ``vmap``,
+PyTorch's ``F.batch_norm`` gives wrong second derivatives, so the vectorised path computes the (identical)
+batch-statistics normalisation from elementary operations (:func:`explicit_batchnorm`); the looped path, which the
+tests check against finite differences, uses the backbone's BatchNorm as it is.
+
+Decisions where the paper leaves details open (or differs from its code):
+
+* Training query set: the paper's code uses K queries per class for Omniglot (``update_batch_size``: the same
+  number as the support shots) and 15 for miniImageNet ("15 examples per class", App. A.1). The ``paper`` profile
+  follows that; the ``quick`` profile also uses K queries per class on Omniglot (it is the paper's protocol and the
+  cheapest); test episodes always use the harness's 15 queries per class.
+* Gradient clipping: the authors' code clips each meta-gradient element to [-10, 10] on miniImageNet only;
+  ``grad_clip`` does the same (``None`` on Omniglot).
+* Head initialisation: PyTorch's default ``nn.Linear`` init (the authors' code draws the Omniglot head from N(0, 1)
+  and uses Xavier on miniImageNet); backbone init is the shared backbone's.
+* The Omniglot network of the paper averages the last 2x2 feature map into 64 features; the shared strided Conv-4
+  flattens it (256 features). BatchNorm in the authors' code has an offset but no scale; the shared backbone has both.
+* The number of test-time inner steps is the paper's (3 on Omniglot 5-way, 5 on 20-way, 10 on miniImageNet,
+  App. A.1), not the authors' code's default of 10 for every dataset.
+* The ``quick`` profile keeps second-order MAML and the paper's step sizes; only the training budget (steps, meta-batch)
+  is reduced to fit about 2 minutes on 2 CPU cores. The ``smoke`` profile (tests only) uses inner step 0.1 and 5
+  queries per class, which learn faster in a few seconds on the default max-pooling Conv-4.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from benchmark.episodes import Episode
+
+from .base import Context, Hyper, Method, Setting
+
+
+@dataclass
+class MAMLHyper(Hyper):
+    inner_lr: float = 0.4  # Finn et al. App. A.1: Omniglot 5-way step size alpha = 0.4 (20-way 0.1, miniImageNet 0.01)
+    inner_steps: int = 1  # App. A.1: Omniglot 5-way trains with 1 gradient step (20-way 5, miniImageNet 5)
+    test_inner_steps: int = 3  # App. A.1: Omniglot 5-way evaluated with 3 steps (20-way 5, miniImageNet 10)
+    meta_lr: float = 1e-3  # Sec. 5.2 / authors' code: Adam with meta learning rate 1e-3
+    first_order: bool = False  # Sec. 5.2: first-order approximation as an option; second order by default
+    # Tasks of a meta-batch computed together (torch.func.vmap) or in a loop; same meta-gradient (tested). Default:
+    # vectorised, measured faster with the harness's 2 threads on this project's (shared, contended) 2-core CPU:
+    # 616 vs 2440 ms per task (Omniglot 5-way 1-shot, conv4-strided, 15 queries, meta-batch 8), where the looped
+    # path's many small parallel regions stall; with 1 thread the looped path is a little faster (63 vs 69 ms per
+    # task, meta-batch 32) and uses far less memory (0.8 vs 3.5 GB).
+    vectorize: bool = True
+    grad_clip: float | None = None  # authors' code: meta-gradient clipped to [-10, 10] on miniImageNet only
+
+
+def channels_last_strides(x: torch.Tensor) -> torch.Tensor:
+    """Single-channel images given channels-last strides. ``contiguous(channels_last)`` leaves a [N, 1, H, W] tensor
+    as it is (it already counts as channels-last), so the first convolution would choose the NCHW layout and every
+    later layer would pay a layout conversion in the forward and the backward pass; same numbers, less time."""
+    if x.dim() == 4 and x.shape[1] == 1 and x.stride(1) != 1 and not torch._C._functorch.is_functorch_wrapped_tensor(x):
+        return torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
+    return x
+
+
+@contextmanager
+def explicit_batchnorm(net: nn.Module):
+    """Within the block, ``net``'s batch-statistics BatchNorm layers compute the same normalisation from elementary
+    operations. ``torch.func.vmap`` gets second derivatives through ``F.batch_norm`` wrong (PyTorch 2.x: the
+    double-backward of its batching rule; off by up to tens of percent in the weights before the norm, see the
+    tests), but differentiates these operations exactly."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None]
+
+    def explicit(bn):
+        def forward(x):
+            dims = [d for d in range(x.dim()) if d != 1]
+            mean = x.mean(dims, keepdim=True)
+            var = (x - mean).square().mean(dims, keepdim=True)  # biased, as F.batch_norm normalises
+            y = (x - mean) * torch.rsqrt(var + bn.eps)
+            if bn.affine:
+                shape = [1, -1] + [1] * (x.dim() - 2)
+                y = y * bn.weight.view(shape) + bn.bias.view(shape)
+            return y
+        return forward
+
+    for m in norms:
+        m.forward = explicit(m)
+    try:
+        yield
+    finally:
+        for m in norms:
+            del m.forward
+
+
+class MAMLNet(nn.Module):
+    """Backbone followed by a linear classifier; the whole network is MAML's initialisation."""
+
+    def __init__(self, backbone: nn.Module, features: int, ways: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(features, ways)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(channels_last_strides(x)).flatten(1))
+
+
+class MAML(Method):
+    """MAML: meta-learn an initialisation from which a few SGD steps on the support set solve the task."""
+
+    name = "maml"
+    family = "initialization"
+    idea = "bi-level optimisation of a shared initialisation (second-order, optionally first-order)"
+    paper = "Finn, Abbeel & Levine. Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks. ICML 2017"
+    Hyper = MAMLHyper
+    adapts_at_test = True
+
+    @classmethod
+    def hyper(cls, profile: str, setting: Setting) -> MAMLHyper:
+        omniglot = setting.dataset == "omniglot"
+        if omniglot and setting.ways >= 20:
+            inner = dict(inner_lr=0.1, inner_steps=5, test_inner_steps=5)  # App. A.1, Omniglot 20-way
+            paper_batch = 16
+        elif omniglot:
+            inner = dict(inner_lr=0.4, inner_steps=1, test_inner_steps=3)  # App. A.1, Omniglot 5-way
+            paper_batch = 32
+        else:
+            inner = dict(inner_lr=0.01, inner_steps=5, test_inner_steps=10, grad_clip=10.0)  # App. A.1, miniImageNet
+            paper_batch = 4 if setting.shots == 1 else 2
+        queries = setting.shots if omniglot else 15  # authors' code: K queries (Omniglot); App. A.1: 15 (miniImageNet)
+        if profile == "paper":
+            # App. A.1: "All models were trained for 60000 iterations".
+            return MAMLHyper(train_steps=60000, meta_batch=paper_batch, train_queries=queries, val_every=1000, **inner)
+        if profile == "quick":
+            # About 2 minutes on 2 CPU cores for Omniglot 5-way 28x28 on the default conv4: measured 63 ms (1-shot) and
+            # 240 ms (5-shot) CPU per task on one thread, K queries per class; 2 threads take about 0.6 of that.
+            # 5-shot: meta-batch 2 for as many meta-updates as the budget allows (with 200 updates of 4 tasks the
+            # validation curve was still rising steeply: 81% at the end).
+            steps, batch = (400, 8) if setting.shots == 1 else (400, 2)
+            return MAMLHyper(train_steps=steps, meta_batch=batch, train_queries=queries, val_every=steps // 4, **inner)
+        if profile == "smoke":
+            # Seconds of training: 5 queries per class (a less noisy meta-gradient) and inner step 0.1 (measured on
+            # the default conv4, 5-way 1-shot after 60 steps: 85% with 0.1, 40-48% with 0.4, 20 test episodes).
+            return MAMLHyper(train_steps=60, meta_batch=4, train_queries=5, val_every=30, **{**inner, "inner_lr": 0.1})
+        raise ValueError(f"unknown profile {profile!r}")
+
+    def __init__(self, hp: MAMLHyper, ctx: Context):
+        super().__init__(hp, ctx)
+        if hp.train_ways not in (None, ctx.setting.ways):
+            raise ValueError(f"MAML's head has one output per class: train_ways must be the test setting's "
+                             f"{ctx.setting.ways}, not {hp.train_ways}")
+        backbone = ctx.backbone(bn_running_stats=False)
+        features = math.prod(ctx.feature_shape(backbone))
+        self.net = MAMLNet(backbone, features, ctx.setting.ways).to(ctx.device)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=hp.meta_lr)
+
+    # ------------------------------------------------------------------ the functional network
+    def params(self) -> dict[str, torch.Tensor]:
+        return dict(self.net.named_parameters())
+
+    def forward_with(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.net, params, (x,))
+
+    def support_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.forward_with(params, x), y)
+
+    def adapt(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, steps: int,
+              create_graph: bool) -> dict[str, torch.Tensor]:
+        """``steps`` SGD steps of size ``inner_lr`` on the support loss (autograd; one task).
+
+        With ``create_graph`` the result stays differentiable through the gradients (second order); without it the
+        gradients are constants and the adapted parameters depend on ``params`` only through the identity
+        (first order).
+        """
+        for _ in range(steps):
+            loss = self.support_loss(params, x, y)
+            grads = torch.autograd.grad(loss, tuple(params.values()), create_graph=create_graph)
+            params = {k: p - self.hp.inner_lr * g for (k, p), g in zip(params.items(), grads)}
+        return params
+
+    # ------------------------------------------------------------------ meta-training
+    def meta_loss_looped(self, episodes: list[Episode]) -> tuple[torch.Tensor, float]:
+        """Mean query loss after adaptation, one task at a time; backpropagates each task's share as it goes
+        (so only one task's graph is alive at once). Returns the (detached) loss and the query accuracy."""
+        theta = self.params()
+        total, acc = 0.0, 0.0
+        for ep in episodes:
+            fast = self.adapt(theta, ep.support_x, ep.support_y, self.hp.inner_steps, not self.hp.first_order)
+            logits = self.forward_with(fast, ep.query_x)
+            loss = F.cross_entropy(logits, ep.query_y) / len(episodes)
+            loss.backward()
+            total += loss.item()
+            acc += self.accuracy(logits, ep.query_y) / len(episodes)
+        return torch.tensor(total), acc
+
+    def meta_loss_vectorized(self, episodes: list[Episode]) -> tuple[torch.Tensor, float]:
+        """Mean query loss after adaptation, all tasks at once (vmap over tasks, torch.func.grad inside)."""
+        lr, steps, first_order = self.hp.inner_lr, self.hp.inner_steps, self.hp.first_order
+        inner_grad = grad(self.support_loss)
+
+        def task(params, xs, ys, xq, yq):
+            for _ in range(steps):
+                g = inner_grad(params, xs, ys)
+                if first_order:
+                    g = {k: v.detach() for k, v in g.items()}
+                params = {k: params[k] - lr * g[k] for k in params}
+            logits = self.forward_with(params, xq)
+            return F.cross_entropy(logits, yq), logits
+
+        xs, ys, xq, yq = (torch.stack([getattr(ep, f) for ep in episodes])
+                          for f in ("support_x", "support_y", "query_x", "query_y"))
+        with explicit_batchnorm(self.net):
+            losses, logits = vmap(task, in_dims=(None, 0, 0, 0, 0))(self.params(), xs, ys, xq, yq)
+        loss = losses.mean()
+        loss.backward()
+        acc = (logits.argmax(-1) == yq).float().mean().item()
+        return loss.detach(), acc
+
+    def meta_gradient(self, episodes: list[Episode]) -> tuple[float, float]:
+        """Zero the gradients and accumulate the meta-gradient of the meta-batch into ``.grad``."""
+        self.optimizer.zero_grad(set_to_none=True)
+        fn = self.meta_loss_vectorized if self.hp.vectorize else self.meta_loss_looped
+        loss, acc = fn(episodes)
+        return float(loss), acc
+
+    def train_step(self, episodes: list[Episode], step: int) -> dict[str, float]:
+        self.train()
+        loss, acc = self.meta_gradient(episodes)
+        if self.hp.grad_clip is not None:
+            nn.utils.clip_grad_value_(self.net.parameters(), self.hp.grad_clip)
+        self.optimizer.step()
+        return {"loss": loss, "acc": acc}
+
+    # ------------------------------------------------------------------ test
+    def predict(self, episode: Episode) -> torch.Tensor:
+        self.eval()  # BatchNorm keeps using batch statistics (no running averages exist)
+        with torch.enable_grad():
+            fast = self.adapt(self.params(), episode.support_x, episode.support_y, self.hp.test_inner_steps,
+                              create_graph=False)
+        with torch.no_grad():
+            return self.forward_with({k: v.detach() for k, v in fast.items()}, episode.query_x)
+
+    def adapted_parameters(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())

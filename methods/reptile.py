@@ -1,0 +1,255 @@
+"""Reptile (Nichol, Achiam & Schulman, "On First-Order Meta-Learning Algorithms", arXiv 1803.02999, 2018).
+
+Reptile meta-learns an initialisation ``theta`` by repeatedly training on a task and moving the initialisation
+toward the trained weights (Nichol et al., Algorithm 2, the batched version):
+
+    phi_i  = U^k_{tau_i}(theta)                         (k inner iterations of Adam on mini-batches of task i)
+    theta <- theta + eps_t * (mean_i phi_i - theta)      (outer step; eps annealed linearly from 1 to 0)
+
+No second derivatives and no query set are involved in training. At test time the network is fine-tuned on the
+support set in the same way (50 iterations) and then classifies the queries.
+
+Network: ``ctx.backbone(bn_running_stats=False)`` and a linear layer to ``ways`` outputs (the authors' Omniglot net
+is the benchmark's ``--backbone conv4-strided``: four 3x3 stride-2 convolutions of 64 filters, flattened; their
+miniImageNet net is ``--backbone conv4-32``). All parameters are meta-learned and adapted.
+
+Protocol (paper App. A, Table 3, and the commands in the authors' README), Omniglot 5-way: Adam with beta1 = 0 and
+learning rate 1e-3 in the inner loop, 5 inner iterations on mini-batches of 10, meta-batch 5 tasks, outer step size
+1 annealed linearly to 0 over 100K outer iterations; evaluation fine-tunes for 50 iterations on mini-batches of 5.
+
+Decisions and details taken from the authors' code where the paper is silent:
+
+* Training shots: training tasks have ``train_shots`` = 10 examples per class (15 on miniImageNet) whatever the test
+  shots, the paper's "training shots" (Table 3); that is how 1-shot 5-way training gets mini-batches of 10 from a
+  50-image task. Training episodes carry one query per class (the harness needs at least one); Reptile does not use
+  it.
+* Mini-batches: as in the authors' ``_mini_batches``, the task's examples are shuffled and cut into consecutive
+  batches, reshuffling at the end of each pass (each example is used once per pass; a batch may straddle two passes).
+  Each pass's permutation is a pure function of a key, ``keyed_rng(seed, "reptile", step, task, pass)`` in training
+  (``pass`` indexes the passes over the task's examples; in the paper's Omniglot setting, 50 examples, 5 batches of
+  10, one pass) and ``keyed_rng("reptile-eval", *episode key, pass)`` at test (no dependence on global RNG).
+* Inner Adam state: in the authors' code the Adam moments and step counter are not part of the reset between tasks;
+  they carry over from task to task during meta-training, and evaluation starts from a copy of them that is then
+  discarded. ``inner_state="carry"`` (default) does that (the state lives in module buffers, so checkpoints and the
+  best-validation snapshot keep it); ``"reset"`` starts every task from a fresh Adam state. The update follows
+  TensorFlow's Adam (``lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``, eps = 1e-8).
+  ``inner_optimizer="sgd"`` replaces Adam with plain SGD (used by the tests and for the paper's SGD ablations).
+* BatchNorm: the authors' network always normalises with the current batch's statistics
+  (``tf.layers.batch_normalization(training=True)``), so there are no running averages (``bn_running_stats=False``).
+  This is why transduction matters: ``transductive=False`` (default, the paper's main table) classifies each query
+  in a batch made of the whole support set plus that one query, exactly as the authors' non-transductive
+  evaluation, so no query sees another query's statistics; ``transductive=True`` classifies all queries in one batch
+  (the queries' own statistics), the authors' ``--transductive``. The choice is a hyperparameter, so it is recorded
+  in each run's config.json. The non-transductive batches are computed together with ``torch.func.vmap`` over the
+  queries (identical numbers to one forward pass per query).
+* The ``quick`` profile keeps every paper hyperparameter except the number of outer iterations (budget), and the
+  outer step size is annealed over the steps actually run.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, vmap
+
+from benchmark.episodes import Episode, keyed_rng
+
+from .base import Context, Hyper, Method, Setting
+from .maml import MAMLNet
+
+
+@dataclass
+class ReptileHyper(Hyper):
+    inner_lr: float = 1e-3  # Nichol et al. Table 3 (Omniglot): Adam learning rate 0.001 (20-way: 0.0005)
+    inner_iters: int = 5  # Table 3: inner iterations 5 (Omniglot 20-way 10, miniImageNet 8)
+    inner_batch: int = 10  # Table 3: inner batch size 10 (Omniglot 20-way 20)
+    inner_optimizer: str = "adam"  # App. A: "Adam with beta1 = 0" in the inner loop; "sgd" for tests/ablations
+    adam_beta1: float = 0.0  # App. A: beta1 = 0
+    adam_beta2: float = 0.999  # TensorFlow's default, used by the authors' code
+    adam_eps: float = 1e-8  # TensorFlow's default
+    inner_state: str = "carry"  # authors' code: Adam state carries over between tasks ("reset": fresh per task)
+    meta_step: float = 1.0  # Table 3: outer step size 1.0 ...
+    meta_step_final: float = 0.0  # ... annealed linearly to 0 (authors' README: --meta-step-final 0)
+    eval_iters: int = 50  # Table 3: evaluation inner iterations 50
+    eval_batch: int = 5  # Table 3 / README: evaluation inner batch 5 (miniImageNet 5-shot: 15; 20-way: 10)
+    transductive: bool = False  # Sec. 6 / Table 1: main results non-transductive; True: the --transductive runs
+
+
+def _buf(name: str) -> str:
+    """Buffer name for a parameter's optimiser state ('.' is not allowed in buffer names)."""
+    return name.replace(".", "__")
+
+
+class Reptile(Method):
+    """Reptile: train on a task with Adam, move the initialisation toward the trained weights."""
+
+    name = "reptile"
+    family = "initialization"
+    idea = "first-order meta-learning: move the initialisation toward task-adapted weights"
+    paper = "Nichol, Achiam & Schulman. On First-Order Meta-Learning Algorithms. arXiv:1803.02999, 2018"
+    Hyper = ReptileHyper
+    adapts_at_test = True
+
+    @classmethod
+    def hyper(cls, profile: str, setting: Setting) -> ReptileHyper:
+        omniglot = setting.dataset == "omniglot"
+        if omniglot and setting.ways >= 20:  # Table 3 / README, Omniglot 20-way
+            inner = dict(inner_lr=5e-4, inner_iters=10, inner_batch=20, eval_batch=10)
+            shots, paper_steps = 10, 200000
+        elif omniglot:  # Omniglot 5-way
+            inner = dict(inner_lr=1e-3, inner_iters=5, inner_batch=10, eval_batch=5)
+            shots, paper_steps = 10, 100000
+        else:  # miniImageNet (README: eval batch 5 for 1-shot, 15 for 5-shot)
+            inner = dict(inner_lr=1e-3, inner_iters=8, inner_batch=10, eval_batch=5 if setting.shots == 1 else 15)
+            shots, paper_steps = 15, 100000
+        common = dict(meta_batch=5, train_shots=shots, train_queries=1, **inner)
+        if profile == "paper":
+            return ReptileHyper(train_steps=paper_steps, val_every=5000, **common)
+        if profile == "quick":
+            # About 2 minutes on 2 CPU cores, Omniglot 5-way 28x28, default conv4: a meta-step (5 tasks x 5 Adam
+            # iterations on 10 images) measured 450 ms CPU on one thread. One validation, at the end: non-transductive
+            # evaluation (50 iterations, then each query batched with the support set) costs about 1.5 s (1-shot)
+            # to 3 s (5-shot) per episode on one thread.
+            return ReptileHyper(train_steps=400, val_every=400, **common)
+        if profile == "smoke":
+            return ReptileHyper(train_steps=20, val_every=10, **{**common, "eval_iters": 10})
+        raise ValueError(f"unknown profile {profile!r}")
+
+    def __init__(self, hp: ReptileHyper, ctx: Context):
+        super().__init__(hp, ctx)
+        if hp.inner_optimizer not in ("adam", "sgd"):
+            raise ValueError(f"inner_optimizer must be 'adam' or 'sgd', not {hp.inner_optimizer!r}")
+        if hp.inner_state not in ("carry", "reset"):
+            raise ValueError(f"inner_state must be 'carry' or 'reset', not {hp.inner_state!r}")
+        if hp.train_ways not in (None, ctx.setting.ways):
+            raise ValueError(f"Reptile's head has one output per class: train_ways must be {ctx.setting.ways}")
+        backbone = ctx.backbone(bn_running_stats=False)
+        self.net = MAMLNet(backbone, math.prod(ctx.feature_shape(backbone)), ctx.setting.ways).to(ctx.device)
+        # Inner Adam state carried between tasks (authors' code); buffers, so checkpoints and snapshots keep it.
+        self.register_buffer("adam_t", torch.zeros((), dtype=torch.float64, device=ctx.device))
+        self.adam_m, self.adam_v = torch.nn.Module(), torch.nn.Module()
+        for k, p in self.net.named_parameters():
+            self.adam_m.register_buffer(_buf(k), torch.zeros_like(p))
+            self.adam_v.register_buffer(_buf(k), torch.zeros_like(p))
+
+    # ------------------------------------------------------------------ inner loop
+    def _state(self, fresh: bool) -> dict:
+        """A working copy of the inner Adam state: fresh zeros, or the carried one."""
+        names = [k for k, _ in self.net.named_parameters()]
+        if fresh:
+            zeros = lambda: {k: torch.zeros_like(p) for k, p in self.net.named_parameters()}  # noqa: E731
+            return {"t": 0.0, "m": zeros(), "v": zeros()}
+        return {"t": float(self.adam_t), **{s: {k: getattr(getattr(self, f"adam_{s}"), _buf(k)).clone() for k in names}
+                                            for s in ("m", "v")}}
+
+    def _store_state(self, state: dict) -> None:
+        self.adam_t.fill_(state["t"])
+        for s in ("m", "v"):
+            for k, v in state[s].items():
+                getattr(getattr(self, f"adam_{s}"), _buf(k)).copy_(v)
+
+    @staticmethod
+    def batch_indices(n: int, batch: int, iters: int, key: tuple) -> list[np.ndarray]:
+        """``iters`` mini-batches of ``batch`` indices into ``range(n)``: consecutive slices of a stream of
+        permutations, permutation ``p`` drawn from ``keyed_rng(*key, p)`` (the authors' ``_mini_batches``)."""
+        batch = min(batch, n)
+        passes = math.ceil(batch * iters / n)
+        stream = np.concatenate([np.argsort(keyed_rng(*key, p).bit_generator.random_raw(n), kind="stable")
+                                 for p in range(passes)])
+        return [stream[i * batch:(i + 1) * batch] for i in range(iters)]
+
+    def inner_train(self, params: dict[str, torch.Tensor], state: dict, x: torch.Tensor, y: torch.Tensor,
+                    batches: list[np.ndarray]) -> tuple[float, float]:
+        """Train ``params`` (leaf tensors, updated in place) on the mini-batches; returns the last batch's loss and
+        accuracy (before its update)."""
+        hp = self.hp
+        names, tensors = list(params), tuple(params.values())
+        loss_v, acc = 0.0, 0.0
+        for idx in batches:
+            idx_t = torch.as_tensor(idx, device=x.device)
+            logits = functional_call(self.net, params, (x[idx_t],))
+            loss = F.cross_entropy(logits, y[idx_t])
+            grads = torch.autograd.grad(loss, tensors)
+            loss_v, acc = loss.item(), self.accuracy(logits, y[idx_t])
+            with torch.no_grad():
+                if hp.inner_optimizer == "sgd":
+                    for p, g in zip(tensors, grads):
+                        p.sub_(hp.inner_lr * g)
+                    continue
+                state["t"] += 1.0
+                t, b1, b2 = state["t"], hp.adam_beta1, hp.adam_beta2
+                lr_t = hp.inner_lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+                for k, p, g in zip(names, tensors, grads):
+                    m, v = state["m"][k], state["v"][k]
+                    m.mul_(b1).add_(g, alpha=1 - b1)
+                    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                    p.addcdiv_(m, v.sqrt().add_(hp.adam_eps), value=-lr_t)
+        return loss_v, acc
+
+    def leaf_params(self) -> dict[str, torch.Tensor]:
+        return {k: p.detach().clone().requires_grad_(True) for k, p in self.net.named_parameters()}
+
+    # ------------------------------------------------------------------ meta-training
+    def meta_step_size(self, step: int) -> float:
+        frac = step / max(self.hp.train_steps, 1)
+        return frac * self.hp.meta_step_final + (1 - frac) * self.hp.meta_step
+
+    def train_step(self, episodes: list[Episode], step: int) -> dict[str, float]:
+        self.train()
+        hp = self.hp
+        theta = {k: p.detach().clone() for k, p in self.net.named_parameters()}
+        mean_phi = {k: torch.zeros_like(p) for k, p in theta.items()}
+        state = self._state(fresh=hp.inner_state == "reset")
+        loss_sum, acc_sum = 0.0, 0.0
+        for task, ep in enumerate(episodes):
+            if hp.inner_state == "reset" and task > 0:
+                state = self._state(fresh=True)
+            params = self.leaf_params()  # every task starts from theta
+            batches = self.batch_indices(len(ep.support_y), hp.inner_batch, hp.inner_iters,
+                                         (self.ctx.seed, "reptile", int(step), task))
+            loss, acc = self.inner_train(params, state, ep.support_x, ep.support_y, batches)
+            loss_sum += loss / len(episodes)
+            acc_sum += acc / len(episodes)
+            for k, p in params.items():
+                mean_phi[k] += p.detach() / len(episodes)
+        eps = self.meta_step_size(step)
+        with torch.no_grad():
+            for k, p in self.net.named_parameters():
+                p.copy_(theta[k] + eps * (mean_phi[k] - theta[k]))
+        if hp.inner_state == "carry":
+            self._store_state(state)
+        return {"loss": loss_sum, "acc": acc_sum, "meta_step": eps}
+
+    # ------------------------------------------------------------------ test
+    def adapt(self, episode: Episode) -> dict[str, torch.Tensor]:
+        """Fine-tuned parameters for ``episode``'s support set (``eval_iters`` iterations); the module is untouched."""
+        hp = self.hp
+        params = self.leaf_params()
+        state = self._state(fresh=hp.inner_state == "reset")
+        batches = self.batch_indices(len(episode.support_y), hp.eval_batch, hp.eval_iters,
+                                     ("reptile-eval", *episode.spec.key(episode.index)))
+        with torch.enable_grad():
+            self.inner_train(params, state, episode.support_x, episode.support_y, batches)
+        return {k: p.detach() for k, p in params.items()}
+
+    @torch.no_grad()
+    def classify(self, params: dict[str, torch.Tensor], support_x: torch.Tensor, query_x: torch.Tensor
+                 ) -> torch.Tensor:
+        """Query logits: transductive (all queries in one batch) or not (each query batched with the support set)."""
+        if self.hp.transductive:
+            return functional_call(self.net, params, (query_x,))
+        n = support_x.shape[0]
+        batched = torch.cat([support_x.unsqueeze(0).expand(query_x.shape[0], *support_x.shape),
+                             query_x.unsqueeze(1)], dim=1)  # [Q, n + 1, C, H, W]
+        one = lambda xb: functional_call(self.net, params, (xb,))[n]  # noqa: E731
+        return vmap(one, chunk_size=max(1, 1024 // (n + 1)))(batched)
+
+    def predict(self, episode: Episode) -> torch.Tensor:
+        self.eval()  # BatchNorm keeps using batch statistics (no running averages exist)
+        return self.classify(self.adapt(episode), episode.support_x, episode.query_x)
+
+    def adapted_parameters(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
