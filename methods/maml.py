@@ -52,7 +52,6 @@ Decisions where the paper leaves details open (or differs from its code):
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from benchmark.backbones import explicit_batchnorm
 from benchmark.episodes import Episode
 
 from .base import Context, Hyper, Method, Setting
@@ -73,11 +73,11 @@ class MAMLHyper(Hyper):
     meta_lr: float = 1e-3  # Sec. 5.2 / authors' code: Adam with meta learning rate 1e-3
     first_order: bool = False  # Sec. 5.2: first-order approximation as an option; second order by default
     # Tasks of a meta-batch computed together (torch.func.vmap) or in a loop; same meta-gradient (tested). Default:
-    # vectorised, measured faster with the harness's 2 threads on this project's (shared, contended) 2-core CPU:
-    # 616 vs 2440 ms per task (Omniglot 5-way 1-shot, conv4-strided, 15 queries, meta-batch 8), where the looped
-    # path's many small parallel regions stall; with 1 thread the looped path is a little faster (63 vs 69 ms per
-    # task, meta-batch 32) and uses far less memory (0.8 vs 3.5 GB).
-    vectorize: bool = True
+    # looped, measured faster on this project's idle 2-core CPU with 2 threads (second order, Omniglot 5-way 1-shot,
+    # conv4-strided, 15 queries, meta-batch 8: 24.6-24.9 ms per task looped vs 28.9 ms vmapped, 0.8 vs 1.3 GB peak;
+    # `python -m benchmark.speed --method maml --backbone conv4-strided --train-queries 15 --meta-batch 8
+    # --set vectorize=...`). Under heavy contention vmap's fewer, larger operations fared better; on a GPU, try it.
+    vectorize: bool = False
     grad_clip: float | None = None  # authors' code: meta-gradient clipped to [-10, 10] on miniImageNet only
 
 
@@ -88,35 +88,6 @@ def channels_last_strides(x: torch.Tensor) -> torch.Tensor:
     if x.dim() == 4 and x.shape[1] == 1 and x.stride(1) != 1 and not torch._C._functorch.is_functorch_wrapped_tensor(x):
         return torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
     return x
-
-
-@contextmanager
-def explicit_batchnorm(net: nn.Module):
-    """Within the block, ``net``'s batch-statistics BatchNorm layers compute the same normalisation from elementary
-    operations. ``torch.func.vmap`` gets second derivatives through ``F.batch_norm`` wrong (PyTorch 2.x: the
-    double-backward of its batching rule; off by up to tens of percent in the weights before the norm, see the
-    tests), but differentiates these operations exactly."""
-    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None]
-
-    def explicit(bn):
-        def forward(x):
-            dims = [d for d in range(x.dim()) if d != 1]
-            mean = x.mean(dims, keepdim=True)
-            var = (x - mean).square().mean(dims, keepdim=True)  # biased, as F.batch_norm normalises
-            y = (x - mean) * torch.rsqrt(var + bn.eps)
-            if bn.affine:
-                shape = [1, -1] + [1] * (x.dim() - 2)
-                y = y * bn.weight.view(shape) + bn.bias.view(shape)
-            return y
-        return forward
-
-    for m in norms:
-        m.forward = explicit(m)
-    try:
-        yield
-    finally:
-        for m in norms:
-            del m.forward
 
 
 class MAMLNet(nn.Module):
@@ -158,11 +129,11 @@ class MAML(Method):
             # App. A.1: "All models were trained for 60000 iterations".
             return MAMLHyper(train_steps=60000, meta_batch=paper_batch, train_queries=queries, val_every=1000, **inner)
         if profile == "quick":
-            # About 2 minutes on 2 CPU cores for Omniglot 5-way 28x28 on the default conv4: measured 63 ms (1-shot) and
-            # 240 ms (5-shot) CPU per task on one thread, K queries per class; 2 threads take about 0.6 of that.
+            # About 2 minutes on 2 CPU cores for Omniglot 5-way 28x28 on the default conv4, K queries per class:
+            # measured 26 ms (1-shot) and 95 ms (5-shot) per task, looped, 2 threads, idle machine.
             # 5-shot: meta-batch 2 for as many meta-updates as the budget allows (with 200 updates of 4 tasks the
             # validation curve was still rising steeply: 81% at the end).
-            steps, batch = (400, 8) if setting.shots == 1 else (400, 2)
+            steps, batch = (560, 8) if setting.shots == 1 else (600, 2)
             return MAMLHyper(train_steps=steps, meta_batch=batch, train_queries=queries, val_every=steps // 4, **inner)
         if profile == "smoke":
             # Seconds of training: 5 queries per class (a less noisy meta-gradient) and inner step 0.1 (measured on

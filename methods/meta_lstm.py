@@ -126,9 +126,11 @@ class CoordinateLSTM(nn.Module):
             gates[3 * k:].tanh_()
             c = (gates[k:2 * k] * c).addcmul_(gates[:k], gates[3 * k:])
             return torch.tanh(c).mul_(gates[2 * k:3 * k]), c
-        ifo = torch.sigmoid(gates[:3 * k])
-        c = ifo[k:2 * k] * c + ifo[:k] * torch.tanh(gates[3 * k:])
-        return ifo[2 * k:] * torch.tanh(c), c
+        # split, not slicing: a slice's backward materialises a zero-filled [4k, n] gradient per slice, split's
+        # backward is one concatenation (same values; about a quarter of the training step's time on conv4)
+        gi, gf, go, gg = gates.split(k, dim=0)
+        c = torch.sigmoid(gf) * c + torch.sigmoid(gi) * torch.tanh(gg)
+        return torch.sigmoid(go) * torch.tanh(c), c
 
 
 def preprocess(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -162,11 +164,11 @@ class MetaLSTM(Method):
             # Authors' configs: 75,000 episodes (nEpisode), validation on 100 episodes every 1,000 (printPer).
             return MetaLSTMHyper(train_steps=75000, val_every=1000, **shape)
         if profile == "quick":
-            # ~2 minutes of training on 2 CPU cores for Omniglot 28x28 on conv4 (112k learner coordinates), assuming
-            # ~0.8 s per task on an idle machine: measured 5-8 s per task on a 2-core machine shared with ~10 other
-            # processes (1 thread), so an estimate. A validation (100 episodes, T updates each) costs about as much
-            # as 50 training tasks, hence few of them.
-            return MetaLSTMHyper(train_steps=150 if one else 120, val_every=50 if one else 40, **shape)
+            # ~2 minutes of training on 2 CPU cores for Omniglot 28x28 on conv4 (112k learner coordinates): measured
+            # 0.78 s (1-shot, T = 12) and 0.65 s (5-shot, T = 8) per task, 2 threads, idle machine. A validation
+            # (100 episodes at ~0.38 s) costs about as much as 50 training tasks, hence two of them.
+            steps = 150 if one else 180
+            return MetaLSTMHyper(train_steps=steps, val_every=steps // 2, **shape)
         if profile == "smoke":
             # seconds, for tests: 5 learner updates instead of T, 5 queries per class, a larger meta learning rate
             return MetaLSTMHyper(train_steps=30, val_every=15, train_queries=5, lr=3e-3, inner_steps=5,

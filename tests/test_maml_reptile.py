@@ -173,4 +173,4 @@ def test_learns_above_chance_on_smoke_profile(tmp_path, name):
     if name == "reptile":
         assert hp["transductive"] is False and hp["train_shots"] == 10
     else:
-        assert hp["first_order"] is False and hp["vectorize"] is True
+        assert hp["first_order"] is False and hp["vectorize"] is False
