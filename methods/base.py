@@ -156,3 +156,18 @@ class Method(nn.Module):
     @staticmethod
     def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
         return (logits.argmax(-1) == y).float().mean().item()
+
+    def backward_episodes(self, episodes: list[Episode],
+                          forward: Callable[[Episode], tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+        """Accumulate into ``.grad`` the gradient of the mean over ``episodes`` of the loss of
+        ``forward(episode) -> (loss, query scores)``, one backward pass per episode (so one episode's graph is alive
+        at a time); returns the mean loss and query accuracy. The episodic training step of the metric methods,
+        between their ``zero_grad`` and their optimiser step."""
+        loss_sum, acc_sum = 0.0, 0.0
+        for ep in episodes:
+            loss, scores = forward(ep)
+            loss = loss / len(episodes)
+            loss.backward()
+            loss_sum += loss.item()
+            acc_sum += self.accuracy(scores, ep.query_y) / len(episodes)
+        return {"loss": loss_sum, "acc": acc_sum}

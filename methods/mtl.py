@@ -15,8 +15,9 @@ Three phases (Sun et al., Sec. 3 and Fig. 2):
    ``SS(X) = (W * Phi_S1) X + (b + Phi_S2)`` (Sec. 4.1, Eq. 6). The base learner is a linear classifier ``theta``
    (``[ways, d]`` weight + bias, kaiming-normal/zero init as in the code's ``BaseLearner``); per task it takes
    ``inner_steps`` gradient steps on the support loss (Eq. 3); the query loss of the adapted classifier updates
-   ``Phi_S`` (lr 1e-4) and ``theta``'s initialisation (lr 1e-3) with Adam (Eq. 4-5; the code's ``meta_lr1`` and
-   ``meta_lr2``), halved every 1,000 tasks.
+   ``Phi_S`` (lr 1e-4) and ``theta``'s initialisation (lr 1e-3) with Adam (Eq. 4-5; the PyTorch code's ``meta_lr1``
+   and ``meta_lr2``; the TensorFlow code uses one rate, 1e-3, for both), halved every 1,000 tasks, counted as
+   optimiser updates, so hard tasks count too and ``mtl`` and ``mtl-noht`` decay after the same number of updates.
 3. **Meta-test.** ``Phi_S`` fixed; only the classifier is fine-tuned from the meta-learned ``theta`` on the support
    set (``test_steps`` steps), then classifies the queries.
 
@@ -103,8 +104,8 @@ class MTLHyper(Hyper):
     pre_val_steps: int = 100  # models/mtl.py preval_forward: 100 classifier steps
     pre_val_lr: float = 0.01  # models/mtl.py preval_forward: lr 0.01
     # ---- phase 2: meta-transfer (Sun et al. Sec. 5.2; code run_meta.py / main.py)
-    meta_lr_ss: float = 1e-4  # Sec. 5.2 / main.py meta_lr1: Phi_S (and BN, see docstring) learning rate, Adam
-    meta_lr_theta: float = 1e-3  # Sec. 5.2 / main.py meta_lr2: theta initialisation learning rate, Adam
+    meta_lr_ss: float = 1e-4  # PyTorch code main.py meta_lr1: Phi_S (and BN, see docstring) learning rate, Adam
+    meta_lr_theta: float = 1e-3  # PyTorch code main.py meta_lr2: theta initialisation learning rate, Adam
     lr_decay_tasks: int = 1000  # main.py: step_size=10 epochs of num_batch=100 tasks
     lr_gamma: float = 0.5  # main.py: gamma=0.5
     base_lr: float = 0.01  # Sec. 5.2 / run_meta.py base_lr=0.01: inner-loop (base-learner) learning rate
@@ -266,8 +267,9 @@ class MTL(Method):
             enc = [p for p in self.encoder.parameters() if p.requires_grad]
             self.optimizer = torch.optim.Adam([{"params": enc, "lr": hp.meta_lr_ss},
                                                {"params": [self.theta_w, self.theta_b], "lr": hp.meta_lr_theta}])
-            step = max(1, round(hp.lr_decay_tasks / max(hp.meta_batch, 1)))
-            self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=step, gamma=hp.lr_gamma)
+            # stepped once per optimiser update (one per task, hard tasks included): halved every 1,000 tasks
+            self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=hp.lr_decay_tasks,
+                                                             gamma=hp.lr_gamma)
 
     # ------------------------------------------------------------------------------------------- phase 1
     def pretrain_key(self) -> dict:
@@ -350,6 +352,7 @@ class MTL(Method):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        self.scheduler.step()
         order, _ = class_ranking(logits.detach(), ep.query_y, ep.ways)
         return loss.item(), self.accuracy(logits, ep.query_y), np.asarray(ep.classes)[order]
 
@@ -381,7 +384,6 @@ class MTL(Method):
             out["hard_loss"] = float(np.mean([r[0] for r in res]))
             out["hard_acc"] = float(np.mean([r[1] for r in res]))
             n_hard = len(hard)
-        self.scheduler.step()
         out["tasks"] = len(episodes) + n_hard
         return out
 

@@ -33,6 +33,11 @@ def prototypes(z: torch.Tensor, y: torch.Tensor, ways: int) -> torch.Tensor:
     return onehot.t() @ z / onehot.sum(0).unsqueeze(1)
 
 
+def cross_entropy(logits: torch.Tensor, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy of the query logits, the logits): a ``forward`` for :meth:`Method.backward_episodes`."""
+    return F.cross_entropy(logits, episode.query_y), logits
+
+
 def sq_euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pairwise squared Euclidean distances, [n, d] x [m, d] -> [n, m]."""
     return (a.unsqueeze(1) - b.unsqueeze(0)).pow(2).sum(-1)
@@ -87,16 +92,10 @@ class ProtoNet(Method):
     def train_step(self, episodes: list[Episode], step: int) -> dict[str, float]:
         self.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, acc_sum = 0.0, 0.0
-        for ep in episodes:
-            logits = self.logits(ep)
-            loss = F.cross_entropy(logits, ep.query_y) / len(episodes)
-            loss.backward()
-            loss_sum += loss.item()
-            acc_sum += self.accuracy(logits, ep.query_y) / len(episodes)
+        out = self.backward_episodes(episodes, lambda ep: cross_entropy(self.logits(ep), ep))
         self.optimizer.step()
         self.scheduler.step()
-        return {"loss": loss_sum, "acc": acc_sum}
+        return out
 
     @torch.no_grad()
     def predict(self, episode: Episode) -> torch.Tensor:

@@ -29,7 +29,11 @@ it is 19 -> 9 -> 4 -> average -> 64.
 Protocol (Sec. 4): Adam, learning rate 1e-3 halved every 100,000 episodes (authors' schedule); training episodes have
 the test ways and shots with 19 / 15 / 10 / 5 queries per class for Omniglot 5w1s / 5w5s / 20w1s / 20w5s, and 15 / 10
 for miniImageNet 5w1s / 5w5s; 1,000,000 training episodes on Omniglot and 500,000 on miniImageNet (authors' code).
-Weight initialisation follows the authors' code: He-normal convolutions, N(0, 0.01) linear weights with bias 1.
+Weight initialisation follows the authors' code (``weights_init``, applied to both networks): He-normal (fan-out)
+convolutions with zero bias, BatchNorm weight 1 and bias 0, N(0, 0.01) linear weights with bias 1; the shared
+backbone is re-initialised this way when the Relation Network builds it (the initialisation is part of the method's
+training protocol, the architecture stays the shared one). Each network's gradient norm is clipped at 0.5 before the
+Adam step (authors' code, ``clip_grad_norm(..., 0.5)`` on the encoder and on the relation module separately).
 The loss is the mean (not the sum of Eq. 2) of the squared errors over all (query, class) pairs, as in the authors'
 code; with Adam the two differ only by a constant scale. ``predict`` returns the relation scores as logits.
 """
@@ -53,6 +57,7 @@ class RelationHyper(Hyper):
     lr_halve_every: int = 100000  # Sec. 4 / authors' code: "annealed by half every 100,000 episodes"
     relation_width: int = 64  # Sec. 3.4: relation-module conv blocks of 64 filters
     hidden: int = 8  # Sec. 3.4: first FC layer 8-dimensional, ReLU; second 1-dimensional, sigmoid
+    clip_norm: float = 0.5  # authors' code: gradient norm of each network clipped at 0.5 (0 or None: no clipping)
 
 
 # Sec. 4.1: query images per class in training episodes (Omniglot) and Sec. 4.2 (miniImageNet)
@@ -70,6 +75,22 @@ def paper_queries(setting: Setting) -> int:
     return 15 if setting.shots == 1 else 10
 
 
+def authors_init(net: nn.Module) -> None:
+    """The authors' ``weights_init``: He-normal (fan-out) convolutions with zero bias, BatchNorm (1, 0), linear
+    layers N(0, 0.01) with bias 1."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            nn.init.ones_(m.bias)
+
+
 class RelationModule(nn.Module):
     """g: two conv blocks and two FC layers on a depth-wise concatenated pair of feature maps -> score in (0, 1)."""
 
@@ -78,13 +99,7 @@ class RelationModule(nn.Module):
         self.conv1, self.bn1 = nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width)
         self.conv2, self.bn2 = nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width)
         self.fc1, self.fc2 = nn.Linear(width, hidden), nn.Linear(hidden, 1)
-        for m in self.modules():  # the authors' initialisation
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.ones_(m.bias)
+        authors_init(self)
 
     @staticmethod
     def _pool(h: torch.Tensor) -> torch.Tensor:
@@ -136,6 +151,7 @@ class RelationNet(Method):
     def __init__(self, hp: RelationHyper, ctx: Context):
         super().__init__(hp, ctx)
         self.encoder = ctx.backbone(keep_spatial=True)
+        authors_init(self.encoder)
         channels = ctx.feature_shape(self.encoder)[0]
         self.relation = RelationModule(2 * channels, hp.relation_width, hp.hidden).to(ctx.device)
         self.optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr)
@@ -155,16 +171,18 @@ class RelationNet(Method):
     def train_step(self, episodes: list[Episode], step: int) -> dict[str, float]:
         self.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, acc_sum = 0.0, 0.0
-        for ep in episodes:
-            r = self.scores(ep)
-            loss = F.mse_loss(r, F.one_hot(ep.query_y, ep.ways).to(r.dtype)) / len(episodes)
-            loss.backward()
-            loss_sum += loss.item()
-            acc_sum += self.accuracy(r, ep.query_y) / len(episodes)
+        out = self.backward_episodes(episodes, self._mse)
+        if self.hp.clip_norm:
+            for net in (self.encoder, self.relation):
+                nn.utils.clip_grad_norm_(net.parameters(), self.hp.clip_norm)
         self.optimizer.step()
         self.scheduler.step()
-        return {"loss": loss_sum, "acc": acc_sum}
+        return out
+
+    def _mse(self, ep: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean squared error of the relation scores against one-hot targets (Sung et al. Eq. 4)."""
+        r = self.scores(ep)
+        return F.mse_loss(r, F.one_hot(ep.query_y, ep.ways).to(r.dtype)), r
 
     @torch.no_grad()
     def predict(self, episode: Episode) -> torch.Tensor:

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from benchmark.backbones import BACKBONES, build_backbone, convs, feature_shape
+from benchmark.backbones import BACKBONES, build_backbone, convs, explicit_batchnorm, feature_shape
 
 
 @pytest.mark.parametrize("name,shape,expected", [
@@ -72,3 +72,27 @@ def test_film_hook():
         assert not torch.allclose(net(x, film=shifted), net(x))
         per_sample = [(torch.ones(3, c), torch.zeros(3, c)) for c in net.film_channels]
         torch.testing.assert_close(net(x, film=per_sample), net(x))
+
+
+@pytest.mark.parametrize("name", ["conv4", "conv4-strided", "resnet12-narrow"])
+def test_explicit_batchnorm_whole_batch_and_in_groups(name):
+    """group=None reproduces BatchNorm over the batch; group=g equals one forward pass per run of g images."""
+    torch.manual_seed(0)
+    net = build_backbone(name, 1, bn_running_stats=False).double()
+    for m in net.modules():  # non-trivial affine parameters
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.5, 0.5)
+    x = torch.randn(12, 1, 28, 28, dtype=torch.float64)
+    with torch.no_grad():
+        plain = net(x)
+        separate = torch.cat([net(chunk) for chunk in x.split(4)])
+        with explicit_batchnorm(net):
+            whole = net(x)
+        with explicit_batchnorm(net, group=4):
+            grouped = net(x)
+        after = net(x)
+    torch.testing.assert_close(whole, plain)
+    torch.testing.assert_close(grouped, separate)
+    assert not torch.allclose(grouped, plain, atol=1e-3)  # the groups' statistics really differ from the batch's
+    torch.testing.assert_close(after, plain)  # the BatchNorm layers are restored on exit

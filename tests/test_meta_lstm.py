@@ -43,8 +43,9 @@ def test_preprocessing():
     torch.testing.assert_close(out[:, 4], torch.tensor([-1.0, 0.0], dtype=torch.float64))
 
 
-def test_gates_fixed_at_one_and_lr_is_plain_sgd(omniglot):
-    m = make(omniglot, 1, inner_steps=3, inner_batch=3)
+@pytest.mark.parametrize("batch_divided", [False, True])
+def test_gates_fixed_at_one_and_lr_is_plain_sgd(omniglot, batch_divided):
+    m = make(omniglot, 1, inner_steps=3, inner_batch=3, batch_divided_grad=batch_divided)
     ep = m.ctx.sampler.episode(0, 5, 1, 2)
     lr = 0.1
     c, _ = m.adapt(ep, meta_graph=False, gate_override=lambda t, c, g: (1.0, lr))
@@ -63,7 +64,7 @@ def test_gates_fixed_at_one_and_lr_is_plain_sgd(omniglot):
         grads = torch.autograd.grad(loss, list(net.parameters()))
         with torch.no_grad():
             for p, g in zip(net.parameters(), grads):
-                p.sub_(lr * g)
+                p.sub_(lr * g / (len(idx) if batch_divided else 1))  # the authors' feval divides by the batch
     sgd = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
     assert not torch.allclose(sgd, m.c0.detach(), atol=1e-4)  # the updates did move the parameters
     torch.testing.assert_close(c, sgd, rtol=1e-5, atol=1e-6)

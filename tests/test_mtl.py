@@ -106,6 +106,18 @@ def test_meta_training_moves_ss_and_theta_but_not_frozen_weights(tiny):
     assert tiny.adapted_parameters() == 5 * 64 + 5
 
 
+@pytest.mark.parametrize("decay_tasks,halved", [(6, True), (7, False)])
+def test_meta_learning_rates_decay_per_task_hard_tasks_included(tiny, decay_tasks, halved):
+    """One step of 5 ordinary + 1 hard task is 6 optimiser updates: lr_decay_tasks=6 halves both rates, 7 does not."""
+    torch.manual_seed(0)
+    m = MTL(tiny.hp.replace(lr_decay_tasks=decay_tasks), tiny.ctx)
+    before = [g["lr"] for g in m.optimizer.param_groups]
+    out = m.train_step([m.ctx.sampler.episode(i, 5, 1, 5) for i in range(5)], 0)
+    assert out["tasks"] == 6
+    after = [g["lr"] for g in m.optimizer.param_groups]
+    assert after == ([lr * m.hp.lr_gamma for lr in before] if halved else before)
+
+
 @pytest.fixture(scope="module")
 def variant_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("mtl_runs")
