@@ -54,10 +54,8 @@ def meta_loss_by_plain_sgd(m, tasks, flat):
     for t in tasks:
         chunks = torch.split(flat, [s.numel() for s in shapes])
         params = {k: c.view(s).clone().requires_grad_(True) for k, c, s in zip(names, chunks, shapes)}
-        shots = len(t.support_y) // (int(t.support_y.max()) + 1)
-        for _ in range(m.hp.inner_steps):  # the authors' inner loss: summed over the support set, divided by K
-            loss = F.cross_entropy(torch.func.functional_call(m.net, params, (t.support_x,)), t.support_y,
-                                   reduction="sum") / shots
+        for _ in range(m.hp.inner_steps):
+            loss = F.cross_entropy(torch.func.functional_call(m.net, params, (t.support_x,)), t.support_y)
             g = torch.autograd.grad(loss, list(params.values()))
             params = {k: (p - m.hp.inner_lr * gi).detach().requires_grad_(True)
                       for (k, p), gi in zip(params.items(), g)}
