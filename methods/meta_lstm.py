@@ -123,7 +123,7 @@ class CoordinateLSTM(nn.Module):
             c = (gates[k:2 * k] * c).addcmul_(gates[:k], gates[3 * k:])
             return torch.tanh(c).mul_(gates[2 * k:3 * k]), c
         # split, not slicing: a slice's backward materialises a zero-filled [4k, n] gradient per slice, split's
-        # backward is one concatenation (same values; about a quarter of the training step's time on conv4)
+        # backward is one concatenation (same values; 890 -> 779 ms per conv4 training task, 2 threads)
         gi, gf, go, gg = gates.split(k, dim=0)
         c = torch.sigmoid(gf) * c + torch.sigmoid(gi) * torch.tanh(gg)
         return torch.sigmoid(go) * torch.tanh(c), c
