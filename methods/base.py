@@ -122,6 +122,32 @@ class Method(nn.Module):
         raise NotImplementedError
 
     # ---- provided
+    @classmethod
+    def tasks_per_step(cls, hp: Hyper) -> int:
+        """Training episodes (tasks) one ``train_step`` consumes under ``hp`` (methods that draw more override)."""
+        return hp.meta_batch
+
+    @classmethod
+    def paper_train_episodes(cls, setting: Setting) -> int:
+        """Training episodes (tasks) of the ``paper`` profile for ``setting``: the denominator of a run's
+        ``budget_fraction``, so a short run's gap to the paper reads as budget, not as a defect."""
+        hp = cls.hyper("paper", setting)
+        return hp.train_steps * cls.tasks_per_step(hp)
+
+    def predict_many(self, episodes: list[Episode]) -> list[torch.Tensor]:
+        """Query logits of several episodes; the same numbers as ``predict`` on each (the harness evaluates in
+        groups of ``eval_group`` episodes; methods override this to compute a group in fewer, larger passes)."""
+        return [self.predict(ep) for ep in episodes]
+
+    eval_group: ClassVar[int] = 1  # episodes per predict_many call in evaluation
+
+    @staticmethod
+    def embed_episodes(encoder: nn.Module, episodes: list[Episode]) -> list[torch.Tensor]:
+        """``encoder(cat(support, query))`` of each episode, computed in one pass over all their images. Only for an
+        encoder whose output for an image does not depend on the rest of the batch (BatchNorm in eval mode)."""
+        xs = [torch.cat([ep.support_x, ep.query_x]) for ep in episodes]
+        return list(encoder(torch.cat(xs)).split([len(x) for x in xs]))
+
     def stateful(self) -> dict[str, Any]:
         """Objects besides the module's parameters whose state a checkpoint must keep (optimisers, schedulers).
 

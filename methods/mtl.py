@@ -245,6 +245,10 @@ class MTL(Method):
             hp = hp.replace(train_steps=1, val_every=1, hard_tasks=0)
         return hp
 
+    @classmethod
+    def tasks_per_step(cls, hp: MTLHyper) -> int:
+        return hp.meta_batch + hp.hard_tasks  # ordinary tasks plus the HT meta-batch
+
     def __init__(self, hp: MTLHyper, ctx: Context):
         super().__init__(hp, ctx)
         self.encoder = ctx.backbone()
