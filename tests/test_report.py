@@ -1,6 +1,6 @@
 """The report generator, on a synthetic results directory with known per-episode accuracies (no training).
 
-The expected CI, paired tests, Holm correction and ranks are computed here independently of benchmark.report_stats.
+The expected CI, paired tests, Holm correction and ranks are computed here independently of benchmark.report.stats.
 """
 import base64
 import io

@@ -1,47 +1,20 @@
-"""python -m benchmark.report: build the report from the run records in a results directory (never re-running).
-
-Writes ``<reports-dir>/<name>/``: ``report.md`` (figures as PNG files beside it), ``report.html`` (one self-contained
-file), ``leaderboard.csv`` (one row per method x dataset x setting x backbone x profile, aggregated over seeds;
-columns :data:`REPORT_LEADERBOARD_COLUMNS`), ``paired.csv`` (every paired test) and ``episode_counts.csv``.
-
-Sections: 1 the survey's Table 1 mirrored (measured vs published), 2 the metric methods (survey Table 2),
-3 paired statistics and ranks, 4 convergence, 5 episode counts to accuracy thresholds, 6 cost, 7 provenance.
-
-Errors (no finished runs, incomplete run folders, paired comparisons refused because test-episode fingerprints
-differ) print one line and exit with code 2; with refused pairs the report is still written and says why.
-"""
+"""The report's sections, each written into a :class:`~benchmark.report.render.Doc` from the entries and tables:
+1 the survey's Table 1 mirrored (measured vs published), 2 the metric methods (survey Table 2), 3 paired statistics
+and ranks, 4 convergence, 5 episode counts to accuracy thresholds, 6 cost, 7 provenance."""
 from __future__ import annotations
 
-import argparse
 import math
-import os
 import re
-import sys
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 
-from .report_data import (FAMILY_LABEL, FINAL_FRACTION, REPORT_LEADERBOARD_COLUMNS, SETTING_KEYS, Entry, ReportError,
-                          build_entries, episode_counts, load_runs, load_survey, parse_thresholds, paired_statistics,
-                          setting_label, shared_artefacts, short, survey_figure)
-from .report_render import Doc, convergence_png, to_html, to_markdown
-from .results import atomic_write_bytes, atomic_write_csv, atomic_write_text
+from .common import FAMILY_LABEL, SETTING_KEYS, setting_label, short
+from .entries import Entry
+from .reference import load_survey, survey_figure
+from .render import Doc, convergence_png
+from .tables import FINAL_FRACTION, episode_counts as count_episodes, shared_artefacts
 
-__all__ = ["build_report", "build", "main", "ReportError", "REPORT_LEADERBOARD_COLUMNS"]
-
-ALPHA = 0.05
 STAT_TEST = "two-sided paired t-test (scipy.stats.ttest_rel) on per-episode accuracy"
-
-
-@dataclass
-class BuildResult:
-    path: Path  # report.md
-    html: Path
-    leaderboard: pd.DataFrame
-    notes: list[str] = field(default_factory=list)
-    refusals: list[str] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------------ formatting
@@ -101,7 +74,7 @@ def _by_setting(entries: list[Entry]) -> dict[tuple, list[Entry]]:
 
 
 # ------------------------------------------------------------------------------------------------ sections
-def _table1(doc: Doc, entries: list[Entry]) -> None:
+def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
     doc.h(2, "1. Survey Table 1 mirror: measured vs published", "table1")
     doc.p("Rows: methods grouped by family (variants beneath their method); columns: the settings that were run. "
           "Each cell: **measured** mean accuracy ± 95% CI over test episodes (with several seeds also the sd of the "
@@ -184,7 +157,7 @@ _FACT_KEYS = [("support embedding", "Support embedding"), ("query embedding", "Q
               ("distance", "Distance"), ("distinctive", "Distinctive feature")]
 
 
-def _metric_table(doc: Doc, entries: list[Entry]) -> None:
+def metric_methods(doc: Doc, entries: list[Entry]) -> None:
     doc.h(2, "2. Metric-based methods (survey Table 2)", "table2")
     try:
         import methods
@@ -214,7 +187,7 @@ def _metric_table(doc: Doc, entries: list[Entry]) -> None:
         doc.p("No registered metric-based method.")
 
 
-def _paired(doc: Doc, stats, alpha: float) -> tuple[pd.DataFrame, list[str]]:
+def paired(doc: Doc, stats, alpha: float) -> tuple[pd.DataFrame, list[str]]:
     doc.h(2, "3. Paired statistics and ranks", "paired")
     doc.p(f"Every method of a setting is tested on the same episodes (same `test_fingerprint`), so methods are "
           f"compared episode by episode: {STAT_TEST}, with Holm's step-down correction over all pairs "
@@ -265,7 +238,7 @@ def _paired(doc: Doc, stats, alpha: float) -> tuple[pd.DataFrame, list[str]]:
     return pd.DataFrame(rows, columns=cols), refusals
 
 
-def _convergence(doc: Doc, entries: list[Entry]) -> None:
+def convergence(doc: Doc, entries: list[Entry]) -> None:
     doc.h(2, "4. Convergence", "convergence")
     doc.p("Validation accuracy against meta-training episodes (tasks) and against training seconds (validation "
           "time excluded), both on a log scale; one line per method (mean over seeds, aligned on the training "
@@ -283,9 +256,9 @@ def _convergence(doc: Doc, entries: list[Entry]) -> None:
                     f"Validation accuracy vs {tag}, {title}")
 
 
-def _episode_counts(doc: Doc, entries: list[Entry], thresholds) -> pd.DataFrame:
+def episode_counts(doc: Doc, entries: list[Entry], thresholds) -> pd.DataFrame:
     doc.h(2, "5. Episode counts to accuracy thresholds", "episodes")
-    counts = episode_counts(entries, thresholds)
+    counts = count_episodes(entries, thresholds)
     doc.p(f"Meta-training episodes (tasks, as each method counts them) and training seconds until the seed-averaged "
           f"validation curve first reaches each accuracy, and {FINAL_FRACTION:.0%} of the method's own final "
           "validation accuracy. Resolution: one validation interval (column *validated every*); the figures are the "
@@ -316,7 +289,7 @@ def _episode_counts(doc: Doc, entries: list[Entry], thresholds) -> pd.DataFrame:
     return counts
 
 
-def _cost(doc: Doc, entries: list[Entry], runs) -> None:
+def cost(doc: Doc, entries: list[Entry], runs) -> None:
     doc.h(2, "6. Cost", "cost")
     doc.p("Means over seeds. Training time excludes validation and shared artefacts (listed once below); "
           "ms per test episode is adaptation plus prediction; peak memory is the process's resident set (CPU) or "
@@ -350,7 +323,7 @@ def _cost(doc: Doc, entries: list[Entry], runs) -> None:
         doc.p("None: no run used a cached artefact.")
 
 
-def _provenance(doc: Doc, runs) -> None:
+def provenance(doc: Doc, runs) -> None:
     doc.h(2, "7. Provenance", "provenance")
     doc.p("Every number above comes from these run records (`summary.json` of each run); fingerprints are the first "
           "12 hex digits of SHA-256 (full values in `leaderboard.csv`). Runs compared in one table share the test "
@@ -366,111 +339,3 @@ def _provenance(doc: Doc, runs) -> None:
                      "Finished": r["finished_at"] or "—"})
     doc.table(pd.DataFrame(rows))
 
-
-# ------------------------------------------------------------------------------------------------ build
-def build(results_dir: Path, out_dir: Path, run_ids: list[str] | None = None,
-          thresholds: dict | list[str] | None = None, alpha: float = ALPHA) -> BuildResult:
-    """Build the report; raises :class:`ReportError` (one-line message) when it cannot."""
-    results_dir, out_dir = Path(results_dir), Path(out_dir)
-    thr = thresholds if isinstance(thresholds, dict) else parse_thresholds(thresholds)
-    loaded = load_runs(results_dir, run_ids)
-    runs = loaded.runs
-    entries = build_entries(runs)
-    stats = paired_statistics(entries, alpha)
-
-    settings = list(dict.fromkeys(setting_label(e.key["dataset"], e.key["ways"], e.key["shots"]) for e in entries))
-    meths = list(dict.fromkeys(e.label for e in entries))
-    doc = Doc("Few-shot benchmark report")
-    doc.p(f"{len(runs)} runs from `{results_dir}`: {len(meths)} method(s) ({', '.join(meths)}) on "
-          f"{', '.join(settings)}. Built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from the run records "
-          "alone (nothing re-run). Accuracies in %: mean over test episodes of the seed-averaged per-episode "
-          "accuracy ± 95% CI (1.96 sd/√n over episodes).")
-    doc.ul([f"[{t}](#{a})" for t, a in (
-        ("1. Survey Table 1 mirror", "table1"), ("2. Metric-based methods", "table2"),
-        ("3. Paired statistics and ranks", "paired"), ("4. Convergence", "convergence"),
-        ("5. Episode counts", "episodes"), ("6. Cost", "cost"), ("7. Provenance", "provenance"))])
-    notes = list(loaded.notes)
-    refusal_summary = [s for st in stats for s in st.refusals]
-    if notes or refusal_summary:
-        doc.p("**Notes**")
-        doc.ul(notes + [f"Refused pairing: {s}" for s in refusal_summary])
-    _table1(doc, entries)
-    _metric_table(doc, entries)
-    paired_df, refusals = _paired(doc, stats, alpha)
-    _convergence(doc, entries)
-    counts = _episode_counts(doc, entries, thr)
-    _cost(doc, entries, runs)
-    _provenance(doc, runs)
-    doc.h(2, "Files", "files")
-    doc.p("Beside this report: `leaderboard.csv` (one row per method × dataset × setting × backbone × profile, "
-          "aggregated over seeds; schema in the README), `paired.csv` (every paired test), `episode_counts.csv` "
-          "(section 5 in long form), the figures as PNG files, and `report.html` (this report in one "
-          "self-contained file).")
-
-    board = pd.DataFrame([e.row for e in entries])[REPORT_LEADERBOARD_COLUMNS]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("convergence-*.png"):
-        old.unlink()
-    for name, png in doc.images.items():
-        atomic_write_bytes(out_dir / name, png)
-    atomic_write_csv(out_dir / "leaderboard.csv", board.round(4))
-    atomic_write_csv(out_dir / "paired.csv", paired_df)
-    atomic_write_csv(out_dir / "episode_counts.csv", counts)
-    atomic_write_text(out_dir / "report.html", to_html(doc))
-    md = out_dir / "report.md"
-    atomic_write_text(md, to_markdown(doc))
-    _readable(out_dir, [*doc.images, "leaderboard.csv", "paired.csv", "episode_counts.csv", "report.html", "report.md"])
-    return BuildResult(md, out_dir / "report.html", board, notes, refusals)
-
-
-def _readable(folder: Path, names: list[str]) -> None:
-    """Atomic writes create files with mode 0600; reports are for sharing, so give them the umask's default."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for n in names:
-        try:
-            os.chmod(folder / n, 0o666 & ~umask)
-        except OSError:
-            pass
-
-
-def build_report(results_dir: Path, out_dir: Path, run_ids: list[str] | None = None,
-                 thresholds: dict | list[str] | None = None, alpha: float = ALPHA) -> Path:
-    """Write the report for the finished runs in ``results_dir`` (only ``run_ids`` when given) into ``out_dir``;
-    returns the path of ``report.md``. Refused pairings are explained in the report, not raised."""
-    return build(results_dir, out_dir, run_ids, thresholds, alpha).path
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmark.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results-dir", default="results", help="where the runs are; default: results")
-    p.add_argument("--reports-dir", default="reports", help="where reports go; default: reports")
-    p.add_argument("--name", default="latest", help="report folder name; default: latest")
-    p.add_argument("--thresholds", nargs="+", default=None, metavar="T",
-                   help="accuracy thresholds in %% for the episode-count table: numbers for every dataset "
-                        "(e.g. 50 80 90 95) and/or DATASET:50,80,90; default: omniglot 50 80 90 95, other "
-                        "datasets 40 50 60 70")
-    p.add_argument("--alpha", type=float, default=ALPHA, help="family-wise significance level; default: 0.05")
-    args = p.parse_args(argv)
-    try:
-        if not 0 < args.alpha < 1:
-            raise ReportError(f"--alpha must lie in (0, 1), got {args.alpha:g}")
-        res = build(Path(args.results_dir), Path(args.reports_dir) / args.name, thresholds=args.thresholds,
-                    alpha=args.alpha)
-    except ReportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for n in res.notes:
-        print(f"note: {n}", file=sys.stderr)
-    print(res.path)
-    if res.refusals:
-        print(f"error: paired comparison refused in {len(res.refusals)} case(s), the test episodes differ "
-              f"(first: {res.refusals[0]}); the report was written without those pairs: {res.path}",
-              file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

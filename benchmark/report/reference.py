@@ -1,0 +1,120 @@
+"""Published figures (``benchmark/reference/``) and the known ways their protocol differs from a run's."""
+from __future__ import annotations
+
+import math
+import re
+from importlib import resources
+
+import pandas as pd
+
+from .common import norm_dataset
+from .records import MethodInfo
+
+#: Test protocol of the published figures, where the reference records it (benchmark/reference/README.md:
+#: "MAML and MTL report 1 query per class, ProtoNets 15"; ProtoNets used 1000 test episodes on Omniglot).
+PUBLISHED_TEST_QUERIES = {"maml": 1, "mtl": 1, "protonet": 15}
+PUBLISHED_TEST_EPISODES = {("protonet", "omniglot"): 1000}
+PUBLISHED_CONV4_FILTERS = 64  # "conv4" in the reference is a 4-layer conv net; 64 filters unless its note says 32
+
+
+def _ref_file(name: str):
+    return resources.files("benchmark").joinpath("reference", name)
+
+
+def load_reference() -> pd.DataFrame:
+    with _ref_file("paper_results.csv").open("r") as f:
+        df = pd.read_csv(f, dtype={"note": str, "source": str})
+    df["note"] = df["note"].fillna("")
+    df["dataset_key"] = df["dataset"].map(norm_dataset)
+    return df
+
+
+def load_survey() -> pd.DataFrame:
+    with _ref_file("survey_table1.csv").open("r") as f:
+        return pd.read_csv(f)
+
+
+def survey_figure(survey: pd.DataFrame, method: str, dataset: str, ways: int, shots: int) -> float | None:
+    col = f"{norm_dataset(dataset)}_{int(ways)}w{int(shots)}s"
+    row = survey[survey["method"] == method]
+    if not len(row) or col not in survey.columns or pd.isna(row.iloc[0][col]):
+        return None
+    return float(row.iloc[0][col])
+
+
+_ABLATION = re.compile(r"without\s+([A-Za-z0-9]+)\s+(\d+(?:\.\d+)?)", re.I)
+
+
+def published_figure(ref: pd.DataFrame, survey: pd.DataFrame, info: MethodInfo, dataset: str, ways: int,
+                     shots: int) -> dict | None:
+    """The published figure for an entry: {accuracy, ci95, source, note, backbone, ref_method, ablation}.
+
+    Main methods: the reference row of the same name. Variants: only an ablation figure from the main method's
+    reference note, matched by name: variant ``<main>-no<x>`` <-> note "without <X> <figure>" (e.g. mtl-noht <->
+    "without HT 60.2"); other variants have no published figure. Where the reference has no row but the survey's
+    Table 1 has a figure, that figure is used with the survey as its source."""
+    main = info.variant_of or info.name
+    rows = ref[(ref["method"] == main) & (ref["dataset_key"] == norm_dataset(dataset)) & (ref["ways"] == int(ways))
+               & (ref["shots"] == int(shots))]
+    if info.variant_of:
+        suffix = info.name[len(main) + 1:] if info.name.startswith(main + "-") else info.name
+        if not len(rows) or not suffix.lower().startswith("no"):
+            return None
+        r = rows.iloc[0]
+        for label, fig in _ABLATION.findall(r["note"]):
+            if label.lower() == suffix[2:].lower():
+                return {"accuracy": float(fig), "ci95": math.nan,
+                        "source": f"{r['source']} (ablation: without {label})",
+                        "note": r["note"], "backbone": r["backbone"], "ref_method": main, "ablation": label}
+        return None
+    if len(rows):
+        r = rows.iloc[0]
+        return {"accuracy": float(r["accuracy"]), "ci95": float(r["ci95"]) if pd.notna(r["ci95"]) else math.nan,
+                "source": r["source"], "note": r["note"], "backbone": r["backbone"], "ref_method": main,
+                "ablation": None}
+    fig = survey_figure(survey, main, dataset, ways, shots)
+    if fig is not None:
+        return {"accuracy": fig, "ci95": math.nan, "source": "survey Table 1", "note": "", "backbone": None,
+                "ref_method": main, "ablation": None}
+    return None
+
+
+def _our_backbone(name: str) -> tuple[str, object]:
+    try:
+        from ..backbones import BACKBONES
+    except Exception:
+        BACKBONES = {}
+    cfg = BACKBONES.get(name)
+    if cfg is None:
+        return name, None
+    return cfg.kind, (cfg.width if cfg.kind == "conv4" else tuple(cfg.widths))
+
+
+def protocol_differences(pub: dict, dataset: str, queries: int, n_episodes: int, backbone: str) -> list[str]:
+    """Known ways in which the published figure's test protocol differs from ours (empty: same as far as the
+    reference records). Backbone: kind and width (conv4 filters, ResNet-12 widths); queries per class; episodes."""
+    diffs = []
+    if pub.get("backbone"):
+        ref_kind = str(pub["backbone"])
+        ours_kind, ours_width = _our_backbone(backbone)
+        if ref_kind == "conv4":
+            m = re.search(r"(\d+)\s*filters", pub["note"])
+            ref_width = int(m.group(1)) if m else PUBLISHED_CONV4_FILTERS
+            if ours_kind != "conv4" or ours_width != ref_width:
+                ours = f"{backbone}" + (f" ({ours_width} filters)" if ours_kind == "conv4" else "")
+                diffs.append(f"backbone: paper conv4 with {ref_width} filters, ours {ours}")
+        elif ref_kind == "resnet12":
+            ours_ok = ours_kind == "resnet12" and ours_width == _our_backbone("resnet12")[1]
+            if not ours_ok:
+                diffs.append(f"backbone: paper resnet12 (64-160-320-640), ours {backbone}")
+        elif ref_kind != backbone:
+            diffs.append(f"backbone: paper {ref_kind}, ours {backbone}")
+    q = PUBLISHED_TEST_QUERIES.get(pub["ref_method"])
+    if q is not None and int(q) != int(queries):
+        diffs.append(f"queries: paper {q} per class, ours {queries}")
+    m = re.search(r"(\d+)\s*test episodes", pub["note"])
+    e = int(m.group(1)) if m else PUBLISHED_TEST_EPISODES.get((pub["ref_method"], norm_dataset(dataset)))
+    if e is not None and int(e) != int(n_episodes):
+        diffs.append(f"test episodes: paper {e}, ours {n_episodes}")
+    return diffs
+
