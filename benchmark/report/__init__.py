@@ -1,4 +1,6 @@
-"""The report: built from the run records in a results directory (nothing is re-run).
+"""The report: built from the run records in a results directory alone (nothing is re-run, and neither the method
+registry nor the backbone table is imported: methods and backbones are described by the facts each run recorded,
+so a report of old runs does not change when today's code does).
 
 ``python -m benchmark.report`` is the command (:mod:`benchmark.report.cli`); :func:`build_report` the call used by
 ``python -m benchmark.run``. One job per module:

@@ -2,7 +2,8 @@
 
 Writes ``<reports-dir>/<name>/``: ``report.md`` (figures as PNG files beside it), ``report.html`` (one self-contained
 file), ``leaderboard.csv`` (one row per method x dataset x setting x backbone x profile, aggregated over seeds;
-columns :data:`benchmark.report.REPORT_LEADERBOARD_COLUMNS`), ``paired.csv`` (every paired test) and ``episode_counts.csv``.
+columns :data:`benchmark.report.REPORT_LEADERBOARD_COLUMNS`), ``paired.csv`` (every paired test) and
+``episode_counts.csv``.
 
 Sections: 1 the survey's Table 1 mirrored (measured vs published), 2 the metric methods (survey Table 2),
 3 paired statistics and ranks, 4 convergence, 5 episode counts to accuracy thresholds, 6 cost, 7 provenance.

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .common import ENTRY_KEYS, SETTING_KEYS, ReportError, norm_dataset
-from .records import MethodInfo, Run, method_infos
+from .records import MethodInfo, Run, backbone_facts, method_infos
 from .reference import load_reference, load_survey, protocol_differences, published_figure
 from .stats import mean_ci95, seed_curve
 
@@ -58,7 +58,7 @@ def _join(vals) -> str:
 
 def build_entries(runs: list[Run]) -> list[Entry]:
     ref, survey = load_reference(), load_survey()
-    infos = method_infos(sorted({r["method"] for r in runs}), {r["method"]: r["family"] for r in runs}, ref["method"])
+    infos = method_infos(runs, ref["method"])
     groups: dict[tuple, list[Run]] = {}
     for r in runs:
         groups.setdefault(tuple(r[k] for k in ENTRY_KEYS), []).append(r)
@@ -75,7 +75,9 @@ def build_entries(runs: list[Run]) -> list[Entry]:
         mean, ci = mean_ci95(acc)
         seed_means = [float(np.mean(r.accuracy)) for r in rs]
         pub = published_figure(ref, survey, info, key["dataset"], key["ways"], key["shots"])
-        diffs = protocol_differences(pub, key["dataset"], key["queries"], len(acc), key["backbone"]) if pub else []
+        latest = max(rs, key=lambda r: str(r["finished_at"] or ""))
+        diffs = protocol_differences(pub, key["dataset"], key["queries"], len(acc), backbone_facts(latest)) \
+            if pub else []
         caches = {c.get("file") or c.get("name"): float(c.get("seconds") or 0.0)
                   for r in rs for c in (r["cache"] or [])}
 

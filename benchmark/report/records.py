@@ -1,4 +1,9 @@
-"""Run folders read into :class:`Run` records, and each method's facts."""
+"""Run folders read into :class:`Run` records, and each method's and backbone's facts as the runs recorded them.
+
+Nothing here imports the method registry or the backbone table: a report is built from the records alone, so a
+report of old runs does not change when today's code does. Runs older than recorded facts are reported with a
+fallback (:func:`method_infos`, :data:`LEGACY_BACKBONE_FACTS`) and a note (:func:`facts_note`).
+"""
 from __future__ import annotations
 
 import json
@@ -8,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .common import ENTRY_KEYS, ReportError
+from .common import ENTRY_KEYS, FAMILY_ORDER, ReportError
 
 REQUIRED_FILES = ("summary.json", "test_episodes.csv", "curve.csv")
 
@@ -103,12 +108,15 @@ def load_runs(results_dir: Path, run_ids: list[str] | None = None) -> Runs:
                          "overrides and seed and finished later")
         seen[key] = r
     runs = [r for r in runs if seen[tuple(r[k] for k in ENTRY_KEYS) + (r["seed"],)] is r]
-    return Runs(runs, notes)
+    note = facts_note(runs)
+    return Runs(runs, notes + ([note] if note else []))
 
 
-# ------------------------------------------------------------------------------------------------ methods
+# ------------------------------------------------------------------------------------------------ facts
 @dataclass
 class MethodInfo:
+    """A method's facts as its runs recorded them (``summary.json`` ``method_facts``, see :mod:`benchmark.facts`)."""
+
     name: str
     family: str
     idea: str
@@ -116,27 +124,70 @@ class MethodInfo:
     variant_of: str | None
     adapts_at_test: bool
     metric_facts: dict | None
-    registered: bool
-    order: int
+    recorded: bool  # False: the runs predate recorded facts (family from the summary, the rest inferred or empty)
+    order: int  # position in the report: family order, then each main method followed by its variants
 
 
-def method_infos(names: list[str], summary_family: dict[str, str], reference_methods) -> dict[str, MethodInfo]:
-    """Registry facts for every registered method plus ``names`` (methods in the results but not registered get
-    their family from the run summary and are sorted last)."""
-    try:
-        import methods
+#: Kind and width of every backbone name that existed before runs recorded their ``backbone_facts``: a frozen copy of
+#: ``benchmark/backbones.py``'s table, unchanged from the first commit until facts were recorded, so that older runs
+#: are still compared with published figures by what their backbone was then (not by what the name means today).
+LEGACY_BACKBONE_FACTS = {
+    "conv4": {"kind": "conv4", "width": 64}, "conv4-32": {"kind": "conv4", "width": 32},
+    "conv4-strided": {"kind": "conv4", "width": 64}, "conv4-relation": {"kind": "conv4", "width": 64},
+    "resnet12": {"kind": "resnet12", "widths": [64, 160, 320, 640]},
+    "resnet12-narrow": {"kind": "resnet12", "widths": [32, 64, 128, 256]},
+}
 
-        reg = methods.registry()
-    except Exception:  # a broken method module must not stop the report from the records
-        reg = {}
+
+def has_facts(run: Run) -> bool:
+    return isinstance(run["method_facts"], dict) and isinstance(run["backbone_facts"], dict)
+
+
+def backbone_facts(run: Run) -> dict:
+    """{name, kind, width or widths} of a run's backbone: as recorded, else from :data:`LEGACY_BACKBONE_FACTS`
+    (an unknown name without recorded facts gives only its name)."""
+    if isinstance(run["backbone_facts"], dict):
+        return {"name": run["backbone"], **run["backbone_facts"]}
+    return {"name": run["backbone"], **LEGACY_BACKBONE_FACTS.get(run["backbone"], {})}
+
+
+def facts_note(runs: list[Run]) -> str | None:
+    """The report's note on runs that predate recorded facts (None when every run recorded them)."""
+    old = [r for r in runs if not has_facts(r)]
+    if not old:
+        return None
+    return (f"{len(old)} runs predate recorded method facts; for them the family comes from the run summary, idea "
+            "and paper are left empty, a variant's main method is inferred from its name (<main>-<suffix>) and the "
+            "backbone's kind and width from its name as defined when those runs were made")
+
+
+def method_infos(runs: list[Run], reference_methods) -> dict[str, MethodInfo]:
+    """Each method's facts from its latest finished run that recorded them. Methods whose runs predate recorded
+    facts get their family from the summary, empty idea and paper, and ``variant_of`` = the part of the name
+    before the first ``-`` when that is a main method (recorded in these runs or in the reference figures)."""
+    facts: dict[str, dict] = {}
+    family: dict[str, str] = {}
+    for r in sorted(runs, key=lambda r: str(r["finished_at"] or "")):
+        family[r["method"]] = r["family"] or family.get(r["method"], "")
+        if isinstance(r["method_facts"], dict):
+            facts[r["method"]] = r["method_facts"]
+    mains = {n for n, f in facts.items() if not f.get("variant_of")} | set(reference_methods)
     out: dict[str, MethodInfo] = {}
-    for i, (n, c) in enumerate(reg.items()):
-        out[n] = MethodInfo(n, c.family, c.idea, c.paper, c.variant_of, bool(c.adapts_at_test), c.metric_facts,
-                            True, i)
-    mains = {n for n, m in out.items() if m.variant_of is None} | set(reference_methods)
-    for j, n in enumerate(sorted(set(names) - set(out))):
-        prefix = n.split("-")[0]
-        variant_of = prefix if prefix != n and prefix in mains else None
-        out[n] = MethodInfo(n, summary_family.get(n, ""), "", "", variant_of, False, None, False, 1000 + j)
-    return out
+    for n in family:
+        f = facts.get(n)
+        if f is not None:
+            out[n] = MethodInfo(n, f.get("family") or family[n], f.get("idea") or "", f.get("paper") or "",
+                                f.get("variant_of") or None, bool(f.get("adapts_at_test")), f.get("metric_facts"),
+                                True, 0)
+        else:
+            prefix = n.split("-")[0]
+            out[n] = MethodInfo(n, family[n], "", "", prefix if prefix != n and prefix in mains else None, False,
+                                None, False, 0)
 
+    def place(m: MethodInfo):
+        fam = FAMILY_ORDER.index(m.family) if m.family in FAMILY_ORDER else len(FAMILY_ORDER)
+        return fam, m.variant_of or m.name, m.variant_of is not None, m.name
+
+    for i, m in enumerate(sorted(out.values(), key=place)):
+        m.order = i
+    return out

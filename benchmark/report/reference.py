@@ -1,4 +1,5 @@
-"""Published figures (``benchmark/reference/``) and the known ways their protocol differs from a run's."""
+"""Published figures (``benchmark/reference/``) and the known ways their protocol differs from a run's: backbone,
+test queries and test episodes."""
 from __future__ import annotations
 
 import math
@@ -15,6 +16,7 @@ from .records import MethodInfo
 PUBLISHED_TEST_QUERIES = {"maml": 1, "mtl": 1, "protonet": 15}
 PUBLISHED_TEST_EPISODES = {("protonet", "omniglot"): 1000}
 PUBLISHED_CONV4_FILTERS = 64  # "conv4" in the reference is a 4-layer conv net; 64 filters unless its note says 32
+PUBLISHED_RESNET12_WIDTHS = (64, 160, 320, 640)  # "resnet12" in the reference
 
 
 def _ref_file(name: str):
@@ -79,36 +81,25 @@ def published_figure(ref: pd.DataFrame, survey: pd.DataFrame, info: MethodInfo, 
     return None
 
 
-def _our_backbone(name: str) -> tuple[str, object]:
-    try:
-        from ..backbones import BACKBONES
-    except Exception:
-        BACKBONES = {}
-    cfg = BACKBONES.get(name)
-    if cfg is None:
-        return name, None
-    return cfg.kind, (cfg.width if cfg.kind == "conv4" else tuple(cfg.widths))
-
-
-def protocol_differences(pub: dict, dataset: str, queries: int, n_episodes: int, backbone: str) -> list[str]:
-    """Known ways in which the published figure's test protocol differs from ours (empty: same as far as the
-    reference records). Backbone: kind and width (conv4 filters, ResNet-12 widths); queries per class; episodes."""
+def protocol_differences(pub: dict, dataset: str, queries: int, n_episodes: int, backbone: dict) -> list[str]:
+    """Known ways in which the published figure's protocol differs from ours (empty: same as far as the reference
+    records). Backbone: kind and width (conv4 filters, ResNet-12 widths) from the runs' ``backbone`` facts
+    (:func:`~benchmark.report.records.backbone_facts`); queries per class; test episodes."""
     diffs = []
     if pub.get("backbone"):
-        ref_kind = str(pub["backbone"])
-        ours_kind, ours_width = _our_backbone(backbone)
+        ref_kind, name, kind = str(pub["backbone"]), backbone["name"], backbone.get("kind")
         if ref_kind == "conv4":
             m = re.search(r"(\d+)\s*filters", pub["note"])
             ref_width = int(m.group(1)) if m else PUBLISHED_CONV4_FILTERS
-            if ours_kind != "conv4" or ours_width != ref_width:
-                ours = f"{backbone}" + (f" ({ours_width} filters)" if ours_kind == "conv4" else "")
+            if kind != "conv4" or backbone.get("width") != ref_width:
+                ours = name + (f" ({backbone.get('width')} filters)" if kind == "conv4" else "")
                 diffs.append(f"backbone: paper conv4 with {ref_width} filters, ours {ours}")
         elif ref_kind == "resnet12":
-            ours_ok = ours_kind == "resnet12" and ours_width == _our_backbone("resnet12")[1]
-            if not ours_ok:
-                diffs.append(f"backbone: paper resnet12 (64-160-320-640), ours {backbone}")
-        elif ref_kind != backbone:
-            diffs.append(f"backbone: paper {ref_kind}, ours {backbone}")
+            if kind != "resnet12" or tuple(backbone.get("widths") or ()) != PUBLISHED_RESNET12_WIDTHS:
+                diffs.append(f"backbone: paper resnet12 ({'-'.join(map(str, PUBLISHED_RESNET12_WIDTHS))}), "
+                             f"ours {name}")
+        elif ref_kind != name:
+            diffs.append(f"backbone: paper {ref_kind}, ours {name}")
     q = PUBLISHED_TEST_QUERIES.get(pub["ref_method"])
     if q is not None and int(q) != int(queries):
         diffs.append(f"queries: paper {q} per class, ours {queries}")
@@ -117,4 +108,3 @@ def protocol_differences(pub: dict, dataset: str, queries: int, n_episodes: int,
     if e is not None and int(e) != int(n_episodes):
         diffs.append(f"test episodes: paper {e}, ours {n_episodes}")
     return diffs
-

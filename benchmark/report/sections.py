@@ -142,15 +142,6 @@ def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
                     "report 1 query per class, ProtoNets 15. Where the reference does not record a protocol fact "
                     "(queries or episodes), it is not flagged.")
         doc.table(pd.DataFrame(rows), foot)
-    ran = {e.key["method"] for e in entries}
-    try:
-        import methods
-
-        missing = [n for n in methods.main_methods() if n not in ran]
-    except Exception:
-        missing = []
-    if missing:
-        doc.p("Registered methods without runs in this report: " + ", ".join(f"`{m}`" for m in missing) + ".")
 
 
 _FACT_KEYS = [("support embedding", "Support embedding"), ("query embedding", "Query embedding"),
@@ -159,32 +150,24 @@ _FACT_KEYS = [("support embedding", "Support embedding"), ("query embedding", "Q
 
 def metric_methods(doc: Doc, entries: list[Entry]) -> None:
     doc.h(2, "2. Metric-based methods (survey Table 2)", "table2")
-    try:
-        import methods
-
-        reg = methods.registry()
-    except Exception:
-        reg = {}
-    ran = {e.key["method"] for e in entries}
+    infos = sorted({e.info.name: e.info for e in entries if e.info.family == "metric"}.values(), key=lambda i: i.order)
     rows = []
-    for name, cls in reg.items():
-        if cls.family != "metric":
-            continue
-        facts = {re.sub(r"[_\s]+", " ", str(k)).strip().lower(): v for k, v in (cls.metric_facts or {}).items()}
-        row = {"Method": name + (f" (variant of {cls.variant_of})" if cls.variant_of else ""),
-               "Paper": cls.paper or "—"}
+    for info in infos:
+        facts = {re.sub(r"[_\s]+", " ", str(k)).strip().lower(): v for k, v in (info.metric_facts or {}).items()}
+        row = {"Method": info.name + (f" (variant of {info.variant_of})" if info.variant_of else ""),
+               "Paper": info.paper or "—"}
         for k, col in _FACT_KEYS:
             row[col] = facts.pop(k, "—")
         for k, v in facts.items():
             row[k.capitalize()] = v
-        row["In this report"] = "yes" if name in ran else "no"
         rows.append(row)
     if rows:
-        doc.p("From the `metric_facts` each metric method's class declares: how support and query examples are "
-              "embedded, the distance or similarity, and what distinguishes the method.")
+        doc.p("The metric-based methods of this report, from the `metric_facts` their runs recorded (each method "
+              "class declares them): how support and query examples are embedded, the distance or similarity, and "
+              "what distinguishes the method; — where the runs recorded none (runs that predate recorded facts).")
         doc.table(pd.DataFrame(rows).fillna("—"))
     else:
-        doc.p("No registered metric-based method.")
+        doc.p("No metric-based method in this report.")
 
 
 def paired(doc: Doc, stats, alpha: float) -> tuple[pd.DataFrame, list[str]]:
