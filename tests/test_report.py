@@ -35,9 +35,9 @@ def _acc(seed, effect, base):
 
 def write_run(root: Path, method, family, dataset="omniglot", ways=5, shots=1, seed=0, acc=None, fp=None,
               backbone="conv4", curve=((100, 60.0), (200, 85.0), (300, 92.0)), cache=(), suffix="", queries=15,
-              summary_extra=None):
+              summary_extra=None, hyper=None, overrides=()):
     """A finished run folder as benchmark.run writes it; ``summary_extra`` adds summary fields (e.g. recorded
-    facts). Without them: a run from before those fields."""
+    facts), ``hyper`` the config's recorded hyperparameters. Without them: a run from before those fields."""
     run_id = f"{method}-{dataset}-{ways}w{shots}s-{backbone}-smoke-s{seed}{suffix}"
     d = root / run_id
     d.mkdir(parents=True)
@@ -56,7 +56,10 @@ def write_run(root: Path, method, family, dataset="omniglot", ways=5, shots=1, s
     }
     summary.update(summary_extra or {})
     (d / "summary.json").write_text(json.dumps(summary))
-    (d / "config.json").write_text(json.dumps({"method": method, "queries": queries, "overrides": []}))
+    config = {"method": method, "queries": queries, "overrides": [list(o) for o in overrides]}
+    if hyper is not None:
+        config["hyperparameters"] = hyper
+    (d / "config.json").write_text(json.dumps(config))
     pd.DataFrame({"episode": range(len(acc)), "accuracy": acc, "adapt_seconds": 0.02}).to_csv(
         d / "test_episodes.csv", index=False)
     off = -1.0 if seed == 0 else 1.0  # two seeds average to the given curve
@@ -333,7 +336,7 @@ def test_report_package_imports_neither_methods_nor_backbones(tmp_path):
                 assert parts[0] != "methods" and "backbones" not in parts and "facts" not in parts \
                     and parts[0] != "torch", f"{path.name}:{node.lineno} imports {n}"
     res = tmp_path / "res"
-    write_run(res, "matching-nofce", "metric", acc=np.full(10, 0.8), fp="a" * 64,
+    write_run(res, "matching-nofce", "metric", acc=np.full(10, 0.8), fp="a" * 64, hyper={"fce": False},
               summary_extra=facts("metric", variant_of="matching"))
     write_run(res, "maml", "initialization", acc=np.full(10, 0.7), fp="a" * 64)
     code = ("import sys; from benchmark.report import build_report; "
@@ -405,3 +408,39 @@ def test_old_runs_without_recorded_facts_still_report(tmp_path, capsys):
     table2 = md.split('id="table2"')[1].split('id="paired"')[0]
     assert "| matching | — | — | — | — | — |" in table2  # no recorded metric facts, no paper
     assert "| protonet | Snell et al. |" in table2
+
+
+# ------------------------------------------------------------------------------------------------ like for like
+def test_matching_fce_compared_like_for_like(tmp_path):
+    """Matching Networks' Omniglot figures are without FCE, the miniImageNet ones with FCE."""
+    res = tmp_path / "res"
+    hp = {"train_steps": 300, "fce": True, "fce_steps": 5}
+    for ds, fp in (("omniglot", "a" * 64), ("miniimagenet", "c" * 64)):
+        write_run(res, "matching", "metric", dataset=ds, acc=np.full(10, 0.8), fp=fp, hyper=hp,
+                  summary_extra=facts("metric"))
+        write_run(res, "matching-nofce", "metric", dataset=ds, acc=np.full(10, 0.75), fp=fp,
+                  hyper={**hp, "fce": False}, summary_extra=facts("metric", variant_of="matching"))
+    write_run(res, "matching", "metric", acc=np.full(10, 0.7), fp="a" * 64, hyper={**hp, "fce": False},
+              overrides=[("fce", False)], suffix="-fceoff", summary_extra=facts("metric"))
+    write_run(res, "mtl-ft", "initialization", dataset="miniimagenet", backbone="resnet12", acc=np.full(10, 0.6),
+              fp="c" * 64, hyper={"mode": "ft"},
+              summary_extra=facts("initialization", variant_of="mtl",
+                                  backbone={"name": "resnet12", "kind": "resnet12", "widths": [64, 160, 320, 640]}))
+    build_report(res, tmp_path / "rep")
+    board = pd.read_csv(tmp_path / "rep/leaderboard.csv", keep_default_na=False).set_index(
+        ["method", "dataset", "overrides"])
+    m = board.loc[("matching", "omniglot", "")]
+    assert float(m["published"]) == 98.1 and m["published_comparable"] == "False"
+    assert m["protocol_differences"] == "fce: published False, ran True"
+    off = board.loc[("matching", "omniglot", "fce=False")]
+    assert float(off["published"]) == 98.1 and off["published_comparable"] == "True"
+    nofce = board.loc[("matching-nofce", "omniglot", "")]
+    assert float(nofce["published"]) == 98.1 and nofce["published_comparable"] == "True"
+    assert nofce["protocol_differences"] == "" and float(nofce["difference"]) == pytest.approx(75.0 - 98.1)
+    assert "Matching Networks" in nofce["published_source"]
+    mi = board.loc[("matching", "miniimagenet", "")]
+    assert float(mi["published"]) == 43.56 and mi["published_comparable"] == "True"
+    assert board.loc[("matching-nofce", "miniimagenet", "")]["published"] == ""  # FCE figure: not like for like
+    assert board.loc[("mtl-ft", "miniimagenet", "")]["published"] == ""  # other variants: as before
+    md = (tmp_path / "rep/report.md").read_text()
+    assert "published with fce=False" in md and "† other protocol: fce: published False, ran True" in md

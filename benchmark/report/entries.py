@@ -74,10 +74,11 @@ def build_entries(runs: list[Run]) -> list[Entry]:
         acc = np.mean([r.accuracy for r in rs], axis=0)
         mean, ci = mean_ci95(acc)
         seed_means = [float(np.mean(r.accuracy)) for r in rs]
-        pub = published_figure(ref, survey, info, key["dataset"], key["ways"], key["shots"])
+        ran = [r.config.get("hyperparameters") for r in rs]
+        pub = published_figure(ref, survey, info, key["dataset"], key["ways"], key["shots"], ran)
         latest = max(rs, key=lambda r: str(r["finished_at"] or ""))
-        diffs = protocol_differences(pub, key["dataset"], key["queries"], len(acc), backbone_facts(latest)) \
-            if pub else []
+        diffs = protocol_differences(pub, key["dataset"], key["queries"], len(acc), backbone_facts(latest),
+                                     ran) if pub else []
         caches = {c.get("file") or c.get("name"): float(c.get("seconds") or 0.0)
                   for r in rs for c in (r["cache"] or [])}
 

@@ -80,9 +80,12 @@ def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
           "Each cell: **measured** mean accuracy ± 95% CI over test episodes (with several seeds also the sd of the "
           "per-seed means), then the **published** figure with its footnote (source), then **Δ** = measured − "
           "published, in percentage points. **†** marks a published figure obtained under another protocol "
-          "(different backbone, test queries per class or test-episode count, as the footnote says): its Δ is "
-          "shown for information, not as a like-for-like comparison. Variants are compared only with the published "
-          "ablation figure of the same name where the reference notes give one (e.g. MTL without HT).")
+          "(different backbone, test queries per class, test-episode count or a hyperparameter the reference "
+          "records, such as Matching Networks' FCE, as the footnote says): its Δ is shown for information, not as a "
+          "like-for-like comparison. Variants are compared only with the published ablation figure of the same name "
+          "where the reference notes give one (e.g. MTL without HT), or with a figure of their main method whose "
+          "recorded hyperparameters they ran with (e.g. `matching-nofce` with Matching Networks' Omniglot figures, "
+          "published without FCE).")
     survey = load_survey()
     blocks: dict[tuple, list[Entry]] = {}
     for e in entries:
@@ -117,6 +120,9 @@ def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
                         note = pub["source"]
                         if pub["note"]:
                             note += f"; note: {pub['note']}"
+                        if pub.get("hyperparameters"):
+                            hp = pub["hyperparameters"]
+                            note += "; published with " + ", ".join(f"{k}={v}" for k, v in hp.items())
                         sfig = survey_figure(survey, pub["ref_method"], *st) if not pub["ablation"] else None
                         if sfig is not None and abs(sfig - pub["accuracy"]) > 0.005:
                             note += f"; the survey's Table 1 cites {sfig:.2f}"
@@ -140,7 +146,8 @@ def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
         foot.append("Published figures and the survey's Table 1: `benchmark/reference/paper_results.csv` and "
                     "`survey_table1.csv` (sources as listed). CIs are not comparable across papers: MAML and MTL "
                     "report 1 query per class, ProtoNets 15. Where the reference does not record a protocol fact "
-                    "(queries or episodes), it is not flagged.")
+                    "(queries, episodes or hyperparameters), or a run does not record a hyperparameter, it is not "
+                    "flagged.")
         doc.table(pd.DataFrame(rows), foot)
 
 
