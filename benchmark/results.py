@@ -32,7 +32,7 @@ LEADERBOARD_COLUMNS = [
     "run_id", "method", "family", "dataset", "ways", "shots", "backbone", "profile", "seed",
     "mean", "ci95", "n_episodes", "train_episodes", "train_seconds", "ms_per_train_episode",
     "ms_per_test_episode", "peak_memory_mb", "trainable_params", "adapted_params", "device",
-    "test_fingerprint", "code_version",
+    "test_fingerprint", "code_version", "budget_fraction",
 ]
 
 

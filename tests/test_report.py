@@ -37,7 +37,7 @@ def write_run(root: Path, method, family, dataset="omniglot", ways=5, shots=1, s
               backbone="conv4", curve=((100, 60.0), (200, 85.0), (300, 92.0)), cache=(), suffix="", queries=15,
               summary_extra=None, hyper=None, overrides=()):
     """A finished run folder as benchmark.run writes it; ``summary_extra`` adds summary fields (e.g. recorded
-    facts), ``hyper`` the config's recorded hyperparameters. Without them: a run from before those fields."""
+    facts, budget), ``hyper`` the config's recorded hyperparameters. Without them: a run from before those fields."""
     run_id = f"{method}-{dataset}-{ways}w{shots}s-{backbone}-smoke-s{seed}{suffix}"
     d = root / run_id
     d.mkdir(parents=True)
@@ -405,9 +405,45 @@ def test_old_runs_without_recorded_facts_still_report(tmp_path, capsys):
     assert board.loc[("matching", "conv4")]["published_comparable"]  # conv4: 64 filters when it ran
     rel = board.loc[("relation", "conv4-32")]
     assert "backbone: paper conv4 with 64 filters, ours conv4-32 (32 filters)" in rel["protocol_differences"]
+    assert pd.isna(board.loc[("protonet", "conv4")]["budget_fraction"])
     table2 = md.split('id="table2"')[1].split('id="paired"')[0]
     assert "| matching | — | — | — | — | — |" in table2  # no recorded metric facts, no paper
     assert "| protonet | Snell et al. |" in table2
+
+
+# ------------------------------------------------------------------------------------------------ budget
+OLD_COLUMNS = [  # the report leaderboard's columns before the budget columns: never reordered
+    "method", "variant_of", "family", "overrides", "dataset", "ways", "shots", "queries", "backbone", "profile",
+    "mean", "ci95", "n_episodes", "n_seeds", "seeds", "seed_sd", "rank",
+    "published", "published_ci95", "published_source", "published_comparable", "protocol_differences", "difference",
+    "train_episodes", "train_seconds", "ms_per_train_episode", "ms_per_test_episode", "peak_memory_mb", "memory_kind",
+    "trainable_params", "adapted_params", "shared_seconds",
+    "device", "test_fingerprint", "dataset_fingerprint", "code_version", "run_ids",
+]
+
+
+def test_budget_fraction_columns_and_cells(tmp_path):
+    from benchmark.results import LEADERBOARD_COLUMNS, leaderboard
+
+    res = tmp_path / "res"
+    for seed, frac in ((0, 0.015), (1, 0.025)):
+        write_run(res, "protonet", "metric", seed=seed, acc=np.full(10, 0.9), fp="a" * 64,
+                  summary_extra={"paper_train_episodes": 20000, "budget_fraction": frac})
+    write_run(res, "maml", "initialization", acc=np.full(10, 0.8), fp="a" * 64)  # an older run: no budget fields
+    build_report(res, tmp_path / "rep")
+    board = pd.read_csv(tmp_path / "rep/leaderboard.csv").set_index("method")
+    assert REPORT_LEADERBOARD_COLUMNS == OLD_COLUMNS + ["paper_train_episodes", "budget_fraction"]
+    assert board.loc["protonet", "paper_train_episodes"] == 20000
+    assert board.loc["protonet", "budget_fraction"] == pytest.approx(0.02)
+    assert pd.isna(board.loc["maml", "paper_train_episodes"]) and pd.isna(board.loc["maml", "budget_fraction"])
+    md = (tmp_path / "rep/report.md").read_text()
+    row = next(l for l in md.splitlines() if l.startswith("| metric-based | protonet |"))
+    assert "budget 2.0% of the paper's" in row
+    assert "budget" not in next(l for l in md.splitlines() if "| maml |" in l)
+    # the per-run leaderboard of the results store: the column appended at the end
+    assert LEADERBOARD_COLUMNS[-1] == "budget_fraction" and LEADERBOARD_COLUMNS[-2] == "code_version"
+    runs = leaderboard(res).set_index(["method", "seed"])
+    assert runs.loc[("protonet", 1), "budget_fraction"] == 0.025 and pd.isna(runs.loc[("maml", 0), "budget_fraction"])
 
 
 # ------------------------------------------------------------------------------------------------ like for like

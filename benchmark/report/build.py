@@ -78,7 +78,7 @@ def build(results_dir: Path, out_dir: Path, run_ids: list[str] | None = None,
         old.unlink()
     for name, png in doc.images.items():
         atomic_write_bytes(out_dir / name, png)
-    atomic_write_csv(out_dir / "leaderboard.csv", board.round(4))
+    atomic_write_csv(out_dir / "leaderboard.csv", board.round({c: 4 for c in board.columns if c != "budget_fraction"}))
     atomic_write_csv(out_dir / "paired.csv", paired_df)
     atomic_write_csv(out_dir / "episode_counts.csv", counts)
     atomic_write_text(out_dir / "report.html", to_html(doc))

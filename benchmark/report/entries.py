@@ -26,6 +26,7 @@ REPORT_LEADERBOARD_COLUMNS = [
     "train_episodes", "train_seconds", "ms_per_train_episode", "ms_per_test_episode", "peak_memory_mb", "memory_kind",
     "trainable_params", "adapted_params", "shared_seconds",
     "device", "test_fingerprint", "dataset_fingerprint", "code_version", "run_ids",
+    "paper_train_episodes", "budget_fraction",
 ]
 
 
@@ -56,6 +57,15 @@ def _join(vals) -> str:
     return ";".join(out)
 
 
+def _number(v) -> float | None:
+    """``v`` as a finite float; None when absent (older runs lack newer fields) or not a finite number."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
 def build_entries(runs: list[Run]) -> list[Entry]:
     ref, survey = load_reference(), load_survey()
     infos = method_infos(runs, ref["method"])
@@ -83,7 +93,7 @@ def build_entries(runs: list[Run]) -> list[Entry]:
                   for r in rs for c in (r["cache"] or [])}
 
         def avg(k):
-            vals = [float(r[k]) for r in rs if r[k] is not None]
+            vals = [v for v in (_number(r[k]) for r in rs) if v is not None]
             return float(np.mean(vals)) if vals else math.nan
 
         row = {
@@ -108,6 +118,7 @@ def build_entries(runs: list[Run]) -> list[Entry]:
             "device": _join(r["device"] for r in rs), "test_fingerprint": key["test_fingerprint"],
             "dataset_fingerprint": _join(r["dataset_fingerprint"] for r in rs),
             "code_version": _join(r["code_version"] for r in rs), "run_ids": " ".join(r.path.name for r in rs),
+            "paper_train_episodes": avg("paper_train_episodes"), "budget_fraction": avg("budget_fraction"),
         }
         row["_published"] = pub
         entries.append(Entry(key, rs, info, acc, seed_curve([r.curve for r in rs]), row))

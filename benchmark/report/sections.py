@@ -62,6 +62,11 @@ def _slug(setting: tuple) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", s)
 
 
+def _percent(fraction: float) -> str:
+    p = 100.0 * fraction
+    return f"{p:.0f}%" if p >= 10 else f"{p:.1f}%" if p >= 1 else f"{p:.2g}%"
+
+
 def _method_cell(e: Entry) -> str:
     return e.label + (f" (variant of {e.info.variant_of})" if e.info.variant_of else "")
 
@@ -85,7 +90,9 @@ def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
           "like-for-like comparison. Variants are compared only with the published ablation figure of the same name "
           "where the reference notes give one (e.g. MTL without HT), or with a figure of their main method whose "
           "recorded hyperparameters they ran with (e.g. `matching-nofce` with Matching Networks' Omniglot figures, "
-          "published without FCE).")
+          "published without FCE). **budget** is the run's meta-training episodes as a share of what the method's "
+          "`paper` profile trains on for that setting (mean over seeds; absent for runs that predate the record): "
+          "a gap to the published figure on a small budget is expected, not a defect.")
     survey = load_survey()
     blocks: dict[tuple, list[Entry]] = {}
     for e in entries:
@@ -136,6 +143,8 @@ def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
                         txt += f" · pub. {ptxt} [{n}]{mark} · Δ {r['difference']:+.2f}{mark}"
                     else:
                         txt += " · pub. —"
+                    if not math.isnan(r["budget_fraction"]):
+                        txt += f" · budget {_percent(r['budget_fraction'])} of the paper's"
                     if len([x for x in es if x.label == label and (x.key['dataset'], x.key['ways'],
                                                                    x.key['shots']) == st]) > 1:
                         txt += f" (episodes {short(e.key['test_fingerprint'], 8)})"
