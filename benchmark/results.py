@@ -6,7 +6,8 @@ Layout under the results directory::
         config.json           what was run: method, setting, backbone, profile, seed, hyperparameters, episode specs
         curve.csv             validation accuracy every N steps: step, episodes, train_seconds, val_acc, val_ci95, ...
         test_episodes.csv     one row per test episode: index, accuracy, adapt_seconds
-        summary.json          headline numbers, cost, provenance (versions, device, commit, episode fingerprints)
+        summary.json          headline numbers, cost, provenance (versions, device, commit, episode fingerprints),
+                              method_facts and backbone_facts (benchmark/facts.py)
     <run-id>.partial/         a run in progress: checkpoint.pt (resume point) and the files written so far
     cache/                    artefacts shared between runs (e.g. MTL's pretrained backbone), with their cost
     leaderboard.csv           one row per finished run, rebuilt from the summaries
@@ -31,7 +32,7 @@ LEADERBOARD_COLUMNS = [
     "run_id", "method", "family", "dataset", "ways", "shots", "backbone", "profile", "seed",
     "mean", "ci95", "n_episodes", "train_episodes", "train_seconds", "ms_per_train_episode",
     "ms_per_test_episode", "peak_memory_mb", "trainable_params", "adapted_params", "device",
-    "test_fingerprint", "code_version",
+    "test_fingerprint", "code_version", "budget_fraction",
 ]
 
 

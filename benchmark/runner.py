@@ -35,6 +35,7 @@ import torch
 
 from .data import load_dataset
 from .episodes import EpisodeSet, TaskSampler, check_spec
+from .facts import record_facts
 from .results import (atomic_torch_save, atomic_write_csv, atomic_write_json, mean_ci95)
 
 
@@ -412,6 +413,7 @@ def run(cfg: RunConfig, results_dir: Path, device: torch.device, data_dir: str |
         "dataset_fingerprint": ds.fingerprint, "dataset_source": ds.source,
         "val_fingerprint": val_set.fingerprint, "test_fingerprint": test_set.fingerprint,
         "cache": cache_log, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **record_facts(cls, cfg.backbone),
     }
     atomic_write_json(part / "config.json", config)
     atomic_write_csv(part / "curve.csv", curve)

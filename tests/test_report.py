@@ -1,6 +1,6 @@
 """The report generator, on a synthetic results directory with known per-episode accuracies (no training).
 
-The expected CI, paired tests, Holm correction and ranks are computed here independently of benchmark.report_stats.
+The expected CI, paired tests, Holm correction and ranks are computed here independently of benchmark.report.stats.
 """
 import base64
 import io
@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from benchmark.report import REPORT_LEADERBOARD_COLUMNS, build_report, main
+from benchmark.report import REPORT_LEADERBOARD_COLUMNS, build, build_report, main
 from conftest import ROOT
 
 N_EP = 40
@@ -34,7 +34,10 @@ def _acc(seed, effect, base):
 
 
 def write_run(root: Path, method, family, dataset="omniglot", ways=5, shots=1, seed=0, acc=None, fp=None,
-              backbone="conv4", curve=((100, 60.0), (200, 85.0), (300, 92.0)), cache=(), suffix="", queries=15):
+              backbone="conv4", curve=((100, 60.0), (200, 85.0), (300, 92.0)), cache=(), suffix="", queries=15,
+              summary_extra=None, hyper=None, overrides=()):
+    """A finished run folder as benchmark.run writes it; ``summary_extra`` adds summary fields (e.g. recorded
+    facts, budget), ``hyper`` the config's recorded hyperparameters. Without them: a run from before those fields."""
     run_id = f"{method}-{dataset}-{ways}w{shots}s-{backbone}-smoke-s{seed}{suffix}"
     d = root / run_id
     d.mkdir(parents=True)
@@ -51,8 +54,12 @@ def write_run(root: Path, method, family, dataset="omniglot", ways=5, shots=1, s
         "code_version": "0123456789abcdef0123", "dataset_fingerprint": "d" * 64, "val_fingerprint": "e" * 64,
         "test_fingerprint": fp, "cache": list(cache), "finished_at": f"2026-01-01T00:00:0{seed}Z",
     }
+    summary.update(summary_extra or {})
     (d / "summary.json").write_text(json.dumps(summary))
-    (d / "config.json").write_text(json.dumps({"method": method, "queries": queries, "overrides": []}))
+    config = {"method": method, "queries": queries, "overrides": [list(o) for o in overrides]}
+    if hyper is not None:
+        config["hyperparameters"] = hyper
+    (d / "config.json").write_text(json.dumps(config))
     pd.DataFrame({"episode": range(len(acc)), "accuracy": acc, "adapt_seconds": 0.02}).to_csv(
         d / "test_episodes.csv", index=False)
     off = -1.0 if seed == 0 else 1.0  # two seeds average to the given curve
@@ -280,3 +287,196 @@ def test_cli_subprocess_no_traceback(tmp_path):
                        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "no finished runs" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------------ records only
+def facts(family, idea="", paper="", variant_of=None, metric_facts=None, backbone=None, adapts_at_test=False):
+    """Recorded facts as benchmark.facts.record_facts writes them (backbone: the recorded backbone_facts)."""
+    return {"method_facts": {"family": family, "idea": idea, "paper": paper, "variant_of": variant_of,
+                             "adapts_at_test": adapts_at_test, "metric_facts": metric_facts},
+            "backbone_facts": backbone or {"name": "conv4", "kind": "conv4", "width": 64}}
+
+
+def test_record_facts_from_the_registry_and_backbone_table():
+    import methods
+    from benchmark.facts import record_facts
+
+    f = record_facts(methods.get("matching-nofce"), "conv4-32")
+    mf = f["method_facts"]
+    assert set(mf) == {"family", "idea", "paper", "variant_of", "adapts_at_test", "metric_facts"}
+    assert mf["family"] == "metric" and mf["variant_of"] == "matching" and "Vinyals" in mf["paper"]
+    assert mf["adapts_at_test"] is False and mf["metric_facts"]["query embedding"] == "the same CNN (f = g)"
+    assert f["backbone_facts"] == {"name": "conv4-32", "kind": "conv4", "width": 32}
+    f = record_facts(methods.get("maml"), "resnet12-narrow")
+    assert f["method_facts"]["adapts_at_test"] is True and f["method_facts"]["metric_facts"] is None
+    assert f["backbone_facts"] == {"name": "resnet12-narrow", "kind": "resnet12", "widths": [32, 64, 128, 256]}
+    json.dumps(f)  # goes into summary.json as it is
+
+
+def test_report_package_imports_neither_methods_nor_backbones(tmp_path):
+    """Statically (no import of methods, backbones or facts in any module of the package) and at run time (a report
+    built in a fresh interpreter leaves them out of sys.modules)."""
+    import ast
+
+    pkg = ROOT / "benchmark" / "report"
+    modules = sorted(pkg.glob("*.py"))
+    assert {"__init__.py", "__main__.py", "records.py", "reference.py", "render.py", "stats.py"} <= \
+        {m.name for m in modules}
+    for path in modules:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = "." * node.level + (node.module or "")
+                names = [base] + [f"{base}.{a.name}" if node.module else f"{base}{a.name}" for a in node.names]
+            else:
+                continue
+            for n in names:
+                parts = n.lstrip(".").split(".")
+                assert parts[0] != "methods" and "backbones" not in parts and "facts" not in parts \
+                    and parts[0] != "torch", f"{path.name}:{node.lineno} imports {n}"
+    res = tmp_path / "res"
+    write_run(res, "matching-nofce", "metric", acc=np.full(10, 0.8), fp="a" * 64, hyper={"fce": False},
+              summary_extra=facts("metric", variant_of="matching"))
+    write_run(res, "maml", "initialization", acc=np.full(10, 0.7), fp="a" * 64)
+    code = ("import sys; from benchmark.report import build_report; "
+            f"build_report({str(res)!r}, {str(tmp_path / 'rep')!r}); "
+            "print(sorted(m for m in sys.modules if m == 'methods' or m.startswith(('methods.', 'torch')) "
+            "or m in ('benchmark.backbones', 'benchmark.facts')))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "rep" / "report.md").is_file()
+
+
+def test_report_describes_methods_and_backbones_by_recorded_facts(tmp_path):
+    """Facts come from the records, not from today's code: a method the registry does not know, a variant whose
+    name does not say so, and a backbone whose recorded width differs from what its name means today."""
+    res = tmp_path / "res"
+    mf = {"support embedding": "sparse codes", "query embedding": "sparse codes", "distance": "L1",
+          "distinctive": "recorded, not registered"}
+    write_run(res, "newnet", "metric", acc=np.full(10, 0.9), fp="a" * 64,
+              summary_extra=facts("metric", "a new idea", "Someone et al. 2031", metric_facts=mf,
+                                  backbone={"name": "conv4", "kind": "conv4", "width": 32}))
+    write_run(res, "bignet", "metric", acc=np.full(10, 0.8), fp="a" * 64,
+              summary_extra=facts("metric", "a bigger new idea", "Someone et al. 2031", variant_of="newnet"))
+    write_run(res, "protonet", "metric", acc=np.full(10, 0.95), fp="a" * 64,
+              summary_extra=facts("metric", backbone={"name": "conv4", "kind": "conv4", "width": 32}))
+    res_b = build(res, tmp_path / "rep")
+    board = pd.read_csv(tmp_path / "rep/leaderboard.csv").set_index("method")
+    assert board.loc["bignet", "variant_of"] == "newnet" and pd.isna(board.loc["newnet", "variant_of"])
+    pn = board.loc["protonet"]
+    assert pn["published"] == 98.8 and not pn["published_comparable"]
+    assert "backbone: paper conv4 with 64 filters, ours conv4 (32 filters)" in pn["protocol_differences"]
+    md = (tmp_path / "rep/report.md").read_text()
+    table2 = md.split('id="table2"')[1].split('id="paired"')[0]
+    assert "| newnet | Someone et al. 2031 | sparse codes | sparse codes | L1 | recorded, not registered |" in table2
+    assert "bignet (variant of newnet)" in table2 and "a bigger new idea" in md
+    assert "Registered methods without runs" not in md
+    assert not any("predate" in n for n in res_b.notes)
+    # variants sit beneath their main method in Table 1
+    table1 = md.split('id="table1"')[1].split('id="table2"')[0]
+    assert table1.index("| newnet |") < table1.index("| bignet (variant of newnet) |")
+
+
+def test_old_runs_without_recorded_facts_still_report(tmp_path, capsys):
+    res = tmp_path / "res"
+    write_run(res, "mtl", "initialization", dataset="miniimagenet", backbone="resnet12", acc=np.full(10, 0.6),
+              fp="c" * 64)
+    write_run(res, "mtl-noht", "initialization", dataset="miniimagenet", backbone="resnet12", acc=np.full(10, 0.6),
+              fp="c" * 64)
+    write_run(res, "matching", "metric", acc=np.full(10, 0.8), fp="a" * 64)
+    write_run(res, "relation", "metric", backbone="conv4-32", acc=np.full(10, 0.8), fp="a" * 64, suffix="x")
+    write_run(res, "protonet", "metric", acc=np.full(10, 0.9), fp="a" * 64,
+              summary_extra=facts("metric", "recorded idea", "Snell et al."))
+    rc, cap = _run_main(["--results-dir", res, "--reports-dir", tmp_path / "rep"], capsys)
+    assert rc == 0, cap.err
+    note = [l for l in cap.err.splitlines() if "predate" in l]
+    assert len(note) == 1 and note[0].startswith("note: 4 runs predate recorded method facts;")
+    md = (tmp_path / "rep/latest/report.md").read_text()
+    assert "4 runs predate recorded method facts" in md
+    board = pd.read_csv(tmp_path / "rep/latest/leaderboard.csv").set_index(["method", "backbone"])
+    noht = board.loc[("mtl-noht", "resnet12")]
+    assert noht["family"] == "initialization" and noht["variant_of"] == "mtl"  # inferred from the name
+    assert noht["published"] == 60.2  # resnet12 as named when it ran; MTL's protocol has 1 query per class
+    assert noht["protocol_differences"] == "queries: paper 1 per class, ours 15"
+    assert board.loc[("matching", "conv4")]["family"] == "metric"
+    assert board.loc[("matching", "conv4")]["published_comparable"]  # conv4: 64 filters when it ran
+    rel = board.loc[("relation", "conv4-32")]
+    assert "backbone: paper conv4 with 64 filters, ours conv4-32 (32 filters)" in rel["protocol_differences"]
+    assert pd.isna(board.loc[("protonet", "conv4")]["budget_fraction"])
+    table2 = md.split('id="table2"')[1].split('id="paired"')[0]
+    assert "| matching | — | — | — | — | — |" in table2  # no recorded metric facts, no paper
+    assert "| protonet | Snell et al. |" in table2
+
+
+# ------------------------------------------------------------------------------------------------ budget
+OLD_COLUMNS = [  # the report leaderboard's columns before the budget columns: never reordered
+    "method", "variant_of", "family", "overrides", "dataset", "ways", "shots", "queries", "backbone", "profile",
+    "mean", "ci95", "n_episodes", "n_seeds", "seeds", "seed_sd", "rank",
+    "published", "published_ci95", "published_source", "published_comparable", "protocol_differences", "difference",
+    "train_episodes", "train_seconds", "ms_per_train_episode", "ms_per_test_episode", "peak_memory_mb", "memory_kind",
+    "trainable_params", "adapted_params", "shared_seconds",
+    "device", "test_fingerprint", "dataset_fingerprint", "code_version", "run_ids",
+]
+
+
+def test_budget_fraction_columns_and_cells(tmp_path):
+    from benchmark.results import LEADERBOARD_COLUMNS, leaderboard
+
+    res = tmp_path / "res"
+    for seed, frac in ((0, 0.015), (1, 0.025)):
+        write_run(res, "protonet", "metric", seed=seed, acc=np.full(10, 0.9), fp="a" * 64,
+                  summary_extra={"paper_train_episodes": 20000, "budget_fraction": frac})
+    write_run(res, "maml", "initialization", acc=np.full(10, 0.8), fp="a" * 64)  # an older run: no budget fields
+    build_report(res, tmp_path / "rep")
+    board = pd.read_csv(tmp_path / "rep/leaderboard.csv").set_index("method")
+    assert REPORT_LEADERBOARD_COLUMNS == OLD_COLUMNS + ["paper_train_episodes", "budget_fraction"]
+    assert board.loc["protonet", "paper_train_episodes"] == 20000
+    assert board.loc["protonet", "budget_fraction"] == pytest.approx(0.02)
+    assert pd.isna(board.loc["maml", "paper_train_episodes"]) and pd.isna(board.loc["maml", "budget_fraction"])
+    md = (tmp_path / "rep/report.md").read_text()
+    row = next(l for l in md.splitlines() if l.startswith("| metric-based | protonet |"))
+    assert "budget 2.0% of the paper's" in row
+    assert "budget" not in next(l for l in md.splitlines() if "| maml |" in l)
+    # the per-run leaderboard of the results store: the column appended at the end
+    assert LEADERBOARD_COLUMNS[-1] == "budget_fraction" and LEADERBOARD_COLUMNS[-2] == "code_version"
+    runs = leaderboard(res).set_index(["method", "seed"])
+    assert runs.loc[("protonet", 1), "budget_fraction"] == 0.025 and pd.isna(runs.loc[("maml", 0), "budget_fraction"])
+
+
+# ------------------------------------------------------------------------------------------------ like for like
+def test_matching_fce_compared_like_for_like(tmp_path):
+    """Matching Networks' Omniglot figures are without FCE, the miniImageNet ones with FCE."""
+    res = tmp_path / "res"
+    hp = {"train_steps": 300, "fce": True, "fce_steps": 5}
+    for ds, fp in (("omniglot", "a" * 64), ("miniimagenet", "c" * 64)):
+        write_run(res, "matching", "metric", dataset=ds, acc=np.full(10, 0.8), fp=fp, hyper=hp,
+                  summary_extra=facts("metric"))
+        write_run(res, "matching-nofce", "metric", dataset=ds, acc=np.full(10, 0.75), fp=fp,
+                  hyper={**hp, "fce": False}, summary_extra=facts("metric", variant_of="matching"))
+    write_run(res, "matching", "metric", acc=np.full(10, 0.7), fp="a" * 64, hyper={**hp, "fce": False},
+              overrides=[("fce", False)], suffix="-fceoff", summary_extra=facts("metric"))
+    write_run(res, "mtl-ft", "initialization", dataset="miniimagenet", backbone="resnet12", acc=np.full(10, 0.6),
+              fp="c" * 64, hyper={"mode": "ft"},
+              summary_extra=facts("initialization", variant_of="mtl",
+                                  backbone={"name": "resnet12", "kind": "resnet12", "widths": [64, 160, 320, 640]}))
+    build_report(res, tmp_path / "rep")
+    board = pd.read_csv(tmp_path / "rep/leaderboard.csv", keep_default_na=False).set_index(
+        ["method", "dataset", "overrides"])
+    m = board.loc[("matching", "omniglot", "")]
+    assert float(m["published"]) == 98.1 and m["published_comparable"] == "False"
+    assert m["protocol_differences"] == "fce: published False, ran True"
+    off = board.loc[("matching", "omniglot", "fce=False")]
+    assert float(off["published"]) == 98.1 and off["published_comparable"] == "True"
+    nofce = board.loc[("matching-nofce", "omniglot", "")]
+    assert float(nofce["published"]) == 98.1 and nofce["published_comparable"] == "True"
+    assert nofce["protocol_differences"] == "" and float(nofce["difference"]) == pytest.approx(75.0 - 98.1)
+    assert "Matching Networks" in nofce["published_source"]
+    mi = board.loc[("matching", "miniimagenet", "")]
+    assert float(mi["published"]) == 43.56 and mi["published_comparable"] == "True"
+    assert board.loc[("matching-nofce", "miniimagenet", "")]["published"] == ""  # FCE figure: not like for like
+    assert board.loc[("mtl-ft", "miniimagenet", "")]["published"] == ""  # other variants: as before
+    md = (tmp_path / "rep/report.md").read_text()
+    assert "published with fce=False" in md and "† other protocol: fce: published False, ran True" in md

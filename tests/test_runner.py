@@ -26,6 +26,8 @@ def test_protonet_learns_on_smoke_profile(tmp_path):
     assert s["trainable_params"] == 4 * 64 * 2 + 64 * 9 + 64 + 3 * (64 * 64 * 9 + 64)
     for key in ("test_fingerprint", "val_fingerprint", "dataset_fingerprint", "code_version", "environment"):
         assert s[key]
+    assert s["method_facts"]["family"] == "metric" and s["method_facts"]["variant_of"] is None  # for the report
+    assert s["backbone_facts"] == {"name": "conv4", "kind": "conv4", "width": 64}
     config = json.loads((d / "config.json").read_text())
     assert config["hyperparameters"]["train_ways"] == 20 and config["train_episode_shape"] == [20, 5, 5]
     assert not (tmp_path / f"{cfg.run_id}.partial").exists()

@@ -1,47 +1,20 @@
-"""python -m benchmark.report: build the report from the run records in a results directory (never re-running).
-
-Writes ``<reports-dir>/<name>/``: ``report.md`` (figures as PNG files beside it), ``report.html`` (one self-contained
-file), ``leaderboard.csv`` (one row per method x dataset x setting x backbone x profile, aggregated over seeds;
-columns :data:`REPORT_LEADERBOARD_COLUMNS`), ``paired.csv`` (every paired test) and ``episode_counts.csv``.
-
-Sections: 1 the survey's Table 1 mirrored (measured vs published), 2 the metric methods (survey Table 2),
-3 paired statistics and ranks, 4 convergence, 5 episode counts to accuracy thresholds, 6 cost, 7 provenance.
-
-Errors (no finished runs, incomplete run folders, paired comparisons refused because test-episode fingerprints
-differ) print one line and exit with code 2; with refused pairs the report is still written and says why.
-"""
+"""The report's sections, each written into a :class:`~benchmark.report.render.Doc` from the entries and tables:
+1 the survey's Table 1 mirrored (measured vs published), 2 the metric methods (survey Table 2), 3 paired statistics
+and ranks, 4 convergence, 5 episode counts to accuracy thresholds, 6 cost, 7 provenance."""
 from __future__ import annotations
 
-import argparse
 import math
-import os
 import re
-import sys
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 
-from .report_data import (FAMILY_LABEL, FINAL_FRACTION, REPORT_LEADERBOARD_COLUMNS, SETTING_KEYS, Entry, ReportError,
-                          build_entries, episode_counts, load_runs, load_survey, parse_thresholds, paired_statistics,
-                          setting_label, shared_artefacts, short, survey_figure)
-from .report_render import Doc, convergence_png, to_html, to_markdown
-from .results import atomic_write_bytes, atomic_write_csv, atomic_write_text
+from .common import FAMILY_LABEL, SETTING_KEYS, setting_label, short
+from .entries import Entry
+from .reference import load_survey, survey_figure
+from .render import Doc, convergence_png
+from .tables import FINAL_FRACTION, episode_counts as count_episodes, shared_artefacts
 
-__all__ = ["build_report", "build", "main", "ReportError", "REPORT_LEADERBOARD_COLUMNS"]
-
-ALPHA = 0.05
 STAT_TEST = "two-sided paired t-test (scipy.stats.ttest_rel) on per-episode accuracy"
-
-
-@dataclass
-class BuildResult:
-    path: Path  # report.md
-    html: Path
-    leaderboard: pd.DataFrame
-    notes: list[str] = field(default_factory=list)
-    refusals: list[str] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------------ formatting
@@ -89,6 +62,11 @@ def _slug(setting: tuple) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", s)
 
 
+def _percent(fraction: float) -> str:
+    p = 100.0 * fraction
+    return f"{p:.0f}%" if p >= 10 else f"{p:.1f}%" if p >= 1 else f"{p:.2g}%"
+
+
 def _method_cell(e: Entry) -> str:
     return e.label + (f" (variant of {e.info.variant_of})" if e.info.variant_of else "")
 
@@ -101,15 +79,20 @@ def _by_setting(entries: list[Entry]) -> dict[tuple, list[Entry]]:
 
 
 # ------------------------------------------------------------------------------------------------ sections
-def _table1(doc: Doc, entries: list[Entry]) -> None:
+def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
     doc.h(2, "1. Survey Table 1 mirror: measured vs published", "table1")
     doc.p("Rows: methods grouped by family (variants beneath their method); columns: the settings that were run. "
           "Each cell: **measured** mean accuracy ± 95% CI over test episodes (with several seeds also the sd of the "
           "per-seed means), then the **published** figure with its footnote (source), then **Δ** = measured − "
           "published, in percentage points. **†** marks a published figure obtained under another protocol "
-          "(different backbone, test queries per class or test-episode count, as the footnote says): its Δ is "
-          "shown for information, not as a like-for-like comparison. Variants are compared only with the published "
-          "ablation figure of the same name where the reference notes give one (e.g. MTL without HT).")
+          "(different backbone, test queries per class, test-episode count or a hyperparameter the reference "
+          "records, such as Matching Networks' FCE, as the footnote says): its Δ is shown for information, not as a "
+          "like-for-like comparison. Variants are compared only with the published ablation figure of the same name "
+          "where the reference notes give one (e.g. MTL without HT), or with a figure of their main method whose "
+          "recorded hyperparameters they ran with (e.g. `matching-nofce` with Matching Networks' Omniglot figures, "
+          "published without FCE). **budget** is the run's meta-training episodes as a share of what the method's "
+          "`paper` profile trains on for that setting (mean over seeds; absent for runs that predate the record): "
+          "a gap to the published figure on a small budget is expected, not a defect.")
     survey = load_survey()
     blocks: dict[tuple, list[Entry]] = {}
     for e in entries:
@@ -144,6 +127,9 @@ def _table1(doc: Doc, entries: list[Entry]) -> None:
                         note = pub["source"]
                         if pub["note"]:
                             note += f"; note: {pub['note']}"
+                        if pub.get("hyperparameters"):
+                            hp = pub["hyperparameters"]
+                            note += "; published with " + ", ".join(f"{k}={v}" for k, v in hp.items())
                         sfig = survey_figure(survey, pub["ref_method"], *st) if not pub["ablation"] else None
                         if sfig is not None and abs(sfig - pub["accuracy"]) > 0.005:
                             note += f"; the survey's Table 1 cites {sfig:.2f}"
@@ -157,6 +143,8 @@ def _table1(doc: Doc, entries: list[Entry]) -> None:
                         txt += f" · pub. {ptxt} [{n}]{mark} · Δ {r['difference']:+.2f}{mark}"
                     else:
                         txt += " · pub. —"
+                    if not math.isnan(r["budget_fraction"]):
+                        txt += f" · budget {_percent(r['budget_fraction'])} of the paper's"
                     if len([x for x in es if x.label == label and (x.key['dataset'], x.key['ways'],
                                                                    x.key['shots']) == st]) > 1:
                         txt += f" (episodes {short(e.key['test_fingerprint'], 8)})"
@@ -167,54 +155,38 @@ def _table1(doc: Doc, entries: list[Entry]) -> None:
         foot.append("Published figures and the survey's Table 1: `benchmark/reference/paper_results.csv` and "
                     "`survey_table1.csv` (sources as listed). CIs are not comparable across papers: MAML and MTL "
                     "report 1 query per class, ProtoNets 15. Where the reference does not record a protocol fact "
-                    "(queries or episodes), it is not flagged.")
+                    "(queries, episodes or hyperparameters), or a run does not record a hyperparameter, it is not "
+                    "flagged.")
         doc.table(pd.DataFrame(rows), foot)
-    ran = {e.key["method"] for e in entries}
-    try:
-        import methods
-
-        missing = [n for n in methods.main_methods() if n not in ran]
-    except Exception:
-        missing = []
-    if missing:
-        doc.p("Registered methods without runs in this report: " + ", ".join(f"`{m}`" for m in missing) + ".")
 
 
 _FACT_KEYS = [("support embedding", "Support embedding"), ("query embedding", "Query embedding"),
               ("distance", "Distance"), ("distinctive", "Distinctive feature")]
 
 
-def _metric_table(doc: Doc, entries: list[Entry]) -> None:
+def metric_methods(doc: Doc, entries: list[Entry]) -> None:
     doc.h(2, "2. Metric-based methods (survey Table 2)", "table2")
-    try:
-        import methods
-
-        reg = methods.registry()
-    except Exception:
-        reg = {}
-    ran = {e.key["method"] for e in entries}
+    infos = sorted({e.info.name: e.info for e in entries if e.info.family == "metric"}.values(), key=lambda i: i.order)
     rows = []
-    for name, cls in reg.items():
-        if cls.family != "metric":
-            continue
-        facts = {re.sub(r"[_\s]+", " ", str(k)).strip().lower(): v for k, v in (cls.metric_facts or {}).items()}
-        row = {"Method": name + (f" (variant of {cls.variant_of})" if cls.variant_of else ""),
-               "Paper": cls.paper or "—"}
+    for info in infos:
+        facts = {re.sub(r"[_\s]+", " ", str(k)).strip().lower(): v for k, v in (info.metric_facts or {}).items()}
+        row = {"Method": info.name + (f" (variant of {info.variant_of})" if info.variant_of else ""),
+               "Paper": info.paper or "—"}
         for k, col in _FACT_KEYS:
             row[col] = facts.pop(k, "—")
         for k, v in facts.items():
             row[k.capitalize()] = v
-        row["In this report"] = "yes" if name in ran else "no"
         rows.append(row)
     if rows:
-        doc.p("From the `metric_facts` each metric method's class declares: how support and query examples are "
-              "embedded, the distance or similarity, and what distinguishes the method.")
+        doc.p("The metric-based methods of this report, from the `metric_facts` their runs recorded (each method "
+              "class declares them): how support and query examples are embedded, the distance or similarity, and "
+              "what distinguishes the method; — where the runs recorded none (runs that predate recorded facts).")
         doc.table(pd.DataFrame(rows).fillna("—"))
     else:
-        doc.p("No registered metric-based method.")
+        doc.p("No metric-based method in this report.")
 
 
-def _paired(doc: Doc, stats, alpha: float) -> tuple[pd.DataFrame, list[str]]:
+def paired(doc: Doc, stats, alpha: float) -> tuple[pd.DataFrame, list[str]]:
     doc.h(2, "3. Paired statistics and ranks", "paired")
     doc.p(f"Every method of a setting is tested on the same episodes (same `test_fingerprint`), so methods are "
           f"compared episode by episode: {STAT_TEST}, with Holm's step-down correction over all pairs "
@@ -265,7 +237,7 @@ def _paired(doc: Doc, stats, alpha: float) -> tuple[pd.DataFrame, list[str]]:
     return pd.DataFrame(rows, columns=cols), refusals
 
 
-def _convergence(doc: Doc, entries: list[Entry]) -> None:
+def convergence(doc: Doc, entries: list[Entry]) -> None:
     doc.h(2, "4. Convergence", "convergence")
     doc.p("Validation accuracy against meta-training episodes (tasks) and against training seconds (validation "
           "time excluded), both on a log scale; one line per method (mean over seeds, aligned on the training "
@@ -283,9 +255,9 @@ def _convergence(doc: Doc, entries: list[Entry]) -> None:
                     f"Validation accuracy vs {tag}, {title}")
 
 
-def _episode_counts(doc: Doc, entries: list[Entry], thresholds) -> pd.DataFrame:
+def episode_counts(doc: Doc, entries: list[Entry], thresholds) -> pd.DataFrame:
     doc.h(2, "5. Episode counts to accuracy thresholds", "episodes")
-    counts = episode_counts(entries, thresholds)
+    counts = count_episodes(entries, thresholds)
     doc.p(f"Meta-training episodes (tasks, as each method counts them) and training seconds until the seed-averaged "
           f"validation curve first reaches each accuracy, and {FINAL_FRACTION:.0%} of the method's own final "
           "validation accuracy. Resolution: one validation interval (column *validated every*); the figures are the "
@@ -316,7 +288,7 @@ def _episode_counts(doc: Doc, entries: list[Entry], thresholds) -> pd.DataFrame:
     return counts
 
 
-def _cost(doc: Doc, entries: list[Entry], runs) -> None:
+def cost(doc: Doc, entries: list[Entry], runs) -> None:
     doc.h(2, "6. Cost", "cost")
     doc.p("Means over seeds. Training time excludes validation and shared artefacts (listed once below); "
           "ms per test episode is adaptation plus prediction; peak memory is the process's resident set (CPU) or "
@@ -350,7 +322,7 @@ def _cost(doc: Doc, entries: list[Entry], runs) -> None:
         doc.p("None: no run used a cached artefact.")
 
 
-def _provenance(doc: Doc, runs) -> None:
+def provenance(doc: Doc, runs) -> None:
     doc.h(2, "7. Provenance", "provenance")
     doc.p("Every number above comes from these run records (`summary.json` of each run); fingerprints are the first "
           "12 hex digits of SHA-256 (full values in `leaderboard.csv`). Runs compared in one table share the test "
@@ -366,111 +338,3 @@ def _provenance(doc: Doc, runs) -> None:
                      "Finished": r["finished_at"] or "—"})
     doc.table(pd.DataFrame(rows))
 
-
-# ------------------------------------------------------------------------------------------------ build
-def build(results_dir: Path, out_dir: Path, run_ids: list[str] | None = None,
-          thresholds: dict | list[str] | None = None, alpha: float = ALPHA) -> BuildResult:
-    """Build the report; raises :class:`ReportError` (one-line message) when it cannot."""
-    results_dir, out_dir = Path(results_dir), Path(out_dir)
-    thr = thresholds if isinstance(thresholds, dict) else parse_thresholds(thresholds)
-    loaded = load_runs(results_dir, run_ids)
-    runs = loaded.runs
-    entries = build_entries(runs)
-    stats = paired_statistics(entries, alpha)
-
-    settings = list(dict.fromkeys(setting_label(e.key["dataset"], e.key["ways"], e.key["shots"]) for e in entries))
-    meths = list(dict.fromkeys(e.label for e in entries))
-    doc = Doc("Few-shot benchmark report")
-    doc.p(f"{len(runs)} runs from `{results_dir}`: {len(meths)} method(s) ({', '.join(meths)}) on "
-          f"{', '.join(settings)}. Built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from the run records "
-          "alone (nothing re-run). Accuracies in %: mean over test episodes of the seed-averaged per-episode "
-          "accuracy ± 95% CI (1.96 sd/√n over episodes).")
-    doc.ul([f"[{t}](#{a})" for t, a in (
-        ("1. Survey Table 1 mirror", "table1"), ("2. Metric-based methods", "table2"),
-        ("3. Paired statistics and ranks", "paired"), ("4. Convergence", "convergence"),
-        ("5. Episode counts", "episodes"), ("6. Cost", "cost"), ("7. Provenance", "provenance"))])
-    notes = list(loaded.notes)
-    refusal_summary = [s for st in stats for s in st.refusals]
-    if notes or refusal_summary:
-        doc.p("**Notes**")
-        doc.ul(notes + [f"Refused pairing: {s}" for s in refusal_summary])
-    _table1(doc, entries)
-    _metric_table(doc, entries)
-    paired_df, refusals = _paired(doc, stats, alpha)
-    _convergence(doc, entries)
-    counts = _episode_counts(doc, entries, thr)
-    _cost(doc, entries, runs)
-    _provenance(doc, runs)
-    doc.h(2, "Files", "files")
-    doc.p("Beside this report: `leaderboard.csv` (one row per method × dataset × setting × backbone × profile, "
-          "aggregated over seeds; schema in the README), `paired.csv` (every paired test), `episode_counts.csv` "
-          "(section 5 in long form), the figures as PNG files, and `report.html` (this report in one "
-          "self-contained file).")
-
-    board = pd.DataFrame([e.row for e in entries])[REPORT_LEADERBOARD_COLUMNS]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("convergence-*.png"):
-        old.unlink()
-    for name, png in doc.images.items():
-        atomic_write_bytes(out_dir / name, png)
-    atomic_write_csv(out_dir / "leaderboard.csv", board.round(4))
-    atomic_write_csv(out_dir / "paired.csv", paired_df)
-    atomic_write_csv(out_dir / "episode_counts.csv", counts)
-    atomic_write_text(out_dir / "report.html", to_html(doc))
-    md = out_dir / "report.md"
-    atomic_write_text(md, to_markdown(doc))
-    _readable(out_dir, [*doc.images, "leaderboard.csv", "paired.csv", "episode_counts.csv", "report.html", "report.md"])
-    return BuildResult(md, out_dir / "report.html", board, notes, refusals)
-
-
-def _readable(folder: Path, names: list[str]) -> None:
-    """Atomic writes create files with mode 0600; reports are for sharing, so give them the umask's default."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for n in names:
-        try:
-            os.chmod(folder / n, 0o666 & ~umask)
-        except OSError:
-            pass
-
-
-def build_report(results_dir: Path, out_dir: Path, run_ids: list[str] | None = None,
-                 thresholds: dict | list[str] | None = None, alpha: float = ALPHA) -> Path:
-    """Write the report for the finished runs in ``results_dir`` (only ``run_ids`` when given) into ``out_dir``;
-    returns the path of ``report.md``. Refused pairings are explained in the report, not raised."""
-    return build(results_dir, out_dir, run_ids, thresholds, alpha).path
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmark.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results-dir", default="results", help="where the runs are; default: results")
-    p.add_argument("--reports-dir", default="reports", help="where reports go; default: reports")
-    p.add_argument("--name", default="latest", help="report folder name; default: latest")
-    p.add_argument("--thresholds", nargs="+", default=None, metavar="T",
-                   help="accuracy thresholds in %% for the episode-count table: numbers for every dataset "
-                        "(e.g. 50 80 90 95) and/or DATASET:50,80,90; default: omniglot 50 80 90 95, other "
-                        "datasets 40 50 60 70")
-    p.add_argument("--alpha", type=float, default=ALPHA, help="family-wise significance level; default: 0.05")
-    args = p.parse_args(argv)
-    try:
-        if not 0 < args.alpha < 1:
-            raise ReportError(f"--alpha must lie in (0, 1), got {args.alpha:g}")
-        res = build(Path(args.results_dir), Path(args.reports_dir) / args.name, thresholds=args.thresholds,
-                    alpha=args.alpha)
-    except ReportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for n in res.notes:
-        print(f"note: {n}", file=sys.stderr)
-    print(res.path)
-    if res.refusals:
-        print(f"error: paired comparison refused in {len(res.refusals)} case(s), the test episodes differ "
-              f"(first: {res.refusals[0]}); the report was written without those pairs: {res.path}",
-              file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

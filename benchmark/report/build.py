@@ -1,0 +1,107 @@
+"""Building a report: read the runs, derive the tables, write the sections and the files.
+
+:func:`build` writes ``<out_dir>/``: ``report.md`` (figures as PNG files beside it), ``report.html`` (one
+self-contained file), ``leaderboard.csv`` (columns :data:`~benchmark.report.entries.REPORT_LEADERBOARD_COLUMNS`),
+``paired.csv`` and ``episode_counts.csv``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ..results import atomic_write_bytes, atomic_write_csv, atomic_write_text
+from . import sections
+from .common import setting_label
+from .entries import REPORT_LEADERBOARD_COLUMNS, build_entries
+from .records import load_runs
+from .render import Doc, to_html, to_markdown
+from .tables import paired_statistics, parse_thresholds
+
+ALPHA = 0.05
+
+
+@dataclass
+class BuildResult:
+    path: Path  # report.md
+    html: Path
+    leaderboard: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)
+
+
+def build(results_dir: Path, out_dir: Path, run_ids: list[str] | None = None,
+          thresholds: dict | list[str] | None = None, alpha: float = ALPHA) -> BuildResult:
+    """Build the report; raises :class:`ReportError` (one-line message) when it cannot."""
+    results_dir, out_dir = Path(results_dir), Path(out_dir)
+    thr = thresholds if isinstance(thresholds, dict) else parse_thresholds(thresholds)
+    loaded = load_runs(results_dir, run_ids)
+    runs = loaded.runs
+    entries = build_entries(runs)
+    stats = paired_statistics(entries, alpha)
+
+    settings = list(dict.fromkeys(setting_label(e.key["dataset"], e.key["ways"], e.key["shots"]) for e in entries))
+    meths = list(dict.fromkeys(e.label for e in entries))
+    doc = Doc("Few-shot benchmark report")
+    doc.p(f"{len(runs)} runs from `{results_dir}`: {len(meths)} method(s) ({', '.join(meths)}) on "
+          f"{', '.join(settings)}. Built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from the run records "
+          "alone (nothing re-run). Accuracies in %: mean over test episodes of the seed-averaged per-episode "
+          "accuracy ± 95% CI (1.96 sd/√n over episodes).")
+    doc.ul([f"[{t}](#{a})" for t, a in (
+        ("1. Survey Table 1 mirror", "table1"), ("2. Metric-based methods", "table2"),
+        ("3. Paired statistics and ranks", "paired"), ("4. Convergence", "convergence"),
+        ("5. Episode counts", "episodes"), ("6. Cost", "cost"), ("7. Provenance", "provenance"))])
+    notes = list(loaded.notes)
+    refusal_summary = [s for st in stats for s in st.refusals]
+    if notes or refusal_summary:
+        doc.p("**Notes**")
+        doc.ul(notes + [f"Refused pairing: {s}" for s in refusal_summary])
+    sections.table1_mirror(doc, entries)
+    sections.metric_methods(doc, entries)
+    paired_df, refusals = sections.paired(doc, stats, alpha)
+    sections.convergence(doc, entries)
+    counts = sections.episode_counts(doc, entries, thr)
+    sections.cost(doc, entries, runs)
+    sections.provenance(doc, runs)
+    doc.h(2, "Files", "files")
+    doc.p("Beside this report: `leaderboard.csv` (one row per method × dataset × setting × backbone × profile, "
+          "aggregated over seeds; schema in the README), `paired.csv` (every paired test), `episode_counts.csv` "
+          "(section 5 in long form), the figures as PNG files, and `report.html` (this report in one "
+          "self-contained file).")
+
+    board = pd.DataFrame([e.row for e in entries])[REPORT_LEADERBOARD_COLUMNS]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("convergence-*.png"):
+        old.unlink()
+    for name, png in doc.images.items():
+        atomic_write_bytes(out_dir / name, png)
+    atomic_write_csv(out_dir / "leaderboard.csv", board.round({c: 4 for c in board.columns if c != "budget_fraction"}))
+    atomic_write_csv(out_dir / "paired.csv", paired_df)
+    atomic_write_csv(out_dir / "episode_counts.csv", counts)
+    atomic_write_text(out_dir / "report.html", to_html(doc))
+    md = out_dir / "report.md"
+    atomic_write_text(md, to_markdown(doc))
+    _readable(out_dir, [*doc.images, "leaderboard.csv", "paired.csv", "episode_counts.csv", "report.html", "report.md"])
+    return BuildResult(md, out_dir / "report.html", board, notes, refusals)
+
+
+def _readable(folder: Path, names: list[str]) -> None:
+    """Atomic writes create files with mode 0600; reports are for sharing, so give them the umask's default."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for n in names:
+        try:
+            os.chmod(folder / n, 0o666 & ~umask)
+        except OSError:
+            pass
+
+
+def build_report(results_dir: Path, out_dir: Path, run_ids: list[str] | None = None,
+                 thresholds: dict | list[str] | None = None, alpha: float = ALPHA) -> Path:
+    """Write the report for the finished runs in ``results_dir`` (only ``run_ids`` when given) into ``out_dir``;
+    returns the path of ``report.md``. Refused pairings are explained in the report, not raised."""
+    return build(results_dir, out_dir, run_ids, thresholds, alpha).path
+

@@ -1,0 +1,129 @@
+"""Entries: runs aggregated over seeds into one leaderboard row each, with the published figure beside them.
+
+Aggregation: runs that share method, hyperparameter overrides, dataset, ways, shots, test queries, backbone, profile
+and test-episode fingerprint form one *entry* (one leaderboard row); its seeds are its runs. The entry's per-episode
+accuracy is the mean over its seeds on each (shared) test episode; ``mean`` and ``ci95`` (1.96 sd / sqrt(n)) are taken
+over those episodes, and ``seed_sd`` is the sd (ddof 1) of the per-seed mean accuracies.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .common import ENTRY_KEYS, SETTING_KEYS, ReportError, norm_dataset
+from .records import MethodInfo, Run, backbone_facts, method_infos
+from .reference import load_reference, load_survey, protocol_differences, published_figure
+from .stats import mean_ci95, seed_curve
+
+#: Column order of ``leaderboard.csv`` (one row per entry; stable: append new columns at the end only).
+REPORT_LEADERBOARD_COLUMNS = [
+    "method", "variant_of", "family", "overrides", "dataset", "ways", "shots", "queries", "backbone", "profile",
+    "mean", "ci95", "n_episodes", "n_seeds", "seeds", "seed_sd", "rank",
+    "published", "published_ci95", "published_source", "published_comparable", "protocol_differences", "difference",
+    "train_episodes", "train_seconds", "ms_per_train_episode", "ms_per_test_episode", "peak_memory_mb", "memory_kind",
+    "trainable_params", "adapted_params", "shared_seconds",
+    "device", "test_fingerprint", "dataset_fingerprint", "code_version", "run_ids",
+    "paper_train_episodes", "budget_fraction",
+]
+
+
+@dataclass
+class Entry:
+    key: dict
+    runs: list[Run]
+    info: MethodInfo
+    accuracy: np.ndarray  # seed-averaged per-episode accuracy, %
+    curve: pd.DataFrame  # seed-averaged validation curve
+    row: dict  # leaderboard row
+
+    @property
+    def label(self) -> str:
+        ov = self.key["overrides"]
+        return self.key["method"] + (f" [{ov}]" if ov else "")
+
+    @property
+    def setting(self) -> tuple:
+        return tuple(self.key[k] for k in SETTING_KEYS)
+
+
+def _join(vals) -> str:
+    out = []
+    for v in vals:
+        if v is not None and str(v) not in out:
+            out.append(str(v))
+    return ";".join(out)
+
+
+def _number(v) -> float | None:
+    """``v`` as a finite float; None when absent (older runs lack newer fields) or not a finite number."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def build_entries(runs: list[Run]) -> list[Entry]:
+    ref, survey = load_reference(), load_survey()
+    infos = method_infos(runs, ref["method"])
+    groups: dict[tuple, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(tuple(r[k] for k in ENTRY_KEYS), []).append(r)
+    entries = []
+    for key_t, rs in groups.items():
+        rs = sorted(rs, key=lambda r: int(r["seed"]))
+        key = dict(zip(ENTRY_KEYS, key_t))
+        info = infos[key["method"]]
+        lengths = {len(r.accuracy) for r in rs}
+        if len(lengths) != 1:  # same fingerprint implies the same episodes; guard against hand-edited records
+            raise ReportError(f"runs {', '.join(r.path.name for r in rs)} share a test fingerprint but differ in "
+                              "episode count")
+        acc = np.mean([r.accuracy for r in rs], axis=0)
+        mean, ci = mean_ci95(acc)
+        seed_means = [float(np.mean(r.accuracy)) for r in rs]
+        ran = [r.config.get("hyperparameters") for r in rs]
+        pub = published_figure(ref, survey, info, key["dataset"], key["ways"], key["shots"], ran)
+        latest = max(rs, key=lambda r: str(r["finished_at"] or ""))
+        diffs = protocol_differences(pub, key["dataset"], key["queries"], len(acc), backbone_facts(latest),
+                                     ran) if pub else []
+        caches = {c.get("file") or c.get("name"): float(c.get("seconds") or 0.0)
+                  for r in rs for c in (r["cache"] or [])}
+
+        def avg(k):
+            vals = [v for v in (_number(r[k]) for r in rs) if v is not None]
+            return float(np.mean(vals)) if vals else math.nan
+
+        row = {
+            "method": key["method"], "variant_of": info.variant_of or "", "family": info.family or rs[0]["family"],
+            "overrides": key["overrides"], "dataset": key["dataset"], "ways": int(key["ways"]),
+            "shots": int(key["shots"]), "queries": int(key["queries"]), "backbone": key["backbone"],
+            "profile": key["profile"], "mean": mean, "ci95": ci, "n_episodes": len(acc), "n_seeds": len(rs),
+            "seeds": " ".join(str(r["seed"]) for r in rs),
+            "seed_sd": float(np.std(seed_means, ddof=1)) if len(rs) > 1 else math.nan, "rank": math.nan,
+            "published": pub["accuracy"] if pub else math.nan, "published_ci95": pub["ci95"] if pub else math.nan,
+            "published_source": pub["source"] if pub else "",
+            "published_comparable": (not diffs) if pub else None, "protocol_differences": "; ".join(diffs),
+            "difference": mean - pub["accuracy"] if pub else math.nan,
+            "train_episodes": avg("train_episodes"), "train_seconds": avg("train_seconds"),
+            "ms_per_train_episode": avg("ms_per_train_episode"), "ms_per_test_episode": avg("ms_per_test_episode"),
+            "peak_memory_mb": max((float(r["peak_memory_mb"]) for r in rs if r["peak_memory_mb"] is not None),
+                                  default=math.nan),
+            "memory_kind": _join(r["memory_kind"] for r in rs),
+            "trainable_params": _join(r["trainable_params"] for r in rs),
+            "adapted_params": _join(r["adapted_params"] for r in rs),
+            "shared_seconds": sum(caches.values()) if caches else 0.0,
+            "device": _join(r["device"] for r in rs), "test_fingerprint": key["test_fingerprint"],
+            "dataset_fingerprint": _join(r["dataset_fingerprint"] for r in rs),
+            "code_version": _join(r["code_version"] for r in rs), "run_ids": " ".join(r.path.name for r in rs),
+            "paper_train_episodes": avg("paper_train_episodes"), "budget_fraction": avg("budget_fraction"),
+        }
+        row["_published"] = pub
+        entries.append(Entry(key, rs, info, acc, seed_curve([r.curve for r in rs]), row))
+    entries.sort(key=lambda e: (norm_dataset(e.key["dataset"]), e.key["ways"], e.key["shots"], e.key["queries"],
+                                e.key["backbone"], e.key["profile"], e.info.order, e.key["overrides"],
+                                e.key["test_fingerprint"]))
+    return entries
+

@@ -1,0 +1,125 @@
+"""Tables derived from the entries: paired statistics per setting, episode counts to accuracy thresholds, and
+the shared cached artefacts the runs used."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .common import SETTING_KEYS, ReportError, norm_dataset, setting_label, short
+from .entries import Entry
+from .records import Run
+from .stats import first_reaching, paired_comparison
+
+#: Accuracy thresholds (%) for the episode-count table, per dataset; "*" for any other dataset.
+DEFAULT_THRESHOLDS: dict[str, tuple[float, ...]] = {"omniglot": (50.0, 80.0, 90.0, 95.0), "*": (40.0, 50.0, 60.0, 70.0)}
+FINAL_FRACTION = 0.95  # the extra column: 95% of the method's own final validation accuracy
+
+
+@dataclass
+class SettingStats:
+    setting: tuple
+    groups: list[tuple[str, list[Entry], object]]  # (fingerprint, entries, PairedResult)
+    refusals: list[str]
+
+
+def paired_statistics(entries: list[Entry], alpha: float) -> list[SettingStats]:
+    """Per setting: paired tests within each set of entries that share a test fingerprint; pairs across different
+    fingerprints are refused (listed in ``refusals``)."""
+    by_setting: dict[tuple, list[Entry]] = {}
+    for e in entries:
+        by_setting.setdefault(e.setting, []).append(e)
+    out = []
+    for setting, es in by_setting.items():
+        by_fp: dict[str, list[Entry]] = {}
+        for e in es:
+            by_fp.setdefault(e.key["test_fingerprint"], []).append(e)
+        groups, refusals = [], []
+        for fp, ges in by_fp.items():
+            res = paired_comparison({e.label: e.accuracy for e in ges}, alpha)
+            rank = dict(zip(res.ranks["label"], res.ranks["rank"]))
+            for e in ges:
+                e.row["rank"] = int(rank[e.label])
+            groups.append((fp, ges, res))
+        fps = list(by_fp)
+        for i, a in enumerate(fps):
+            for b in fps[i + 1:]:
+                ea, eb = by_fp[a], by_fp[b]
+                refusals.append(
+                    f"{setting_label(*setting[:3])} ({setting[4]}, {setting[5]}): not paired: "
+                    f"{', '.join(e.label for e in ea)} (test fingerprint {short(a)}, {len(ea[0].accuracy)} episodes) "
+                    f"and {', '.join(e.label for e in eb)} (test fingerprint {short(b)}, {len(eb[0].accuracy)} "
+                    "episodes) were tested on different episodes, so a per-episode paired test would compare "
+                    "unrelated episodes; re-run them with the same --eval-seed and --test-episodes")
+        out.append(SettingStats(setting, groups, refusals))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ thresholds
+def parse_thresholds(items: list[str] | None) -> dict[str, tuple[float, ...]]:
+    """Accuracy thresholds (%) per dataset ("*": any other) from the CLI: plain numbers (``50 80 90`` or ``50,80``)
+    replace the defaults for every dataset; ``DATASET:50,80,90`` sets one dataset's. No items: the defaults
+    (:data:`DEFAULT_THRESHOLDS`). Raises ReportError on bad input."""
+    if not items:
+        return dict(DEFAULT_THRESHOLDS)
+    plain: list[float] = []
+    per: dict[str, tuple[float, ...]] = {}
+    for it in items:
+        try:
+            if ":" in it:
+                ds, vals = it.split(":", 1)
+                per[norm_dataset(ds)] = tuple(float(v) for v in vals.split(",") if v.strip())
+            else:
+                plain += [float(v) for v in it.split(",") if v.strip()]
+        except ValueError:
+            raise ReportError(f"--thresholds expects numbers in % (e.g. 50 80 90) or DATASET:50,80,90, got {it!r}") \
+                from None
+    for v in plain + [x for vs in per.values() for x in vs]:
+        if not 0 < v <= 100:
+            raise ReportError(f"--thresholds must lie in (0, 100] %, got {v:g}")
+    out = {"*": tuple(plain)} if plain else dict(DEFAULT_THRESHOLDS)
+    out.update(per)
+    return out
+
+
+def thresholds_for(thresholds: dict[str, tuple[float, ...]], dataset: str) -> tuple[float, ...]:
+    return tuple(sorted(thresholds.get(norm_dataset(dataset), thresholds.get("*", ()))))
+
+
+def episode_counts(entries: list[Entry], thresholds: dict[str, tuple[float, ...]]) -> pd.DataFrame:
+    """Long table: one row per entry and target (fixed threshold or 95% of own final validation accuracy)."""
+    rows = []
+    for e in entries:
+        c = e.curve
+        final = float(c["val_acc"].iloc[-1]) if len(c) else math.nan
+        best = float(c["val_acc"].max()) if len(c) else math.nan
+        targets = [(f"{t:g}%", t) for t in thresholds_for(thresholds, e.key["dataset"])]
+        targets.append((f"{FINAL_FRACTION:.0%} of final", FINAL_FRACTION * final))
+        resolution = int(c["step"].diff().min()) if len(c) > 1 else (int(c["step"].iloc[0]) if len(c) else 0)
+        for name, thr in targets:
+            hit = first_reaching(c, thr) if not math.isnan(thr) else None
+            rows.append({**{k: e.key[k] for k in SETTING_KEYS}, "method": e.label, "target": name,
+                         "threshold": thr, "reached": hit is not None,
+                         "train_episodes": hit["episodes"] if hit else math.nan,
+                         "train_seconds": hit["train_seconds"] if hit else math.nan,
+                         "step": hit["step"] if hit else math.nan, "val_acc_at": hit["val_acc"] if hit else math.nan,
+                         "best_val_acc": best, "final_val_acc": final, "n_seeds": len(e.runs),
+                         "val_every_steps": resolution})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------------ shared artefacts
+def shared_artefacts(runs: list[Run]) -> pd.DataFrame:
+    arts: dict[str, dict] = {}
+    for r in runs:
+        for c in r["cache"] or []:
+            k = c.get("file") or c.get("name")
+            a = arts.setdefault(k, {"artefact": c.get("name", k), "file": c.get("file", ""),
+                                    "seconds": float(c.get("seconds") or 0.0), "computed_by": "", "used_by": []})
+            a["used_by"].append(r.path.name)
+            if c.get("computed_in_this_run"):
+                a["computed_by"] = r.path.name
+    df = pd.DataFrame(list(arts.values()), columns=["artefact", "file", "seconds", "computed_by", "used_by"])
+    df["n_runs"] = df["used_by"].map(len)
+    return df
