@@ -115,7 +115,7 @@ class Reptile(Method):
             # images) measured 40 ms (2 threads, idle machine), 200 ms per meta-step. Few validations: the
             # non-transductive evaluation (50 iterations, then each query batched with the support set) costs about
             # 0.37 s (1-shot) and 0.75 s (5-shot) per episode.
-            return ReptileHyper(train_steps=600, val_every=200 if setting.shots == 1 else 300, **common)
+            return ReptileHyper(train_steps=600, val_every=300, **common)
         if profile == "smoke":
             return ReptileHyper(train_steps=20, val_every=10, **{**common, "eval_iters": 10})
         raise ValueError(f"unknown profile {profile!r}")

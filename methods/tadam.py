@@ -148,7 +148,7 @@ class TADAM(Method):
             # the steps on average (mean of 0.9 ** floor(20 t / T)): ~58 ms per step, 2 threads, idle machine
             # The paper's schedule as written (divide by 10 at T/2, then every 2,500 steps), cut short by the budget.
             steps = 2000 if setting.shots == 1 else 1900
-            return TadamHyper(train_steps=steps, train_queries=queries, val_every=100)
+            return TadamHyper(train_steps=steps, train_queries=queries, val_every=250)  # 8 curve points
         if profile == "smoke":
             return TadamHyper(train_steps=80, train_queries=5, val_every=20, lr_decay_every=20)
         raise ValueError(f"unknown profile {profile!r}")

@@ -121,3 +121,13 @@ def test_learns_on_smoke_profile(tmp_path):
     assert trained["mean"] > 40.0, trained["mean"]  # chance is 20%
     assert trained["mean"] > untrained["mean"] + 5.0, (trained["mean"], untrained["mean"])
     assert trained["adapted_params"] == trained["trainable_params"] - 20 * 24 * 4 - 80 - 2 * 22 - 2
+
+
+def test_authors_configs_per_shot():
+    """train-imagenet-1shot.lua: 75,000 episodes, BN_momentum 0.9; train-imagenet-5shot.lua: 50,000 and 0.95."""
+    one = MetaLSTM.hyper("paper", methods.Setting("omniglot", 5, 1))
+    five = MetaLSTM.hyper("paper", methods.Setting("omniglot", 5, 5))
+    assert (one.train_steps, one.bn_momentum, one.inner_steps) == (75000, 0.9, 12)
+    assert (five.train_steps, five.bn_momentum, five.inner_steps, five.inner_batch) == (50000, 0.95, 8, 25)
+    assert MetaLSTM.hyper("quick", methods.Setting("omniglot", 5, 5)).bn_momentum == 0.95
+    assert MetaLSTM.paper_train_episodes(methods.Setting("omniglot", 5, 5)) == 50000

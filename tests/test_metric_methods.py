@@ -150,3 +150,26 @@ def test_tadam_auxiliary_coin_is_a_pure_function_of_seed_and_step(omniglot):
 def test_learns_above_chance_on_smoke_profile(tmp_path, name, shots):
     s = run(RunConfig(name, "omniglot", 5, shots, profile="smoke", test_episodes=40, val_episodes=5), tmp_path, CPU)
     assert s["mean"] > 45.0, s["mean"]  # chance is 20%; 40 episodes x 75 queries put the 95% CI within +-3 points
+
+
+def test_tadam_metric_is_the_authors_final_one_by_default(omniglot):
+    """Unsquared Euclidean distance times a fixed 7.5 (ElementAI/TADAM, commit 1a2146b); the squared, learned-scale
+    reading of Sec. 2.1 stays available."""
+    ep = episode(omniglot, 5, 1, queries=3)
+    m = make(omniglot, "tadam", film=False)
+    assert not m.alpha.requires_grad and float(m.alpha) == 7.5
+    assert all(p is not m.alpha for g in m.optimizer.param_groups for p in g["params"])
+    m.eval()
+    with torch.no_grad():
+        z = m.encoder(torch.cat([ep.support_x, ep.query_x]))
+        protos = torch.stack([z[:5][ep.support_y == k].mean(0) for k in range(5)])
+        torch.testing.assert_close(m.predict(ep), -7.5 * torch.cdist(z[5:], protos), rtol=1e-4, atol=1e-4)
+    sq = make(omniglot, "tadam", film=False, distance="sq_euclidean", alpha_init=1.0, alpha_trainable=True)
+    assert sq.alpha.requires_grad
+    sq.eval()
+    with torch.no_grad():
+        z = sq.encoder(torch.cat([ep.support_x, ep.query_x]))
+        protos = torch.stack([z[:5][ep.support_y == k].mean(0) for k in range(5)])
+        torch.testing.assert_close(sq.predict(ep), -torch.cdist(z[5:], protos) ** 2, rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="distance"):
+        make(omniglot, "tadam", distance="cosine")

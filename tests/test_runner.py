@@ -23,6 +23,8 @@ def test_protonet_learns_on_smoke_profile(tmp_path):
     curve = pd.read_csv(d / "curve.csv")
     assert list(curve["step"]) == list(range(20, 61, 20)) and curve["episodes"].is_monotonic_increasing
     assert s["best_val_acc"] == pytest.approx(curve["val_acc"].max())
+    # budget: 60 smoke episodes of the paper's 20,000 (ProtoNet, Snell et al.)
+    assert s["paper_train_episodes"] == 20000 and s["budget_fraction"] == pytest.approx(60 / 20000)
     assert s["trainable_params"] == 4 * 64 * 2 + 64 * 9 + 64 + 3 * (64 * 64 * 9 + 64)
     for key in ("test_fingerprint", "val_fingerprint", "dataset_fingerprint", "code_version", "environment"):
         assert s[key]
