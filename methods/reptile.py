@@ -130,7 +130,6 @@ class Reptile(Method):
             raise ValueError(f"Reptile's head has one output per class: train_ways must be {ctx.setting.ways}")
         backbone = ctx.backbone(bn_running_stats=False)
         self.net = MAMLNet(backbone, math.prod(ctx.feature_shape(backbone)), ctx.setting.ways).to(ctx.device)
-        self.eval_group = 25 if ctx.device.type == "cuda" else 1
         # Inner Adam state carried between tasks (authors' code); buffers, so checkpoints and snapshots keep it.
         self.register_buffer("adam_t", torch.zeros((), dtype=torch.float64, device=ctx.device))
         self.adam_m, self.adam_v = torch.nn.Module(), torch.nn.Module()
@@ -178,20 +177,29 @@ class Reptile(Method):
             grads = torch.autograd.grad(loss, tensors)
             loss_v, acc = loss.item(), self.accuracy(logits, y[idx_t])
             with torch.no_grad():
-                if hp.inner_optimizer == "sgd":
-                    torch._foreach_add_(list(tensors), grads, alpha=-hp.inner_lr)
-                    continue
-                state["t"] += 1.0
-                t, b1, b2 = state["t"], hp.adam_beta1, hp.adam_beta2
-                lr_t = hp.inner_lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
-                ms, vs = [state["m"][k] for k in names], [state["v"][k] for k in names]
-                torch._foreach_mul_(ms, b1)  # the same element-wise update as a per-tensor loop, fewer dispatches
-                torch._foreach_add_(ms, grads, alpha=1 - b1)
-                torch._foreach_mul_(vs, b2)
-                torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
-                denom = torch._foreach_add(torch._foreach_sqrt(vs), hp.adam_eps)
-                torch._foreach_addcdiv_(list(tensors), ms, denom, value=-lr_t)
+                state["t"] = self.inner_update(list(tensors), list(grads), [state["m"][k] for k in names],
+                                               [state["v"][k] for k in names], state["t"])
         return loss_v, acc
+
+    def inner_update(self, tensors: list[torch.Tensor], grads: list[torch.Tensor], ms: list[torch.Tensor],
+                     vs: list[torch.Tensor], t: float) -> float:
+        """One in-place inner step on ``tensors`` (SGD, or TensorFlow's Adam with moments ``ms``/``vs`` at step
+        ``t``); returns the new step count. ``_foreach`` ops: the same element-wise update as a per-tensor loop,
+        fewer dispatches."""
+        hp = self.hp
+        if hp.inner_optimizer == "sgd":
+            torch._foreach_add_(tensors, grads, alpha=-hp.inner_lr)
+            return t
+        t += 1.0
+        b1, b2 = hp.adam_beta1, hp.adam_beta2
+        lr_t = hp.inner_lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        torch._foreach_mul_(ms, b1)
+        torch._foreach_add_(ms, grads, alpha=1 - b1)
+        torch._foreach_mul_(vs, b2)
+        torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
+        denom = torch._foreach_add(torch._foreach_sqrt(vs), hp.adam_eps)
+        torch._foreach_addcdiv_(tensors, ms, denom, value=-lr_t)
+        return t
 
     def leaf_params(self) -> dict[str, torch.Tensor]:
         return {k: p.detach().clone().requires_grad_(True) for k, p in self.net.named_parameters()}
@@ -258,60 +266,6 @@ class Reptile(Method):
     def predict(self, episode: Episode) -> torch.Tensor:
         self.eval()  # BatchNorm keeps using batch statistics (no running averages exist)
         return self.classify(self.adapt(episode), episode.support_x, episode.query_x)
-
-    # Test episodes per predict_many call (set in __init__): on CUDA 25 are fine-tuned together (adapt_many); on
-    # the CPU 1, since the vmapped adaptation (grouped convolutions) measured 1.8x slower per episode than the loop
-    # with 2 threads.
-    eval_group = 1
-
-    def adapt_many(self, episodes: list[Episode]) -> list[dict[str, torch.Tensor]]:
-        """``adapt`` for several episodes of one shape at once: the parameters are stacked per episode and each
-        Adam iteration is one ``vmap``-ed gradient over the episodes' mini-batches (same mini-batches, same update
-        rule as ``adapt``; equal up to float rounding, tested)."""
-        hp = self.hp
-        n_ep = len(episodes)
-        names = [k for k, _ in self.net.named_parameters()]
-        params = {k: p.detach().unsqueeze(0).repeat(n_ep, *([1] * p.dim())) for k, p in self.net.named_parameters()}
-        one = self._state(fresh=hp.inner_state == "reset")
-        t = one["t"]
-        ms = [one["m"][k].unsqueeze(0).repeat(n_ep, *([1] * one["m"][k].dim())) for k in names]
-        vs = [one["v"][k].unsqueeze(0).repeat(n_ep, *([1] * one["v"][k].dim())) for k in names]
-        batches = [self.batch_indices(len(ep.support_y), hp.eval_batch, hp.eval_iters,
-                                      ("reptile-eval", *ep.spec.key(ep.index))) for ep in episodes]
-
-        def loss_fn(p, x, y):
-            return F.cross_entropy(functional_call(self.net, p, (x,)), y)
-
-        grad_fn = torch.func.vmap(torch.func.grad(loss_fn))
-        b1, b2 = hp.adam_beta1, hp.adam_beta2
-        for it in range(hp.eval_iters):
-            idx = [torch.as_tensor(b[it], device=ep.support_x.device) for b, ep in zip(batches, episodes)]
-            x = torch.stack([ep.support_x[i] for ep, i in zip(episodes, idx)])
-            y = torch.stack([ep.support_y[i] for ep, i in zip(episodes, idx)])
-            with torch.enable_grad():
-                g = grad_fn(params, x, y)
-            grads = [g[k] for k in names]
-            tensors = [params[k] for k in names]
-            if hp.inner_optimizer == "sgd":
-                torch._foreach_add_(tensors, grads, alpha=-hp.inner_lr)
-                continue
-            t += 1.0
-            lr_t = hp.inner_lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
-            torch._foreach_mul_(ms, b1)
-            torch._foreach_add_(ms, grads, alpha=1 - b1)
-            torch._foreach_mul_(vs, b2)
-            torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
-            denom = torch._foreach_add(torch._foreach_sqrt(vs), hp.adam_eps)
-            torch._foreach_addcdiv_(tensors, ms, denom, value=-lr_t)
-        return [{k: params[k][e] for k in names} for e in range(n_ep)]
-
-    def predict_many(self, episodes: list[Episode]) -> list[torch.Tensor]:
-        self.eval()
-        if len(episodes) == 1:
-            return [self.predict(episodes[0])]
-        with torch.no_grad():
-            adapted = self.adapt_many(episodes)
-        return [self.classify(p, ep.support_x, ep.query_x) for p, ep in zip(adapted, episodes)]
 
     def adapted_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
