@@ -168,9 +168,9 @@ class MetaLSTM(Method):
         if profile == "quick":
             # ~2 minutes of training on 2 CPU cores for Omniglot 28x28 on conv4 (112k learner coordinates): measured
             # 0.78 s (1-shot, T = 12) and 0.65 s (5-shot, T = 8) per task, 2 threads, idle machine. A validation
-            # (100 episodes at ~0.38 s) costs about as much as 50 training tasks, hence two of them.
+            # (100 episodes at ~0.38 s) costs about as much as 50 training tasks, hence one, at the end.
             steps = 150 if one else 180
-            return MetaLSTMHyper(train_steps=steps, val_every=steps // 2, **shape)
+            return MetaLSTMHyper(train_steps=steps, val_every=steps, **shape)
         if profile == "smoke":
             # seconds, for tests: 5 learner updates instead of T, 5 queries per class, a larger meta learning rate
             return MetaLSTMHyper(train_steps=30, val_every=15, train_queries=5, lr=3e-3, inner_steps=5,
