@@ -25,12 +25,15 @@ def measure(method: str, dataset: str = "omniglot", ways: int = 5, shots: int = 
     import methods
 
     from .episodes import EpisodeSet, TaskSampler
-    from .runner import PeakMemory, RunConfig, environment, prepare, resolve_device, seed_everything
+    from .config import RunConfig, prepare
+    from .machine import PeakMemory, environment, resolve_device
+    from .training import seed_everything
 
     dev = resolve_device(device)
     cfg = RunConfig(method=method, dataset=dataset, ways=ways, shots=shots, backbone=backbone, profile=profile,
                     queries=queries, overrides=tuple(overrides))
-    cls, ds, setting, hp = prepare(cfg, data_dir)
+    p = prepare(cfg, data_dir)
+    cls, ds, setting, hp = p.cls, p.dataset, p.setting, p.hp
     changes = {k: v for k, v in (("train_ways", train_ways), ("train_shots", train_shots),
                                  ("train_queries", train_queries), ("meta_batch", meta_batch)) if v is not None}
     hp = hp.replace(**changes)
@@ -101,15 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     import methods
 
     from .perf import tune_cpu
-    from .run import UsageError, _parse_overrides
+    from .config import parse_overrides
 
     tune_cpu()
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         names = methods.resolve(",".join(args.method))
-        overrides = _parse_overrides(args.set)
-    except (ValueError, UsageError) as e:
+        overrides = parse_overrides(args.set)
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for name in names:
