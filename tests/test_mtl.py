@@ -143,3 +143,17 @@ def test_each_variant_learns_above_chance(variant_runs, name):
         assert s["train_episodes"] == hp.train_steps * hp.meta_batch
     assert methods.get(name).variant_of == (None if name == "mtl" else "mtl")
 
+
+def test_speed_measures_with_the_runs_artefact_cache(tmp_path, monkeypatch):
+    """benchmark.speed builds its method with the runner's context factory: MTL's pretraining is cached under the
+    results directory, and a second measurement (or a run with the same key) reuses it instead of pretraining."""
+    from benchmark.speed import measure
+
+    tiny = dict(profile="smoke", steps=1, warmup=0, test_episodes=1, results_dir=tmp_path, meta_batch=1,
+                overrides=(("pre_epochs", 1e-5), ("pre_val_episodes", 1), ("inner_steps", 5), ("test_steps", 5),
+                           ("hard_tasks", 0)))
+    first = measure("mtl", **tiny)
+    assert len(list((tmp_path / "cache").glob("mtl-pretrain-*.pt"))) == 1
+    monkeypatch.setattr(MTL, "_pretrain", lambda self: pytest.fail("pretrained again"))
+    second = measure("mtl", **tiny)
+    assert second["train_episode"] == first["train_episode"] and second["ms_per_test_episode_median"] > 0
