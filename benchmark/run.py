@@ -111,7 +111,7 @@ def plan(args) -> tuple[list, object]:
                         profile=args.profile, queries=args.queries, test_episodes=args.test_episodes,
                         val_episodes=args.val_episodes, eval_seed=args.eval_seed, overrides=overrides)
         try:
-            prepared.append(prepare(cfg, args.data_dir, method_cls=registry[m]))
+            prepared.append(prepare(cfg, args.data_dir, method_cls=registry[m], positive=True))
         except (ValueError, DataError) as e:
             raise UsageError(str(e)) from None
     try:

@@ -36,7 +36,7 @@ def prepare_measurement(method: str, dataset: str = "omniglot", ways: int = 5, s
                                ("train_queries", train_queries), ("meta_batch", meta_batch)) if v is not None}
     cfg = RunConfig(method=method, dataset=dataset, ways=ways, shots=shots, backbone=backbone, profile=profile,
                     queries=queries, val_episodes=5, overrides=tuple(overrides) + tuple(shape.items()))
-    return prepare(cfg, data_dir)
+    return prepare(cfg, data_dir, positive=True)
 
 
 def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup: int = 3, test_episodes: int = 20,
