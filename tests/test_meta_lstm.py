@@ -13,8 +13,8 @@ CPU = torch.device("cpu")
 
 
 def make(omniglot, shots: int, backbone: str = "conv4-32", **changes) -> MetaLSTM:
-    prepared = prepare(RunConfig("meta_lstm", "omniglot", 5, shots, backbone, profile="smoke", val_episodes=1,
-                                 overrides=tuple(changes.items())))
+    prepared = prepare(RunConfig("meta_lstm", "omniglot", 5, shots, backbone, profile="smoke", queries=4,
+                                 val_episodes=1, overrides=tuple(changes.items())))
     ctx = make_context(prepared, CPU)
     torch.manual_seed(0)
     return MetaLSTM(prepared.hp, ctx)
