@@ -13,7 +13,9 @@ Layout under the results directory::
     leaderboard.csv           one row per finished run, rebuilt from the summaries
 
 Every file is written to a temporary name and renamed (``os.replace``), so a crash leaves either the old file or the
-new one, never half of one.
+new one, never half of one. :class:`RunFolder` is the one owner of a run's folder and the only code that knows these
+names: the runner writes through it and the report (:mod:`benchmark.report.records`) reads through it. This module
+imports torch only inside :func:`atomic_torch_save`, so the report can use it without torch.
 """
 from __future__ import annotations
 
@@ -21,12 +23,17 @@ import io
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+LEADERBOARD = "leaderboard.csv"  # one row per finished run, under the results directory
+CACHE_DIR = "cache"  # artefacts shared between runs, under the results directory
+PARTIAL_SUFFIX = ".partial"  # <run-id>.partial/: a run in progress
 
 LEADERBOARD_COLUMNS = [
     "run_id", "method", "family", "dataset", "ways", "shots", "backbone", "profile", "seed",
@@ -106,16 +113,108 @@ def check_writable(results_dir: Path) -> None:
                       "choose another with --results-dir") from None
 
 
-def finished_runs(results_dir: Path) -> list[Path]:
-    """Folders of finished runs (those with a summary.json), sorted by name."""
+class RunFolder:
+    """The folder of one run, ``<results_dir>/<run_id>/``: created as ``<run_id>.partial/`` (which also holds the
+    resume checkpoint), filled with the record files, each written atomically, and renamed into place in one step when
+    the run is finished; then read back (summary, config, curve, test episodes) by the runner and the report."""
+
+    CONFIG = "config.json"
+    CURVE = "curve.csv"
+    TEST_EPISODES = "test_episodes.csv"
+    SUMMARY = "summary.json"
+    CHECKPOINT = "checkpoint.pt"
+    RECORDS = (SUMMARY, TEST_EPISODES, CURVE)  # what a finished run has (config.json too, except in test fixtures)
+
+    def __init__(self, results_dir: str | Path, run_id: str):
+        self.results_dir, self.run_id = Path(results_dir), run_id
+        self.path = self.results_dir / run_id  # the finished run
+        self.partial = self.results_dir / f"{run_id}{PARTIAL_SUFFIX}"  # the run in progress
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.results_dir)!r}, {self.run_id!r})"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.partial / self.CHECKPOINT
+
+    @property
+    def cache_dir(self) -> Path:
+        return cache_dir(self.results_dir)
+
+    # ---- writing
+    def is_finished(self) -> bool:
+        return (self.path / self.SUMMARY).is_file()
+
+    def start(self) -> None:
+        """Create ``<run_id>.partial/`` (kept as it is when resuming)."""
+        self.partial.mkdir(parents=True, exist_ok=True)
+
+    def finish(self, config: dict, curve: pd.DataFrame, test_episodes: pd.DataFrame, summary: dict) -> None:
+        """Write the record files into the partial folder (the summary last), drop the checkpoint and rename the
+        folder into place; a stale ``<run_id>/`` without a summary (never a finished run) is replaced."""
+        atomic_write_json(self.partial / self.CONFIG, config)
+        atomic_write_csv(self.partial / self.CURVE, curve)
+        atomic_write_csv(self.partial / self.TEST_EPISODES, test_episodes)
+        atomic_write_json(self.partial / self.SUMMARY, summary)
+        self.checkpoint.unlink(missing_ok=True)
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        os.replace(self.partial, self.path)
+
+    # ---- reading a finished run
+    def missing(self) -> list[str]:
+        """The record files (:attr:`RECORDS`) the finished folder lacks."""
+        return [f for f in self.RECORDS if not (self.path / f).is_file()]
+
+    def read_summary(self) -> dict:
+        return json.loads((self.path / self.SUMMARY).read_text())
+
+    def read_config(self) -> dict:
+        """The run's configuration; empty when the folder has none."""
+        f = self.path / self.CONFIG
+        return json.loads(f.read_text()) if f.is_file() else {}
+
+    def read_curve(self) -> pd.DataFrame:
+        """The convergence curve; an empty frame when it has no points."""
+        try:
+            return pd.read_csv(self.path / self.CURVE)
+        except pd.errors.EmptyDataError:
+            return pd.DataFrame()
+
+    def read_test_episodes(self) -> pd.DataFrame:
+        return pd.read_csv(self.path / self.TEST_EPISODES)
+
+
+def cache_dir(results_dir: str | Path) -> Path:
+    """Where artefacts shared between runs are cached under ``results_dir``."""
+    return Path(results_dir) / CACHE_DIR
+
+
+def partial_runs(results_dir: Path) -> list[str]:
+    """Names of the unfinished run folders (``*.partial``), sorted."""
+    results_dir = Path(results_dir)
     if not results_dir.is_dir():
         return []
-    return sorted(p for p in results_dir.iterdir()
-                  if p.is_dir() and not p.name.endswith(".partial") and (p / "summary.json").is_file())
+    return sorted(p.name for p in results_dir.iterdir() if p.is_dir() and p.name.endswith(PARTIAL_SUFFIX))
+
+
+def run_folders(results_dir: Path) -> list[RunFolder]:
+    """Every folder under ``results_dir`` that may be a finished run (not partial, not the cache, not hidden),
+    sorted by name."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        return []
+    return [RunFolder(results_dir, p.name) for p in sorted(results_dir.iterdir())
+            if p.is_dir() and not p.name.endswith(PARTIAL_SUFFIX) and p.name != CACHE_DIR and not p.name.startswith(".")]
+
+
+def finished_runs(results_dir: Path) -> list[Path]:
+    """Folders of finished runs (those with a summary.json), sorted by name."""
+    return [f.path for f in run_folders(results_dir) if f.is_finished()]
 
 
 def load_summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
+    return RunFolder(run_dir.parent, run_dir.name).read_summary()
 
 
 def leaderboard(results_dir: Path) -> pd.DataFrame:
@@ -131,5 +230,5 @@ def leaderboard(results_dir: Path) -> pd.DataFrame:
 
 def write_leaderboard(results_dir: Path) -> pd.DataFrame:
     df = leaderboard(results_dir)
-    atomic_write_csv(results_dir / "leaderboard.csv", df)
+    atomic_write_csv(results_dir / LEADERBOARD, df)
     return df

@@ -7,7 +7,6 @@ folder per run plus leaderboard.csv) and the report to --reports-dir/<--report-n
 from __future__ import annotations
 
 import argparse
-import ast
 import itertools
 import sys
 import time
@@ -23,7 +22,7 @@ class UsageError(Exception):
 def _epilog() -> str:
     from .backbones import BACKBONES
     from .data import LOADERS
-    from .runner import PROFILES
+    from .config import PROFILES
 
     import methods
 
@@ -77,27 +76,15 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parse_overrides(items: list[str]) -> tuple[tuple[str, object], ...]:
-    out = []
-    for it in items:
-        if "=" not in it:
-            raise UsageError(f"--set expects FIELD=VALUE, got {it!r}")
-        k, v = it.split("=", 1)
-        try:
-            val = ast.literal_eval(v)
-        except (ValueError, SyntaxError):
-            val = v
-        out.append((k.strip(), val))
-    return tuple(out)
-
-
 def plan(args) -> tuple[list, object]:
-    """Validate everything up front; returns (run configs, device). Raises UsageError with one clear line."""
+    """Validate everything up front; returns (prepared runs, device), each run prepared once
+    (:class:`~benchmark.config.PreparedRun`, with its ``cfg``). Raises UsageError with one clear line."""
     import methods
 
+    from .config import RunConfig, parse_overrides, prepare
     from .data import DataError
+    from .machine import resolve_device
     from .results import check_writable
-    from .runner import RunConfig, prepare, resolve_device
 
     try:
         names = methods.resolve(args.methods)
@@ -114,24 +101,24 @@ def plan(args) -> tuple[list, object]:
         raise UsageError(f"--data-dir {args.data_dir} does not exist or is not a folder")
     try:
         device = resolve_device(args.device)
+        overrides = parse_overrides(args.set)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    overrides = _parse_overrides(args.set)
-    configs = []
+    registry = methods.registry()
+    prepared = []
     for m, w, s, seed in itertools.product(names, args.ways, args.shots, args.seeds):
         cfg = RunConfig(method=m, dataset=args.dataset, ways=w, shots=s, backbone=args.backbone, seed=seed,
                         profile=args.profile, queries=args.queries, test_episodes=args.test_episodes,
                         val_episodes=args.val_episodes, eval_seed=args.eval_seed, overrides=overrides)
         try:
-            prepare(cfg, args.data_dir)
+            prepared.append(prepare(cfg, args.data_dir, method_cls=registry[m], positive=True))
         except (ValueError, DataError) as e:
             raise UsageError(str(e)) from None
-        configs.append(cfg)
     try:
         check_writable(Path(args.results_dir))
     except OSError as e:
         raise UsageError(str(e)) from None
-    return configs, device
+    return prepared, device
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,14 +131,14 @@ def main(argv: list[str] | None = None) -> int:
         tune_cpu()
         if args.threads:
             torch.set_num_threads(args.threads)
-        configs, device = plan(args)
+        prepared, device = plan(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
 
     from tqdm import tqdm
 
-    from .results import write_leaderboard
+    from .results import LEADERBOARD, write_leaderboard
     from .runner import Interrupted, run
 
     def progress(iterable=None, total=None, desc="", initial=0):
@@ -161,12 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     results_dir = Path(args.results_dir)
     t0 = time.time()
     summaries = []
-    outer = tqdm(configs, desc="runs", disable=args.no_progress or len(configs) < 2, file=sys.stderr,
+    outer = tqdm(prepared, desc="runs", disable=args.no_progress or len(prepared) < 2, file=sys.stderr,
                  dynamic_ncols=True)
-    for cfg in outer:
+    for p in outer:
+        cfg = p.cfg
         outer.set_postfix_str(cfg.run_id)
         try:
-            s = run(cfg, results_dir, device, args.data_dir, progress=progress)
+            s = run(cfg, results_dir, device, args.data_dir, progress=progress, prepared=p)
         except Interrupted as e:
             print(f"\n{cfg.run_id}: {e}", file=sys.stderr)
             write_leaderboard(results_dir)
@@ -175,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         tqdm.write(f"{cfg.run_id}: {s['mean']:.2f} +- {s['ci95']:.2f} % over {s['n_episodes']} test episodes "
                    f"({s['train_episodes']} training episodes, {s['train_seconds']:.0f} s training)", file=sys.stderr)
     board = write_leaderboard(results_dir)
-    print(f"{len(summaries)} runs done in {time.time() - t0:.0f} s; leaderboard: {results_dir / 'leaderboard.csv'} "
+    print(f"{len(summaries)} runs done in {time.time() - t0:.0f} s; leaderboard: {results_dir / LEADERBOARD} "
           f"({len(board)} runs)", file=sys.stderr)
     if not args.no_report:
         from .report import build_report

@@ -1,9 +1,13 @@
 """python -m benchmark.speed: milliseconds per training episode and per test episode for any registered method.
 
-Builds the method as a run would (profile hyperparameters, --set overrides), then times ``train_step`` on training
-episodes of the shape given here (default: the test setting, 5-way, 15 queries per class) and ``predict`` on test
-episodes, after warm-up steps. Reports the median and mean over the timed steps, per episode (per task: a step on a
-meta-batch of B episodes counts B), and peak memory. Timings are for reading, never asserted by the tests.
+Builds the method as a run would (profile hyperparameters, --set overrides, the runner's context factory with its
+artefact cache under --results-dir, so e.g. MTL's pretraining is computed once and shared with runs), then times
+``train_step`` on training episodes of the shape given here (default: the test setting, 5-way, 15 queries per class)
+and the evaluation of test episodes, one at a time (``--eval-group 0``: in the method's groups, as runs do), after
+warm-up steps, with the runner's own timed step and evaluation loop (:mod:`benchmark.training`). Reports the median
+and mean over the timed steps, per episode (per task: a step on a meta-batch of B episodes counts B), and peak memory.
+Timings are for reading, never asserted by the tests. Bad input prints one line on stderr and exits with code 2
+before anything is measured.
 
 Example: python -m benchmark.speed --method protonet --shots 1 5 --train-ways 5 --train-queries 15
 """
@@ -13,60 +17,57 @@ import argparse
 import json
 import statistics
 import sys
-import time
+from pathlib import Path
 
 import torch
 
+from .config import PreparedRun
 
-def measure(method: str, dataset: str = "omniglot", ways: int = 5, shots: int = 1, queries: int = 15,
-            backbone: str = "conv4", profile: str = "quick", device: str = "cpu", train_ways: int | None = None,
-            train_shots: int | None = None, train_queries: int | None = None, meta_batch: int | None = None,
-            steps: int = 20, warmup: int = 3, test_episodes: int = 20, overrides=(), data_dir=None) -> dict:
-    import methods
 
-    from .episodes import EpisodeSet, TaskSampler
-    from .runner import PeakMemory, RunConfig, environment, prepare, resolve_device, seed_everything
+def prepare_measurement(method: str, dataset: str = "omniglot", ways: int = 5, shots: int = 1, queries: int = 15,
+                        backbone: str = "conv4", profile: str = "quick", train_ways: int | None = None,
+                        train_shots: int | None = None, train_queries: int | None = None,
+                        meta_batch: int | None = None, overrides=(), data_dir=None) -> PreparedRun:
+    """The run a measurement builds its method from: seed 0, 5 validation episodes, the profile's hyperparameters
+    with ``overrides`` and then the training shape given here; ValueError/DataError on bad input."""
+    from .config import RunConfig, prepare
 
-    dev = resolve_device(device)
+    shape = {k: v for k, v in (("train_ways", train_ways), ("train_shots", train_shots),
+                               ("train_queries", train_queries), ("meta_batch", meta_batch)) if v is not None}
     cfg = RunConfig(method=method, dataset=dataset, ways=ways, shots=shots, backbone=backbone, profile=profile,
-                    queries=queries, overrides=tuple(overrides))
-    cls, ds, setting, hp = prepare(cfg, data_dir)
-    changes = {k: v for k, v in (("train_ways", train_ways), ("train_shots", train_shots),
-                                 ("train_queries", train_queries), ("meta_batch", meta_batch)) if v is not None}
-    hp = hp.replace(**changes)
-    seed_everything(0)
-    sampler = TaskSampler(ds, "train", 0)
-    val = EpisodeSet(ds, "val", ways, shots, queries, 0, 5, stream="val")
-    ctx = methods.Context(setting=setting, image_shape=ds.image_shape, backbone_name=backbone, sampler=sampler,
-                          val_episodes=val, device=dev, seed=0, profile=profile)
+                    queries=queries, val_episodes=5, overrides=tuple(overrides) + tuple(shape.items()))
+    return prepare(cfg, data_dir, positive=True)
+
+
+def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup: int = 3, test_episodes: int = 20,
+             results_dir: str | Path | None = "results", eval_group: int = 1) -> dict:
+    """Time ``steps`` training steps and ``test_episodes`` test episodes (after ``warmup`` of each) of
+    ``prepared``'s method, with :func:`~benchmark.training.timed_step` and :func:`~benchmark.training.evaluate`;
+    artefacts are cached under ``results_dir`` as in runs (None: computed, not cached). ``eval_group``: test
+    episodes per ``predict_many`` call (1: one at a time; 0: the method's ``eval_group``, as runs do)."""
+    from .context import make_context
+    from .episodes import EpisodeSet
+    from .machine import PeakMemory, environment, resolve_device
+    from .training import draw_episodes, evaluate, seed_everything, timed_step
+
+    dev, cfg, hp = resolve_device(device), prepared.cfg, prepared.hp
+    seed_everything(cfg.seed)
+    ctx = make_context(prepared, dev, results_dir)
     with PeakMemory(dev) as mem:
-        m = cls(hp, ctx).to(dev)
-        tw, ts, tq = m.train_shape()
+        m = prepared.cls(hp, ctx).to(dev)
         times = []
         for step in range(warmup + steps):
-            eps = [sampler.episode(step * hp.meta_batch + j, tw, ts, tq).to(dev) for j in range(hp.meta_batch)]
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            t0 = time.perf_counter()
-            out = m.train_step(eps, step)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
+            r = timed_step(m, draw_episodes(ctx.sampler, step, hp.meta_batch, m.train_shape(), dev), step, dev)
             if step >= warmup:
-                times.append((time.perf_counter() - t0) / int(out.get("tasks", len(eps))))
-        test = EpisodeSet(ds, "test", ways, shots, queries, 0, test_episodes + warmup, stream="test")
-        ttimes = []
-        for i in range(len(test)):
-            ep = test[i].to(dev)
-            t0 = time.perf_counter()
-            with torch.set_grad_enabled(m.adapts_at_test):
-                m.predict(ep)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            if i >= warmup:
-                ttimes.append(time.perf_counter() - t0)
+                times.append(r.seconds / r.tasks)
+        test = EpisodeSet(prepared.dataset, "test", cfg.ways, cfg.shots, cfg.queries, cfg.eval_seed,
+                          test_episodes + warmup, stream="test")
+        group = eval_group or m.eval_group
+        evaluate(m, [test[i] for i in range(warmup)], dev, group=group)  # warm-up
+        _, ttimes = evaluate(m, [test[i] for i in range(warmup, len(test))], dev, group=group)
     return {
-        "method": method, "dataset": dataset, "ways": ways, "shots": shots, "backbone": backbone,
-        "train_episode": [tw, ts, tq], "meta_batch": hp.meta_batch, "device": str(dev),
+        "method": cfg.method, "dataset": cfg.dataset, "ways": cfg.ways, "shots": cfg.shots, "backbone": cfg.backbone,
+        "train_episode": list(m.train_shape()), "meta_batch": hp.meta_batch, "device": str(dev),
         "threads": torch.get_num_threads(),
         "ms_per_train_episode_median": 1000 * statistics.median(times),
         "ms_per_train_episode_mean": 1000 * statistics.fmean(times),
@@ -75,7 +76,18 @@ def measure(method: str, dataset: str = "omniglot", ways: int = 5, shots: int = 
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def measure(method: str, dataset: str = "omniglot", ways: int = 5, shots: int = 1, queries: int = 15,
+            backbone: str = "conv4", profile: str = "quick", device: str = "cpu", train_ways: int | None = None,
+            train_shots: int | None = None, train_queries: int | None = None, meta_batch: int | None = None,
+            steps: int = 20, warmup: int = 3, test_episodes: int = 20, overrides=(), data_dir=None,
+            results_dir: str | Path | None = "results", eval_group: int = 1) -> dict:
+    """:func:`prepare_measurement` then :func:`time_run`."""
+    prepared = prepare_measurement(method, dataset, ways, shots, queries, backbone, profile, train_ways, train_shots,
+                                   train_queries, meta_batch, overrides, data_dir)
+    return time_run(prepared, device, steps, warmup, test_episodes, results_dir, eval_group)
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmark.speed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", nargs="+", default=["protonet"], help="method names (or 'all')")
@@ -95,35 +107,51 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20, help="timed training steps (after 3 warm-up steps)")
     p.add_argument("--test-episodes", type=int, default=20)
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE")
+    p.add_argument("--eval-group", type=int, default=1, help="test episodes per predict_many call; default 1 (one "
+                   "at a time); 0: the method's own group, as runs evaluate")
+    p.add_argument("--results-dir", default="results", help="where shared artefacts are cached (cache/), as runs "
+                   "cache them; default: results")
     p.add_argument("--json", action="store_true", help="print one JSON object per measurement")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
 
     import methods
 
+    from .config import parse_overrides
+    from .data import DataError
+    from .machine import resolve_device
     from .perf import tune_cpu
-    from .run import UsageError, _parse_overrides
 
     tune_cpu()
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        names = methods.resolve(",".join(args.method))
-        overrides = _parse_overrides(args.set)
-    except (ValueError, UsageError) as e:
+        resolve_device(args.device)
+        overrides = parse_overrides(args.set)
+        for label, v, low in (("--steps", args.steps, 1), ("--test-episodes", args.test_episodes, 1),
+                              ("--eval-group", args.eval_group, 0)):
+            if v < low:
+                raise ValueError(f"{label} must be at least {low} (got {v})")
+        runs = [prepare_measurement(name, args.dataset, args.ways, shots, args.queries, args.backbone, args.profile,
+                                    args.train_ways, args.train_shots, args.train_queries, args.meta_batch,
+                                    overrides, args.data_dir)
+                for name in methods.resolve(",".join(args.method)) for shots in args.shots]
+    except (ValueError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for name in names:
-        for shots in args.shots:
-            r = measure(name, args.dataset, args.ways, shots, args.queries, args.backbone, args.profile,
-                        args.device, args.train_ways, args.train_shots, args.train_queries, args.meta_batch,
-                        args.steps, 3, args.test_episodes, overrides, args.data_dir)
-            if args.json:
-                print(json.dumps(r))
-            else:
-                print(f"{name:14s} {args.ways}w{shots}s train episode {r['train_episode']} x{r['meta_batch']}: "
-                      f"{r['ms_per_train_episode_median']:.1f} ms/episode (mean {r['ms_per_train_episode_mean']:.1f}),"
-                      f" test {r['ms_per_test_episode_median']:.1f} ms/episode, peak {r['peak_memory_mb']:.0f} MB "
-                      f"[{r['device']}, {r['threads']} threads]", flush=True)
+    for prepared in runs:
+        name, shots = prepared.cfg.method, prepared.cfg.shots
+        r = time_run(prepared, args.device, args.steps, 3, args.test_episodes, args.results_dir, args.eval_group)
+        if args.json:
+            print(json.dumps(r))
+        else:
+            print(f"{name:14s} {args.ways}w{shots}s train episode {r['train_episode']} x{r['meta_batch']}: "
+                  f"{r['ms_per_train_episode_median']:.1f} ms/episode (mean {r['ms_per_train_episode_mean']:.1f}),"
+                  f" test {r['ms_per_test_episode_median']:.1f} ms/episode, peak {r['peak_memory_mb']:.0f} MB "
+                  f"[{r['device']}, {r['threads']} threads]", flush=True)
     return 0
 
 

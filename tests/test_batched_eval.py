@@ -1,30 +1,23 @@
 """Evaluation in groups of episodes (``Method.predict_many``) gives the per-episode results of one at a time."""
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 
-import methods
-from benchmark.episodes import EpisodeSet, TaskSampler
-from benchmark.runner import RunConfig, evaluate, run
+from benchmark.episodes import EpisodeSet
+from benchmark.runner import RunConfig, evaluate, make_context, prepare, run
 
 CPU = torch.device("cpu")
 
 
 def trained(omniglot, name, shots=1, steps=6, **changes):
-    cls = methods.get(name)
-    setting = methods.Setting("omniglot", 5, shots)
-    hp = dataclasses.replace(cls.hyper("smoke", setting), **changes)
+    prepared = prepare(RunConfig(name, "omniglot", 5, shots, profile="smoke", val_episodes=2,
+                                 overrides=tuple(changes.items())))
     torch.manual_seed(0)
-    sampler = TaskSampler(omniglot, "train", 0)
-    ctx = methods.Context(setting=setting, image_shape=omniglot.image_shape, backbone_name="conv4", sampler=sampler,
-                          val_episodes=EpisodeSet(omniglot, "val", 5, shots, 15, 0, 2, stream="val"), device=CPU,
-                          seed=0, profile="smoke")
-    m = cls(hp, ctx)
+    ctx = make_context(prepared, CPU)
+    m, hp = prepared.cls(prepared.hp, ctx), prepared.hp
     ways, k, q = m.train_shape()
     for step in range(steps):  # a few updates, so the network is not at its initialisation
-        m.train_step([sampler.episode(step * hp.meta_batch + j, ways, k, q) for j in range(hp.meta_batch)], step)
+        m.train_step([ctx.sampler.episode(step * hp.meta_batch + j, ways, k, q) for j in range(hp.meta_batch)], step)
     return m
 
 

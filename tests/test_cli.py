@@ -74,3 +74,49 @@ def test_results_dir_that_is_a_file_exit_2(tmp_path):
     f.write_text("x")
     r = cli("--methods", "protonet", "--results-dir", str(f))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "not writable" in r.stderr
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--set", "train_steps=abc"], "train_steps must be an integer (got 'abc')"),
+    (["--set", "train_steps=-5"], "train_steps must be at least 1 (got -5)"),
+    (["--set", "meta_batch=0"], "meta_batch must be at least 1 (got 0)"),
+    (["--set", "val_every=2.5"], "val_every must be an integer (got 2.5)"),
+    (["--set", "train_ways=0"], "train_ways must be at least 1"),
+    (["--set", "lr=0"], "lr must be greater than 0 (got 0)"),
+    (["--set", "lr=fast"], "lr must be a number (got 'fast')"),
+    (["--methods", "matching", "--set", "fce=yes"], "fce must be True or False (got 'yes')"),
+    (["--methods", "meta_lstm", "--set", "forget_bias=4"], "forget_bias must be a tuple of 2 values"),
+])
+def test_bad_set_values_one_line_exit_2(tmp_path, args, fragment):
+    """--set values are checked against the hyperparameter's declared type, and budgets must be positive."""
+    r = cli("--methods", "protonet", *args, "--results-dir", str(tmp_path / "res"))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and fragment in lines[0], r.stderr
+    assert not (tmp_path / "res").exists()
+
+
+def test_set_values_check_types_and_budgets():
+    """The check behind --set (in process): every profile default passes it; the API still allows an untrained run
+    (train_steps=0) without the command line's positive budgets."""
+    import dataclasses
+
+    import methods
+    from benchmark.config import PROFILES, RunConfig, build_hyper, check_value, parse_overrides
+
+    for cls in methods.registry().values():
+        for profile in PROFILES:
+            for setting in (methods.Setting("omniglot", 5, 1), methods.Setting("miniimagenet", 5, 5)):
+                hp = cls.hyper(profile, setting)
+                for f in dataclasses.fields(hp):
+                    check_value(cls, type(hp), f.name, getattr(hp, f.name), positive=True)
+    proto, meta_lstm, setting = methods.get("protonet"), methods.get("meta_lstm"), methods.Setting("omniglot", 5, 1)
+    over = parse_overrides(["train_steps=0", "lr=1", "train_ways=None", "train_queries=5"])
+    hp = build_hyper(proto, RunConfig("protonet", profile="smoke", overrides=over), setting)
+    assert (hp.train_steps, hp.lr, hp.train_ways, hp.train_queries) == (0, 1, None, 5)
+    with pytest.raises(ValueError, match="train_steps must be at least 1"):
+        build_hyper(proto, RunConfig("protonet", profile="smoke", overrides=over), setting, positive=True)
+    hp = build_hyper(meta_lstm, RunConfig("meta_lstm", overrides=parse_overrides(["input_bias=-3,-2"])), setting)
+    assert hp.input_bias == (-3, -2)
+    for bad in (["input_bias=(1, 2, 3)"], ["input_bias=(1, 'a')"], ["batch_divided_grad=1"], ["hidden=True"]):
+        with pytest.raises(ValueError, match="meta_lstm's hyperparameter"):
+            build_hyper(meta_lstm, RunConfig("meta_lstm", overrides=parse_overrides(bad)), setting)

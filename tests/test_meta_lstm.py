@@ -6,22 +6,18 @@ import torch
 import torch.nn.functional as F
 
 import methods
-from benchmark.episodes import EpisodeSet, TaskSampler
-from benchmark.runner import RunConfig, run
+from benchmark.runner import RunConfig, make_context, prepare, run
 from methods.meta_lstm import MetaLSTM, preprocess
 
 CPU = torch.device("cpu")
 
 
 def make(omniglot, shots: int, backbone: str = "conv4-32", **changes) -> MetaLSTM:
-    setting = methods.Setting("omniglot", 5, shots)
-    hp = MetaLSTM.hyper("smoke", setting).replace(**changes)
-    ctx = methods.Context(setting=setting, image_shape=omniglot.image_shape, backbone_name=backbone,
-                          sampler=TaskSampler(omniglot, "train", 0),
-                          val_episodes=EpisodeSet(omniglot, "val", 5, shots, 4, 0, 1), device=CPU, seed=0,
-                          profile="smoke")
+    prepared = prepare(RunConfig("meta_lstm", "omniglot", 5, shots, backbone, profile="smoke", queries=4,
+                                 val_episodes=1, overrides=tuple(changes.items())))
+    ctx = make_context(prepared, CPU)
     torch.manual_seed(0)
-    return MetaLSTM(hp, ctx)
+    return MetaLSTM(prepared.hp, ctx)
 
 
 def test_registered_with_paper_defaults():

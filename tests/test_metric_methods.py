@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import methods
-from benchmark.episodes import EpisodeSet, TaskSampler
-from benchmark.runner import RunConfig, run
+from benchmark.episodes import EpisodeSet
+from benchmark.runner import RunConfig, make_context, prepare, run
 from methods.relation import RelationModule, class_maps
 
 CPU = torch.device("cpu")
@@ -14,17 +14,10 @@ NAMES = ("matching", "matching-nofce", "relation", "tadam")
 
 
 def make(omniglot, name, ways=5, shots=1, backbone="conv4", seed=0, profile="smoke", **changes):
-    cls = methods.get(name)
-    setting = methods.Setting("omniglot", ways, shots)
-    hp = cls.hyper(profile, setting)
-    if changes:
-        hp = dataclasses.replace(hp, **changes)
+    prepared = prepare(RunConfig(name, "omniglot", ways, shots, backbone, seed, profile, val_episodes=2,
+                                 overrides=tuple(changes.items())))
     torch.manual_seed(seed)
-    ctx = methods.Context(setting=setting, image_shape=omniglot.image_shape, backbone_name=backbone,
-                          sampler=TaskSampler(omniglot, "train", seed),
-                          val_episodes=EpisodeSet(omniglot, "val", ways, shots, 15, 0, 2, stream="val"),
-                          device=CPU, seed=seed, profile=profile)
-    return cls(hp, ctx)
+    return prepared.cls(prepared.hp, make_context(prepared, CPU))
 
 
 def episode(omniglot, ways, shots, queries=2, index=0, split="test"):

@@ -5,8 +5,7 @@ import torch.nn.functional as F
 
 import methods
 from benchmark.backbones import build_backbone, convs
-from benchmark.episodes import EpisodeSet, TaskSampler
-from benchmark.runner import RunConfig, run
+from benchmark.runner import RunConfig, make_context, prepare, run
 from methods.mtl import MTL, ScaleShift, adapt_linear, add_scale_shift, hard_task_classes
 
 CPU = torch.device("cpu")
@@ -65,14 +64,10 @@ def test_hard_task_classes_come_from_failure_classes_and_are_deterministic():
 @pytest.fixture(scope="module")
 def tiny(omniglot):
     """A smoke-profile MTL with a one-iteration pretraining (fast), 5-way 1-shot."""
-    setting = methods.Setting("omniglot", 5, 1)
-    hp = MTL.hyper("smoke", setting).replace(pre_epochs=1e-5, pre_val_episodes=1, inner_steps=5)
+    prepared = prepare(RunConfig("mtl", "omniglot", 5, 1, profile="smoke", val_episodes=2,
+                                 overrides=(("pre_epochs", 1e-5), ("pre_val_episodes", 1), ("inner_steps", 5))))
     torch.manual_seed(0)
-    ctx = methods.Context(setting=setting, image_shape=omniglot.image_shape, backbone_name="conv4",
-                          sampler=TaskSampler(omniglot, "train", 0),
-                          val_episodes=EpisodeSet(omniglot, "val", 5, 1, 15, 0, 2, stream="val"), device=CPU, seed=0,
-                          profile="smoke")
-    return MTL(hp, ctx)
+    return MTL(prepared.hp, make_context(prepared, CPU))
 
 
 def test_hard_episodes_sample_fresh_data_from_the_failure_classes(tiny):
@@ -147,3 +142,18 @@ def test_each_variant_learns_above_chance(variant_runs, name):
     else:
         assert s["train_episodes"] == hp.train_steps * hp.meta_batch
     assert methods.get(name).variant_of == (None if name == "mtl" else "mtl")
+
+
+def test_speed_measures_with_the_runs_artefact_cache(tmp_path, monkeypatch):
+    """benchmark.speed builds its method with the runner's context factory: MTL's pretraining is cached under the
+    results directory, and a second measurement (or a run with the same key) reuses it instead of pretraining."""
+    from benchmark.speed import measure
+
+    tiny = dict(profile="smoke", steps=1, warmup=0, test_episodes=1, results_dir=tmp_path, meta_batch=1,
+                overrides=(("pre_epochs", 1e-5), ("pre_val_episodes", 1), ("inner_steps", 5), ("test_steps", 5),
+                           ("hard_tasks", 0)))
+    first = measure("mtl", **tiny)
+    assert len(list((tmp_path / "cache").glob("mtl-pretrain-*.pt"))) == 1
+    monkeypatch.setattr(MTL, "_pretrain", lambda self: pytest.fail("pretrained again"))
+    second = measure("mtl", **tiny)
+    assert second["train_episode"] == first["train_episode"] and second["ms_per_test_episode_median"] > 0

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.results import finished_runs, leaderboard, mean_ci95, write_leaderboard
+from benchmark.results import RunFolder, finished_runs, leaderboard, mean_ci95, write_leaderboard
 from benchmark.runner import Interrupted, RunConfig, run
 
 CPU = torch.device("cpu")
@@ -76,3 +76,27 @@ def test_finished_runs_are_skipped_and_leaderboard_rebuilt(tmp_path):
     assert board["test_fingerprint"].nunique() == 1  # test episodes do not depend on the training seed
     assert pd.read_csv(tmp_path / "leaderboard.csv")["run_id"].tolist() == board["run_id"].tolist()
     assert leaderboard(tmp_path / "nothing").empty
+
+
+def test_a_prepared_run_is_neither_prepared_nor_resolved_again(tmp_path, monkeypatch):
+    import dataclasses
+
+    import benchmark.runner as runner
+    import methods
+
+    over = (("train_steps", 2), ("val_every", 1), ("train_ways", 5))
+    cfg = RunConfig("protonet", "omniglot", 5, 1, profile="smoke", test_episodes=5, val_episodes=3, overrides=over)
+    prepared = runner.prepare(cfg)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("prepared or resolved again")
+
+    for module, name in ((runner, "prepare"), (methods, "get"), (methods, "resolve")):
+        monkeypatch.setattr(module, name, fail)
+    s = run(cfg, tmp_path, CPU, prepared=prepared)
+    folder = RunFolder(tmp_path, cfg.run_id)
+    assert folder.is_finished() and folder.read_summary()["test_fingerprint"] == s["test_fingerprint"]
+    assert folder.read_config()["run_id"] == cfg.run_id and len(folder.read_test_episodes()) == 5
+    assert folder.read_curve()["step"].tolist() == [1, 2] and not folder.partial.exists()
+    with pytest.raises(ValueError, match="prepared run"):
+        run(dataclasses.replace(cfg, seed=1), tmp_path, CPU, prepared=prepared)

@@ -1,21 +1,23 @@
 """Run folders read into :class:`Run` records, and each method's and backbone's facts as the runs recorded them.
 
+The folders are read through :class:`benchmark.results.RunFolder`, the one place that knows their layout.
+
 Nothing here imports the method registry or the backbone table: a report is built from the records alone, so a
 report of old runs does not change when today's code does. Runs older than recorded facts are reported with a
 fallback (:func:`method_infos`, :data:`LEGACY_BACKBONE_FACTS`) and a note (:func:`facts_note`).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..results import RunFolder, partial_runs, run_folders
 from .common import ENTRY_KEYS, FAMILY_ORDER, ReportError
 
-REQUIRED_FILES = ("summary.json", "test_episodes.csv", "curve.csv")
+REQUIRED_FILES = RunFolder.RECORDS
 
 
 @dataclass
@@ -52,54 +54,57 @@ def load_runs(results_dir: Path, run_ids: list[str] | None = None) -> Runs:
     if not results_dir.is_dir():
         raise ReportError(f"results directory {results_dir} is not a folder")
     notes = []
-    partial = sorted(p.name for p in results_dir.iterdir() if p.is_dir() and p.name.endswith(".partial"))
+    partial = partial_runs(results_dir)
     if partial:
         notes.append(f"{len(partial)} unfinished run(s) ignored ({', '.join(partial)}); the same benchmark.run "
                      "command resumes them")
-    dirs = sorted(p for p in results_dir.iterdir() if p.is_dir() and not p.name.endswith(".partial")
-                  and p.name != "cache" and not p.name.startswith("."))
+    folders = run_folders(results_dir)
     if run_ids is not None:
         wanted = set(run_ids)
-        dirs = [d for d in dirs if d.name in wanted]
-    runs = []
-    for d in dirs:
-        present = [f for f in REQUIRED_FILES if (d / f).is_file()]
-        if not present:
-            continue  # not a run folder
-        missing = [f for f in REQUIRED_FILES if f not in present]
-        if missing:
-            raise ReportError(f"run folder {d} is incomplete (missing {', '.join(missing)}); a finished run has "
-                              f"{', '.join(REQUIRED_FILES)}: delete the folder and re-run it")
-        try:
-            summary = json.loads((d / "summary.json").read_text())
-            config = json.loads((d / "config.json").read_text()) if (d / "config.json").is_file() else {}
-            ep = pd.read_csv(d / "test_episodes.csv")
-            try:
-                curve = pd.read_csv(d / "curve.csv")
-            except pd.errors.EmptyDataError:
-                curve = pd.DataFrame()
-        except (OSError, ValueError, pd.errors.ParserError) as e:
-            raise ReportError(f"cannot read the records of {d}: {str(e).splitlines()[0] if str(e) else e!r}") from None
-        need = ("method", "dataset", "ways", "shots", "backbone", "profile", "seed", "test_fingerprint")
-        lacking = [k for k in need if summary.get(k) is None]
-        if lacking or "accuracy" not in ep.columns:
-            raise ReportError(f"records of {d} lack {', '.join(lacking) or 'the accuracy column'}; "
-                              "were they written by benchmark.run?")
-        acc = 100.0 * ep["accuracy"].to_numpy(dtype=np.float64)
-        if summary.get("n_episodes") is not None and len(acc) != int(summary["n_episodes"]):
-            raise ReportError(f"run folder {d} is inconsistent: test_episodes.csv has {len(acc)} rows, summary.json "
-                              f"says {summary['n_episodes']} episodes")
-        summary.setdefault("queries", config.get("queries", 15))
-        summary["overrides"] = _overrides_text(config)
-        runs.append(Run(d, summary, config, acc,
-                        ep["adapt_seconds"].to_numpy(dtype=np.float64) if "adapt_seconds" in ep else np.array([]),
-                        curve))
+        folders = [f for f in folders if f.run_id in wanted]
+    runs = [r for r in map(read_run, folders) if r is not None]
     if not runs:
         where = f"{results_dir}" + (f" among the runs {', '.join(run_ids)}" if run_ids is not None else "")
         extra = f" ({len(partial)} unfinished *.partial run(s) ignored: resume them with the same benchmark.run " \
                 "command)" if partial else ""
         raise ReportError(f"no finished runs in {where}{extra}; run python -m benchmark.run first")
-    # duplicate seeds of one entry: keep the latest finished
+    runs = _latest_per_seed(runs, notes)
+    note = facts_note(runs)
+    return Runs(runs, notes + ([note] if note else []))
+
+
+def read_run(folder: RunFolder) -> Run | None:
+    """The :class:`Run` recorded in ``folder``; None when it is not a run folder (none of the record files), and
+    :class:`ReportError` when it is incomplete or its records are unreadable or inconsistent."""
+    d = folder.path
+    missing = folder.missing()
+    if len(missing) == len(REQUIRED_FILES):
+        return None
+    if missing:
+        raise ReportError(f"run folder {d} is incomplete (missing {', '.join(missing)}); a finished run has "
+                          f"{', '.join(REQUIRED_FILES)}: delete the folder and re-run it")
+    try:
+        summary, config = folder.read_summary(), folder.read_config()
+        ep, curve = folder.read_test_episodes(), folder.read_curve()
+    except (OSError, ValueError, pd.errors.ParserError) as e:
+        raise ReportError(f"cannot read the records of {d}: {str(e).splitlines()[0] if str(e) else e!r}") from None
+    need = ("method", "dataset", "ways", "shots", "backbone", "profile", "seed", "test_fingerprint")
+    lacking = [k for k in need if summary.get(k) is None]
+    if lacking or "accuracy" not in ep.columns:
+        raise ReportError(f"records of {d} lack {', '.join(lacking) or 'the accuracy column'}; "
+                          "were they written by benchmark.run?")
+    acc = 100.0 * ep["accuracy"].to_numpy(dtype=np.float64)
+    if summary.get("n_episodes") is not None and len(acc) != int(summary["n_episodes"]):
+        raise ReportError(f"run folder {d} is inconsistent: {RunFolder.TEST_EPISODES} has {len(acc)} rows, "
+                          f"{RunFolder.SUMMARY} says {summary['n_episodes']} episodes")
+    summary.setdefault("queries", config.get("queries", 15))
+    summary["overrides"] = _overrides_text(config)
+    return Run(d, summary, config, acc,
+               ep["adapt_seconds"].to_numpy(dtype=np.float64) if "adapt_seconds" in ep else np.array([]), curve)
+
+
+def _latest_per_seed(runs: list[Run], notes: list[str]) -> list[Run]:
+    """Duplicate seeds of one entry: keep the latest finished, with a note for each run left out."""
     seen: dict[tuple, Run] = {}
     for r in sorted(runs, key=lambda r: str(r["finished_at"] or "")):
         key = tuple(r[k] for k in ENTRY_KEYS) + (r["seed"],)
@@ -107,9 +112,7 @@ def load_runs(results_dir: Path, run_ids: list[str] | None = None) -> Runs:
             notes.append(f"run {seen[key].path.name} ignored: {r.path.name} has the same method, setting, "
                          "overrides and seed and finished later")
         seen[key] = r
-    runs = [r for r in runs if seen[tuple(r[k] for k in ENTRY_KEYS) + (r["seed"],)] is r]
-    note = facts_note(runs)
-    return Runs(runs, notes + ([note] if note else []))
+    return [r for r in runs if seen[tuple(r[k] for k in ENTRY_KEYS) + (r["seed"],)] is r]
 
 
 # ------------------------------------------------------------------------------------------------ facts

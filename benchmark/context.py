@@ -1,0 +1,66 @@
+"""The one factory of the :class:`methods.base.Context` a method is built with, and the artefact cache it provides.
+
+:func:`make_context` gives a prepared run's method its training sampler (the run's seed), its fixed validation
+episodes (``eval_seed``), the backbone factory and the services: ``ctx.cached`` (an :class:`ArtefactCache` under
+the results directory, so that e.g. MTL's pretraining is computed once and shared by all runs and measurements with
+the same key) and ``ctx.progress``. The runner (:mod:`benchmark.runner`) and ``benchmark.speed`` both build their
+contexts here.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .config import PreparedRun
+from .episodes import EpisodeSet, TaskSampler
+from .results import atomic_torch_save, cache_dir
+
+
+class ArtefactCache:
+    """``cache(name, key, compute)``: the value of ``compute()``, stored once per (name, key, dataset, backbone,
+    seed) under ``<results_dir>/cache/`` with the seconds it took. ``log`` lists each use for the run's summary:
+    name, file (relative to the results directory), seconds, computed_in_this_run."""
+
+    def __init__(self, results_dir: str | Path, dataset_fingerprint: str, backbone: str, seed: int,
+                 device: torch.device):
+        self.results_dir, self.device = Path(results_dir), device
+        self.scope = {"dataset": dataset_fingerprint, "backbone": backbone, "seed": seed}
+        self.log: list[dict] = []
+
+    def __call__(self, name: str, key: dict, fn: Callable[[], Any]) -> Any:
+        full = {"name": name, "key": key, **self.scope}
+        h = hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        path = cache_dir(self.results_dir) / f"{name}-{h}.pt"
+        computed = not path.is_file()
+        if computed:
+            t0 = time.perf_counter()
+            value = fn()
+            secs = time.perf_counter() - t0
+            atomic_torch_save(path, {"value": value, "seconds": secs, "key": full})
+        else:
+            blob = torch.load(path, map_location=self.device, weights_only=False)
+            value, secs = blob["value"], blob["seconds"]
+        self.log.append({"name": name, "file": str(path.relative_to(self.results_dir)), "seconds": secs,
+                         "computed_in_this_run": computed})
+        return value
+
+
+def make_context(prepared: PreparedRun, device: torch.device, results_dir: str | Path | None = None,
+                 progress: Callable | None = None):
+    """The context of ``prepared``'s method: training sampler of the run's seed, the run's validation episodes
+    (``cfg.n_val``, ``cfg.eval_seed``), and an :class:`ArtefactCache` under ``results_dir`` as ``ctx.cached``
+    (without ``results_dir``: artefacts are computed, not cached)."""
+    import methods
+
+    cfg, ds = prepared.cfg, prepared.dataset
+    val_set = EpisodeSet(ds, "val", cfg.ways, cfg.shots, cfg.queries, cfg.eval_seed, cfg.n_val, stream="val")
+    extra = {} if results_dir is None else {
+        "cached": ArtefactCache(results_dir, ds.fingerprint, cfg.backbone, cfg.seed, device)}
+    return methods.Context(setting=prepared.setting, image_shape=ds.image_shape, backbone_name=cfg.backbone,
+                           sampler=TaskSampler(ds, "train", cfg.seed), val_episodes=val_set, device=device,
+                           seed=cfg.seed, profile=cfg.profile, progress=progress, **extra)

@@ -1,0 +1,206 @@
+"""Meta-training and evaluation: the timed training step, the evaluation loop, RNG state and the training loop with
+its validations, best state and checkpoints.
+
+:func:`timed_step` and :func:`evaluate` are the one implementation of a timed training step and of an evaluation
+pass; the runner (:class:`Trainer`, :mod:`benchmark.runner`) and ``benchmark.speed`` both use them, so their
+figures measure the same thing.
+
+:class:`Trainer` meta-trains a method on training episodes drawn by index, validates every ``val_every`` steps (one
+convergence-curve point each: steps, episodes seen, training seconds, validation accuracy and the mean training
+metrics since the last point), keeps the state with the best validation accuracy, and writes a checkpoint (module and
+optimiser state, RNG states, the training state below) atomically after each validation and when stopped. Training
+episodes are pure functions of their index and the RNG states are restored, so a resumed run equals an uninterrupted
+one.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .episodes import Episode, EpisodeSet, TaskSampler
+from .results import atomic_torch_save, mean_ci95
+
+
+class Interrupted(Exception):
+    """Raised after the checkpoint is saved when a run is stopped early (Ctrl-C or ``stop_after``)."""
+
+
+# ------------------------------------------------------------------------------------------------ random state
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+# ------------------------------------------------------------------------------------------------ one step, one pass
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so that a timing covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def draw_episodes(sampler: TaskSampler, step: int, meta_batch: int, shape: tuple[int, int, int],
+                  device: torch.device) -> list[Episode]:
+    """The meta-batch of training step ``step``: episodes ``step * meta_batch + j`` of shape (ways, shots, queries)."""
+    ways, shots, queries = shape
+    return [sampler.episode(step * meta_batch + j, ways, shots, queries).to(device) for j in range(meta_batch)]
+
+
+@dataclass
+class StepResult:
+    metrics: dict  # the method's training metrics (floats), without ``tasks``
+    tasks: int  # training episodes the step consumed (the meta-batch plus any the method drew itself)
+    seconds: float
+
+
+def timed_step(method, episodes: list[Episode], step: int, device: torch.device) -> StepResult:
+    """One ``method.train_step`` on ``episodes``, timed (on CUDA between two synchronisations)."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    metrics = dict(method.train_step(episodes, step))
+    synchronize(device)
+    secs = time.perf_counter() - t0
+    return StepResult(metrics, int(metrics.pop("tasks", len(episodes))), secs)
+
+
+def evaluate(method, episodes: EpisodeSet, device: torch.device, progress=None, desc: str = "eval",
+             group: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-episode query accuracy and adaptation seconds of ``method`` on every episode of ``episodes``.
+
+    Episodes go to ``method.predict_many`` in groups of ``group`` (default: the method's ``eval_group``), which
+    methods implement as fewer, larger passes with the same per-episode results as ``predict`` one at a time
+    (tested); an episode's seconds are its group's time divided by the group's size.
+    """
+    group = max(1, int(group or getattr(method, "eval_group", 1)))
+    n = len(episodes)
+    acc = np.empty(n)
+    secs = np.empty(n)
+    bar = progress(total=n, desc=desc) if progress is not None else None
+    try:
+        for start in range(0, n, group):
+            idx = range(start, min(n, start + group))
+            eps = [episodes[i].to(device) for i in idx]
+            t0 = time.perf_counter()
+            with torch.set_grad_enabled(method.adapts_at_test):
+                logits = method.predict_many(eps)
+            synchronize(device)
+            secs[start:start + len(eps)] = (time.perf_counter() - t0) / len(eps)
+            for i, ep, lg in zip(idx, eps, logits):
+                acc[i] = (lg.argmax(-1) == ep.query_y).float().mean().item()
+            if bar is not None:
+                bar.update(len(eps))
+    finally:
+        if bar is not None and hasattr(bar, "close"):
+            bar.close()
+    return acc, secs
+
+
+# ------------------------------------------------------------------------------------------------ the training loop
+def new_state() -> dict:
+    """The training state a checkpoint keeps (besides the method's): progress, timings, curve, best state, the
+    training metrics summed since the last curve point, and the cache log."""
+    return {"step": 0, "episodes": 0, "train_seconds": 0.0, "val_seconds": 0.0, "curve": [], "best_acc": -1.0,
+            "best_step": 0, "best_state": None, "acc_sum": {}, "acc_n": 0, "cache_log": []}
+
+
+class Trainer:
+    """Meta-trains ``method`` under ``hp`` (``train_steps``, ``meta_batch``, ``val_every``) on ``sampler``'s
+    episodes, validating on ``val_set``; ``checkpoint`` is the resume file, ``config`` is stored in it, and
+    ``cache_log`` (the run's artefact-cache log) is kept across resumes."""
+
+    def __init__(self, method, hp, sampler: TaskSampler, val_set: EpisodeSet, device: torch.device,
+                 checkpoint: Path, config: dict, cache_log: list[dict]):
+        self.method, self.hp, self.sampler, self.val_set, self.device = method, hp, sampler, val_set, device
+        self.checkpoint, self.config, self.cache_log = checkpoint, config, cache_log
+        self.shape = method.train_shape()
+        self.state = new_state()
+
+    def resume(self) -> None:
+        """Continue from the checkpoint when there is one: method, training state and RNG states."""
+        if self.checkpoint.is_file():
+            ck = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
+            self.method.load_training_state(ck["method"])
+            self.state = ck["state"]
+            set_rng_state(ck["rng"])
+        self.cache_log.extend(self.state.get("cache_log", []))
+
+    def save(self) -> None:
+        self.state["cache_log"] = self.cache_log
+        atomic_torch_save(self.checkpoint, {"method": self.method.training_state(), "state": self.state,
+                                            "rng": rng_state(), "config": self.config})
+
+    def train(self, progress: Callable | None = None, desc: str = "train", stop_after: int | None = None) -> None:
+        """Train from the current step to ``hp.train_steps``; ``stop_after`` steps in this call at most (then
+        :class:`Interrupted`, as on Ctrl-C, after saving the checkpoint)."""
+        state, total = self.state, self.hp.train_steps
+        steps = range(state["step"], total)
+        bar = progress(steps, total=total, desc=desc, initial=state["step"]) if progress else steps
+        try:
+            for done, step in enumerate(bar, 1):
+                episodes = draw_episodes(self.sampler, step, self.hp.meta_batch, self.shape, self.device)
+                self._account(timed_step(self.method, episodes, step, self.device))
+                state["step"] = step + 1
+                if state["step"] % self.hp.val_every == 0 or state["step"] == total:
+                    self.validate(bar)
+                if stop_after is not None and done >= stop_after and state["step"] < total:
+                    self.save()
+                    raise Interrupted(f"stopped after step {state['step']}")
+        except KeyboardInterrupt:
+            self.save()
+            raise Interrupted(f"interrupted at step {state['step']} of {total}; "
+                              "run the same command again to resume") from None
+        finally:
+            if hasattr(bar, "close"):
+                bar.close()
+
+    def _account(self, r: StepResult) -> None:
+        state = self.state
+        state["train_seconds"] += r.seconds
+        state["episodes"] += r.tasks
+        for k, v in r.metrics.items():
+            state["acc_sum"][k] = state["acc_sum"].get(k, 0.0) + float(v)
+        state["acc_n"] += 1
+
+    def validate(self, bar=None) -> None:
+        """One curve point: validation accuracy now, and the mean training metrics since the last point; keeps the
+        best state, then saves the checkpoint."""
+        state = self.state
+        t1 = time.perf_counter()
+        acc, _ = evaluate(self.method, self.val_set, self.device)
+        state["val_seconds"] += time.perf_counter() - t1
+        m, ci = mean_ci95(acc)
+        row = {"step": state["step"], "episodes": state["episodes"],
+               "train_seconds": round(state["train_seconds"], 4), "val_acc": 100 * m, "val_ci95": 100 * ci}
+        row.update({f"train_{k}": v / state["acc_n"] for k, v in state["acc_sum"].items()})
+        state["curve"].append(row)
+        state["acc_sum"], state["acc_n"] = {}, 0
+        if m > state["best_acc"]:
+            state["best_acc"], state["best_step"] = m, state["step"]
+            state["best_state"] = {k: v.detach().clone() for k, v in self.method.state_dict().items()}
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(val=f"{100 * m:.1f}%", best=f"{100 * state['best_acc']:.1f}%")
+        self.save()
+
+    def restore_best(self) -> None:
+        """Load the state with the best validation accuracy (none when no validation ran)."""
+        if self.state["best_state"] is not None:
+            self.method.load_state_dict(self.state["best_state"])
