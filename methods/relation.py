@@ -57,7 +57,7 @@ class RelationHyper(Hyper):
     lr_halve_every: int = 100000  # Sec. 4 / authors' code: "annealed by half every 100,000 episodes"
     relation_width: int = 64  # Sec. 3.4: relation-module conv blocks of 64 filters
     hidden: int = 8  # Sec. 3.4: first FC layer 8-dimensional, ReLU; second 1-dimensional, sigmoid
-    clip_norm: float = 0.5  # authors' code: gradient norm of each network clipped at 0.5 (0 or None: no clipping)
+    clip_norm: float = 0.5  # authors' code: gradient norm of each network clipped at 0.5 (0: no clipping)
 
 
 # Sec. 4.1: query images per class in training episodes (Omniglot) and Sec. 4.2 (miniImageNet)
