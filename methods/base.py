@@ -5,7 +5,8 @@ A method is an ``nn.Module`` subclass of :class:`Method` with
 * class facts: ``name`` (registry key), ``family`` ('metric' | 'initialization' | 'optimizer'), ``idea`` (one line),
   ``paper`` (citation), ``Hyper`` (its hyperparameter dataclass, a subclass of :class:`Hyper`), and, for metric
   methods, ``metric_facts`` (support embedding, query embedding, distance, distinguishing feature);
-* ``hyper(profile, setting)``: the hyperparameters for a profile ('smoke', 'quick', 'paper') and a setting;
+* ``profile_hyper(profile, setting)``: the hyperparameters for a profile ('smoke', 'quick', 'paper') and a setting
+  (called through ``hyper``, which refuses an unknown profile name);
 * ``__init__(hp, ctx)``: build networks (through ``ctx.backbone``) and optimisers;
 * ``train_step(episodes, step)``: one meta-training step on a meta-batch of episodes, including the optimiser
   update; returns metrics (floats; ``tasks`` counts extra episodes it drew itself, e.g. MTL's hard tasks);
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from benchmark.backbones import build_backbone, feature_shape
+from benchmark.config import PROFILES
 from benchmark.episodes import Episode, EpisodeSet, TaskSampler
 
 
@@ -112,7 +114,8 @@ class Method(nn.Module):
 
     # ---- to implement
     @classmethod
-    def hyper(cls, profile: str, setting: Setting) -> Hyper:
+    def profile_hyper(cls, profile: str, setting: Setting) -> Hyper:
+        """The hyperparameters of ``profile`` (a name of ``PROFILES``, already checked) for ``setting``."""
         raise NotImplementedError
 
     def train_step(self, episodes: list[Episode], step: int) -> dict[str, float]:
@@ -122,6 +125,13 @@ class Method(nn.Module):
         raise NotImplementedError
 
     # ---- provided
+    @classmethod
+    def hyper(cls, profile: str, setting: Setting) -> Hyper:
+        """Hyperparameters for a profile and a setting: the one place an unknown profile name is refused."""
+        if profile not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
+        return cls.profile_hyper(profile, setting)
+
     @classmethod
     def tasks_per_step(cls, hp: Hyper) -> int:
         """Training episodes (tasks) one ``train_step`` consumes under ``hp`` (methods that draw more override)."""
@@ -173,6 +183,13 @@ class Method(nn.Module):
     def adapted_parameters(self) -> int:
         """Parameters changed per task at test time (gradient-based methods override); 0 for metric methods."""
         return 0
+
+    def require_test_ways(self, ways: int | None, what: str = "train_ways") -> None:
+        """Refuse training episodes whose ways differ from the test setting's, for a method whose classifier head
+        has one output per test class (MAML, Reptile, the Meta-LSTM's learner)."""
+        if ways not in (None, self.ctx.setting.ways):
+            raise ValueError(f"{self.name}'s head has one output per class: {what} must be the test setting's "
+                             f"{self.ctx.setting.ways}, not {ways} (leave train_ways unset)")
 
     def train_shape(self) -> tuple[int, int, int]:
         """(ways, shots, queries) of training episodes."""

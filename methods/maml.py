@@ -73,6 +73,7 @@ from benchmark.backbones import explicit_batchnorm
 from benchmark.episodes import Episode
 
 from .base import Context, Hyper, Method, Setting
+from .blocks import MAMLNet
 
 
 @dataclass
@@ -93,27 +94,6 @@ class MAMLHyper(Hyper):
     grad_clip: float | None = None  # authors' code: meta-gradient clipped to [-10, 10] on miniImageNet only
 
 
-def channels_last_strides(x: torch.Tensor) -> torch.Tensor:
-    """Single-channel images given channels-last strides. ``contiguous(channels_last)`` leaves a [N, 1, H, W] tensor
-    as it is (it already counts as channels-last), so the first convolution would choose the NCHW layout and every
-    later layer would pay a layout conversion in the forward and the backward pass; same numbers, less time."""
-    if x.dim() == 4 and x.shape[1] == 1 and x.stride(1) != 1 and not torch._C._functorch.is_functorch_wrapped_tensor(x):
-        return torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
-    return x
-
-
-class MAMLNet(nn.Module):
-    """Backbone followed by a linear classifier; the whole network is MAML's initialisation."""
-
-    def __init__(self, backbone: nn.Module, features: int, ways: int):
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Linear(features, ways)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(channels_last_strides(x)).flatten(1))
-
-
 class MAML(Method):
     """MAML: meta-learn an initialisation from which a few SGD steps on the support set solve the task."""
 
@@ -125,7 +105,7 @@ class MAML(Method):
     adapts_at_test = True
 
     @classmethod
-    def hyper(cls, profile: str, setting: Setting) -> MAMLHyper:
+    def profile_hyper(cls, profile: str, setting: Setting) -> MAMLHyper:
         omniglot = setting.dataset == "omniglot"
         if omniglot and setting.ways >= 20:
             inner = dict(inner_lr=0.1, inner_steps=5, test_inner_steps=5)  # App. A.1, Omniglot 20-way
@@ -155,17 +135,14 @@ class MAML(Method):
                 steps, batch, extra = 400, 4, ({"test_inner_steps": 1} if omniglot and setting.ways < 20 else {})
             return MAMLHyper(train_steps=steps, meta_batch=batch, train_queries=queries, val_every=steps // 4,
                              **{**inner, **extra})
-        if profile == "smoke":
-            # Seconds of training: 5 queries per class (a less noisy meta-gradient) and inner step 0.1 (measured on
-            # the default conv4, 5-way 1-shot after 60 steps: 85% with 0.1, 40-48% with 0.4, 20 test episodes).
-            return MAMLHyper(train_steps=60, meta_batch=4, train_queries=5, val_every=30, **{**inner, "inner_lr": 0.1})
-        raise ValueError(f"unknown profile {profile!r}")
+        # smoke (Method.hyper has checked the profile name)
+        # Seconds of training: 5 queries per class (a less noisy meta-gradient) and inner step 0.1 (measured on
+        # the default conv4, 5-way 1-shot after 60 steps: 85% with 0.1, 40-48% with 0.4, 20 test episodes).
+        return MAMLHyper(train_steps=60, meta_batch=4, train_queries=5, val_every=30, **{**inner, "inner_lr": 0.1})
 
     def __init__(self, hp: MAMLHyper, ctx: Context):
         super().__init__(hp, ctx)
-        if hp.train_ways not in (None, ctx.setting.ways):
-            raise ValueError(f"MAML's head has one output per class: train_ways must be the test setting's "
-                             f"{ctx.setting.ways}, not {hp.train_ways}")
+        self.require_test_ways(hp.train_ways)
         backbone = ctx.backbone(bn_running_stats=False)
         features = math.prod(ctx.feature_shape(backbone))
         self.net = MAMLNet(backbone, features, ctx.setting.ways).to(ctx.device)

@@ -110,7 +110,7 @@ class MatchingNet(Method):
     default_similarity = "cosine-support"
 
     @classmethod
-    def hyper(cls, profile: str, setting: Setting) -> MatchingHyper:
+    def profile_hyper(cls, profile: str, setting: Setting) -> MatchingHyper:
         fce = cls.default_fce
         queries = 15 if setting.ways <= 5 else 5
         if profile == "paper":
@@ -122,9 +122,8 @@ class MatchingNet(Method):
             steps = 2000 if setting.shots == 1 else 1700
             return MatchingHyper(fce=fce, train_steps=steps, train_queries=queries, val_every=250,
                                  similarity=cls.default_similarity)
-        if profile == "smoke":
-            return MatchingHyper(fce=fce, train_steps=80, train_queries=5, val_every=20, similarity=cls.default_similarity)
-        raise ValueError(f"unknown profile {profile!r}")
+        # smoke (Method.hyper has checked the profile name)
+        return MatchingHyper(fce=fce, train_steps=80, train_queries=5, val_every=20, similarity=cls.default_similarity)
 
     def __init__(self, hp: MatchingHyper, ctx: Context):
         super().__init__(hp, ctx)

@@ -76,7 +76,7 @@ from torch.func import functional_call
 from benchmark.episodes import Episode, draw_without_replacement, keyed_rng
 
 from .base import Context, Hyper, Method, Setting
-from .maml import MAMLNet  # the learner: backbone + linear head, as MAML's network
+from .blocks import MAMLNet  # the learner: backbone + linear head, as MAML's network
 
 
 @dataclass
@@ -155,7 +155,7 @@ class MetaLSTM(Method):
     adapts_at_test = True
 
     @classmethod
-    def hyper(cls, profile: str, setting: Setting) -> MetaLSTMHyper:
+    def profile_hyper(cls, profile: str, setting: Setting) -> MetaLSTMHyper:
         one = setting.shots == 1
         # Sec. 4: T and the mini-batch; BatchNorm momentum of the authors' configs (train-imagenet-1shot.lua:
         # BN_momentum = 0.9; train-imagenet-5shot.lua: 0.95)
@@ -171,11 +171,10 @@ class MetaLSTM(Method):
             # (100 episodes at ~0.38 s) costs about as much as 50 training tasks, hence one, at the end.
             steps = 150 if one else 180
             return MetaLSTMHyper(train_steps=steps, val_every=steps, **shape)
-        if profile == "smoke":
-            # seconds, for tests: 5 learner updates instead of T, 5 queries per class, a larger meta learning rate
-            return MetaLSTMHyper(train_steps=30, val_every=15, train_queries=5, lr=3e-3, inner_steps=5,
-                                 inner_batch=shape["inner_batch"])
-        raise ValueError(f"unknown profile {profile!r}")
+        # smoke (Method.hyper has checked the profile name)
+        # seconds, for tests: 5 learner updates instead of T, 5 queries per class, a larger meta learning rate
+        return MetaLSTMHyper(train_steps=30, val_every=15, train_queries=5, lr=3e-3, inner_steps=5,
+                             inner_batch=shape["inner_batch"])
 
     def __init__(self, hp: MetaLSTMHyper, ctx: Context):
         super().__init__(hp, ctx)
@@ -286,9 +285,7 @@ class MetaLSTM(Method):
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = acc_sum = f_sum = i_sum = 0.0
         for ep in episodes:
-            if ep.ways != self.ctx.setting.ways:
-                raise ValueError(f"meta_lstm's learner has {self.ctx.setting.ways} outputs; training episodes must "
-                                 f"be {self.ctx.setting.ways}-way (leave train_ways unset)")
+            self.require_test_ways(ep.ways, "a training episode's ways")
             buffers = self.fresh_buffers()
             c, gates = self.adapt(ep, meta_graph=True, buffers=buffers)
             logits = self.learner_forward(c, ep.query_x, buffers, batch_stats=True)  # Sec. 3.3: batch statistics

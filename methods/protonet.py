@@ -14,33 +14,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from benchmark.episodes import Episode
 
 from .base import Context, Hyper, Method, Setting
+from .blocks import cross_entropy, prototypes, sq_euclidean
 
 
 @dataclass
 class ProtoNetHyper(Hyper):
     lr: float = 1e-3  # Snell et al. Sec. 3.1: Adam, initial learning rate 1e-3
     lr_halve_every: int = 2000  # Sec. 3.1: "cut the learning rate in half every 2000 episodes"
-
-
-def prototypes(z: torch.Tensor, y: torch.Tensor, ways: int) -> torch.Tensor:
-    """Mean embedding per class: ``z`` [n, d], labels ``y`` [n] in 0..ways-1 -> [ways, d]."""
-    onehot = F.one_hot(y, ways).to(z.dtype)
-    return onehot.t() @ z / onehot.sum(0).unsqueeze(1)
-
-
-def cross_entropy(logits: torch.Tensor, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cross-entropy of the query logits, the logits): a ``forward`` for :meth:`Method.backward_episodes`."""
-    return F.cross_entropy(logits, episode.query_y), logits
-
-
-def sq_euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pairwise squared Euclidean distances, [n, d] x [m, d] -> [n, m]."""
-    return (a.unsqueeze(1) - b.unsqueeze(0)).pow(2).sum(-1)
 
 
 class ProtoNet(Method):
@@ -59,7 +43,7 @@ class ProtoNet(Method):
     }
 
     @classmethod
-    def hyper(cls, profile: str, setting: Setting) -> ProtoNetHyper:
+    def profile_hyper(cls, profile: str, setting: Setting) -> ProtoNetHyper:
         omniglot = setting.dataset == "omniglot"
         if profile == "paper":
             ways = 60 if omniglot else (30 if setting.shots == 1 else 20)
@@ -73,9 +57,8 @@ class ProtoNet(Method):
             steps = 450 if setting.shots == 1 else 250
             return ProtoNetHyper(train_steps=steps, train_ways=ways, train_queries=5 if omniglot else 15,
                                  val_every=50)
-        if profile == "smoke":
-            return ProtoNetHyper(train_steps=60, train_ways=20, train_queries=5, val_every=20)
-        raise ValueError(f"unknown profile {profile!r}")
+        # smoke (Method.hyper has checked the profile name)
+        return ProtoNetHyper(train_steps=60, train_ways=20, train_queries=5, val_every=20)
 
     def __init__(self, hp: ProtoNetHyper, ctx: Context):
         super().__init__(hp, ctx)

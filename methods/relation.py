@@ -135,7 +135,7 @@ class RelationNet(Method):
     }
 
     @classmethod
-    def hyper(cls, profile: str, setting: Setting) -> RelationHyper:
+    def profile_hyper(cls, profile: str, setting: Setting) -> RelationHyper:
         queries = paper_queries(setting)
         if profile == "paper":
             steps = 1000000 if setting.dataset == "omniglot" else 500000
@@ -145,9 +145,8 @@ class RelationNet(Method):
             steps = 1450 if setting.shots == 1 else 1350
             # the authors' schedule (halve every 100,000 episodes) is kept: no decay within the budget
             return RelationHyper(train_steps=steps, train_queries=queries, val_every=250)  # 6 curve points
-        if profile == "smoke":
-            return RelationHyper(train_steps=100, train_queries=5, val_every=25)
-        raise ValueError(f"unknown profile {profile!r}")
+        # smoke (Method.hyper has checked the profile name)
+        return RelationHyper(train_steps=100, train_queries=5, val_every=25)
 
     def __init__(self, hp: RelationHyper, ctx: Context):
         super().__init__(hp, ctx)

@@ -60,7 +60,7 @@ from benchmark.backbones import explicit_batchnorm
 from benchmark.episodes import Episode, keyed_rng
 
 from .base import Context, Hyper, Method, Setting
-from .maml import MAMLNet
+from .blocks import MAMLNet
 
 
 @dataclass
@@ -96,7 +96,7 @@ class Reptile(Method):
     adapts_at_test = True
 
     @classmethod
-    def hyper(cls, profile: str, setting: Setting) -> ReptileHyper:
+    def profile_hyper(cls, profile: str, setting: Setting) -> ReptileHyper:
         omniglot = setting.dataset == "omniglot"
         if omniglot and setting.ways >= 20:  # Table 3 / README, Omniglot 20-way
             inner = dict(inner_lr=5e-4, inner_iters=10, inner_batch=20, eval_batch=10)
@@ -117,9 +117,8 @@ class Reptile(Method):
             # about 0.37 s (1-shot) and 0.75 s (5-shot) per episode, and the meta step is annealed to 0, so the
             # final initialisation is the one the paper tests.
             return ReptileHyper(train_steps=600, val_every=600, **common)
-        if profile == "smoke":
-            return ReptileHyper(train_steps=20, val_every=10, **{**common, "eval_iters": 10})
-        raise ValueError(f"unknown profile {profile!r}")
+        # smoke (Method.hyper has checked the profile name)
+        return ReptileHyper(train_steps=20, val_every=10, **{**common, "eval_iters": 10})
 
     def __init__(self, hp: ReptileHyper, ctx: Context):
         super().__init__(hp, ctx)
@@ -127,8 +126,7 @@ class Reptile(Method):
             raise ValueError(f"inner_optimizer must be 'adam' or 'sgd', not {hp.inner_optimizer!r}")
         if hp.inner_state not in ("carry", "reset"):
             raise ValueError(f"inner_state must be 'carry' or 'reset', not {hp.inner_state!r}")
-        if hp.train_ways not in (None, ctx.setting.ways):
-            raise ValueError(f"Reptile's head has one output per class: train_ways must be {ctx.setting.ways}")
+        self.require_test_ways(hp.train_ways)
         backbone = ctx.backbone(bn_running_stats=False)
         self.net = MAMLNet(backbone, math.prod(ctx.feature_shape(backbone)), ctx.setting.ways).to(ctx.device)
         # Inner Adam state carried between tasks (authors' code); buffers, so checkpoints and snapshots keep it.

@@ -68,7 +68,7 @@ from torch import nn
 from benchmark.episodes import Episode, keyed_rng
 
 from .base import Context, Hyper, Method, Setting
-from .protonet import cross_entropy, prototypes, sq_euclidean
+from .blocks import cross_entropy, prototypes, sq_euclidean
 
 
 @dataclass
@@ -138,7 +138,7 @@ class TADAM(Method):
     }
 
     @classmethod
-    def hyper(cls, profile: str, setting: Setting) -> TadamHyper:
+    def profile_hyper(cls, profile: str, setting: Setting) -> TadamHyper:
         queries = max(1, round(32 / setting.ways))  # 32 queries per task (authors' train_batch_size)
         if profile == "paper":
             return TadamHyper(train_steps=30000, meta_batch=2, train_queries=queries, val_every=500)
@@ -149,9 +149,8 @@ class TADAM(Method):
             # The paper's schedule as written (divide by 10 at T/2, then every 2,500 steps), cut short by the budget.
             steps = 2000 if setting.shots == 1 else 1900
             return TadamHyper(train_steps=steps, train_queries=queries, val_every=250)  # 8 curve points
-        if profile == "smoke":
-            return TadamHyper(train_steps=80, train_queries=5, val_every=20, lr_decay_every=20)
-        raise ValueError(f"unknown profile {profile!r}")
+        # smoke (Method.hyper has checked the profile name)
+        return TadamHyper(train_steps=80, train_queries=5, val_every=20, lr_decay_every=20)
 
     def __init__(self, hp: TadamHyper, ctx: Context):
         super().__init__(hp, ctx)
