@@ -182,17 +182,12 @@ def explicit_batchnorm(net: nn.Module, group: int | None = None):
             else:  # [groups, group, C, H, W]: statistics per group
                 h, keep = x.view(-1, group, *x.shape[1:]), (0, 2)
             dims = [d for d in range(h.dim()) if d not in keep]
-            var, mean = torch.var_mean(h, dims, correction=0, keepdim=True)  # biased, as F.batch_norm normalises
-            scale = torch.rsqrt(var + bn.eps)
+            mean = h.mean(dims, keepdim=True)
+            var = (h - mean).square().mean(dims, keepdim=True)  # biased, as F.batch_norm normalises
+            y = ((h - mean) * torch.rsqrt(var + bn.eps)).reshape(x.shape)
             if bn.affine:
-                shape = [1] * h.dim()
-                shape[keep[-1]] = -1
-                scale = scale * bn.weight.view(shape)
-                shift = bn.bias.view(shape) - mean * scale
-            else:
-                shift = -mean * scale
-            # one fused pass over the activations (the per-(group, channel) affine map), instead of five
-            y = torch.addcmul(shift, h, scale).reshape(x.shape)
+                shape = [1, -1] + [1] * (x.dim() - 2)
+                y = y * bn.weight.view(shape) + bn.bias.view(shape)
             return y
         return forward
 
