@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .data import FewShotDataset, load_dataset
+from .data import FewShotDataset, load_dataset, resolve_split
 from .episodes import check_spec
 
 
@@ -56,6 +56,7 @@ class RunConfig:
     val_episodes: int | None = None
     eval_seed: int = 0
     overrides: tuple[tuple[str, Any], ...] = ()  # hyperparameter overrides, (field, value)
+    split: str = ""  # the dataset's named class split; "" is its default (benchmark.data.DATASETS)
 
     @property
     def n_test(self) -> int:
@@ -67,7 +68,8 @@ class RunConfig:
 
     @property
     def run_id(self) -> str:
-        base = f"{self.method}-{self.dataset}-{self.ways}w{self.shots}s-{self.backbone}-{self.profile}-s{self.seed}"
+        data = f"{self.dataset}-{self.split}" if self.split else self.dataset
+        base = f"{self.method}-{data}-{self.ways}w{self.shots}s-{self.backbone}-{self.profile}-s{self.seed}"
         extra = {k: v for k, v in (("queries", self.queries), ("test_episodes", self.test_episodes),
                                    ("val_episodes", self.val_episodes), ("eval_seed", self.eval_seed),
                                    ("overrides", list(self.overrides)))
@@ -217,7 +219,10 @@ def prepare(cfg: RunConfig, data_dir: str | Path | None = None, method_cls: type
 
     if cfg.backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {cfg.backbone!r}; choose from {', '.join(BACKBONES)}")
-    ds = load_dataset(cfg.dataset, data_dir)
+    if cfg.split and cfg.split == resolve_split(cfg.dataset, None):
+        raise ValueError(f"split {cfg.split!r} is {cfg.dataset}'s default; leave RunConfig.split empty for it "
+                         "(so the run id is the same however it was asked for)")
+    ds = load_dataset(cfg.dataset, data_dir, cfg.split or None)
     check_spec(ds, "test", cfg.ways, cfg.shots, cfg.queries)
     check_spec(ds, "val", cfg.ways, cfg.shots, cfg.queries)
     setting = methods.Setting(cfg.dataset, cfg.ways, cfg.shots, cfg.queries)

@@ -36,7 +36,7 @@ CACHE_DIR = "cache"  # artefacts shared between runs, under the results director
 PARTIAL_SUFFIX = ".partial"  # <run-id>.partial/: a run in progress
 
 LEADERBOARD_COLUMNS = [
-    "run_id", "method", "family", "dataset", "ways", "shots", "backbone", "profile", "seed",
+    "run_id", "method", "family", "dataset", "split", "ways", "shots", "backbone", "profile", "seed",
     "mean", "ci95", "n_episodes", "train_episodes", "train_seconds", "ms_per_train_episode",
     "ms_per_test_episode", "peak_memory_mb", "trainable_params", "adapted_params", "device",
     "test_fingerprint", "code_version", "budget_fraction",

@@ -21,7 +21,7 @@ class UsageError(Exception):
 
 def _epilog() -> str:
     from .backbones import BACKBONES
-    from .data import LOADERS
+    from .data import DATASETS
     from .config import PROFILES
 
     import methods
@@ -36,7 +36,9 @@ def _epilog() -> str:
               for p in PROFILES.values()]
     lines.append("backbones:")
     lines += [f"  {n:16s} {c.doc}" for n, c in BACKBONES.items()]
-    lines.append("datasets: " + ", ".join(LOADERS) + " (omniglot is embedded; others need --data-dir)")
+    lines.append("datasets (--split: the first listed is the default; only omniglot is embedded, the others need "
+                 "--data-dir):")
+    lines += [f"  {n:16s} splits {'/'.join(d.splits):20s} {d.summary}" for n, d in DATASETS.items()]
     lines.append("examples:\n  python -m benchmark.run --methods all\n"
                  "  python -m benchmark.run --methods protonet,maml --shots 1 --seeds 0 1 2 --profile smoke\n"
                  "  python -m benchmark.run --methods protonet --set train_steps=2000 lr=5e-4")
@@ -50,6 +52,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="all", help="comma list of method names, 'all' (one per paper) or "
                    "'variants' (all plus ablations); default: all")
     p.add_argument("--dataset", default="omniglot", help="dataset name; default: omniglot (embedded)")
+    p.add_argument("--split", default=None, help="the dataset's named class split (see 'datasets' below); "
+                   "default: the dataset's usual one")
     p.add_argument("--data-dir", default=None, help="folder with the dataset in its standard layout (omniglot: "
                    "images_background/ and images_evaluation/ or their zips); default: the embedded Omniglot")
     p.add_argument("--ways", type=int, nargs="+", default=[5], help="classes per test episode; default: 5")
@@ -82,7 +86,7 @@ def plan(args) -> tuple[list, object]:
     import methods
 
     from .config import RunConfig, parse_overrides, prepare
-    from .data import DataError
+    from .data import DataError, resolve_split
     from .machine import resolve_device
     from .results import check_writable
 
@@ -104,10 +108,15 @@ def plan(args) -> tuple[list, object]:
         overrides = parse_overrides(args.set)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    try:
+        split = resolve_split(args.dataset, args.split)
+    except DataError as e:
+        raise UsageError(str(e)) from None
+    split = "" if split == resolve_split(args.dataset, None) else split
     registry = methods.registry()
     prepared = []
     for m, w, s, seed in itertools.product(names, args.ways, args.shots, args.seeds):
-        cfg = RunConfig(method=m, dataset=args.dataset, ways=w, shots=s, backbone=args.backbone, seed=seed,
+        cfg = RunConfig(method=m, dataset=args.dataset, split=split, ways=w, shots=s, backbone=args.backbone, seed=seed,
                         profile=args.profile, queries=args.queries, test_episodes=args.test_episodes,
                         val_episodes=args.val_episodes, eval_seed=args.eval_seed, overrides=overrides)
         try:

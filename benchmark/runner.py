@@ -92,6 +92,7 @@ def _records(prepared: PreparedRun, trainer: Trainer, test_set: EpisodeSet, acc:
               "data_dir": str(prepared.data_dir) if prepared.data_dir else None}
     summary = {
         "run_id": cfg.run_id, "method": cfg.method, "family": cls.family, "dataset": cfg.dataset,
+        "split": ds.split_name,
         "ways": cfg.ways, "shots": cfg.shots, "backbone": cfg.backbone, "profile": cfg.profile, "seed": cfg.seed,
         "mean": 100 * mean, "ci95": 100 * ci, "n_episodes": len(acc), "queries": cfg.queries,
         "train_steps": state["step"], "train_episodes": state["episodes"],

@@ -45,6 +45,7 @@ def test_help_lists_methods_and_profiles():
     (["--profile", "huge"], "unknown profile"),
     (["--backbone", "vgg"], "unknown backbone"),
     (["--set", "no_such_field=1"], "no hyperparameter"),
+    (["--split", "nosuch"], "has no split 'nosuch'"),
 ])
 def test_bad_input_one_line_exit_2(tmp_path, args, fragment):
     r = cli("--methods", "protonet", *args, "--results-dir", str(tmp_path / "res"))

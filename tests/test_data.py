@@ -77,3 +77,18 @@ def test_missing_and_corrupt_data_raise_clear_errors(tmp_path):
         load_omniglot_dir(tmp_path / "z")
     with pytest.raises(DataError, match="unknown dataset"):
         load_dataset("imagenet-21k")
+
+
+def test_named_splits_default_and_run_id():
+    from benchmark.config import RunConfig, prepare
+    from benchmark.data import DATASETS, resolve_split
+
+    assert resolve_split("omniglot", None) == DATASETS["omniglot"].splits[0] == "vinyals"
+    assert load_dataset("omniglot").split_name == "vinyals"
+    with pytest.raises(DataError, match="no split"):
+        resolve_split("omniglot", "bogus")
+    # the default split spelled out would give a second run id for the same run: refused
+    with pytest.raises(ValueError, match="default"):
+        prepare(RunConfig(method="protonet", split="vinyals"))
+    assert RunConfig(method="protonet", split="other").run_id.startswith("protonet-omniglot-other-5w1s")
+    assert RunConfig(method="protonet").run_id.startswith("protonet-omniglot-5w1s")

@@ -1,5 +1,5 @@
-"""Few-shot datasets, the package face: :func:`load_dataset` loads a dataset by name (:data:`LOADERS`), cached per
-process, and every name other code uses is importable from here.
+"""Few-shot datasets, the package face: :func:`load_dataset` loads a dataset by name and split (:data:`DATASETS`),
+cached per process, and every name other code uses is importable from here.
 
 One module per job: :mod:`.dataset` the model (:class:`FewShotDataset`, an array of images plus named class splits,
 its fingerprint, :class:`DataError`, normalisation and split-list helpers), and one module per dataset family:
@@ -19,6 +19,7 @@ channel with the training split's mean and std.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -27,23 +28,69 @@ from .dataset import SPLITS, DataError, FewShotDataset, Split
 from .miniimagenet import MINI_SIZE, load_miniimagenet
 from .omniglot import OMNIGLOT_SIZE, load_omniglot, load_omniglot_dir, load_omniglot_embedded, omniglot_resize
 
-LOADERS: dict[str, Callable[[str | Path | None], FewShotDataset]] = {
-    "omniglot": load_omniglot, "cifar-fs": load_cifar_fs, "fc100": load_fc100, "miniimagenet": load_miniimagenet}
-"""Dataset name -> loader taking the user's data directory (None: the embedded copy, where there is one)."""
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to load one dataset: ``load(data_dir, split)`` and the class splits it knows by name.
 
-_CACHE: dict[tuple[str, str], FewShotDataset] = {}
+    ``splits[0]`` is the default. ``embedded``: loads with no ``--data-dir``. ``summary``: one line for ``--help``.
+    """
+
+    load: Callable[[str | Path | None, str], FewShotDataset]
+    splits: tuple[str, ...]
+    embedded: bool = False
+    summary: str = ""
+
+    @property
+    def default_split(self) -> str:
+        return self.splits[0]
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None) -> FewShotDataset:
-    """Load (and cache per process) a dataset by name; raises :class:`DataError` with a fix-it message."""
-    if name not in LOADERS:
-        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(sorted(LOADERS))}")
-    key = (name, str(Path(data_dir).resolve()) if data_dir is not None else "")
+def _one_split(loader: Callable[[str | Path | None], FewShotDataset]) -> Callable[[str | Path | None, str], FewShotDataset]:
+    return lambda data_dir, split: loader(data_dir)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "omniglot": DatasetSpec(_one_split(load_omniglot), ("vinyals",), embedded=True,
+                            summary="28x28 grey; Vinyals et al. split 1028+172 / 423 characters x 4 rotations"),
+    "cifar-fs": DatasetSpec(_one_split(load_cifar_fs), ("bertinetto",),
+                            summary="32x32 RGB; CIFAR-100 python download, 64 / 16 / 20 classes"),
+    "fc100": DatasetSpec(_one_split(load_fc100), ("oreshkin",),
+                         summary="32x32 RGB; CIFAR-100 python download, 12 / 4 / 4 superclasses"),
+    "miniimagenet": DatasetSpec(_one_split(load_miniimagenet), ("ravi",),
+                                summary="84x84 RGB; Ravi & Larochelle split, 64 / 16 / 20 classes"),
+}
+"""Dataset name -> :class:`DatasetSpec`. A new dataset is one module in this package plus one entry here."""
+
+LOADERS = DATASETS  # the name earlier code imported
+
+_CACHE: dict[tuple[str, str, str], FewShotDataset] = {}
+
+
+def resolve_split(name: str, split: str | None) -> str:
+    """The split name to load: ``split``, or the dataset's default when None or empty; DataError when unknown."""
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(sorted(DATASETS))}")
+    spec = DATASETS[name]
+    if not split:
+        return spec.default_split
+    if split not in spec.splits:
+        raise DataError(f"dataset {name} has no split {split!r}; choose from {', '.join(spec.splits)} "
+                        f"(default {spec.default_split})")
+    return split
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, split: str | None = None) -> FewShotDataset:
+    """Load (and cache per process) a dataset by name and split (None: its default); raises :class:`DataError` with a
+    fix-it message."""
+    split = resolve_split(name, split)
+    key = (name, str(Path(data_dir).resolve()) if data_dir is not None else "", split)
     if key not in _CACHE:
-        _CACHE[key] = LOADERS[name](data_dir)
+        ds = DATASETS[name].load(data_dir, split)
+        ds.split_name = split
+        _CACHE[key] = ds
     return _CACHE[key]
 
 
-__all__ = ["LOADERS", "load_dataset", "DataError", "FewShotDataset", "Split", "SPLITS", "load_omniglot",
+__all__ = ["DATASETS", "DatasetSpec", "LOADERS", "load_dataset", "resolve_split", "DataError", "FewShotDataset", "Split", "SPLITS", "load_omniglot",
            "load_omniglot_dir", "load_omniglot_embedded", "omniglot_resize", "OMNIGLOT_SIZE", "load_cifar_fs",
            "load_fc100", "load_miniimagenet", "MINI_SIZE"]

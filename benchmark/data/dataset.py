@@ -49,6 +49,7 @@ class FewShotDataset:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     source: str = ""
+    split_name: str = ""  # the named class split it was loaded with (benchmark.data.DATASETS[name].splits)
     _fingerprint: str | None = field(default=None, repr=False)
 
     @property
