@@ -8,8 +8,13 @@ Omniglot's Vinyals split treats each rotation of a character as its own class). 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -40,16 +45,21 @@ class Split:
 class FewShotDataset:
     """All images of a dataset (uint8 ``[N, H, W]`` or ``[N, H, W, C]``) and its splits.
 
+    ``images`` is a NumPy array in RAM or a :class:`DiskImages` (pixels read from a file on demand, so a dataset
+    larger than memory can be used); both give the same episodes and the same fingerprint for the same pixels.
     ``mean``/``std`` normalise images after scaling to [0, 1] (per channel; 0 and 1 leave them as they are).
+    ``info``: facts about the files a loader found (layout, super-categories, cache file), for
+    ``python -m benchmark.data``; no part of the fingerprint.
     """
 
     name: str
-    images: np.ndarray
+    images: "np.ndarray | DiskImages"
     splits: dict[str, Split]
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     source: str = ""
     split_name: str = ""  # the named class split it was loaded with (benchmark.data.DATASETS[name].splits)
+    info: dict = field(default_factory=dict, repr=False)
     _fingerprint: str | None = field(default=None, repr=False)
 
     @property
@@ -61,12 +71,16 @@ class FewShotDataset:
 
     @property
     def fingerprint(self) -> str:
-        """SHA-256 over the pixels and the split definitions: two datasets with equal fingerprints give equal episodes."""
+        """SHA-256 over the pixels and the split definitions: two datasets with equal fingerprints give equal episodes.
+
+        The pixels are hashed in chunks, in image order, so the value is the same whether they are in RAM or on disk
+        and never needs them all in memory."""
         if self._fingerprint is None:
             h = hashlib.sha256()
             h.update(self.name.encode())
-            h.update(str(self.images.shape).encode())
-            h.update(np.ascontiguousarray(self.images).tobytes())
+            h.update(str(tuple(int(d) for d in self.images.shape)).encode())
+            for chunk in image_chunks(self.images):
+                h.update(chunk.data)
             for s in sorted(self.splits):
                 sp = self.splits[s]
                 h.update(s.encode())
@@ -106,9 +120,196 @@ def split_file(*parts: str) -> str:
     return resources.files("benchmark.data").joinpath("splits", *parts).read_text()
 
 
-def train_normalisation(images: np.ndarray, train_members: list[np.ndarray],
+def train_normalisation(images, train_members: list[np.ndarray],
                         ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std (of pixels scaled to [0, 1]) over the training split's images."""
-    x = images[np.concatenate(train_members)].astype(np.float64) / 255.0
-    return tuple(x.mean(axis=(0, 1, 2)).round(6).tolist()), tuple(x.std(axis=(0, 1, 2)).round(6).tolist())
+    """Per-channel mean and std (of pixels scaled to [0, 1]) over the training split's images.
+
+    Computed from exact per-channel histograms of the uint8 pixels, a chunk of images at a time: the result does
+    not depend on chunking or on where the pixels are stored, and memory stays at one chunk."""
+    idx = np.sort(np.concatenate(train_members))
+    channels = 1 if images.ndim == 3 else images.shape[3]
+    hist = np.zeros((channels, 256), dtype=np.int64)
+    for chunk in image_chunks(images, idx):
+        flat = chunk.reshape(-1, channels)
+        for c in range(channels):
+            hist[c] += np.bincount(flat[:, c], minlength=256)
+    v = np.arange(256, dtype=np.float64) / 255.0
+    n = hist.sum(axis=1).astype(np.float64)
+    mean = (hist * v).sum(axis=1) / n
+    var = np.maximum((hist * (v[None, :] - mean[:, None]) ** 2).sum(axis=1) / n, 0.0)
+    return tuple(mean.round(6).tolist()), tuple(np.sqrt(var).round(6).tolist())
+
+
+CHUNK_BYTES = 64 << 20
+
+
+def image_chunks(images, rows: np.ndarray | None = None, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
+    """C-contiguous uint8 chunks of ``images`` (all rows in order, or ``rows``), about ``chunk_bytes`` each."""
+    per = int(np.prod(images.shape[1:]))
+    step = max(1, chunk_bytes // max(per, 1))
+    n = len(images) if rows is None else len(rows)
+    for a in range(0, n, step):
+        if rows is None:
+            x = images.read_range(a, min(a + step, n)) if isinstance(images, DiskImages) else images[a:a + step]
+        else:
+            x = images[rows[a:a + step]]
+        yield np.ascontiguousarray(x, dtype=np.uint8)
+
+
+class DiskImages:
+    """uint8 images ``[N, H, W(, C)]`` stored raw (C order) in a file from byte ``offset``; read on demand.
+
+    Supports what :class:`FewShotDataset` needs of an array: ``shape``, ``ndim``, ``dtype``, ``len`` and indexing
+    by an integer, a slice or an integer array (a copy in RAM). Reads use ``os.pread``, not a memory map, so the
+    process's resident memory holds only the images asked for (the kernel's page cache is not counted as ours).
+    ``bgr``: the file stores channels as B, G, R (OpenCV); they are given back as R, G, B.
+    """
+
+    def __init__(self, path: str | Path, shape: tuple[int, ...], offset: int = 0, bgr: bool = False):
+        self.path, self.shape, self.offset, self.bgr = str(path), tuple(int(d) for d in shape), int(offset), bgr
+        self.dtype = np.dtype(np.uint8)
+        self._per = int(np.prod(self.shape[1:]))
+        size = os.path.getsize(self.path)
+        if size < self.offset + self._per * self.shape[0]:
+            raise DataError(f"{self.path} is truncated: {size} bytes, expected at least "
+                            f"{self.offset + self._per * self.shape[0]} for images {self.shape}")
+        self._fd: int | None = None
+        self._pid = -1
+
+    ndim = property(lambda self: len(self.shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"DiskImages({self.path!r}, shape={self.shape}, offset={self.offset}, bgr={self.bgr})"
+
+    def __getstate__(self):
+        return {**self.__dict__, "_fd": None, "_pid": -1}
+
+    def _file(self) -> int:
+        if self._fd is None or self._pid != os.getpid():  # a forked worker opens its own descriptor
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        return self._fd
+
+    def _fix(self, x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x[..., ::-1]) if self.bgr else x
+
+    def read_range(self, a: int, b: int) -> np.ndarray:
+        """Images ``a:b`` in one read."""
+        a, b = max(0, a), min(b, self.shape[0])
+        n = max(0, b - a)
+        buf = os.pread(self._file(), n * self._per, self.offset + a * self._per) if n else b""
+        if len(buf) != n * self._per:
+            raise DataError(f"{self.path}: short read at image {a}; the file changed or is truncated")
+        return self._fix(np.frombuffer(buf, dtype=np.uint8).reshape(n, *self.shape[1:]).copy())
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            k = int(key) + (self.shape[0] if key < 0 else 0)
+            if not 0 <= k < self.shape[0]:
+                raise IndexError(key)
+            return self.read_range(k, k + 1)[0]
+        if isinstance(key, slice):
+            a, b, step = key.indices(self.shape[0])
+            return self.read_range(a, b) if step == 1 else self[np.arange(a, b, step)]
+        idx = np.asarray(key)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        idx = idx.astype(np.int64).reshape(-1)
+        idx = np.where(idx < 0, idx + self.shape[0], idx)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.shape[0]):
+            raise IndexError("image index out of range")
+        out = np.empty((len(idx), *self.shape[1:]), dtype=np.uint8)
+        fd = self._file()
+        for j, i in enumerate(idx):
+            out[j] = np.frombuffer(os.pread(fd, self._per, self.offset + int(i) * self._per),
+                                   dtype=np.uint8).reshape(self.shape[1:])
+        return self._fix(out)
+
+    def __array__(self, dtype=None, copy=None):
+        x = self.read_range(0, self.shape[0])
+        return x if dtype is None else x.astype(dtype)
+
+
+# -- the pixel cache: decoded images written once, raw, next to the data ------------------------------------------
+
+CACHE_VERSION = 1
+CACHE_ENV = "BENCHMARK_DATA_CACHE"
+
+
+def cache_dir(data_dir: str | Path) -> Path:
+    """Where decoded pixels of ``data_dir`` are cached: ``$BENCHMARK_DATA_CACHE`` if set, else
+    ``<data_dir>/.fewshot-cache/`` when writable, else ``~/.cache/benchmark-fewshot/<hash of data_dir>/``."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env)
+    data_dir = Path(data_dir).resolve()
+    local = data_dir / ".fewshot-cache"
+    if os.access(local if local.is_dir() else data_dir, os.W_OK):
+        return local
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "benchmark-fewshot" / hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
+
+
+def source_key(data_dir: str | Path, sources: list[Path], *extra) -> str:
+    """A key for a cache entry: the sources' paths, sizes and modification times, plus ``extra``."""
+    data_dir = Path(data_dir).resolve()
+    parts = []
+    for p in sources:
+        st = Path(p).stat()
+        parts.append([str(Path(p).resolve().relative_to(data_dir)) if Path(p).resolve().is_relative_to(data_dir)
+                      else str(Path(p).resolve()), st.st_size, st.st_mtime_ns])
+    blob = json.dumps([CACHE_VERSION, parts, list(extra)], separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class ImageWriter:
+    """Writes images at given positions of a raw uint8 file (``os.pwrite``; nothing stays mapped in memory)."""
+
+    def __init__(self, fd: int, shape: tuple[int, ...]):
+        self.fd, self.shape, self._per = fd, shape, int(np.prod(shape[1:]))
+
+    def write(self, start: int, x: np.ndarray) -> None:
+        x = np.ascontiguousarray(x, dtype=np.uint8)
+        if x.shape[1:] != tuple(self.shape[1:]) or start + len(x) > self.shape[0]:
+            raise ValueError(f"images {x.shape} do not fit at {start} of {self.shape}")
+        view, pos = memoryview(x).cast("B"), self._per * start
+        while len(view):
+            n = os.pwrite(self.fd, view, pos)
+            view, pos = view[n:], pos + n
+
+
+def cached_images(data_dir: str | Path, name: str, sources: list[Path], shape: tuple[int, ...],
+                  fill: Callable[[ImageWriter], None], *extra) -> DiskImages:
+    """Decoded images of ``data_dir`` as :class:`DiskImages`, written once by ``fill`` into the pixel cache.
+
+    The file, ``<cache_dir>/<name>-<key>.u8``, is keyed by the sources' sizes and modification times (and
+    ``extra``): changed sources give a new file. It is written under a temporary name and renamed when complete, so
+    an interrupted or concurrent build never leaves a partial file in use."""
+    shape = tuple(int(d) for d in shape)
+    directory = cache_dir(data_dir)
+    path = directory / f"{name}-{source_key(data_dir, sources, shape, *extra)}.u8"
+    nbytes = int(np.prod(shape))
+    if path.is_file() and path.stat().st_size == nbytes:
+        return DiskImages(path, shape)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise DataError(f"cannot write the pixel cache in {directory} ({e.strerror}); set {CACHE_ENV} to a "
+                        "writable folder") from None
+    try:
+        os.ftruncate(fd, nbytes)
+        fill(ImageWriter(fd, shape))
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return DiskImages(path, shape)
 
