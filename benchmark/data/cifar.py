@@ -1,6 +1,17 @@
-"""CIFAR-FS and FC100: the CIFAR-100 python download (``cifar-100-python/{train,test,meta}``) split as Bertinetto
-et al. (2019) (64 / 16 / 20 fine classes) and Oreshkin et al. (2018) (12 / 4 / 4 superclasses); 32x32 RGB, normalised
-per channel with the training split's mean and std."""
+"""CIFAR-FS and FC100: CIFAR-100 split as Bertinetto et al. (2019) (64 / 16 / 20 fine classes) and Oreshkin et al.
+(2018) (12 / 4 / 4 superclasses); 32x32 RGB, normalised per channel with the training split's mean and std.
+
+Two layouts are read from ``--data-dir``:
+
+* the CIFAR-100 python download, ``cifar-100-python/{train,test,meta}`` (or those three files in the folder);
+* the pickles MetaOptNet (Lee et al. 2019) and code after it ship, ``CIFAR_FS_{train,val,test}.pickle`` or
+  ``FC100_{train,val,test}.pickle``: dicts with ``data`` (uint8 [N, 32, 32, 3]) and ``labels`` (CIFAR-100 fine
+  label ids), pickled by Python 2. Fine ids name classes through CIFAR-100's alphabetical fine label order, and their
+  superclasses come from ``splits/fc100/fine_to_coarse.json`` (torchmeta's CIFAR-FS [superclass, class] pairs).
+  The same images in this layout come in another order than in the download, hence another fingerprint.
+
+These are small (60,000 images, 184 MB) and stay in RAM.
+"""
 from __future__ import annotations
 
 import json
@@ -10,6 +21,49 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import SPLITS, DataError, FewShotDataset, Split, split_file, train_normalisation
+from .formats import check_images, read_pickle
+
+PICKLE_PREFIX = {"cifar-fs": "CIFAR_FS", "fc100": "FC100"}
+
+
+def fine_to_coarse() -> dict[str, str]:
+    """CIFAR-100 fine class name -> superclass name (all 100), from torchmeta's CIFAR-FS lists."""
+    return json.loads(split_file("fc100", "fine_to_coarse.json"))
+
+
+def _pickle_layout(name: str, root: Path) -> bool:
+    return any((root / f"{PICKLE_PREFIX[name]}_{s}.pickle").is_file() for s in SPLITS)
+
+
+def _load_pickles(name: str, root: Path, split_classes: dict[str, list[str]]) -> FewShotDataset:
+    """MetaOptNet's ``{CIFAR_FS,FC100}_{split}.pickle`` files -> dataset with the given class lists."""
+    fine_names = sorted(fine_to_coarse())  # CIFAR-100's fine label order is alphabetical
+    what = "a dict with 'data' (uint8 [N, 32, 32, 3]) and 'labels' (CIFAR-100 fine label ids)"
+    arrays, splits, start = [], {}, 0
+    for s in SPLITS:
+        path = root / f"{PICKLE_PREFIX[name]}_{s}.pickle"
+        d = read_pickle(path, what)
+        if not isinstance(d, dict) or "data" not in d or "labels" not in d:
+            raise DataError(f"{path} holds {', '.join(sorted(d)) if isinstance(d, dict) else type(d).__name__}; "
+                            f"expected {what}")
+        data, labels = np.asarray(d["data"]), np.asarray(d["labels"]).reshape(-1)
+        if data.dtype != np.uint8 or len(data) != len(labels):
+            raise DataError(f"{path}: data is {data.dtype} {data.shape} with {len(labels)} labels; expected {what}")
+        check_images(path, data.shape, (32, 32, 3))
+        if labels.size and (labels.min() < 0 or labels.max() >= 100):
+            raise DataError(f"{path}: labels run from {labels.min()} to {labels.max()}; expected CIFAR-100 fine ids 0-99")
+        present = sorted(fine_names[i] for i in np.unique(labels))
+        if present != sorted(split_classes[s]):
+            raise DataError(f"{path}: its {len(present)} classes differ from the {len(split_classes[s])} of {name}'s "
+                            f"{s} split; expected CIFAR-100 fine label ids of that split")
+        members = [start + np.flatnonzero(labels == fine_names.index(c)) for c in split_classes[s]]
+        splits[s] = Split(list(split_classes[s]), members, np.zeros(len(members), dtype=np.int64))
+        arrays.append(np.ascontiguousarray(data))
+        start += len(data)
+    images = np.concatenate(arrays)
+    mean, std = train_normalisation(images, splits["train"].members)
+    return FewShotDataset(name, images, splits, mean, std, source=f"dir:{root}",
+                          info={"layout": f"pickles ({PICKLE_PREFIX[name]}_{{train,val,test}}.pickle)"})
 
 
 def _load_cifar100(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], list[str]]:
@@ -40,7 +94,9 @@ def _load_cifar100(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list
 def _cifar_dataset(name: str, root, split_classes: dict[str, list[str]]) -> FewShotDataset:
     if root is None:
         raise DataError(f"{name} is not embedded; give --data-dir with the CIFAR-100 python download "
-                        "(cifar-100-python/train, test, meta)")
+                        f"(cifar-100-python/train, test, meta) or {PICKLE_PREFIX[name]}_{{train,val,test}}.pickle")
+    if _pickle_layout(name, Path(root)):
+        return _load_pickles(name, Path(root), split_classes)
     images, fine, _, fine_names, _ = _load_cifar100(Path(root))
     splits = {}
     for s, classes in split_classes.items():
@@ -50,7 +106,8 @@ def _cifar_dataset(name: str, root, split_classes: dict[str, list[str]]) -> FewS
         members = [np.flatnonzero(fine == fine_names.index(c)) for c in classes]
         splits[s] = Split(list(classes), members, np.zeros(len(classes), dtype=np.int64))
     mean, std = train_normalisation(images, splits["train"].members)
-    return FewShotDataset(name, images, splits, mean, std, source=f"dir:{root}")
+    return FewShotDataset(name, images, splits, mean, std, source=f"dir:{root}",
+                          info={"layout": "CIFAR-100 python download (cifar-100-python/train, test, meta)"})
 
 
 def load_cifar_fs(root=None) -> FewShotDataset:
@@ -62,6 +119,11 @@ def load_fc100(root=None) -> FewShotDataset:
     """FC100 (Oreshkin et al. 2018): CIFAR-100 split by superclass, 12 / 4 / 4 superclasses (60 / 20 / 20 classes)."""
     if root is None:
         return _cifar_dataset("fc100", None, {})
+    if _pickle_layout("fc100", Path(root)):
+        coarse_of = fine_to_coarse()
+        return _cifar_dataset("fc100", root, {s: sorted(f for f, c in coarse_of.items()
+                                                         if c in json.loads(split_file("fc100", f"{s}.json")))
+                                              for s in SPLITS})
     _, fine, coarse, fine_names, coarse_names = _load_cifar100(Path(root))
     split_classes = {}
     for s in SPLITS:

@@ -150,7 +150,7 @@ def image_chunks(images, rows: np.ndarray | None = None, chunk_bytes: int = CHUN
     n = len(images) if rows is None else len(rows)
     for a in range(0, n, step):
         if rows is None:
-            x = images.read_range(a, min(a + step, n)) if isinstance(images, DiskImages) else images[a:a + step]
+            x = images.read_range(a, min(a + step, n)) if hasattr(images, "read_range") else images[a:a + step]
         else:
             x = images[rows[a:a + step]]
         yield np.ascontiguousarray(x, dtype=np.uint8)
@@ -226,6 +226,56 @@ class DiskImages:
             out[j] = np.frombuffer(os.pread(fd, self._per, self.offset + int(i) * self._per),
                                    dtype=np.uint8).reshape(self.shape[1:])
         return self._fix(out)
+
+    def __array__(self, dtype=None, copy=None):
+        x = self.read_range(0, self.shape[0])
+        return x if dtype is None else x.astype(dtype)
+
+
+class ConcatImages:
+    """Several image arrays (e.g. one :class:`DiskImages` per split file) seen as one, in order; same interface."""
+
+    def __init__(self, parts: list):
+        if not parts or len({tuple(p.shape[1:]) for p in parts}) != 1:
+            raise ValueError("ConcatImages needs parts with equal image shapes")
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(p) for p in parts])
+        self.shape = (int(self.starts[-1]), *parts[0].shape[1:])
+        self.dtype = np.dtype(np.uint8)
+
+    ndim = property(lambda self: len(self.shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"ConcatImages({self.parts!r})"
+
+    def read_range(self, a: int, b: int) -> np.ndarray:
+        out = [np.asarray(p[max(a - s, 0):max(min(b - s, len(p)), 0)])
+               for p, s in zip(self.parts, self.starts[:-1]) if a < s + len(p) and b > s]
+        return np.concatenate(out) if out else np.empty((0, *self.shape[1:]), dtype=np.uint8)
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            k = int(key) + (self.shape[0] if key < 0 else 0)
+            if not 0 <= k < self.shape[0]:
+                raise IndexError(key)
+            j = int(np.searchsorted(self.starts, k, side="right")) - 1
+            return self.parts[j][k - int(self.starts[j])]
+        if isinstance(key, slice):
+            a, b, step = key.indices(self.shape[0])
+            return self.read_range(a, b) if step == 1 else self[np.arange(a, b, step)]
+        idx = np.asarray(key).astype(np.int64).reshape(-1)
+        idx = np.where(idx < 0, idx + self.shape[0], idx)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.shape[0]):
+            raise IndexError("image index out of range")
+        part = np.searchsorted(self.starts, idx, side="right") - 1
+        out = np.empty((len(idx), *self.shape[1:]), dtype=np.uint8)
+        for j in np.unique(part):
+            sel = part == j
+            out[sel] = self.parts[j][idx[sel] - self.starts[j]]
+        return out
 
     def __array__(self, dtype=None, copy=None):
         x = self.read_range(0, self.shape[0])

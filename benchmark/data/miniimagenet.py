@@ -1,5 +1,17 @@
-"""miniImageNet: Ravi & Larochelle's csv layout or one folder per class; 84x84 RGB, normalised per channel with the
-training split's mean and std."""
+"""miniImageNet: Ravi & Larochelle's split (64 / 16 / 20 classes of 600 images), 84x84 RGB, normalised per channel
+with the training split's mean and std.
+
+Three layouts are read from ``--data-dir``, detected per split ``s`` in train, val, test (in this order):
+
+* Ren et al.'s pickles, ``mini-imagenet-cache-{s}.pkl``: a dict with ``image_data`` (uint8 [N, 84, 84, 3]) and
+  ``class_dict`` (wnid -> image indices); channels are used as stored.
+* Ravi & Larochelle's csv layout, ``{s}.csv`` (filename,label) with ``images/<file>``;
+* one folder per class, ``{s}/<wnid>/*.jpg``.
+
+Images are decoded (or copied from the pickle) once into the pixel cache (:func:`~.dataset.cached_images`) and read
+from disk on demand; JPEGs not already 84x84 are resized (LANCZOS). The class lists must match Ravi & Larochelle's
+split, which ships with the package.
+"""
 from __future__ import annotations
 
 import csv
@@ -7,60 +19,106 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import SPLITS, DataError, FewShotDataset, Split, split_file, train_normalisation
+from .dataset import (SPLITS, ConcatImages, DataError, FewShotDataset, ImageWriter, Split, cached_images, split_file,
+                      train_normalisation)
+from .formats import check_images, read_pickle
 
 MINI_SIZE = 84
 
 
+def _decode(p: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(p) as img:
+            img = img.convert("RGB")
+            if img.size != (MINI_SIZE, MINI_SIZE):
+                img = img.resize((MINI_SIZE, MINI_SIZE), Image.Resampling.LANCZOS)
+            return np.asarray(img)
+    except Exception as e:
+        raise DataError(f"miniimagenet image {p} is missing or corrupt ({type(e).__name__})") from None
+
+
+def _pickle_split(root: Path, s: str, pkl: Path, expected: list[str]):
+    what = "Ren et al.'s dict with 'image_data' (uint8 [N, 84, 84, 3]) and 'class_dict' (wnid -> indices)"
+    d = read_pickle(pkl, what)
+    if not isinstance(d, dict) or "image_data" not in d or "class_dict" not in d:
+        raise DataError(f"{pkl} holds {', '.join(sorted(d)) if isinstance(d, dict) else type(d).__name__}; "
+                        f"expected {what}")
+    data = d["image_data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        raise DataError(f"{pkl}: image_data is not a uint8 array; expected {what}")
+    check_images(pkl, data.shape, (MINI_SIZE, MINI_SIZE, 3))
+    cd = {(k.decode() if isinstance(k, bytes) else str(k)): np.asarray(v, dtype=np.int64).reshape(-1)
+          for k, v in d["class_dict"].items()}
+    if sorted(cd) != sorted(expected):
+        raise DataError(f"{pkl}: class_dict has {len(cd)} classes that differ from Ravi & Larochelle's "
+                        f"{len(expected)} {s} classes")
+    bad = [c for c in expected if len(cd[c]) == 0 or cd[c].min() < 0 or cd[c].max() >= len(data)]
+    if bad:
+        raise DataError(f"{pkl}: class_dict[{bad[0]!r}] is empty or indexes past the {len(data)} images of image_data")
+    images = cached_images(root, f"miniimagenet-{s}", [pkl], data.shape, lambda w: w.write(0, data))
+    return images, [cd[c] for c in expected], f"pickle ({pkl.name})"
+
+
+def _file_split(root: Path, s: str, expected: list[str]):
+    per: dict[str, list[Path]] = {}
+    if (root / f"{s}.csv").is_file():
+        with open(root / f"{s}.csv", newline="") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or not {"filename", "label"} <= set(reader.fieldnames):
+                raise DataError(f"{root / f'{s}.csv'} has columns {reader.fieldnames}; expected filename,label")
+            for row in reader:
+                per.setdefault(row["label"], []).append(root / "images" / row["filename"])
+        layout = f"csv ({s}.csv + images/)"
+    elif (root / s).is_dir():
+        for d in sorted(p for p in (root / s).iterdir() if p.is_dir()):
+            per[d.name] = sorted(p for p in d.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        layout = f"class folders ({s}/<wnid>/)"
+    else:
+        raise DataError(f"miniimagenet: neither {root / f'mini-imagenet-cache-{s}.pkl'}, {root / f'{s}.csv'} nor "
+                        f"{root / s}/ exists")
+    if sorted(per) != sorted(expected):
+        raise DataError(f"miniimagenet split '{s}' in {root} has {len(per)} classes that differ from "
+                        f"Ravi & Larochelle's {len(expected)}")
+    paths = [p for c in expected for p in per[c]]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(f"miniimagenet image {missing[0]} is missing ({len(missing)} of {len(paths)} listed)")
+
+    sizes = np.cumsum([0] + [len(per[c]) for c in expected])
+    return paths, [np.arange(a, b) for a, b in zip(sizes[:-1], sizes[1:])], layout
+
+
+def _decoded(root: Path, s: str, paths: list[Path]):
+    def fill(w: ImageWriter) -> None:
+        for i, p in enumerate(paths):
+            w.write(i, _decode(p)[None])
+
+    return cached_images(root, f"miniimagenet-{s}", paths, (len(paths), MINI_SIZE, MINI_SIZE, 3), fill)
+
+
 def load_miniimagenet(root=None) -> FewShotDataset:
-    """miniImageNet (Vinyals et al. 2016; split of Ravi & Larochelle 2017: 64 / 16 / 20 classes of 600 images).
-
-    Two layouts are read from ``root``: Ravi's, ``{train,val,test}.csv`` (filename,label) with ``images/<file>``; or
-    one folder per class, ``{train,val,test}/<wnid>/*.jpg``. Images are resized to 84x84 (LANCZOS) when they are
-    not already; the class lists must match Ravi & Larochelle's split, which ships with the package.
-    """
-    from PIL import Image, UnidentifiedImageError
-
+    """miniImageNet (Vinyals et al. 2016; split of Ravi & Larochelle 2017) from ``root`` in any of the layouts in
+    the module docstring; images stay on disk."""
     if root is None:
-        raise DataError("miniimagenet is not embedded; give --data-dir with {train,val,test}.csv and images/, "
-                        "or {train,val,test}/<class>/*.jpg")
+        raise DataError("miniimagenet is not embedded; give --data-dir with mini-imagenet-cache-{train,val,test}.pkl, "
+                        "{train,val,test}.csv and images/, or {train,val,test}/<class>/*.jpg")
     root = Path(root)
-    files: dict[str, dict[str, list[Path]]] = {}
+    parts, splits, layouts, start = [], {}, {}, 0
+    listed = {s: _file_split(root, s, split_file("miniimagenet", f"{s}.txt").split()) for s in SPLITS
+              if not (root / f"mini-imagenet-cache-{s}.pkl").is_file()}  # every list checked before decoding
     for s in SPLITS:
-        per: dict[str, list[Path]] = {}
-        if (root / f"{s}.csv").is_file():
-            with open(root / f"{s}.csv", newline="") as fh:
-                for row in csv.DictReader(fh):
-                    per.setdefault(row["label"], []).append(root / "images" / row["filename"])
-        elif (root / s).is_dir():
-            for d in sorted(p for p in (root / s).iterdir() if p.is_dir()):
-                per[d.name] = sorted(p for p in d.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        else:
-            raise DataError(f"miniimagenet: neither {root / f'{s}.csv'} nor {root / s}/ exists")
         expected = split_file("miniimagenet", f"{s}.txt").split()
-        if sorted(per) != sorted(expected):
-            raise DataError(f"miniimagenet split '{s}' in {root} has {len(per)} classes that differ from "
-                            f"Ravi & Larochelle's {len(expected)}")
-        files[s] = {c: per[c] for c in expected}
-    total = sum(len(v) for f in files.values() for v in f.values())
-    images = np.empty((total, MINI_SIZE, MINI_SIZE, 3), dtype=np.uint8)
-    splits, k = {}, 0
-    for s in SPLITS:
-        members = []
-        for c, paths in files[s].items():
-            start = k
-            for p in paths:
-                try:
-                    with Image.open(p) as img:
-                        img = img.convert("RGB")
-                        if img.size != (MINI_SIZE, MINI_SIZE):
-                            img = img.resize((MINI_SIZE, MINI_SIZE), Image.Resampling.LANCZOS)
-                        images[k] = np.asarray(img)
-                except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
-                    raise DataError(f"miniimagenet image {p} is missing or corrupt ({type(e).__name__})") from None
-                k += 1
-            members.append(np.arange(start, k))
-        splits[s] = Split(list(files[s]), members, np.zeros(len(members), dtype=np.int64))
+        if s in listed:
+            paths, members, layouts[s] = listed[s]
+            images = _decoded(root, s, paths)
+        else:
+            images, members, layouts[s] = _pickle_split(root, s, root / f"mini-imagenet-cache-{s}.pkl", expected)
+        splits[s] = Split(list(expected), [start + m for m in members], np.zeros(len(expected), dtype=np.int64))
+        parts.append(images)
+        start += len(images)
+    images = ConcatImages(parts)
     mean, std = train_normalisation(images, splits["train"].members)
-    return FewShotDataset("miniimagenet", images, splits, mean, std, source=f"dir:{root}")
-
+    return FewShotDataset("miniimagenet", images, splits, mean, std, source=f"dir:{root}",
+                          info={"layout": layouts, "pixels": ", ".join(p.path for p in parts)})
