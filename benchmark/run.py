@@ -38,7 +38,10 @@ def _epilog() -> str:
     lines += [f"  {n:16s} {c.doc}" for n, c in BACKBONES.items()]
     lines.append("datasets (--split: the first listed is the default; only omniglot is embedded, the others need "
                  "--data-dir):")
-    lines += [f"  {n:16s} splits {'/'.join(d.splits):20s} {d.summary}" for n, d in DATASETS.items()]
+    for n, d in DATASETS.items():
+        lines += [f"  {n:16s} splits {'/'.join(d.splits):20s} {d.summary}",
+                  *(f"  {'':16s} {t}" for t in (f"files: {d.files}", f"defaults: {d.defaults}") if d.files or d.defaults)]
+    lines.append("  check a data directory before a long run: python -m benchmark.data DATASET --data-dir DIR")
     lines.append("examples:\n  python -m benchmark.run --methods all\n"
                  "  python -m benchmark.run --methods protonet,maml --shots 1 --seeds 0 1 2 --profile smoke\n"
                  "  python -m benchmark.run --methods protonet --set train_steps=2000 lr=5e-4")
@@ -54,8 +57,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="omniglot", help="dataset name; default: omniglot (embedded)")
     p.add_argument("--split", default=None, help="the dataset's named class split (see 'datasets' below); "
                    "default: the dataset's usual one")
-    p.add_argument("--data-dir", default=None, help="folder with the dataset in its standard layout (omniglot: "
-                   "images_background/ and images_evaluation/ or their zips); default: the embedded Omniglot")
+    p.add_argument("--data-dir", default=None, help="folder with the dataset in one of its standard layouts (see "
+                   "'datasets' below; check it with python -m benchmark.data); default: the embedded Omniglot")
     p.add_argument("--ways", type=int, nargs="+", default=[5], help="classes per test episode; default: 5")
     p.add_argument("--shots", type=int, nargs="+", default=[1, 5], help="support examples per class; default: 1 5")
     p.add_argument("--queries", type=int, default=15, help="query examples per class in validation and test "

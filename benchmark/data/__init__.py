@@ -12,7 +12,17 @@ its fingerprint, :class:`DataError`, normalisation and split-list helpers), and 
   the embedded copy was made, so both loaders give the same pixels.
 * :mod:`.cifar`: ``cifar-fs`` and ``fc100``, the CIFAR-100 python download (``cifar-100-python/{train,test,meta}``)
   split as Bertinetto et al. (2019) and Oreshkin et al. (2018); 32x32 RGB.
-* :mod:`.miniimagenet`: ``miniimagenet``, Ravi & Larochelle's csv layout or one folder per class; 84x84 RGB.
+  Also MetaOptNet's ``CIFAR_FS_{split}.pickle`` / ``FC100_{split}.pickle``.
+* :mod:`.miniimagenet`: ``miniimagenet``, Ren et al.'s ``mini-imagenet-cache-{split}.pkl``, Ravi & Larochelle's csv
+  layout or one folder per class; 84x84 RGB.
+* :mod:`.tiered`: ``tieredimagenet``, Ren et al.'s ``{split}_images_png.pkl`` or the ``{split}_images.npz`` layout,
+  each with ``{split}_labels.pkl``; 84x84 RGB.
+* :mod:`.cub`: ``cub``, CUB-200-2011's official archive layout, resized to 84x84, splits ``100-50-50`` (Chen et al.
+  2019, the default) and ``140-30-30`` (Meta-Dataset).
+
+Large datasets keep their pixels on disk (:class:`~.dataset.DiskImages`): read in place from a stored ``.npz``, or
+decoded once into a raw uint8 cache next to the data (:func:`~.dataset.cached_images`). :mod:`.formats` reads the
+pickles and archives other libraries ship. ``python -m benchmark.data DATASET --data-dir DIR`` checks a directory.
 
 Their split lists ship in ``benchmark/data/splits/`` (sources in README, "Data"). Colour datasets are normalised per
 channel with the training split's mean and std.
@@ -24,8 +34,10 @@ from pathlib import Path
 from typing import Callable
 
 from .cifar import load_cifar_fs, load_fc100
-from .dataset import SPLITS, DataError, FewShotDataset, Split
+from .cub import CUB_SIZE, CUB_SPLITS, load_cub
+from .dataset import SPLITS, ConcatImages, DataError, DiskImages, FewShotDataset, Split, cache_dir
 from .miniimagenet import MINI_SIZE, load_miniimagenet
+from .tiered import TIERED_SIZE, load_tieredimagenet
 from .omniglot import OMNIGLOT_SIZE, load_omniglot, load_omniglot_dir, load_omniglot_embedded, omniglot_resize
 
 @dataclass(frozen=True)
@@ -33,12 +45,16 @@ class DatasetSpec:
     """How to load one dataset: ``load(data_dir, split)`` and the class splits it knows by name.
 
     ``splits[0]`` is the default. ``embedded``: loads with no ``--data-dir``. ``summary``: one line for ``--help``.
+    ``defaults``: image size, normalisation, the backbones and published figures that apply (``--help``, README).
+    ``files``: the layouts read, for ``--help`` and ``python -m benchmark.data``.
     """
 
     load: Callable[[str | Path | None, str], FewShotDataset]
     splits: tuple[str, ...]
     embedded: bool = False
     summary: str = ""
+    defaults: str = ""
+    files: str = ""
 
     @property
     def default_split(self) -> str:
@@ -49,15 +65,39 @@ def _one_split(loader: Callable[[str | Path | None], FewShotDataset]) -> Callabl
     return lambda data_dir, split: loader(data_dir)
 
 
+_FIGS = "published figures: benchmark/reference/paper_results.csv"
 DATASETS: dict[str, DatasetSpec] = {
     "omniglot": DatasetSpec(_one_split(load_omniglot), ("vinyals",), embedded=True,
-                            summary="28x28 grey; Vinyals et al. split 1028+172 / 423 characters x 4 rotations"),
+                            summary="28x28 grey; Vinyals et al. split 1028+172 / 423 characters x 4 rotations",
+                            defaults=f"no normalisation (ink = 1); backbones conv4, conv4-strided (MAML); {_FIGS} "
+                                     "(all eight methods)",
+                            files="embedded, or images_background/ + images_evaluation/ (or their .zip)"),
     "cifar-fs": DatasetSpec(_one_split(load_cifar_fs), ("bertinetto",),
-                            summary="32x32 RGB; CIFAR-100 python download, 64 / 16 / 20 classes"),
+                            summary="32x32 RGB; CIFAR-100, 64 / 16 / 20 classes",
+                            defaults=f"train-split mean/std per channel; backbones conv4, resnet12; {_FIGS} (as cifarfs)",
+                            files="cifar-100-python/{train,test,meta} or CIFAR_FS_{train,val,test}.pickle"),
     "fc100": DatasetSpec(_one_split(load_fc100), ("oreshkin",),
-                         summary="32x32 RGB; CIFAR-100 python download, 12 / 4 / 4 superclasses"),
+                         summary="32x32 RGB; CIFAR-100, 12 / 4 / 4 superclasses (60 / 20 / 20 classes)",
+                         defaults=f"train-split mean/std per channel; backbones resnet12 (TADAM, MTL), conv4; {_FIGS}",
+                         files="cifar-100-python/{train,test,meta} or FC100_{train,val,test}.pickle"),
     "miniimagenet": DatasetSpec(_one_split(load_miniimagenet), ("ravi",),
-                                summary="84x84 RGB; Ravi & Larochelle split, 64 / 16 / 20 classes"),
+                                summary="84x84 RGB; Ravi & Larochelle split, 64 / 16 / 20 classes",
+                                defaults=f"train-split mean/std per channel; backbones conv4 (32 filters in MAML, "
+                                         f"Reptile, Meta-LSTM), resnet12 (TADAM, MTL); {_FIGS}",
+                                files="mini-imagenet-cache-{train,val,test}.pkl, {train,val,test}.csv + images/, or "
+                                      "{train,val,test}/<wnid>/*.jpg"),
+    "tieredimagenet": DatasetSpec(lambda d, s: load_tieredimagenet(d, s), ("ren",),
+                                  summary="84x84 RGB; Ren et al. split, 351 / 97 / 160 classes in 20 / 6 / 8 "
+                                          "super-categories, 779,165 images (pixels stay on disk)",
+                                  defaults=f"train-split mean/std per channel; backbones conv4, resnet12; {_FIGS}",
+                                  files="{train,val,test}_images_png.pkl or {train,val,test}_images.npz, each with "
+                                        "{train,val,test}_labels.pkl"),
+    "cub": DatasetSpec(lambda d, s: load_cub(d, s), CUB_SPLITS,
+                       summary="84x84 RGB (whole image resized); 100-50-50: Chen et al. 2019 (default), 140-30-30: "
+                               "Meta-Dataset; 11,788 images (pixels stay on disk)",
+                       defaults=f"train-split mean/std per channel; backbones conv4, resnet12; {_FIGS} (Chen et al. "
+                                "2019 figures use the 100-50-50 split)",
+                       files="CUB_200_2011/{images.txt,classes.txt,images/<NNN.Name>/*.jpg}"),
 }
 """Dataset name -> :class:`DatasetSpec`. A new dataset is one module in this package plus one entry here."""
 
@@ -93,4 +133,5 @@ def load_dataset(name: str, data_dir: str | Path | None = None, split: str | Non
 
 __all__ = ["DATASETS", "DatasetSpec", "LOADERS", "load_dataset", "resolve_split", "DataError", "FewShotDataset", "Split", "SPLITS", "load_omniglot",
            "load_omniglot_dir", "load_omniglot_embedded", "omniglot_resize", "OMNIGLOT_SIZE", "load_cifar_fs",
-           "load_fc100", "load_miniimagenet", "MINI_SIZE"]
+           "load_fc100", "load_miniimagenet", "MINI_SIZE", "load_tieredimagenet", "TIERED_SIZE", "load_cub", "CUB_SIZE",
+           "CUB_SPLITS", "DiskImages", "ConcatImages", "cache_dir"]

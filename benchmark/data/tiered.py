@@ -97,4 +97,4 @@ def load_tieredimagenet(root=None, split: str = "ren") -> FewShotDataset:
     mean, std = train_normalisation(images, splits["train"].members)
     return FewShotDataset("tieredimagenet", images, splits, mean, std, source=f"dir:{root}",
                           info={"layout": layouts, "super-categories": supers,
-                                "pixels": ", ".join(sorted({getattr(p, "path", "RAM") for p in parts}))})
+                                "pixels": ", ".join(getattr(p, "path", "RAM") for p in parts)})
