@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import SPLITS, DataError, FewShotDataset, ImageWriter, Split, cached_images, split_file, train_normalisation
+from .dataset import SPLITS, DataError, FewShotDataset, ImageWriter, Split, cached_images, dataset_with_stats, split_file
 
 CUB_SIZE = 84
 CUB_SPLITS = ("100-50-50", "140-30-30")
@@ -107,7 +107,6 @@ def load_cub(root=None, split: str = CUB_SPLITS[0]) -> FewShotDataset:
         if empty:
             raise DataError(f"{base / 'images.txt'} lists no image of class {empty[0]}; the copy is incomplete")
         splits[s] = Split(list(lists[s]), members, np.zeros(len(members), dtype=np.int64))
-    mean, std = train_normalisation(images, splits["train"].members)
-    return FewShotDataset("cub", images, splits, mean, std, source=f"dir:{root}",
-                          info={"layout": "CUB_200_2011 official archive (images.txt, classes.txt, images/)",
-                                "pixels": images.path})
+    return dataset_with_stats("cub", images, splits, Path(root), [base / "images.txt", base / "classes.txt"],
+                              f"dir:{root}", {"layout": "CUB_200_2011 official archive (images.txt, classes.txt, "
+                                                        "images/)", "pixels": images.path})

@@ -89,6 +89,8 @@ class FewShotDataset:
                     h.update(np.asarray(m, dtype=np.int64).tobytes())
                     h.update(int(r).to_bytes(1, "little"))
             self._fingerprint = h.hexdigest()
+            if self.info.get("stats_file"):
+                _write_stats(Path(self.info["stats_file"]), self._fingerprint, self.mean, self.std)
         return self._fingerprint
 
     def tensor(self, split: str, classes: np.ndarray, samples: np.ndarray) -> torch.Tensor:
@@ -115,9 +117,45 @@ class FewShotDataset:
         return t
 
 
+def _write_stats(path: Path, fingerprint: str | None, mean, std) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"fingerprint": fingerprint, "mean": list(mean), "std": list(std)}))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a cache that cannot be written only costs time
+
+
+def dataset_with_stats(name: str, images, splits: dict[str, Split], data_dir, sources: list[Path],
+                       source: str, info: dict) -> FewShotDataset:
+    """A :class:`FewShotDataset` whose training mean/std and fingerprint are remembered in the pixel cache folder
+    (``<name>-<key>.json``, keyed like the pixels by the sources' sizes and modification times and by the split
+    definitions): computing them reads every training (or every) pixel, which for tieredImageNet takes minutes."""
+    h = hashlib.sha256()
+    for s in sorted(splits):
+        h.update(json.dumps([s, splits[s].names, [len(m) for m in splits[s].members]]).encode())
+        for m in splits[s].members:
+            h.update(np.asarray(m, dtype=np.int64).tobytes())
+    path = cache_dir(data_dir) / f"{name}-{source_key(data_dir, sources, name, tuple(images.shape), h.hexdigest())}.json"
+    fp = None
+    try:
+        st = json.loads(path.read_text())
+        mean, std, fp = tuple(st["mean"]), tuple(st["std"]), st.get("fingerprint")
+    except (OSError, ValueError, KeyError, TypeError):
+        mean, std = train_normalisation(images, splits["train"].members)
+        _write_stats(path, None, mean, std)
+    ds = FewShotDataset(name, images, splits, mean, std, source=source, info={**info, "stats_file": str(path)})
+    ds._fingerprint = fp
+    return ds
+
+
 def split_file(*parts: str) -> str:
     """A split list shipped in ``benchmark/data/splits/`` (e.g. ``split_file("cifar-fs", "train.txt")``)."""
     return resources.files("benchmark.data").joinpath("splits", *parts).read_text()
+
+
+NORMALISATION_SAMPLE = 50_000
 
 
 def train_normalisation(images, train_members: list[np.ndarray],
@@ -125,8 +163,12 @@ def train_normalisation(images, train_members: list[np.ndarray],
     """Per-channel mean and std (of pixels scaled to [0, 1]) over the training split's images.
 
     Computed from exact per-channel histograms of the uint8 pixels, a chunk of images at a time: the result does
-    not depend on chunking or on where the pixels are stored, and memory stays at one chunk."""
+    not depend on chunking or on where the pixels are stored, and memory stays at one chunk. A training split of more
+    than ``NORMALISATION_SAMPLE`` (50,000) images (of the datasets here, only tieredImageNet's 448,695) is measured
+    on that many evenly spaced images (in index order), a deterministic sample."""
     idx = np.sort(np.concatenate(train_members))
+    if len(idx) > NORMALISATION_SAMPLE:
+        idx = idx[np.linspace(0, len(idx) - 1, NORMALISATION_SAMPLE).round().astype(np.int64)]
     channels = 1 if images.ndim == 3 else images.shape[3]
     hist = np.zeros((channels, 256), dtype=np.int64)
     for chunk in image_chunks(images, idx):

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import (SPLITS, ConcatImages, DataError, FewShotDataset, ImageWriter, Split, cached_images, split_file,
-                      train_normalisation)
+from .dataset import (SPLITS, ConcatImages, DataError, FewShotDataset, ImageWriter, Split, cached_images,
+                      dataset_with_stats, split_file)
 from .formats import check_images, read_pickle
 
 MINI_SIZE = 84
@@ -119,6 +119,5 @@ def load_miniimagenet(root=None) -> FewShotDataset:
         parts.append(images)
         start += len(images)
     images = ConcatImages(parts)
-    mean, std = train_normalisation(images, splits["train"].members)
-    return FewShotDataset("miniimagenet", images, splits, mean, std, source=f"dir:{root}",
-                          info={"layout": layouts, "pixels": ", ".join(p.path for p in parts)})
+    return dataset_with_stats("miniimagenet", images, splits, root, [Path(p.path) for p in parts], f"dir:{root}",
+                              {"layout": layouts, "pixels": ", ".join(p.path for p in parts)})

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import SPLITS, ConcatImages, DataError, FewShotDataset, Split, split_file, train_normalisation
+from .dataset import SPLITS, ConcatImages, DataError, FewShotDataset, Split, dataset_with_stats, split_file
 from .formats import as_str, npz_images, png_pickle_images, read_pickle
 
 TIERED_SIZE = 84
@@ -66,7 +66,7 @@ def load_tieredimagenet(root=None, split: str = "ren") -> FewShotDataset:
                         "{train,val,test}_images.npz, each with {train,val,test}_labels.pkl")
     root = Path(root)
     size = (TIERED_SIZE, TIERED_SIZE)
-    parts, splits, layouts, supers, start = [], {}, {}, {}, 0
+    parts, splits, layouts, supers, start, sources = [], {}, {}, {}, 0, []
     for s in SPLITS:
         layout, images_file = tiered_layout(root, s)
         labels_file = root / f"{s}_labels.pkl"
@@ -90,11 +90,10 @@ def load_tieredimagenet(root=None, split: str = "ren") -> FewShotDataset:
             raise DataError(f"{labels_file}: class {empty[0]} has no images; the copy is incomplete")
         splits[s] = Split(list(expected), members, np.zeros(len(expected), dtype=np.int64))
         parts.append(imgs)
+        sources += [images_file, labels_file]
         layouts[s] = f"{layout} ({images_file.name})"
         supers[s] = len(set(gen.tolist()))
         start += len(spec)
     images = ConcatImages(parts)
-    mean, std = train_normalisation(images, splits["train"].members)
-    return FewShotDataset("tieredimagenet", images, splits, mean, std, source=f"dir:{root}",
-                          info={"layout": layouts, "super-categories": supers,
+    return dataset_with_stats("tieredimagenet", images, splits, root, sources, f"dir:{root}", {"layout": layouts, "super-categories": supers,
                                 "pixels": ", ".join(getattr(p, "path", "RAM") for p in parts)})
