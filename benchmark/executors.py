@@ -39,13 +39,15 @@ MARKER_PREFIX = ".driver-"  # <results_dir>/.driver-<token>: the driver's marker
 @dataclass
 class Outcome:
     """What became of one run: ``done`` (``summary``), ``failed`` (``failure``: what ``failed.json`` holds) or
-    ``skipped`` (another process is training it; ``note`` says which)."""
+    ``skipped`` (another process is training it; ``note`` says which). ``trained``: a ``done`` run was trained by
+    this call (False: it had been finished before, or by another process this call waited for)."""
 
     run_id: str
     status: str
     summary: dict | None = None
     failure: dict | None = None
     note: str | None = None
+    trained: bool = False
 
 
 def run_one(cfg, results_dir: Path, device, data_dir=None, progress=None, prepared=None, placement=None,
@@ -53,8 +55,11 @@ def run_one(cfg, results_dir: Path, device, data_dir=None, progress=None, prepar
     """One run through :func:`benchmark.runner.run`, as an :class:`Outcome`: a failure (recorded in the run's folder)
     and a run locked by another process are outcomes, not exceptions; Ctrl-C still raises
     :class:`~benchmark.training.Interrupted` after the checkpoint is saved."""
+    from .machine import placement as where
     from .runner import Locked, RunFailed, run
 
+    attempt = uuid.uuid4().hex[:12]  # recorded in the summary: tells a run trained here from one read back
+    placement = {**(placement or where(device)), "attempt": attempt}
     try:
         s = run(cfg, results_dir, device, data_dir, progress=progress, prepared=prepared, placement=placement,
                 if_locked=if_locked, note=note)
@@ -62,7 +67,7 @@ def run_one(cfg, results_dir: Path, device, data_dir=None, progress=None, prepar
         return Outcome(cfg.run_id, "failed", failure=e.record)
     except Locked as e:
         return Outcome(cfg.run_id, "skipped", note=str(e))
-    return Outcome(cfg.run_id, "done", summary=s)
+    return Outcome(cfg.run_id, "done", summary=s, trained=(s.get("placement") or {}).get("attempt") == attempt)
 
 
 class SequentialExecutor:
@@ -223,8 +228,8 @@ class RayExecutor:
         self.results_dir.mkdir(parents=True, exist_ok=True)
         marker.write_text("the driver of a benchmark.run --executor ray command; removed when it ends\n")
         try:
-            task = ray.remote(ray_task).options(num_cpus=self.cpus, num_gpus=self.gpus or 0,
-                                                max_retries=self.max_retries, retry_exceptions=False)
+            task = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus or 0, max_retries=self.max_retries,
+                              retry_exceptions=False)(ray_task)
             device_name = "cuda" if self.gpus else "cpu"
             refs = {}
             for p in prepared:

@@ -215,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         if o.status == "done":
             s = o.summary
             note(f"{o.run_id}: {s['mean']:.2f} +- {s['ci95']:.2f} % over {s['n_episodes']} test episodes "
-                 f"({s['train_episodes']} training episodes, {s['train_seconds']:.0f} s training)")
+                 f"({s['train_episodes']} training episodes, {s['train_seconds']:.0f} s training"
+                 f"{'' if o.trained else '; finished before, not re-run'})")
         elif o.status == "failed":
             note(f"{o.run_id}: FAILED: {o.failure['reason']}")
         else:

@@ -187,6 +187,7 @@ def _records(prepared: PreparedRun, trainer: Trainer, test_set: EpisodeSet, acc:
         "ms_per_train_episode": 1000 * state["train_seconds"] / max(state["episodes"], 1),
         "ms_per_test_episode": 1000 * float(np.mean(secs)),
         "best_step": state["best_step"], "best_val_acc": 100 * state["best_acc"],
+        "resumed_at_steps": state.get("resumed_at", []),
         "paper_train_episodes": paper_episodes,
         "budget_fraction": state["episodes"] / paper_episodes if paper_episodes else None,
         "peak_memory_mb": mem.mb, "memory_kind": "cuda_allocated" if device.type == "cuda" else "process_rss",

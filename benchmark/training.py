@@ -160,6 +160,7 @@ class Trainer:
             self.method.load_training_state(ck["method"])
             self.state = ck["state"]
             set_rng_state(ck["rng"])
+            self.state.setdefault("resumed_at", []).append(self.state["step"])  # provenance: where it resumed
         self.cache_log.extend(self.state.get("cache_log", []))
 
     def save(self) -> None:
