@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -145,20 +147,19 @@ class _Lines:
         self._line(force=True)
 
 
-def _local_results_dir(driver_results: str, token: str) -> Path:
-    """Where a task runs when it cannot see the driver's results directory: a folder of this node, the same for every
-    task of the command (so a retry here resumes from its checkpoint and artefacts are shared on the node)."""
-    h = hashlib.sha256(f"{driver_results}\0{token}".encode()).hexdigest()[:12]
+def local_results_dir(origin: str) -> Path:
+    """Where a task runs when it cannot see the driver's results directory (``origin``: driver host and results
+    directory): a folder of this node, the same for every task and every command with that origin, so a retry or a
+    re-run on this node resumes from its checkpoint, and shared artefacts are computed once per node."""
+    h = hashlib.sha256(origin.encode()).hexdigest()[:12]
     return Path(tempfile.gettempdir()) / "fewshot-benchmark-ray" / h
 
 
-def ray_task(cfg, results_dir: str, token: str, data_dir, device_name: str, cpus: int, gpus: float,
+def ray_task(cfg, results_dir: str, token: str, origin: str, data_dir, device_name: str, cpus: int, gpus: float,
              if_locked: str, progress_lines: bool, shared: bool | None) -> dict:
     """The body of one Ray task: set PyTorch's threads to the run's CPUs, prepare and run ``cfg`` with
     :func:`run_one`, and return its outcome, with the run folder's files when the driver's results directory is not
-    visible here."""
-    import socket
-
+    visible here (``shared``: None detects it by the driver's marker file ``.driver-<token>``)."""
     import torch
 
     from .machine import placement
@@ -169,7 +170,7 @@ def ray_task(cfg, results_dir: str, token: str, data_dir, device_name: str, cpus
     if shared is None:
         marker = Path(results_dir) / f"{MARKER_PREFIX}{token}"
         shared = marker.is_file()
-    here = Path(results_dir) if shared else _local_results_dir(results_dir, token)
+    here = Path(results_dir) if shared else local_results_dir(origin)
     device = torch.device(device_name)
     try:
         import ray
@@ -184,7 +185,10 @@ def ray_task(cfg, results_dir: str, token: str, data_dir, device_name: str, cpus
                 note=lambda t: print(t, file=sys.stderr, flush=True))
     out = {"outcome": o, "files": None}
     if not shared and o.status in ("done", "failed"):
-        out["files"] = RunFolder(here, cfg.run_id).pack(finished=o.status == "done")
+        local = RunFolder(here, cfg.run_id)
+        out["files"] = local.pack(finished=o.status == "done")
+        if o.status == "done":  # the driver keeps it now; a failed run's partial folder stays here, to resume from
+            shutil.rmtree(local.path, ignore_errors=True)
     return out
 
 
@@ -224,6 +228,7 @@ class RayExecutor:
         ray = import_ray()
         started = self._init(ray)
         token = uuid.uuid4().hex
+        origin = f"{socket.gethostname()}:{self.results_dir.resolve()}"
         marker = self.results_dir / f"{MARKER_PREFIX}{token}"
         self.results_dir.mkdir(parents=True, exist_ok=True)
         marker.write_text("the driver of a benchmark.run --executor ray command; removed when it ends\n")
@@ -234,7 +239,7 @@ class RayExecutor:
             refs = {}
             for p in prepared:
                 ref = task.options(name=p.cfg.run_id).remote(
-                    p.cfg, str(self.results_dir.resolve()), token, p.data_dir, device_name, self.cpus, self.gpus,
+                    p.cfg, str(self.results_dir.resolve()), token, origin, p.data_dir, device_name, self.cpus, self.gpus,
                     self.if_locked, self.progress_lines, self.shared)
                 refs[ref] = p.cfg
             outs, pending = [], list(refs)
