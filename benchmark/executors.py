@@ -34,7 +34,8 @@ from typing import Callable
 
 from .results import RunFolder
 
-RAY_MISSING = "--executor ray needs Ray, an optional extra: pip install -e '.[distributed]' (or pip install 'ray[default]')"
+RAY_MISSING = ("--executor ray needs Ray, an optional extra: pip install -e '.[distributed]' "
+               "(or pip install 'ray[default]')")
 MARKER_PREFIX = ".driver-"  # <results_dir>/.driver-<token>: the driver's marker for the shared-filesystem check
 
 
@@ -239,8 +240,8 @@ class RayExecutor:
             refs = {}
             for p in prepared:
                 ref = task.options(name=p.cfg.run_id).remote(
-                    p.cfg, str(self.results_dir.resolve()), token, origin, p.data_dir, device_name, self.cpus, self.gpus,
-                    self.if_locked, self.progress_lines, self.shared)
+                    p.cfg, str(self.results_dir.resolve()), token, origin, p.data_dir, device_name, self.cpus,
+                    self.gpus, self.if_locked, self.progress_lines, self.shared)
                 refs[ref] = p.cfg
             outs, pending = [], list(refs)
             try:

@@ -47,7 +47,8 @@ def _epilog() -> str:
     lines += [f"  {n:16s} splits {'/'.join(d.splits):20s} {d.summary}" for n, d in DATASETS.items()]
     lines.append("examples:\n  python -m benchmark.run --methods all\n"
                  "  python -m benchmark.run --methods protonet,maml --shots 1 --seeds 0 1 2 --profile smoke\n"
-                 "  python -m benchmark.run --methods protonet --set train_steps=2000 lr=5e-4")
+                 "  python -m benchmark.run --methods protonet --set train_steps=2000 lr=5e-4\n"
+                 "  python -m benchmark.run --methods all --executor ray --cpus-per-run 1   # runs in parallel (Ray)")
     return "\n".join(lines)
 
 
@@ -77,7 +78,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="override hyperparameters of every selected method, e.g. --set train_steps=500")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]; default: auto (CUDA when present)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch; default: PyTorch's")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch in this process; default: "
+                   "PyTorch's (Ray tasks use --cpus-per-run)")
     p.add_argument("--results-dir", default="results", help="where runs are written; default: results")
     p.add_argument("--reports-dir", default="reports", help="where reports are written; default: reports")
     p.add_argument("--report-name", default="latest", help="report folder name; default: latest")
@@ -224,9 +226,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         outcomes = executor.execute(prepared, on_outcome)
-    except Interrupted as e:
+    except (Interrupted, KeyboardInterrupt) as e:
         outer.close()
-        print(f"\n{e}", file=sys.stderr)
+        print(f"\n{e or 'interrupted; run the same command again to resume'}", file=sys.stderr)
         write_leaderboard(results_dir)
         return EXIT_INTERRUPTED
     outer.close()

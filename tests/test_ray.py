@@ -81,7 +81,8 @@ def test_without_a_shared_filesystem_the_run_folder_comes_back(tmp_path, local_r
     assert sorted(f.name for f in folder.path.iterdir()) == ["config.json", "curve.csv", "summary.json",
                                                              "test_episodes.csv"]
     ref = run(cfg, tmp_path / "seq", CPU)
-    assert episodes(res, cfg.run_id) == episodes(tmp_path / "seq", cfg.run_id) and ref["mean"] == outs[0].summary["mean"]
+    assert episodes(res, cfg.run_id) == episodes(tmp_path / "seq", cfg.run_id)
+    assert ref["mean"] == outs[0].summary["mean"]
     origin = f"{os.uname().nodename}:{res.resolve()}"
     assert not RunFolder(local_results_dir(origin), cfg.run_id).path.exists()  # the node's copy is not kept
 
