@@ -72,10 +72,16 @@ def test_without_a_shared_filesystem_the_run_folder_comes_back(tmp_path, local_r
     from benchmark.executors import RayExecutor, local_results_dir
 
     cfg = RunConfig("protonet", shots=1, profile="smoke", test_episodes=20, val_episodes=5, overrides=TINY)
-    p = prepare(cfg)
+    nan = RunConfig("protonet", shots=1, profile="smoke", test_episodes=20, val_episodes=5,
+                    overrides=TINY + (("lr", 1e30),))  # the loss becomes NaN at step 2
     res = tmp_path / "driver"
-    outs = RayExecutor(res, CPU, shared=False, progress_lines=False).execute([p], lambda o: None)
-    assert [o.status for o in outs] == ["done"]
+    outs = RayExecutor(res, CPU, shared=False, progress_lines=False).execute([prepare(cfg), prepare(nan)],
+                                                                              lambda o: None)
+    outs = sorted(outs, key=lambda o: o.run_id != cfg.run_id)
+    assert [o.status for o in outs] == ["done", "failed"]  # a failed task does not sink the other
+    failed = RunFolder(res, nan.run_id)
+    assert failed.is_failed() and failed.read_failure()["kind"] == "non_finite_loss"  # sent back too
+    assert failed.read_failure()["placement"]["executor"] == "ray"
     folder = RunFolder(res, cfg.run_id)
     assert folder.is_finished() and folder.read_summary()["placement"]["shared_results_dir"] is False
     assert sorted(f.name for f in folder.path.iterdir()) == ["config.json", "curve.csv", "summary.json",
