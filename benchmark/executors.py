@@ -243,6 +243,10 @@ class RayExecutor:
                     p.cfg, str(self.results_dir.resolve()), token, origin, p.data_dir, device_name, self.cpus,
                     self.gpus, self.if_locked, self.progress_lines, self.shared)
                 refs[ref] = p.cfg
+            total = ray.cluster_resources()
+            self.note(f"{len(refs)} run(s) submitted as Ray tasks ({self.cpus} CPU, {self.gpus or 0:g} GPU each; the "
+                      f"cluster has {total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs, "
+                      f"{len(ray.nodes())} node(s))")
             outs, pending = [], list(refs)
             try:
                 while pending:
@@ -256,8 +260,8 @@ class RayExecutor:
                     ray.cancel(ref)  # KeyboardInterrupt in the task: it saves its checkpoint and stops
                 if pending:
                     ray.wait(pending, num_returns=len(pending), timeout=60)
-                raise Interrupted(f"interrupted; {len(pending)} run(s) cancelled, each left its checkpoint; run the "
-                                  "same command again to resume") from None
+                raise Interrupted(f"interrupted; {len(pending)} run(s) cancelled (those that had started saved their "
+                                  "checkpoint); run the same command again to resume") from None
             return outs
         finally:
             marker.unlink(missing_ok=True)

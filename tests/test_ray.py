@@ -2,6 +2,7 @@
 filesystem, a killed worker's retry resuming from the checkpoint, shared artefacts computed once. One local Ray
 instance for the module (2 CPUs), smoke-sized runs only."""
 import os
+import shutil
 import signal
 import threading
 import time
@@ -90,7 +91,10 @@ def test_without_a_shared_filesystem_the_run_folder_comes_back(tmp_path, local_r
     assert episodes(res, cfg.run_id) == episodes(tmp_path / "seq", cfg.run_id)
     assert ref["mean"] == outs[0].summary["mean"]
     origin = f"{os.uname().nodename}:{res.resolve()}"
-    assert not RunFolder(local_results_dir(origin), cfg.run_id).path.exists()  # the node's copy is not kept
+    node = local_results_dir(origin)
+    assert not RunFolder(node, cfg.run_id).path.exists()  # the node's copy of a finished run is not kept
+    assert RunFolder(node, nan.run_id).is_failed()  # a failed run's stays, to resume from on this node
+    shutil.rmtree(node)
 
 
 def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path, local_ray, one_thread):
