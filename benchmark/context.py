@@ -18,13 +18,17 @@ import torch
 
 from .config import PreparedRun
 from .episodes import EpisodeSet, TaskSampler
-from .results import atomic_torch_save, cache_dir
+from .results import FileLock, atomic_torch_save, cache_dir
 
 
 class ArtefactCache:
     """``cache(name, key, compute)``: the value of ``compute()``, stored once per (name, key, dataset, backbone,
     seed) under ``<results_dir>/cache/`` with the seconds it took. ``log`` lists each use for the run's summary:
-    name, file (relative to the results directory), seconds, computed_in_this_run."""
+    name, file (relative to the results directory), seconds, computed_in_this_run.
+
+    Computed once even when several processes (e.g. Ray workers starting MTL variants at the same time) ask for the
+    same artefact: the first takes the artefact's OS file lock (``<name>-<hash>.lock`` beside it) and computes it,
+    the others wait for the lock and then read the file."""
 
     def __init__(self, results_dir: str | Path, dataset_fingerprint: str, backbone: str, seed: int,
                  device: torch.device):
@@ -36,13 +40,16 @@ class ArtefactCache:
         full = {"name": name, "key": key, **self.scope}
         h = hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()[:16]
         path = cache_dir(self.results_dir) / f"{name}-{h}.pt"
-        computed = not path.is_file()
-        if computed:
-            t0 = time.perf_counter()
-            value = fn()
-            secs = time.perf_counter() - t0
-            atomic_torch_save(path, {"value": value, "seconds": secs, "key": full})
-        else:
+        computed = False
+        if not path.is_file():
+            with FileLock(path.with_suffix(".lock")):
+                if not path.is_file():  # not computed by the process that held the lock before us
+                    computed = True
+                    t0 = time.perf_counter()
+                    value = fn()
+                    secs = time.perf_counter() - t0
+                    atomic_torch_save(path, {"value": value, "seconds": secs, "key": full})
+        if not computed:
             blob = torch.load(path, map_location=self.device, weights_only=False)
             value, secs = blob["value"], blob["seconds"]
         self.log.append({"name": name, "file": str(path.relative_to(self.results_dir)), "seconds": secs,

@@ -104,3 +104,15 @@ class PeakMemory:
     @property
     def mb(self) -> float:
         return self.peak_bytes / 2 ** 20
+
+
+def placement(device: torch.device, executor: str = "sequential", **extra: Any) -> dict[str, Any]:
+    """Where a run ran, for its summary (``placement``) and the leaderboard: the executor, the node (host name, plus
+    the Ray node id under Ray), the process, the CPU threads PyTorch used and the share of a GPU it was given (1 for
+    a CUDA run of the sequential executor, ``--gpus-per-run`` under Ray, None on CPU); ``extra`` adds or overrides."""
+    import socket
+
+    out = {"executor": executor, "node": socket.gethostname(), "pid": os.getpid(), "cpus": torch.get_num_threads(),
+           "gpu_fraction": 1.0 if device.type == "cuda" else None}
+    out.update(extra)
+    return out

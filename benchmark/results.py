@@ -8,9 +8,12 @@ Layout under the results directory::
         test_episodes.csv     one row per test episode: index, accuracy, adapt_seconds
         summary.json          headline numbers, cost, provenance (versions, device, commit, episode fingerprints),
                               method_facts and backbone_facts (benchmark/facts.py)
-    <run-id>.partial/         a run in progress: checkpoint.pt (resume point) and the files written so far
+    <run-id>.partial/         a run in progress: checkpoint.pt (resume point) and the files written so far;
+        failed.json           a run that failed: reason, step, last metrics, where it ran (absent while it runs)
+        traceback.txt         the traceback of a run that raised
+    .locks/<run-id>.lock      OS file lock (fcntl.flock) held by the process training the run; holds its pid and host
     cache/                    artefacts shared between runs (e.g. MTL's pretrained backbone), with their cost
-    leaderboard.csv           one row per finished run, rebuilt from the summaries
+    leaderboard.csv           one row per finished run, rebuilt from the summaries (under .locks/leaderboard.lock)
 
 Every file is written to a temporary name and renamed (``os.replace``), so a crash leaves either the old file or the
 new one, never half of one. :class:`RunFolder` is the one owner of a run's folder and the only code that knows these
@@ -19,14 +22,17 @@ imports torch only inside :func:`atomic_torch_save`, so the report can use it wi
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -34,12 +40,13 @@ import pandas as pd
 LEADERBOARD = "leaderboard.csv"  # one row per finished run, under the results directory
 CACHE_DIR = "cache"  # artefacts shared between runs, under the results directory
 PARTIAL_SUFFIX = ".partial"  # <run-id>.partial/: a run in progress
+LOCK_DIR = ".locks"  # OS file locks of runs being trained and of the leaderboard, under the results directory
 
 LEADERBOARD_COLUMNS = [
     "run_id", "method", "family", "dataset", "split", "ways", "shots", "backbone", "profile", "seed",
     "mean", "ci95", "n_episodes", "train_episodes", "train_seconds", "ms_per_train_episode",
     "ms_per_test_episode", "peak_memory_mb", "trainable_params", "adapted_params", "device",
-    "test_fingerprint", "code_version", "budget_fraction",
+    "test_fingerprint", "code_version", "budget_fraction", "executor", "node",
 ]
 
 
@@ -113,6 +120,62 @@ def check_writable(results_dir: Path) -> None:
                       "choose another with --results-dir") from None
 
 
+class FileLock:
+    """An exclusive OS file lock (``fcntl.flock``) on ``path``: held by one process at a time and released by the
+    kernel when that process dies, so a killed trainer never leaves a stale lock. The holder writes its pid and host
+    into the file (:meth:`holder`), for the notes of processes that find it locked."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def acquire(self, wait: bool = True, poll: float = 0.2) -> bool:
+        """Take the lock; with ``wait=False`` return False at once when another process holds it."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not wait:
+                    os.close(fd)
+                    return False
+                time.sleep(poll)  # polled rather than blocking, so that Ctrl-C stays responsive
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def holder(self) -> dict:
+        """The pid and host the last holder wrote (empty when unknown)."""
+        try:
+            return json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
+
+    def __enter__(self) -> "FileLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 class RunFolder:
     """The folder of one run, ``<results_dir>/<run_id>/``: created as ``<run_id>.partial/`` (which also holds the
     resume checkpoint), filled with the record files, each written atomically, and renamed into place in one step when
@@ -123,6 +186,8 @@ class RunFolder:
     TEST_EPISODES = "test_episodes.csv"
     SUMMARY = "summary.json"
     CHECKPOINT = "checkpoint.pt"
+    FAILED = "failed.json"  # in <run_id>.partial/: why, where and at which step the run failed
+    TRACEBACK = "traceback.txt"  # in <run_id>.partial/: the traceback of a run that raised
     RECORDS = (SUMMARY, TEST_EPISODES, CURVE)  # what a finished run has (config.json too, except in test fixtures)
 
     def __init__(self, results_dir: str | Path, run_id: str):
@@ -141,13 +206,63 @@ class RunFolder:
     def cache_dir(self) -> Path:
         return cache_dir(self.results_dir)
 
+    def lock(self) -> FileLock:
+        """The run's OS file lock, ``.locks/<run_id>.lock`` (outside the run folder, which is renamed when finished):
+        whoever trains the run holds it (:class:`FileLock`)."""
+        return FileLock(self.results_dir / LOCK_DIR / f"{self.run_id}.lock")
+
     # ---- writing
     def is_finished(self) -> bool:
         return (self.path / self.SUMMARY).is_file()
 
     def start(self) -> None:
-        """Create ``<run_id>.partial/`` (kept as it is when resuming)."""
+        """Create ``<run_id>.partial/`` (kept as it is when resuming, checkpoint included); a failure recorded by an
+        earlier attempt is cleared, since this one retries the run."""
         self.partial.mkdir(parents=True, exist_ok=True)
+        (self.partial / self.FAILED).unlink(missing_ok=True)
+        (self.partial / self.TRACEBACK).unlink(missing_ok=True)
+
+    def fail(self, record: dict, traceback: str | None = None) -> None:
+        """Record that the run failed: ``failed.json`` (``record``: reason, step, last metrics, where it ran) and,
+        for a run that raised, ``traceback.txt``, in ``<run_id>.partial/``; the checkpoint stays, so that re-running
+        the command retries the run from it."""
+        self.partial.mkdir(parents=True, exist_ok=True)
+        if traceback is not None:
+            atomic_write_text(self.partial / self.TRACEBACK, traceback)
+            record = {**record, "traceback_file": self.TRACEBACK}
+        atomic_write_json(self.partial / self.FAILED, {"run_id": self.run_id, **record})
+
+    def is_failed(self) -> bool:
+        return not self.is_finished() and (self.partial / self.FAILED).is_file()
+
+    def read_failure(self) -> dict:
+        return json.loads((self.partial / self.FAILED).read_text())
+
+    # ---- moving a run between machines without a shared filesystem
+    def pack(self, finished: bool = True) -> dict[str, bytes]:
+        """The files of the finished folder (``finished``) or of the partial one, by name, as bytes."""
+        d = self.path if finished else self.partial
+        return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()} if d.is_dir() else {}
+
+    def unpack(self, files: dict[str, bytes], finished: bool = True) -> None:
+        """Write ``files`` (from :meth:`pack` on another machine) as this run's finished folder (``finished``) or its
+        partial folder, atomically: into a hidden temporary folder, renamed into place in one step."""
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=self.results_dir, prefix=f".{self.run_id}.incoming-"))
+        try:
+            for name, data in files.items():
+                if "/" in name or name.startswith("."):
+                    raise ValueError(f"unexpected file name {name!r} in a packed run folder")
+                atomic_write_bytes(tmp / name, data)
+            target = self.path if finished else self.partial
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+            if finished and self.partial.exists():
+                shutil.rmtree(self.partial)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     def finish(self, config: dict, curve: pd.DataFrame, test_episodes: pd.DataFrame, summary: dict) -> None:
         """Write the record files into the partial folder (the summary last), drop the checkpoint and rename the
@@ -208,6 +323,12 @@ def run_folders(results_dir: Path) -> list[RunFolder]:
             if p.is_dir() and not p.name.endswith(PARTIAL_SUFFIX) and p.name != CACHE_DIR and not p.name.startswith(".")]
 
 
+def failed_runs(results_dir: Path) -> list[RunFolder]:
+    """Unfinished runs whose last attempt failed (``<run_id>.partial/failed.json``), sorted by run id."""
+    return [f for f in (RunFolder(results_dir, n[:-len(PARTIAL_SUFFIX)]) for n in partial_runs(results_dir))
+            if f.is_failed()]
+
+
 def finished_runs(results_dir: Path) -> list[Path]:
     """Folders of finished runs (those with a summary.json), sorted by name."""
     return [f.path for f in run_folders(results_dir) if f.is_finished()]
@@ -222,13 +343,19 @@ def leaderboard(results_dir: Path) -> pd.DataFrame:
     rows = []
     for d in finished_runs(results_dir):
         s = load_summary(d)
-        rows.append({c: s.get(c) for c in LEADERBOARD_COLUMNS})
+        where = s.get("placement") or {}  # executor, node, cpus, gpu_fraction (older runs: none)
+        rows.append({c: s.get(c, where.get(c)) for c in LEADERBOARD_COLUMNS})
     df = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
     return df.sort_values(["dataset", "ways", "shots", "backbone", "profile", "method", "seed"], kind="stable",
                           ignore_index=True) if len(df) else df
 
 
 def write_leaderboard(results_dir: Path) -> pd.DataFrame:
-    df = leaderboard(results_dir)
-    atomic_write_csv(results_dir / LEADERBOARD, df)
+    """Rebuild ``leaderboard.csv`` from the finished runs' summaries. Safe when several processes rebuild at once:
+    under the results directory's leaderboard lock, read and atomic replace, so the last rebuild sees every run
+    finished before it and a reader never sees half a file."""
+    results_dir = Path(results_dir)
+    with FileLock(results_dir / LOCK_DIR / "leaderboard.lock"):
+        df = leaderboard(results_dir)
+        atomic_write_csv(results_dir / LEADERBOARD, df)
     return df

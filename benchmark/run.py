@@ -3,6 +3,12 @@
 Every combination of --methods x --ways x --shots x --seeds is one run. Finished runs are skipped and interrupted
 ones resume from their last checkpoint, so re-running a command is always safe. Results go to --results-dir (one
 folder per run plus leaderboard.csv) and the report to --reports-dir/<--report-name>/.
+
+Runs execute one after another in this process (--executor sequential, the default) or as Ray tasks
+(--executor ray; pip install -e '.[distributed]'). A run that fails (loss NaN or infinite, or an exception) is
+recorded as failed in its folder and the others go on; re-running the command retries only failed and unfinished
+runs. A run being trained by another process (a second command on the same results directory) is waited for, or
+skipped with --if-locked skip. Exit codes: 0 all runs finished, 1 some failed, 2 bad input, 130 Ctrl-C.
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-EXIT_USAGE = 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class UsageError(Exception):
@@ -44,7 +50,8 @@ def _epilog() -> str:
     lines.append("  check a data directory before a long run: python -m benchmark.data DATASET --data-dir DIR")
     lines.append("examples:\n  python -m benchmark.run --methods all\n"
                  "  python -m benchmark.run --methods protonet,maml --shots 1 --seeds 0 1 2 --profile smoke\n"
-                 "  python -m benchmark.run --methods protonet --set train_steps=2000 lr=5e-4")
+                 "  python -m benchmark.run --methods protonet --set train_steps=2000 lr=5e-4\n"
+                 "  python -m benchmark.run --methods all --executor ray --cpus-per-run 1   # runs in parallel (Ray)")
     return "\n".join(lines)
 
 
@@ -74,12 +81,27 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="override hyperparameters of every selected method, e.g. --set train_steps=500")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]; default: auto (CUDA when present)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch; default: PyTorch's")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch in this process; default: "
+                   "PyTorch's (Ray tasks use --cpus-per-run)")
     p.add_argument("--results-dir", default="results", help="where runs are written; default: results")
     p.add_argument("--reports-dir", default="reports", help="where reports are written; default: reports")
     p.add_argument("--report-name", default="latest", help="report folder name; default: latest")
     p.add_argument("--no-report", action="store_true", help="do not build the report at the end")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars and per-run progress lines")
+    g = p.add_argument_group("executing the runs")
+    g.add_argument("--executor", choices=("sequential", "ray"), default="sequential",
+                   help="sequential: one run after another in this process (the default); ray: each run as a Ray "
+                   "task, in parallel (needs pip install -e '.[distributed]')")
+    g.add_argument("--ray-address", default="", help="Ray cluster to join: empty starts a local Ray instance on "
+                   "this machine (the default), 'auto' or HOST:PORT joins a running one (ray start --head)")
+    g.add_argument("--cpus-per-run", type=int, default=1, help="Ray: CPUs reserved per run, also PyTorch's threads "
+                   "in it; default: 1")
+    g.add_argument("--gpus-per-run", type=float, default=None, help="Ray: GPUs per run, fractions allowed (0.25: "
+                   "four runs share a GPU); default: 1 when --device resolves to CUDA, else 0")
+    g.add_argument("--max-retries", type=int, default=3, help="Ray: times a run whose worker died is retried (from "
+                   "its checkpoint); default: 3")
+    g.add_argument("--if-locked", choices=("wait", "skip"), default="wait",
+                   help="a run another process is training: wait for it (default) or skip it with a note")
     return p
 
 
@@ -93,6 +115,19 @@ def plan(args) -> tuple[list, object]:
     from .machine import resolve_device
     from .results import check_writable
 
+    if args.executor == "ray":
+        from .executors import RAY_MISSING
+
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise UsageError(RAY_MISSING) from None
+    if args.cpus_per_run < 1:
+        raise UsageError(f"--cpus-per-run must be at least 1 (got {args.cpus_per_run})")
+    if args.gpus_per_run is not None and args.gpus_per_run < 0:
+        raise UsageError(f"--gpus-per-run must be 0 or more (got {args.gpus_per_run})")
+    if args.max_retries < 0:
+        raise UsageError(f"--max-retries must be 0 or more (got {args.max_retries})")
     try:
         names = methods.resolve(args.methods)
     except ValueError as e:
@@ -116,6 +151,14 @@ def plan(args) -> tuple[list, object]:
     except DataError as e:
         raise UsageError(str(e)) from None
     split = "" if split == resolve_split(args.dataset, None) else split
+    if args.executor == "ray":
+        if args.gpus_per_run is None:
+            args.gpus_per_run = 1.0 if device.type == "cuda" else 0.0
+        if device.type == "cuda" and args.gpus_per_run == 0:
+            raise UsageError("--device is CUDA but --gpus-per-run is 0; give each run a share of a GPU "
+                             "(e.g. --gpus-per-run 0.25) or use --device cpu")
+        if device.type == "cpu" and args.gpus_per_run > 0:
+            raise UsageError("--gpus-per-run needs --device cuda (or auto on a machine with a GPU)")
     registry = methods.registry()
     prepared = []
     for m, w, s, seed in itertools.product(names, args.ways, args.shots, args.seeds):
@@ -150,40 +193,69 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
+    from .executors import RayExecutor, SequentialExecutor
     from .results import LEADERBOARD, write_leaderboard
-    from .runner import Interrupted, run
+    from .training import Interrupted
 
     def progress(iterable=None, total=None, desc="", initial=0):
         return tqdm(iterable, total=total, desc=desc, initial=initial, leave=False, dynamic_ncols=True,
                     disable=args.no_progress, file=sys.stderr, mininterval=0.5)
 
+    def note(text: str) -> None:
+        tqdm.write(text, file=sys.stderr)
+
     results_dir = Path(args.results_dir)
     t0 = time.time()
-    summaries = []
-    outer = tqdm(prepared, desc="runs", disable=args.no_progress or len(prepared) < 2, file=sys.stderr,
-                 dynamic_ncols=True)
-    for p in outer:
-        cfg = p.cfg
-        outer.set_postfix_str(cfg.run_id)
-        try:
-            s = run(cfg, results_dir, device, args.data_dir, progress=progress, prepared=p)
-        except Interrupted as e:
-            print(f"\n{cfg.run_id}: {e}", file=sys.stderr)
-            write_leaderboard(results_dir)
-            return 130
-        summaries.append(s)
-        tqdm.write(f"{cfg.run_id}: {s['mean']:.2f} +- {s['ci95']:.2f} % over {s['n_episodes']} test episodes "
-                   f"({s['train_episodes']} training episodes, {s['train_seconds']:.0f} s training)", file=sys.stderr)
+    outer = tqdm(total=len(prepared), desc="runs", unit="run", disable=args.no_progress or len(prepared) < 2,
+                 file=sys.stderr, dynamic_ncols=True)
+    if args.executor == "ray":
+        executor = RayExecutor(results_dir, device, args.data_dir, args.ray_address, args.cpus_per_run,
+                               args.gpus_per_run, args.max_retries, args.if_locked,
+                               progress_lines=not args.no_progress, note=note)
+    else:
+        executor = SequentialExecutor(results_dir, device, args.data_dir, progress, args.if_locked, note)
+
+    def on_outcome(o) -> None:
+        outer.update(1)
+        if o.status == "done":
+            s = o.summary
+            note(f"{o.run_id}: {s['mean']:.2f} +- {s['ci95']:.2f} % over {s['n_episodes']} test episodes "
+                 f"({s['train_episodes']} training episodes, {s['train_seconds']:.0f} s training"
+                 f"{'' if o.trained else '; finished before, not re-run'})")
+        elif o.status == "failed":
+            note(f"{o.run_id}: FAILED: {o.failure['reason']}")
+        else:
+            note(f"{o.run_id}: {o.note}")
+
+    try:
+        outcomes = executor.execute(prepared, on_outcome)
+    except (Interrupted, KeyboardInterrupt) as e:
+        outer.close()
+        print(f"\n{e or 'interrupted; run the same command again to resume'}", file=sys.stderr)
+        write_leaderboard(results_dir)
+        return EXIT_INTERRUPTED
+    outer.close()
+    done = [o for o in outcomes if o.status == "done"]
+    failed = [o for o in outcomes if o.status == "failed"]
+    skipped = [o for o in outcomes if o.status == "skipped"]
     board = write_leaderboard(results_dir)
-    print(f"{len(summaries)} runs done in {time.time() - t0:.0f} s; leaderboard: {results_dir / LEADERBOARD} "
-          f"({len(board)} runs)", file=sys.stderr)
-    if not args.no_report:
+    print(f"{len(done)} runs done in {time.time() - t0:.0f} s ({executor.name} executor); leaderboard: "
+          f"{results_dir / LEADERBOARD} ({len(board)} runs)", file=sys.stderr)
+    if skipped:
+        print(f"{len(skipped)} run(s) skipped, being trained by another process: "
+              f"{', '.join(o.run_id for o in skipped)}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} run(s) failed (records in <run-id>.partial/failed.json; the same command retries "
+              "them):", file=sys.stderr)
+        for o in failed:
+            print(f"  {o.run_id}: {o.failure['reason']}", file=sys.stderr)
+    if not args.no_report and done:
         from .report import build_report
 
         out = build_report(results_dir, Path(args.reports_dir) / args.report_name,
-                           run_ids=[s["run_id"] for s in summaries])
+                           run_ids=[p.cfg.run_id for p in prepared])
         print(f"report: {out}", file=sys.stderr)
-    return 0
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -13,6 +13,13 @@ Resume: a checkpoint (module and optimiser state, RNG states, step, episodes see
 atomically after each validation and on Ctrl-C. Running the same run again continues from it; since training
 episodes are pure functions of their index and the RNG states are restored, the result equals an uninterrupted run's.
 
+Failures and concurrency: a run whose training loss becomes NaN or infinite stops at that step, and a run that
+raises stops there; either is recorded as failed in its folder (``failed.json``, plus ``traceback.txt`` for an
+exception; :meth:`RunFolder.fail`) and :class:`RunFailed` is raised, so the caller goes on with the other runs.
+The process training a run holds its OS file lock (:meth:`RunFolder.lock`); another process that reaches the same
+run waits for it (``if_locked="wait"``, then reads the finished run) or skips it (``"skip"``: :class:`Locked`),
+so a run is never trained by two processes at once.
+
 One job per module, all re-exported here: :mod:`benchmark.config` (profiles, :class:`RunConfig`, :func:`prepare`
 and :class:`PreparedRun`), :mod:`benchmark.machine` (provenance, device, peak memory), :mod:`benchmark.context` (the
 method's context and the artefact cache), :mod:`benchmark.training` (training step, evaluation, RNG state, training
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -33,32 +41,109 @@ from .config import PROFILES, PreparedRun, Profile, RunConfig, build_hyper, prep
 from .context import ArtefactCache, make_context
 from .episodes import EpisodeSet
 from .facts import record_facts
-from .machine import PeakMemory, code_version, environment, resolve_device
+from .machine import PeakMemory, code_version, environment, placement as where, resolve_device
 from .results import RunFolder, mean_ci95
-from .training import Interrupted, Trainer, evaluate, seed_everything
+from .training import Interrupted, NonFiniteLoss, Trainer, evaluate, seed_everything
 
-__all__ = ["PROFILES", "ArtefactCache", "Interrupted", "PeakMemory", "PreparedRun", "Profile", "RunConfig",
-           "build_hyper", "code_version", "environment", "evaluate", "make_context", "prepare", "resolve_device",
-           "run", "seed_everything"]
+__all__ = ["PROFILES", "ArtefactCache", "Interrupted", "Locked", "PeakMemory", "PreparedRun", "Profile", "RunConfig",
+           "RunFailed", "build_hyper", "code_version", "environment", "evaluate", "make_context", "prepare",
+           "resolve_device", "run", "seed_everything"]
+
+
+class RunFailed(Exception):
+    """A run failed (non-finite loss, or an exception) and was recorded as failed in its folder; ``record`` is what
+    ``failed.json`` holds."""
+
+    def __init__(self, run_id: str, record: dict):
+        super().__init__(f"{run_id} failed: {record['reason']}")
+        self.run_id, self.record = run_id, record
+
+
+class Locked(Exception):
+    """The run is being trained by another process (it holds the run's lock) and ``if_locked="skip"``."""
+
+    def __init__(self, run_id: str, holder: dict):
+        who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
+        super().__init__(f"{run_id} is being trained by another process ({who}); skipped, re-run the command when "
+                         "it has finished")
+        self.run_id, self.holder = run_id, holder
 
 
 def run(cfg: RunConfig, results_dir: Path, device: torch.device, data_dir: str | Path | None = None,
         progress: Callable | None = None, stop_after: int | None = None,
-        prepared: PreparedRun | None = None) -> dict:
+        prepared: PreparedRun | None = None, placement: dict | None = None, if_locked: str = "wait",
+        note: Callable[[str], None] | None = None) -> dict:
     """Run (or resume, or skip when finished) one configuration; returns its summary.
 
     ``prepared``: ``cfg`` as :func:`~benchmark.config.prepare` returned it (then nothing is prepared again and its
     ``data_dir`` is the one recorded); without it the run is prepared here from ``data_dir``.
     ``progress(iterable, total=, desc=)`` wraps loops in progress bars (e.g. ``tqdm``); ``stop_after`` stops after
     that many training steps in this call, leaving a checkpoint (used to test resuming).
+    ``placement``: where the run runs, recorded in its summary (default: :func:`benchmark.machine.placement`, the
+    sequential executor). ``if_locked``: ``"wait"`` for another process training the same run (then its summary is
+    returned) or ``"skip"`` it (:class:`Locked`); ``note(text)`` is told when waiting.
+    Raises :class:`RunFailed` after recording a failure, :class:`Interrupted` on Ctrl-C (checkpoint saved).
     """
+    if prepared is not None and prepared.cfg != cfg:
+        raise ValueError(f"the prepared run is {prepared.cfg.run_id}, not {cfg.run_id}")
     folder = RunFolder(results_dir, cfg.run_id)
     if folder.is_finished():
         return folder.read_summary()
+    lock = folder.lock()
+    if not lock.acquire(wait=False):
+        holder = lock.holder()
+        if if_locked == "skip":
+            raise Locked(cfg.run_id, holder)
+        if note is not None:
+            note(f"{cfg.run_id} is being trained by another process (pid {holder.get('pid', '?')} on "
+                 f"{holder.get('host', '?')}); waiting for it")
+        try:
+            lock.acquire(wait=True)
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted while waiting for another process's run") from None
+    try:
+        if folder.is_finished():  # finished by the process we waited for
+            return folder.read_summary()
+        return _run_locked(cfg, folder, results_dir, device, data_dir, progress, stop_after, prepared,
+                           placement or where(device))
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg: RunConfig, folder: RunFolder, results_dir: Path, device: torch.device,
+                data_dir: str | Path | None, progress: Callable | None, stop_after: int | None,
+                prepared: PreparedRun | None, placement: dict) -> dict:
+    """:func:`run` once this process holds the run's lock: failures are recorded and raised as :class:`RunFailed`."""
+    seen: dict = {}  # the trainer, once built, for the step a failure happened at
+    try:
+        return _train_and_test(cfg, folder, results_dir, device, data_dir, progress, stop_after, prepared,
+                               placement, seen)
+    except (Interrupted, RunFailed):
+        raise
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted while testing {cfg.run_id}; its checkpoint stays, run the same command "
+                          "again to resume") from None
+    except NonFiniteLoss as e:
+        metrics = {k: v if np.isfinite(v) else str(v) for k, v in e.metrics.items()}  # "nan": strict JSON
+        record = {"kind": "non_finite_loss", "reason": str(e), "step": e.step, "metrics": metrics,
+                  "last_curve_point": e.last_curve_point}
+        tb = None
+    except Exception as e:  # noqa: BLE001 - any error of one run is recorded, and the sweep goes on
+        state = seen["trainer"].state if "trainer" in seen else {}
+        record = {"kind": "exception", "reason": f"{type(e).__name__}: {e}".strip().splitlines()[0],
+                  "step": state.get("step"),
+                  "last_curve_point": state["curve"][-1] if state.get("curve") else None}
+        tb = traceback.format_exc()
+    record.update(placement=placement, failed_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    folder.fail(record, tb)
+    raise RunFailed(cfg.run_id, record)
+
+
+def _train_and_test(cfg: RunConfig, folder: RunFolder, results_dir: Path, device: torch.device,
+                    data_dir: str | Path | None, progress: Callable | None, stop_after: int | None,
+                    prepared: PreparedRun | None, placement: dict, seen: dict) -> dict:
     if prepared is None:
         prepared = prepare(cfg, data_dir)
-    elif prepared.cfg != cfg:
-        raise ValueError(f"the prepared run is {prepared.cfg.run_id}, not {cfg.run_id}")
     folder.start()
     test_set = EpisodeSet(prepared.dataset, "test", cfg.ways, cfg.shots, cfg.queries, cfg.eval_seed, cfg.n_test,
                           stream="test")
@@ -69,11 +154,13 @@ def run(cfg: RunConfig, results_dir: Path, device: torch.device, data_dir: str |
         method = prepared.cls(prepared.hp, ctx).to(device)
         trainer = Trainer(method, prepared.hp, ctx.sampler, ctx.val_episodes, device, folder.checkpoint,
                           dataclasses.asdict(cfg), ctx.cached.log)
+        seen["trainer"] = trainer
         trainer.resume()
         trainer.train(progress, f"{label} train", stop_after)
         trainer.restore_best()
         acc, secs = evaluate(method, test_set, device, progress, desc=f"{label} test")
     config, curve, episodes, summary = _records(prepared, trainer, test_set, acc, secs, mem, device)
+    summary["placement"] = placement
     folder.finish(config, curve, episodes, summary)
     return summary
 
@@ -100,6 +187,7 @@ def _records(prepared: PreparedRun, trainer: Trainer, test_set: EpisodeSet, acc:
         "ms_per_train_episode": 1000 * state["train_seconds"] / max(state["episodes"], 1),
         "ms_per_test_episode": 1000 * float(np.mean(secs)),
         "best_step": state["best_step"], "best_val_acc": 100 * state["best_acc"],
+        "resumed_at_steps": state.get("resumed_at", []),
         "paper_train_episodes": paper_episodes,
         "budget_fraction": state["episodes"] / paper_episodes if paper_episodes else None,
         "peak_memory_mb": mem.mb, "memory_kind": "cuda_allocated" if device.type == "cuda" else "process_rss",

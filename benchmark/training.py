@@ -8,7 +8,8 @@ figures measure the same thing.
 :class:`Trainer` meta-trains a method on training episodes drawn by index, validates every ``val_every`` steps (one
 convergence-curve point each: steps, episodes seen, training seconds, validation accuracy and the mean training
 metrics since the last point), keeps the state with the best validation accuracy, and writes a checkpoint (module and
-optimiser state, RNG states, the training state below) atomically after each validation and when stopped. Training
+optimiser state, RNG states, the training state below) atomically after each validation and when stopped. A step
+whose loss is NaN or infinite stops training (:class:`NonFiniteLoss`; the runner records the run as failed). Training
 episodes are pure functions of their index and the RNG states are restored, so a resumed run equals an uninterrupted
 one.
 """
@@ -29,6 +30,24 @@ from .results import atomic_torch_save, mean_ci95
 
 class Interrupted(Exception):
     """Raised after the checkpoint is saved when a run is stopped early (Ctrl-C or ``stop_after``)."""
+
+
+class NonFiniteLoss(Exception):
+    """Raised when a training step's loss is NaN or infinite: training stops at that step (the checkpoint of the last
+    validation stays as it was). ``step`` is the number of the step (1-based, as the curve counts), ``metrics`` the
+    step's training metrics, ``last_curve_point`` the last validation's curve row (None before the first)."""
+
+    def __init__(self, step: int, metrics: dict, last_curve_point: dict | None):
+        bad = ", ".join(f"{k}={v}" for k, v in metrics.items() if not np.isfinite(v))
+        super().__init__(f"non-finite training loss at step {step} ({bad})")
+        self.step, self.metrics, self.last_curve_point = step, metrics, last_curve_point
+
+
+def non_finite(metrics: dict) -> bool:
+    """Whether a step's loss (any metric whose name contains ``loss``; every metric when none does) is NaN or
+    infinite."""
+    keys = [k for k in metrics if "loss" in k] or list(metrics)
+    return any(not np.isfinite(float(metrics[k])) for k in keys)
 
 
 # ------------------------------------------------------------------------------------------------ random state
@@ -141,6 +160,7 @@ class Trainer:
             self.method.load_training_state(ck["method"])
             self.state = ck["state"]
             set_rng_state(ck["rng"])
+            self.state.setdefault("resumed_at", []).append(self.state["step"])  # provenance: where it resumed
         self.cache_log.extend(self.state.get("cache_log", []))
 
     def save(self) -> None:
@@ -157,7 +177,11 @@ class Trainer:
         try:
             for done, step in enumerate(bar, 1):
                 episodes = draw_episodes(self.sampler, step, self.hp.meta_batch, self.shape, self.device)
-                self._account(timed_step(self.method, episodes, step, self.device))
+                r = timed_step(self.method, episodes, step, self.device)
+                if non_finite(r.metrics):
+                    raise NonFiniteLoss(step + 1, {k: float(v) for k, v in r.metrics.items()},
+                                        state["curve"][-1] if state["curve"] else None)
+                self._account(r)
                 state["step"] = step + 1
                 if state["step"] % self.hp.val_every == 0 or state["step"] == total:
                     self.validate(bar)

@@ -440,10 +440,11 @@ def test_budget_fraction_columns_and_cells(tmp_path):
     row = next(l for l in md.splitlines() if l.startswith("| metric-based | protonet |"))
     assert "budget 2.0% of the paper's" in row
     assert "budget" not in next(l for l in md.splitlines() if "| maml |" in l)
-    # the per-run leaderboard of the results store: the column appended at the end
-    assert LEADERBOARD_COLUMNS[-1] == "budget_fraction" and LEADERBOARD_COLUMNS[-2] == "code_version"
+    # the per-run leaderboard of the results store: columns appended at the end (budget, then where a run ran)
+    assert LEADERBOARD_COLUMNS[-4:] == ["code_version", "budget_fraction", "executor", "node"]
     runs = leaderboard(res).set_index(["method", "seed"])
     assert runs.loc[("protonet", 1), "budget_fraction"] == 0.025 and pd.isna(runs.loc[("maml", 0), "budget_fraction"])
+    assert runs["executor"].isna().all()  # runs recorded without a placement (older runs)
 
 
 # ------------------------------------------------------------------------------------------------ like for like

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..results import RunFolder, partial_runs, run_folders
+from ..results import PARTIAL_SUFFIX, RunFolder, failed_runs, partial_runs, run_folders
 from .common import ENTRY_KEYS, FAMILY_ORDER, ReportError
 
 REQUIRED_FILES = RunFolder.RECORDS
@@ -37,6 +37,7 @@ class Run:
 class Runs:
     runs: list[Run]
     notes: list[str] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)  # failed.json of each failed run (with run_id)
 
 
 def _overrides_text(config: dict) -> str:
@@ -45,8 +46,9 @@ def _overrides_text(config: dict) -> str:
 
 
 def load_runs(results_dir: Path, run_ids: list[str] | None = None) -> Runs:
-    """Finished runs under ``results_dir`` (only ``run_ids`` when given). ``*.partial`` folders are ignored with a
-    note; a finished folder missing a file or with unreadable records raises :class:`ReportError`."""
+    """Finished runs under ``results_dir`` (only ``run_ids`` when given). Failed runs (``failed.json`` in their
+    ``*.partial`` folder) are listed in the notes with their step and reason, other ``*.partial`` folders are ignored
+    with a note; a finished folder missing a file or with unreadable records raises :class:`ReportError`."""
     results_dir = Path(results_dir)
     if not results_dir.exists():
         raise ReportError(f"results directory {results_dir} does not exist; run python -m benchmark.run first "
@@ -54,7 +56,14 @@ def load_runs(results_dir: Path, run_ids: list[str] | None = None) -> Runs:
     if not results_dir.is_dir():
         raise ReportError(f"results directory {results_dir} is not a folder")
     notes = []
-    partial = partial_runs(results_dir)
+    every_failed = failed_runs(results_dir)
+    failed = [f.read_failure() for f in every_failed if run_ids is None or f.run_id in run_ids]
+    failed_names = {f"{f.run_id}{PARTIAL_SUFFIX}" for f in every_failed}
+    partial = [p for p in partial_runs(results_dir) if p not in failed_names]
+    for r in failed:
+        step = f" at step {r['step']}" if r.get("step") is not None else ""
+        notes.append(f"Failed run {r['run_id']}{step}: {r.get('reason', '?')} (records in "
+                     f"{r['run_id']}{PARTIAL_SUFFIX}/{RunFolder.FAILED}; the same benchmark.run command retries it)")
     if partial:
         notes.append(f"{len(partial)} unfinished run(s) ignored ({', '.join(partial)}); the same benchmark.run "
                      "command resumes them")
@@ -70,7 +79,7 @@ def load_runs(results_dir: Path, run_ids: list[str] | None = None) -> Runs:
         raise ReportError(f"no finished runs in {where}{extra}; run python -m benchmark.run first")
     runs = _latest_per_seed(runs, notes)
     note = facts_note(runs)
-    return Runs(runs, notes + ([note] if note else []))
+    return Runs(runs, notes + ([note] if note else []), failed)
 
 
 def read_run(folder: RunFolder) -> Run | None:

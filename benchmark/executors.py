@@ -1,0 +1,287 @@
+"""Executors: how the runs of one command are carried out, behind one small interface used by ``benchmark.run``.
+
+* :class:`SequentialExecutor` (the default, ``--executor sequential``): one run after another in this process.
+* :class:`RayExecutor` (``--executor ray``): each run is a Ray task (Ray Core, ``ray.remote``) with ``num_cpus``
+  (``--cpus-per-run``, also PyTorch's threads in the task), ``num_gpus`` (``--gpus-per-run``, fractions let several
+  runs share a GPU) and ``max_retries`` (``--max-retries``: a task whose worker dies is run again, and the retry
+  resumes from the run's checkpoint). ``--ray-address ''`` starts a local Ray instance; ``auto`` or ``host:port``
+  joins a cluster. Ray is an optional dependency (``pip install -e '.[distributed]'``).
+
+Both execute the same function for a run, :func:`run_one` (:func:`benchmark.runner.run` plus failure and lock
+handling), so a run's records are the same whichever executor ran it; only the driver (``benchmark.run``) writes the
+leaderboard and the report. The task receives the small :class:`~benchmark.config.RunConfig` and prepares the run
+itself (datasets are cached per worker process), never large arrays.
+
+Results directory: when the workers see the driver's results directory (one machine, or a shared filesystem; told by
+a marker file the driver writes and the task looks for) they write there directly. Otherwise the task runs under a
+local folder of its node and sends the finished (or failed) run folder back as bytes, which the driver writes
+atomically (:meth:`~benchmark.results.RunFolder.unpack`); a retry on the same node then resumes from its local
+checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .results import RunFolder
+
+RAY_MISSING = ("--executor ray needs Ray, an optional extra: pip install -e '.[distributed]' "
+               "(or pip install 'ray[default]')")
+MARKER_PREFIX = ".driver-"  # <results_dir>/.driver-<token>: the driver's marker for the shared-filesystem check
+
+
+@dataclass
+class Outcome:
+    """What became of one run: ``done`` (``summary``), ``failed`` (``failure``: what ``failed.json`` holds) or
+    ``skipped`` (another process is training it; ``note`` says which). ``trained``: a ``done`` run was trained by
+    this call (False: it had been finished before, or by another process this call waited for)."""
+
+    run_id: str
+    status: str
+    summary: dict | None = None
+    failure: dict | None = None
+    note: str | None = None
+    trained: bool = False
+
+
+def run_one(cfg, results_dir: Path, device, data_dir=None, progress=None, prepared=None, placement=None,
+            if_locked: str = "wait", note: Callable[[str], None] | None = None) -> Outcome:
+    """One run through :func:`benchmark.runner.run`, as an :class:`Outcome`: a failure (recorded in the run's folder)
+    and a run locked by another process are outcomes, not exceptions; Ctrl-C still raises
+    :class:`~benchmark.training.Interrupted` after the checkpoint is saved."""
+    from .machine import placement as where
+    from .runner import Locked, RunFailed, run
+
+    attempt = uuid.uuid4().hex[:12]  # recorded in the summary: tells a run trained here from one read back
+    placement = {**(placement or where(device)), "attempt": attempt}
+    try:
+        s = run(cfg, results_dir, device, data_dir, progress=progress, prepared=prepared, placement=placement,
+                if_locked=if_locked, note=note)
+    except RunFailed as e:
+        return Outcome(cfg.run_id, "failed", failure=e.record)
+    except Locked as e:
+        return Outcome(cfg.run_id, "skipped", note=str(e))
+    return Outcome(cfg.run_id, "done", summary=s, trained=(s.get("placement") or {}).get("attempt") == attempt)
+
+
+class SequentialExecutor:
+    """The runs one after another in this process (``--executor sequential``)."""
+
+    name = "sequential"
+
+    def __init__(self, results_dir: Path, device, data_dir=None, progress=None, if_locked: str = "wait",
+                 note: Callable[[str], None] = print):
+        self.results_dir, self.device, self.data_dir = Path(results_dir), device, data_dir
+        self.progress, self.if_locked, self.note = progress, if_locked, note
+
+    def execute(self, prepared: list, on_outcome: Callable[[Outcome], None]) -> list[Outcome]:
+        """Run every prepared run; ``on_outcome`` is called as each ends. Ctrl-C raises
+        :class:`~benchmark.training.Interrupted` (the run's checkpoint saved)."""
+        from .machine import placement
+
+        outs = []
+        for p in prepared:
+            o = run_one(p.cfg, self.results_dir, self.device, self.data_dir, self.progress, prepared=p,
+                        placement=placement(self.device, self.name), if_locked=self.if_locked, note=self.note)
+            outs.append(o)
+            on_outcome(o)
+        return outs
+
+
+# ------------------------------------------------------------------------------------------------ Ray
+def import_ray():
+    """The ``ray`` module; ImportError with :data:`RAY_MISSING` when it is not installed."""
+    try:
+        import ray
+    except ImportError:
+        raise ImportError(RAY_MISSING) from None
+    return ray
+
+
+class LineProgress:
+    """A progress "bar" as occasional lines (every ``every`` seconds, and at the end), for tasks whose output Ray
+    forwards to the driver line by line: ``LineProgress(prefix)(iterable, total=, desc=, initial=)`` or
+    ``(total=, desc=)`` with ``update``; ``set_postfix`` adds e.g. the validation accuracy."""
+
+    def __init__(self, prefix: str, every: float = 15.0, stream=None):
+        self.prefix, self.every, self.stream = prefix, every, stream
+
+    def __call__(self, iterable=None, total=None, desc="", initial=0):
+        return _Lines(self, iterable, total, desc, initial)
+
+
+class _Lines:
+    def __init__(self, owner: LineProgress, iterable, total, desc, initial):
+        self.o, self.iterable, self.total, self.desc, self.n = owner, iterable, total, desc, initial
+        self.postfix, self.t0, self.last = "", time.time(), time.time()
+
+    def _line(self, force=False):
+        now = time.time()
+        if force or now - self.last >= self.o.every:
+            self.last = now
+            tot = f"/{self.total}" if self.total else ""
+            print(f"{self.o.prefix}: {self.desc} {self.n}{tot} ({now - self.t0:.0f} s){self.postfix}",
+                  file=self.o.stream or sys.stderr, flush=True)
+
+    def __iter__(self):
+        for x in self.iterable:
+            yield x
+            self.update(1)
+
+    def update(self, k=1):
+        self.n += k
+        self._line()
+
+    def set_postfix(self, **kw):
+        self.postfix = " " + " ".join(f"{k}={v}" for k, v in kw.items())
+
+    def close(self):
+        self._line(force=True)
+
+
+def local_results_dir(origin: str) -> Path:
+    """Where a task runs when it cannot see the driver's results directory (``origin``: driver host and results
+    directory): a folder of this node, the same for every task and every command with that origin, so a retry or a
+    re-run on this node resumes from its checkpoint, and shared artefacts are computed once per node."""
+    h = hashlib.sha256(origin.encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / "fewshot-benchmark-ray" / h
+
+
+def ray_task(cfg, results_dir: str, token: str, origin: str, data_dir, device_name: str, cpus: int, gpus: float,
+             if_locked: str, progress_lines: bool, shared: bool | None) -> dict:
+    """The body of one Ray task: set PyTorch's threads to the run's CPUs, prepare and run ``cfg`` with
+    :func:`run_one`, and return its outcome, with the run folder's files when the driver's results directory is not
+    visible here (``shared``: None detects it by the driver's marker file ``.driver-<token>``)."""
+    import torch
+
+    from .machine import placement
+    from .perf import tune_cpu
+
+    tune_cpu()
+    torch.set_num_threads(max(1, int(cpus)))
+    if shared is None:
+        marker = Path(results_dir) / f"{MARKER_PREFIX}{token}"
+        shared = marker.is_file()
+    here = Path(results_dir) if shared else local_results_dir(origin)
+    device = torch.device(device_name)
+    try:
+        import ray
+
+        node_id = ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - called outside Ray (tests)
+        node_id = None
+    where = placement(device, "ray", node=socket.gethostname(), ray_node_id=node_id, cpus=torch.get_num_threads(),
+                      gpu_fraction=gpus or None, shared_results_dir=shared)
+    progress = LineProgress(cfg.run_id) if progress_lines else None
+    o = run_one(cfg, here, device, data_dir, progress=progress, placement=where, if_locked=if_locked,
+                note=lambda t: print(t, file=sys.stderr, flush=True))
+    out = {"outcome": o, "files": None}
+    if not shared and o.status in ("done", "failed"):
+        local = RunFolder(here, cfg.run_id)
+        out["files"] = local.pack(finished=o.status == "done")
+        if o.status == "done":  # the driver keeps it now; a failed run's partial folder stays here, to resume from
+            shutil.rmtree(local.path, ignore_errors=True)
+    return out
+
+
+class RayExecutor:
+    """Each run as a Ray task (``--executor ray``); see the module's docstring."""
+
+    name = "ray"
+
+    def __init__(self, results_dir: Path, device, data_dir=None, address: str = "", cpus_per_run: int = 1,
+                 gpus_per_run: float = 0.0, max_retries: int = 3, if_locked: str = "wait",
+                 progress_lines: bool = True, shared: bool | None = None, note: Callable[[str], None] = print):
+        self.results_dir, self.device, self.data_dir = Path(results_dir), device, data_dir
+        self.address, self.cpus, self.gpus, self.max_retries = address, cpus_per_run, gpus_per_run, max_retries
+        self.if_locked, self.progress_lines, self.shared, self.note = if_locked, progress_lines, shared, note
+
+    def _init(self, ray) -> bool:
+        """Connect to Ray unless this process already is; True when this call did (and so shuts it down)."""
+        if ray.is_initialized():
+            return False
+        import logging
+
+        kw = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=self.progress_lines)
+        if self.address:
+            ray.init(address=self.address, **kw)
+        else:  # a local instance on this machine; its workers import this code from where the driver does
+            root = str(Path(__file__).resolve().parents[1])
+            path = os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+            ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}}, **kw)
+        return True
+
+    def execute(self, prepared: list, on_outcome: Callable[[Outcome], None]) -> list[Outcome]:
+        """Submit every prepared run as a task, and hand each outcome to ``on_outcome`` as it arrives. Ctrl-C
+        cancels the tasks (each saves its checkpoint, as a Ctrl-C in one process does) and raises
+        :class:`~benchmark.training.Interrupted`."""
+        from .training import Interrupted
+
+        ray = import_ray()
+        started = self._init(ray)
+        token = uuid.uuid4().hex
+        origin = f"{socket.gethostname()}:{self.results_dir.resolve()}"
+        marker = self.results_dir / f"{MARKER_PREFIX}{token}"
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text("the driver of a benchmark.run --executor ray command; removed when it ends\n")
+        try:
+            task = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus or 0, max_retries=self.max_retries,
+                              retry_exceptions=False)(ray_task)
+            device_name = "cuda" if self.gpus else "cpu"
+            refs = {}
+            for p in prepared:
+                ref = task.options(name=p.cfg.run_id).remote(
+                    p.cfg, str(self.results_dir.resolve()), token, origin, p.data_dir, device_name, self.cpus,
+                    self.gpus, self.if_locked, self.progress_lines, self.shared)
+                refs[ref] = p.cfg
+            total = ray.cluster_resources()
+            self.note(f"{len(refs)} run(s) submitted as Ray tasks ({self.cpus} CPU, {self.gpus or 0:g} GPU each; the "
+                      f"cluster has {total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs, "
+                      f"{len(ray.nodes())} node(s))")
+            outs, pending = [], list(refs)
+            try:
+                while pending:
+                    done, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+                    for ref in done:
+                        o = self._collect(ray, ref, refs[ref])
+                        outs.append(o)
+                        on_outcome(o)
+            except KeyboardInterrupt:
+                for ref in pending:
+                    ray.cancel(ref)  # KeyboardInterrupt in the task: it saves its checkpoint and stops
+                if pending:
+                    ray.wait(pending, num_returns=len(pending), timeout=60)
+                raise Interrupted(f"interrupted; {len(pending)} run(s) cancelled (those that had started saved their "
+                                  "checkpoint); run the same command again to resume") from None
+            return outs
+        finally:
+            marker.unlink(missing_ok=True)
+            if started:
+                ray.shutdown()
+
+    def _collect(self, ray, ref, cfg) -> Outcome:
+        """The outcome of a finished task; its run folder written here when the task sent it; a task that could not
+        be completed (its worker died more than ``max_retries`` times) is recorded as failed."""
+        folder = RunFolder(self.results_dir, cfg.run_id)
+        try:
+            res = ray.get(ref)
+        except ray.exceptions.RayError as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            record = {"kind": "task_error", "reason": f"{type(e).__name__}: {reason}",
+                      "step": None, "last_curve_point": None, "placement": {"executor": "ray"},
+                      "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            folder.fail(record, str(e))
+            return Outcome(cfg.run_id, "failed", failure=record)
+        o = res["outcome"]
+        if res["files"] is not None:
+            folder.unpack(res["files"], finished=o.status == "done")
+        return o
