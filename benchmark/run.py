@@ -8,17 +8,19 @@ Runs execute one after another in this process (--executor sequential, the defau
 (--executor ray; pip install -e '.[distributed]'). A run that fails (loss NaN or infinite, or an exception) is
 recorded as failed in its folder and the others go on; re-running the command retries only failed and unfinished
 runs. A run being trained by another process (a second command on the same results directory) is waited for, or
-skipped with --if-locked skip. Exit codes: 0 all runs finished, 1 some failed, 2 bad input, 130 Ctrl-C.
+skipped with --if-locked skip. Exit codes: 0 all runs finished, 1 some failed, 2 bad input, 130 Ctrl-C, 143
+SIGTERM (kill, SLURM preemption; handled like Ctrl-C: checkpoints kept, the same command resumes).
 """
 from __future__ import annotations
 
 import argparse
 import itertools
+import signal
 import sys
 import time
 from pathlib import Path
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
 class UsageError(Exception):
@@ -227,13 +229,22 @@ def main(argv: list[str] | None = None) -> int:
         else:
             note(f"{o.run_id}: {o.note}")
 
+    terminated = []
+
+    def on_term(signum, frame):  # kill, SLURM preemption, docker stop: stop as on Ctrl-C, checkpoints kept
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
     try:
         outcomes = executor.execute(prepared, on_outcome)
     except (Interrupted, KeyboardInterrupt) as e:
         outer.close()
         print(f"\n{e or 'interrupted; run the same command again to resume'}", file=sys.stderr)
         write_leaderboard(results_dir)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     outer.close()
     done = [o for o in outcomes if o.status == "done"]
     failed = [o for o in outcomes if o.status == "failed"]

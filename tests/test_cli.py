@@ -121,3 +121,30 @@ def test_set_values_check_types_and_budgets():
     for bad in (["input_bias=(1, 2, 3)"], ["input_bias=(1, 'a')"], ["batch_divided_grad=1"], ["hidden=True"]):
         with pytest.raises(ValueError, match="meta_lstm's hyperparameter"):
             build_hyper(meta_lstm, RunConfig("meta_lstm", overrides=parse_overrides(bad)), setting)
+
+
+def test_sigterm_keeps_checkpoint_exit_143_then_resumes(tmp_path):
+    """SIGTERM (kill, a SLURM preemption) stops like Ctrl-C: checkpoint kept, exit 143; the same command resumes."""
+    import signal
+    import time
+
+    args = ["--methods", "protonet", "--shots", "1", "--profile", "smoke", "--test-episodes", "10", "--val-episodes",
+            "2", "--set", "train_steps=100000", "val_every=2", "train_ways=5", "--no-progress", "--no-report",
+            "--results-dir", str(tmp_path / "res")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen([sys.executable, "-m", "benchmark.run", *args], cwd=ROOT, env=env,
+                         stderr=subprocess.PIPE, text=True)
+    partial = tmp_path / "res"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(partial.glob("*.partial/checkpoint.pt")):
+        time.sleep(0.2)
+    assert list(partial.glob("*.partial/checkpoint.pt")), "no checkpoint written within 120 s"
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err
+    assert "resume" in err and "Traceback" not in err
+    (ckpt_path,) = partial.glob("*.partial/checkpoint.pt")
+    import torch
+
+    step = torch.load(ckpt_path, weights_only=False)["state"]["step"]
+    assert 0 < step < 100000
