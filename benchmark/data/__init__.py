@@ -26,7 +26,8 @@ from typing import Callable
 from .cifar import load_cifar_fs, load_fc100
 from .dataset import SPLITS, DataError, FewShotDataset, Split
 from .miniimagenet import MINI_SIZE, load_miniimagenet
-from .omniglot import OMNIGLOT_SIZE, load_omniglot, load_omniglot_dir, load_omniglot_embedded, omniglot_resize
+from .omniglot import (OMNIGLOT_SIZE, OMNIGLOT_SPLITS, lake_split_lists, load_omniglot, load_omniglot_dir,
+                       load_omniglot_embedded, omniglot_resize)
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -50,8 +51,10 @@ def _one_split(loader: Callable[[str | Path | None], FewShotDataset]) -> Callabl
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "omniglot": DatasetSpec(_one_split(load_omniglot), ("vinyals",), embedded=True,
-                            summary="28x28 grey; Vinyals et al. split 1028+172 / 423 characters x 4 rotations"),
+    "omniglot": DatasetSpec(load_omniglot, OMNIGLOT_SPLITS, embedded=True,
+                            summary="28x28 grey; vinyals: Vinyals et al. 1028+172 / 423 characters x 4 rotations; "
+                                    "lake: Lake et al. background (25+5 held-out alphabets, x 4 rotations) / "
+                                    "evaluation (20 alphabets, 659 characters); lake-norot: without rotations"),
     "cifar-fs": DatasetSpec(_one_split(load_cifar_fs), ("bertinetto",),
                             summary="32x32 RGB; CIFAR-100 python download, 64 / 16 / 20 classes"),
     "fc100": DatasetSpec(_one_split(load_fc100), ("oreshkin",),
@@ -92,5 +95,5 @@ def load_dataset(name: str, data_dir: str | Path | None = None, split: str | Non
 
 
 __all__ = ["DATASETS", "DatasetSpec", "LOADERS", "load_dataset", "resolve_split", "DataError", "FewShotDataset", "Split", "SPLITS", "load_omniglot",
-           "load_omniglot_dir", "load_omniglot_embedded", "omniglot_resize", "OMNIGLOT_SIZE", "load_cifar_fs",
+           "load_omniglot_dir", "load_omniglot_embedded", "OMNIGLOT_SPLITS", "lake_split_lists", "omniglot_resize", "OMNIGLOT_SIZE", "load_cifar_fs",
            "load_fc100", "load_miniimagenet", "MINI_SIZE"]
