@@ -8,6 +8,11 @@ Layout under the results directory::
         test_episodes.csv     one row per test episode: index, accuracy, adapt_seconds
         summary.json          headline numbers, cost, provenance (versions, device, commit, episode fingerprints),
                               method_facts and backbone_facts (benchmark/facts.py)
+        model.pt              the best-validation model and what rebuilding it needs (benchmark/models.py); absent
+                              for runs made with --no-save-model
+        evaluations/<eval-id>/  re-tests of the saved model by benchmark.evaluate (EvaluationFolder):
+            evaluation.json   what was tested (dataset, split, setting, episode fingerprint), the training run, result
+            test_episodes.csv one row per episode: index, accuracy, adapt_seconds
     <run-id>.partial/         a run in progress: checkpoint.pt (resume point) and the files written so far
     cache/                    artefacts shared between runs (e.g. MTL's pretrained backbone), with their cost
     leaderboard.csv           one row per finished run, rebuilt from the summaries
@@ -72,12 +77,15 @@ def atomic_write_csv(path: Path, df: pd.DataFrame) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def atomic_torch_save(path: Path, obj: Any) -> None:
+def atomic_torch_save(path: Path, obj: Any) -> int:
+    """``torch.save(obj)`` to ``path`` atomically; returns the file's size in bytes."""
     import torch
 
     buf = io.BytesIO()
     torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    return len(data)
 
 
 def _json_default(o):
@@ -123,6 +131,8 @@ class RunFolder:
     TEST_EPISODES = "test_episodes.csv"
     SUMMARY = "summary.json"
     CHECKPOINT = "checkpoint.pt"
+    MODEL = "model.pt"  # the saved model (benchmark.models)
+    EVALUATIONS = "evaluations"  # re-tests of the saved model (EvaluationFolder)
     RECORDS = (SUMMARY, TEST_EPISODES, CURVE)  # what a finished run has (config.json too, except in test fixtures)
 
     def __init__(self, results_dir: str | Path, run_id: str):
@@ -141,7 +151,16 @@ class RunFolder:
     def cache_dir(self) -> Path:
         return cache_dir(self.results_dir)
 
+    @property
+    def model(self) -> Path:
+        """The finished run's saved model."""
+        return self.path / self.MODEL
+
     # ---- writing
+    def write_model(self, payload: dict) -> int:
+        """Write ``model.pt`` into the partial folder, atomically (before :meth:`finish`); returns its size in bytes."""
+        return atomic_torch_save(self.partial / self.MODEL, payload)
+
     def is_finished(self) -> bool:
         return (self.path / self.SUMMARY).is_file()
 

@@ -77,6 +77,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--report-name", default="latest", help="report folder name; default: latest")
     p.add_argument("--no-report", action="store_true", help="do not build the report at the end")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--no-save-model", action="store_true", help="do not keep each finished run's best model "
+                   "(results/<run-id>/model.pt, for benchmark.evaluate and benchmark.load_run); for huge sweeps")
     return p
 
 
@@ -163,14 +165,17 @@ def main(argv: list[str] | None = None) -> int:
         cfg = p.cfg
         outer.set_postfix_str(cfg.run_id)
         try:
-            s = run(cfg, results_dir, device, args.data_dir, progress=progress, prepared=p)
+            s = run(cfg, results_dir, device, args.data_dir, progress=progress, prepared=p,
+                    save_model=not args.no_save_model)
         except Interrupted as e:
             print(f"\n{cfg.run_id}: {e}", file=sys.stderr)
             write_leaderboard(results_dir)
             return 130
         summaries.append(s)
+        size = f", model {s['model_bytes'] / 1e6:.2f} MB" if s.get("model_bytes") else ""
         tqdm.write(f"{cfg.run_id}: {s['mean']:.2f} +- {s['ci95']:.2f} % over {s['n_episodes']} test episodes "
-                   f"({s['train_episodes']} training episodes, {s['train_seconds']:.0f} s training)", file=sys.stderr)
+                   f"({s['train_episodes']} training episodes, {s['train_seconds']:.0f} s training{size})",
+                   file=sys.stderr)
     board = write_leaderboard(results_dir)
     print(f"{len(summaries)} runs done in {time.time() - t0:.0f} s; leaderboard: {results_dir / LEADERBOARD} "
           f"({len(board)} runs)", file=sys.stderr)

@@ -4,7 +4,8 @@ A run is (method, dataset, ways, shots, backbone, seed, profile). :func:`run` me
 episodes drawn by index from the run's seed, validates on a fixed episode set every ``val_every`` steps (one
 convergence-curve point each: steps, episodes seen, training seconds, validation accuracy), keeps the checkpoint with
 the best validation accuracy, tests it on the fixed test episodes and writes the run folder
-(:class:`benchmark.results.RunFolder`).
+(:class:`benchmark.results.RunFolder`), with the best model as ``model.pt`` (:mod:`benchmark.models`) unless
+``save_model=False``.
 
 Validation and test episodes depend on ``eval_seed`` (default 0), not on the training seed, so every method and
 every seed of a setting is tested on the same episodes, which their fingerprint proves.
@@ -31,9 +32,11 @@ import torch
 
 from .config import PROFILES, PreparedRun, Profile, RunConfig, build_hyper, prepare
 from .context import ArtefactCache, make_context
+from .data import DATASETS
 from .episodes import EpisodeSet
 from .facts import record_facts
 from .machine import PeakMemory, code_version, environment, resolve_device
+from .models import model_payload
 from .results import RunFolder, mean_ci95
 from .training import Interrupted, Trainer, evaluate, seed_everything
 
@@ -44,13 +47,14 @@ __all__ = ["PROFILES", "ArtefactCache", "Interrupted", "PeakMemory", "PreparedRu
 
 def run(cfg: RunConfig, results_dir: Path, device: torch.device, data_dir: str | Path | None = None,
         progress: Callable | None = None, stop_after: int | None = None,
-        prepared: PreparedRun | None = None) -> dict:
+        prepared: PreparedRun | None = None, save_model: bool = True) -> dict:
     """Run (or resume, or skip when finished) one configuration; returns its summary.
 
     ``prepared``: ``cfg`` as :func:`~benchmark.config.prepare` returned it (then nothing is prepared again and its
     ``data_dir`` is the one recorded); without it the run is prepared here from ``data_dir``.
     ``progress(iterable, total=, desc=)`` wraps loops in progress bars (e.g. ``tqdm``); ``stop_after`` stops after
-    that many training steps in this call, leaving a checkpoint (used to test resuming).
+    that many training steps in this call, leaving a checkpoint (used to test resuming). ``save_model``: keep the
+    best-validation model as ``model.pt`` (its size in the summary's ``model_bytes``).
     """
     folder = RunFolder(results_dir, cfg.run_id)
     if folder.is_finished():
@@ -74,6 +78,7 @@ def run(cfg: RunConfig, results_dir: Path, device: torch.device, data_dir: str |
         trainer.restore_best()
         acc, secs = evaluate(method, test_set, device, progress, desc=f"{label} test")
     config, curve, episodes, summary = _records(prepared, trainer, test_set, acc, secs, mem, device)
+    summary["model_bytes"] = folder.write_model(model_payload(prepared, method)) if save_model else None
     folder.finish(config, curve, episodes, summary)
     return summary
 
@@ -92,7 +97,7 @@ def _records(prepared: PreparedRun, trainer: Trainer, test_set: EpisodeSet, acc:
               "data_dir": str(prepared.data_dir) if prepared.data_dir else None}
     summary = {
         "run_id": cfg.run_id, "method": cfg.method, "family": cls.family, "dataset": cfg.dataset,
-        "split": ds.split_name,
+        "split": ds.split_name, "default_split": DATASETS[cfg.dataset].default_split,
         "ways": cfg.ways, "shots": cfg.shots, "backbone": cfg.backbone, "profile": cfg.profile, "seed": cfg.seed,
         "mean": 100 * mean, "ci95": 100 * ci, "n_episodes": len(acc), "queries": cfg.queries,
         "train_steps": state["step"], "train_episodes": state["episodes"],
