@@ -251,3 +251,50 @@ def write_leaderboard(results_dir: Path) -> pd.DataFrame:
     df = leaderboard(results_dir)
     atomic_write_csv(results_dir / LEADERBOARD, df)
     return df
+
+
+# ------------------------------------------------------------------------------------------------ evaluations
+class EvaluationFolder:
+    """One re-test of a finished run's saved model by ``benchmark.evaluate``:
+    ``<run dir>/evaluations/<eval_id>/`` with ``evaluation.json`` (what was tested, the training run, the result) and
+    ``test_episodes.csv`` (index, accuracy, adapt_seconds). Written into ``<eval_id>.partial/`` and renamed into
+    place, so a folder with ``evaluation.json`` is complete; the training run's own records are never touched."""
+
+    RECORD = "evaluation.json"
+    TEST_EPISODES = "test_episodes.csv"
+
+    def __init__(self, run_dir: str | Path, eval_id: str):
+        self.run_dir, self.eval_id = Path(run_dir), eval_id
+        self.path = self.run_dir / RunFolder.EVALUATIONS / eval_id
+        self.partial = self.path.parent / f"{eval_id}{PARTIAL_SUFFIX}"
+
+    def __repr__(self) -> str:
+        return f"EvaluationFolder({str(self.run_dir)!r}, {self.eval_id!r})"
+
+    def is_finished(self) -> bool:
+        return (self.path / self.RECORD).is_file()
+
+    def write(self, record: dict, test_episodes: pd.DataFrame) -> None:
+        """Write both files (the record last) and rename the folder into place."""
+        self.partial.mkdir(parents=True, exist_ok=True)
+        atomic_write_csv(self.partial / self.TEST_EPISODES, test_episodes)
+        atomic_write_json(self.partial / self.RECORD, record)
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        os.replace(self.partial, self.path)
+
+    def read_record(self) -> dict:
+        return json.loads((self.path / self.RECORD).read_text())
+
+    def read_test_episodes(self) -> pd.DataFrame:
+        return pd.read_csv(self.path / self.TEST_EPISODES)
+
+
+def evaluation_folders(run_dir: str | Path) -> list[EvaluationFolder]:
+    """The finished evaluations of the run in ``run_dir``, sorted by id."""
+    root = Path(run_dir) / RunFolder.EVALUATIONS
+    if not root.is_dir():
+        return []
+    out = [EvaluationFolder(run_dir, p.name) for p in sorted(root.iterdir())
+           if p.is_dir() and not p.name.endswith(PARTIAL_SUFFIX)]
+    return [f for f in out if f.is_finished()]
