@@ -43,7 +43,8 @@ def build(results_dir: Path, out_dir: Path, run_ids: list[str] | None = None,
     entries = build_entries(runs)
     stats = paired_statistics(entries, alpha)
 
-    settings = list(dict.fromkeys(setting_label(e.key["dataset"], e.key["ways"], e.key["shots"]) for e in entries))
+    settings = list(dict.fromkeys(setting_label(e.key["dataset"], e.key["ways"], e.key["shots"], e.key["split"])
+                                  for e in entries))
     meths = list(dict.fromkeys(e.label for e in entries))
     doc = Doc("Few-shot benchmark report")
     doc.p(f"{len(runs)} runs from `{results_dir}`: {len(meths)} method(s) ({', '.join(meths)}) on "

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..results import RunFolder, partial_runs, run_folders
-from .common import ENTRY_KEYS, FAMILY_ORDER, ReportError
+from .common import ENTRY_KEYS, FAMILY_ORDER, ReportError, split_key
 
 REQUIRED_FILES = RunFolder.RECORDS
 
@@ -99,6 +99,7 @@ def read_run(folder: RunFolder) -> Run | None:
                           f"{RunFolder.SUMMARY} says {summary['n_episodes']} episodes")
     summary.setdefault("queries", config.get("queries", 15))
     summary["overrides"] = _overrides_text(config)
+    summary["split"] = split_key(summary)
     return Run(d, summary, config, acc,
                ep["adapt_seconds"].to_numpy(dtype=np.float64) if "adapt_seconds" in ep else np.array([]), curve)
 

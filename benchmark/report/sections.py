@@ -52,13 +52,14 @@ def _commit(v) -> str:
 
 def _setting_title(setting: tuple) -> str:
     d = dict(zip(SETTING_KEYS, setting))
-    return (f"{setting_label(d['dataset'], d['ways'], d['shots'])} — backbone {d['backbone']}, profile "
+    return (f"{setting_label(d['dataset'], d['ways'], d['shots'], d['split'])} — backbone {d['backbone']}, profile "
             f"{d['profile']}, {d['queries']} test queries per class")
 
 
 def _slug(setting: tuple) -> str:
     d = dict(zip(SETTING_KEYS, setting))
     s = f"{d['dataset']}-{d['ways']}w{d['shots']}s-q{d['queries']}-{d['backbone']}-{d['profile']}"
+    s += f"-{d['split']}" if d["split"] else ""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", s)
 
 
@@ -100,7 +101,7 @@ def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
     for (backbone, profile, queries), es in blocks.items():
         if len(blocks) > 1:
             doc.h(3, f"Backbone {backbone}, profile {profile}, {queries} test queries per class")
-        settings = list(dict.fromkeys((e.key["dataset"], e.key["ways"], e.key["shots"]) for e in es))
+        settings = list(dict.fromkeys((e.key["dataset"], e.key["ways"], e.key["shots"], e.key["split"]) for e in es))
         labels = list(dict.fromkeys(e.label for e in sorted(es, key=lambda e: (e.info.order, e.label))))
         notes: dict[str, int] = {}
         rows = []
@@ -117,7 +118,7 @@ def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
             for st in settings:
                 cells = []
                 for e in es:
-                    if e.label != label or (e.key["dataset"], e.key["ways"], e.key["shots"]) != st:
+                    if e.label != label or (e.key["dataset"], e.key["ways"], e.key["shots"], e.key["split"]) != st:
                         continue
                     r, pub = e.row, e.row["_published"]
                     txt = f"{r['mean']:.2f} ± {r['ci95']:.2f}"
@@ -130,7 +131,7 @@ def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
                         if pub.get("hyperparameters"):
                             hp = pub["hyperparameters"]
                             note += "; published with " + ", ".join(f"{k}={v}" for k, v in hp.items())
-                        sfig = survey_figure(survey, pub["ref_method"], *st) if not pub["ablation"] else None
+                        sfig = survey_figure(survey, pub["ref_method"], *st[:3]) if not pub["ablation"] else None
                         if sfig is not None and abs(sfig - pub["accuracy"]) > 0.005:
                             note += f"; the survey's Table 1 cites {sfig:.2f}"
                         if r["protocol_differences"]:
@@ -146,7 +147,7 @@ def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
                     if not math.isnan(r["budget_fraction"]):
                         txt += f" · budget {_percent(r['budget_fraction'])} of the paper's"
                     if len([x for x in es if x.label == label and (x.key['dataset'], x.key['ways'],
-                                                                   x.key['shots']) == st]) > 1:
+                                                                   x.key['shots'], x.key['split']) == st]) > 1:
                         txt += f" (episodes {short(e.key['test_fingerprint'], 8)})"
                     cells.append(txt)
                 row[setting_label(*st)] = "; ".join(cells) if cells else "not run"

@@ -47,7 +47,7 @@ def paired_statistics(entries: list[Entry], alpha: float) -> list[SettingStats]:
             for b in fps[i + 1:]:
                 ea, eb = by_fp[a], by_fp[b]
                 refusals.append(
-                    f"{setting_label(*setting[:3])} ({setting[4]}, {setting[5]}): not paired: "
+                    f"{setting_label(*setting[:3], setting[6])} ({setting[4]}, {setting[5]}): not paired: "
                     f"{', '.join(e.label for e in ea)} (test fingerprint {short(a)}, {len(ea[0].accuracy)} episodes) "
                     f"and {', '.join(e.label for e in eb)} (test fingerprint {short(b)}, {len(eb[0].accuracy)} "
                     "episodes) were tested on different episodes, so a per-episode paired test would compare "
