@@ -117,3 +117,35 @@ def test_evaluate_refusals(trained, tmp_path, capsys):
     assert err.count("\n") == 0 and "1-channel 28x28" in err and "3-channel 32x32" in err
     assert evaluate_main(["--runs", str(tmp_path), "--no-progress"]) == 2
     assert not (maml / "evaluations").exists()  # everything is checked before anything is written
+
+
+def test_report_cross_evaluation_pairs_only_same_episodes(trained, tmp_path):
+    from benchmark.report import build
+
+    proto, maml = (RunFolder(trained, _cfg(m).run_id).path for m in ("protonet", "maml"))
+    for argv in (["--runs", str(proto), "--ways", "20", "--shots", "1", "2", "--test-episodes", "3"],
+                 ["--runs", str(proto), "--split", "lake", "--test-episodes", "3"],
+                 ["--runs", str(proto), str(maml), "--test-episodes", "3"]):  # 3 of the runs' own 4 episodes: new set
+        assert evaluate_main(argv + ["--no-progress"]) == 0
+    lake = _cfg("protonet", split="lake")
+    run(lake, trained, torch.device("cpu"))
+    res = build(trained, tmp_path / "rep")
+    board = res.leaderboard.set_index(["method", "split"])
+    assert ("protonet", "lake") in board.index and ("protonet", "") in board.index
+    assert pd.isna(board.loc[("protonet", "lake"), "published"])  # published figures are for the Vinyals split
+    assert not pd.isna(board.loc[("protonet", ""), "published"])
+    cross = pd.read_csv(tmp_path / "rep" / "cross_evaluation.csv", keep_default_na=False)
+    assert "cross_evaluation.csv" in (tmp_path / "rep" / "report.md").read_text()
+    for fp, g in cross.groupby("test_fingerprint"):
+        rows = set(g["row"])
+        for tied in g["tied_with"]:
+            assert not tied or set(tied.split("; ")) <= rows  # paired only with rows on the same episodes
+    own = cross[cross["n_episodes"] == 4]
+    assert set(own["kind"]) == {"own test"} and len(own) == 2 and len(set(own["test_fingerprint"])) == 1
+    three = cross[(cross["n_episodes"] == 3) & (cross["ways"] == 5) & (cross["split"] == "")]
+    assert len(three) == 2 and set(three["kind"]) == {"evaluation"}
+    assert set(three["test_fingerprint"]) != set(own["test_fingerprint"])
+    lake_col = cross[cross["split"] == "lake"]
+    assert {"evaluation", "own test"} >= set(lake_col["kind"]) and lake_col["column"].str.contains("lake split").all()
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "7. Cross-evaluation" in md and "8. Provenance" in md and "/evaluations/omniglot-20w1s-" in md
