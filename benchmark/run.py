@@ -2,7 +2,8 @@
 
 Every combination of --methods x --ways x --shots x --seeds is one run. Finished runs are skipped and interrupted
 ones resume from their last checkpoint, so re-running a command is always safe. Results go to --results-dir (one
-folder per run plus leaderboard.csv) and the report to --reports-dir/<--report-name>/.
+folder per run, with its best model as model.pt, plus leaderboard.csv) and the report to
+--reports-dir/<--report-name>/.
 """
 from __future__ import annotations
 
@@ -41,7 +42,10 @@ def _epilog() -> str:
     lines += [f"  {n:16s} splits {'/'.join(d.splits):20s} {d.summary}" for n, d in DATASETS.items()]
     lines.append("examples:\n  python -m benchmark.run --methods all\n"
                  "  python -m benchmark.run --methods protonet,maml --shots 1 --seeds 0 1 2 --profile smoke\n"
-                 "  python -m benchmark.run --methods protonet --set train_steps=2000 lr=5e-4")
+                 "  python -m benchmark.run --methods protonet --set train_steps=2000 lr=5e-4\n"
+                 "  python -m benchmark.run --methods protonet,maml --split lake\n"
+                 "re-test the saved models (results/<run-id>/model.pt) without re-training:\n"
+                 "  python -m benchmark.evaluate --methods protonet --ways 20 --shots 1 5")
     return "\n".join(lines)
 
 
