@@ -95,5 +95,6 @@ def load_dataset(name: str, data_dir: str | Path | None = None, split: str | Non
 
 
 __all__ = ["DATASETS", "DatasetSpec", "LOADERS", "load_dataset", "resolve_split", "DataError", "FewShotDataset", "Split", "SPLITS", "load_omniglot",
-           "load_omniglot_dir", "load_omniglot_embedded", "OMNIGLOT_SPLITS", "lake_split_lists", "omniglot_resize", "OMNIGLOT_SIZE", "load_cifar_fs",
+           "load_omniglot_dir", "load_omniglot_embedded", "OMNIGLOT_SPLITS", "lake_split_lists",
+           "omniglot_resize", "OMNIGLOT_SIZE", "load_cifar_fs",
            "load_fc100", "load_miniimagenet", "MINI_SIZE"]

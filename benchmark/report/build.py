@@ -73,7 +73,8 @@ def build(results_dir: Path, out_dir: Path, run_ids: list[str] | None = None,
     doc.h(2, "Files", "files")
     doc.p("Beside this report: `leaderboard.csv` (one row per method × dataset × setting × backbone × profile, "
           "aggregated over seeds; schema in the README), `paired.csv` (every paired test), `episode_counts.csv` "
-          "(section 5 in long form), `cross_evaluation.csv` (section 7 in long form), the figures as PNG files, and `report.html` (this report in one "
+          "(section 5 in long form), `cross_evaluation.csv` (section 7 in long form), "
+          "the figures as PNG files, and `report.html` (this report in one "
           "self-contained file).")
 
     board = pd.DataFrame([e.row for e in entries])[REPORT_LEADERBOARD_COLUMNS]

@@ -125,7 +125,8 @@ def build_entries(runs: list[Run]) -> list[Entry]:
         }
         row["_published"] = pub
         entries.append(Entry(key, rs, info, acc, seed_curve([r.curve for r in rs]), row))
-    entries.sort(key=lambda e: (norm_dataset(e.key["dataset"]), e.key["split"], e.key["ways"], e.key["shots"], e.key["queries"],
+    entries.sort(key=lambda e: (norm_dataset(e.key["dataset"]), e.key["split"],
+                                e.key["ways"], e.key["shots"], e.key["queries"],
                                 e.key["backbone"], e.key["profile"], e.info.order, e.key["overrides"],
                                 e.key["test_fingerprint"]))
     return entries

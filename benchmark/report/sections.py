@@ -325,7 +325,8 @@ def cost(doc: Doc, entries: list[Entry], runs) -> None:
 
 
 def cross_evaluation(doc: Doc, entries: list[Entry], evaluations, alpha: float) -> pd.DataFrame:
-    """Section 7: saved models re-tested by ``benchmark.evaluate``; returns the long table (``cross_evaluation.csv``)."""
+    """Section 7: saved models re-tested by ``benchmark.evaluate``; returns the long table
+    (``cross_evaluation.csv``)."""
     doc.h(2, "7. Cross-evaluation of saved models", "cross")
     df = cross_table(entries, evaluations, alpha)
     if not len(df):

@@ -146,7 +146,8 @@ def cross_evaluation(entries: list[Entry], evaluations: list[Evaluation], alpha:
         i = index.get(id(ev.run))
         if i is None:
             continue
-        col = (ev["dataset"], ev["split"], int(ev["ways"]), int(ev["shots"]), int(ev["queries"]), ev["test_fingerprint"])
+        col = (ev["dataset"], ev["split"], int(ev["ways"]), int(ev["shots"]), int(ev["queries"]),
+               ev["test_fingerprint"])
         cells.setdefault((i, col), []).append(ev)
     rows = []
     for i in sorted({i for i, _ in cells}):
