@@ -66,6 +66,37 @@ class Episode:
     query_x: torch.Tensor
     query_y: torch.Tensor
 
+    @classmethod
+    def from_tensors(cls, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
+                     query_y: torch.Tensor | None = None) -> "Episode":
+        """An episode from your own tensors, to call a trained method on (``method.predict(episode)``).
+
+        ``support_x`` ``[n, C, H, W]`` and ``query_x`` ``[m, C, H, W]`` are float images preprocessed as the model's
+        training data (see ``method.model_info``: image shape, and the dataset's normalisation: e.g. Omniglot is
+        ink = 1.0 on a 0.0 background at 28x28); ``support_y`` ``[n]`` holds labels ``0 .. ways-1``, the same number
+        of examples for each. The support set is put in the class-major order methods expect (stable sort by label;
+        the logits' column ``k`` is label ``k``). ``query_y`` is optional (default -1: unknown). ValueError on
+        mismatched shapes or labels.
+        """
+        support_y = torch.as_tensor(support_y, dtype=torch.long, device=support_x.device)
+        if support_x.ndim != 4 or query_x.ndim != 4 or support_x.shape[1:] != query_x.shape[1:]:
+            raise ValueError(f"support_x and query_x must be [n, C, H, W] images of one shape, got "
+                             f"{tuple(support_x.shape)} and {tuple(query_x.shape)}")
+        if support_y.shape != (len(support_x),):
+            raise ValueError(f"support_y must have one label per support image ({len(support_x)}), got "
+                             f"shape {tuple(support_y.shape)}")
+        counts = torch.bincount(support_y) if len(support_y) and support_y.min() >= 0 else torch.zeros(0)
+        if len(counts) == 0 or (counts == 0).any() or (counts != counts[0]).any():
+            raise ValueError("support_y must hold labels 0 .. ways-1 with the same number of examples each, got "
+                             f"counts {counts.tolist()}")
+        ways, shots = len(counts), int(counts[0])
+        order = torch.sort(support_y, stable=True).indices
+        query_y = (torch.full((len(query_x),), -1, dtype=torch.long, device=query_x.device) if query_y is None
+                   else torch.as_tensor(query_y, dtype=torch.long, device=query_x.device))
+        spec = EpisodeSpec("user", "user", ways, shots, max(1, len(query_x) // ways), 0, "user")
+        return cls(spec, 0, np.arange(ways), np.tile(np.arange(shots), (ways, 1)), np.zeros((ways, 0), np.int64),
+                   support_x[order], support_y[order], query_x, query_y)
+
     @property
     def ways(self) -> int:
         return len(self.classes)

@@ -54,7 +54,7 @@ class Outcome:
 
 
 def run_one(cfg, results_dir: Path, device, data_dir=None, progress=None, prepared=None, placement=None,
-            if_locked: str = "wait", note: Callable[[str], None] | None = None) -> Outcome:
+            if_locked: str = "wait", note: Callable[[str], None] | None = None, save_model: bool = True) -> Outcome:
     """One run through :func:`benchmark.runner.run`, as an :class:`Outcome`: a failure (recorded in the run's folder)
     and a run locked by another process are outcomes, not exceptions; Ctrl-C still raises
     :class:`~benchmark.training.Interrupted` after the checkpoint is saved."""
@@ -65,7 +65,7 @@ def run_one(cfg, results_dir: Path, device, data_dir=None, progress=None, prepar
     placement = {**(placement or where(device)), "attempt": attempt}
     try:
         s = run(cfg, results_dir, device, data_dir, progress=progress, prepared=prepared, placement=placement,
-                if_locked=if_locked, note=note)
+                if_locked=if_locked, note=note, save_model=save_model)
     except RunFailed as e:
         return Outcome(cfg.run_id, "failed", failure=e.record)
     except Locked as e:
@@ -79,9 +79,9 @@ class SequentialExecutor:
     name = "sequential"
 
     def __init__(self, results_dir: Path, device, data_dir=None, progress=None, if_locked: str = "wait",
-                 note: Callable[[str], None] = print):
+                 note: Callable[[str], None] = print, save_model: bool = True):
         self.results_dir, self.device, self.data_dir = Path(results_dir), device, data_dir
-        self.progress, self.if_locked, self.note = progress, if_locked, note
+        self.progress, self.if_locked, self.note, self.save_model = progress, if_locked, note, save_model
 
     def execute(self, prepared: list, on_outcome: Callable[[Outcome], None]) -> list[Outcome]:
         """Run every prepared run; ``on_outcome`` is called as each ends. Ctrl-C raises
@@ -91,7 +91,8 @@ class SequentialExecutor:
         outs = []
         for p in prepared:
             o = run_one(p.cfg, self.results_dir, self.device, self.data_dir, self.progress, prepared=p,
-                        placement=placement(self.device, self.name), if_locked=self.if_locked, note=self.note)
+                        placement=placement(self.device, self.name), if_locked=self.if_locked, note=self.note,
+                        save_model=self.save_model)
             outs.append(o)
             on_outcome(o)
         return outs
@@ -157,7 +158,7 @@ def local_results_dir(origin: str) -> Path:
 
 
 def ray_task(cfg, results_dir: str, token: str, origin: str, data_dir, device_name: str, cpus: int, gpus: float,
-             if_locked: str, progress_lines: bool, shared: bool | None) -> dict:
+             if_locked: str, progress_lines: bool, shared: bool | None, save_model: bool = True) -> dict:
     """The body of one Ray task: set PyTorch's threads to the run's CPUs, prepare and run ``cfg`` with
     :func:`run_one`, and return its outcome, with the run folder's files when the driver's results directory is not
     visible here (``shared``: None detects it by the driver's marker file ``.driver-<token>``)."""
@@ -183,7 +184,7 @@ def ray_task(cfg, results_dir: str, token: str, origin: str, data_dir, device_na
                       gpu_fraction=gpus or None, shared_results_dir=shared)
     progress = LineProgress(cfg.run_id) if progress_lines else None
     o = run_one(cfg, here, device, data_dir, progress=progress, placement=where, if_locked=if_locked,
-                note=lambda t: print(t, file=sys.stderr, flush=True))
+                note=lambda t: print(t, file=sys.stderr, flush=True), save_model=save_model)
     out = {"outcome": o, "files": None}
     if not shared and o.status in ("done", "failed"):
         local = RunFolder(here, cfg.run_id)
@@ -200,10 +201,12 @@ class RayExecutor:
 
     def __init__(self, results_dir: Path, device, data_dir=None, address: str = "", cpus_per_run: int = 1,
                  gpus_per_run: float = 0.0, max_retries: int = 3, if_locked: str = "wait",
-                 progress_lines: bool = True, shared: bool | None = None, note: Callable[[str], None] = print):
+                 progress_lines: bool = True, shared: bool | None = None, note: Callable[[str], None] = print,
+                 save_model: bool = True):
         self.results_dir, self.device, self.data_dir = Path(results_dir), device, data_dir
         self.address, self.cpus, self.gpus, self.max_retries = address, cpus_per_run, gpus_per_run, max_retries
         self.if_locked, self.progress_lines, self.shared, self.note = if_locked, progress_lines, shared, note
+        self.save_model = save_model
 
     def _init(self, ray) -> bool:
         """Connect to Ray unless this process already is; True when this call did (and so shuts it down)."""
@@ -241,7 +244,7 @@ class RayExecutor:
             for p in prepared:
                 ref = task.options(name=p.cfg.run_id).remote(
                     p.cfg, str(self.results_dir.resolve()), token, origin, p.data_dir, device_name, self.cpus,
-                    self.gpus, self.if_locked, self.progress_lines, self.shared)
+                    self.gpus, self.if_locked, self.progress_lines, self.shared, self.save_model)
                 refs[ref] = p.cfg
             total = ray.cluster_resources()
             self.note(f"{len(refs)} run(s) submitted as Ray tasks ({self.cpus} CPU, {self.gpus or 0:g} GPU each; the "

@@ -8,6 +8,11 @@ Layout under the results directory::
         test_episodes.csv     one row per test episode: index, accuracy, adapt_seconds
         summary.json          headline numbers, cost, provenance (versions, device, commit, episode fingerprints),
                               method_facts and backbone_facts (benchmark/facts.py)
+        model.pt              the best-validation model and what rebuilding it needs (benchmark/models.py); absent
+                              for runs made with --no-save-model
+        evaluations/<eval-id>/  re-tests of the saved model by benchmark.evaluate (EvaluationFolder):
+            evaluation.json   what was tested (dataset, split, setting, episode fingerprint), the training run, result
+            test_episodes.csv one row per episode: index, accuracy, adapt_seconds
     <run-id>.partial/         a run in progress: checkpoint.pt (resume point) and the files written so far;
         failed.json           a run that failed: reason, step, last metrics, where it ran (absent while it runs)
         traceback.txt         the traceback of a run that raised
@@ -79,12 +84,15 @@ def atomic_write_csv(path: Path, df: pd.DataFrame) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def atomic_torch_save(path: Path, obj: Any) -> None:
+def atomic_torch_save(path: Path, obj: Any) -> int:
+    """``torch.save(obj)`` to ``path`` atomically; returns the file's size in bytes."""
     import torch
 
     buf = io.BytesIO()
     torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    return len(data)
 
 
 def _json_default(o):
@@ -188,6 +196,8 @@ class RunFolder:
     CHECKPOINT = "checkpoint.pt"
     FAILED = "failed.json"  # in <run_id>.partial/: why, where and at which step the run failed
     TRACEBACK = "traceback.txt"  # in <run_id>.partial/: the traceback of a run that raised
+    MODEL = "model.pt"  # the saved model (benchmark.models)
+    EVALUATIONS = "evaluations"  # re-tests of the saved model (EvaluationFolder)
     RECORDS = (SUMMARY, TEST_EPISODES, CURVE)  # what a finished run has (config.json too, except in test fixtures)
 
     def __init__(self, results_dir: str | Path, run_id: str):
@@ -211,7 +221,16 @@ class RunFolder:
         whoever trains the run holds it (:class:`FileLock`)."""
         return FileLock(self.results_dir / LOCK_DIR / f"{self.run_id}.lock")
 
+    @property
+    def model(self) -> Path:
+        """The finished run's saved model."""
+        return self.path / self.MODEL
+
     # ---- writing
+    def write_model(self, payload: dict) -> int:
+        """Write ``model.pt`` into the partial folder, atomically (before :meth:`finish`); returns its size in bytes."""
+        return atomic_torch_save(self.partial / self.MODEL, payload)
+
     def is_finished(self) -> bool:
         return (self.path / self.SUMMARY).is_file()
 
@@ -359,3 +378,50 @@ def write_leaderboard(results_dir: Path) -> pd.DataFrame:
         df = leaderboard(results_dir)
         atomic_write_csv(results_dir / LEADERBOARD, df)
     return df
+
+
+# ------------------------------------------------------------------------------------------------ evaluations
+class EvaluationFolder:
+    """One re-test of a finished run's saved model by ``benchmark.evaluate``:
+    ``<run dir>/evaluations/<eval_id>/`` with ``evaluation.json`` (what was tested, the training run, the result) and
+    ``test_episodes.csv`` (index, accuracy, adapt_seconds). Written into ``<eval_id>.partial/`` and renamed into
+    place, so a folder with ``evaluation.json`` is complete; the training run's own records are never touched."""
+
+    RECORD = "evaluation.json"
+    TEST_EPISODES = "test_episodes.csv"
+
+    def __init__(self, run_dir: str | Path, eval_id: str):
+        self.run_dir, self.eval_id = Path(run_dir), eval_id
+        self.path = self.run_dir / RunFolder.EVALUATIONS / eval_id
+        self.partial = self.path.parent / f"{eval_id}{PARTIAL_SUFFIX}"
+
+    def __repr__(self) -> str:
+        return f"EvaluationFolder({str(self.run_dir)!r}, {self.eval_id!r})"
+
+    def is_finished(self) -> bool:
+        return (self.path / self.RECORD).is_file()
+
+    def write(self, record: dict, test_episodes: pd.DataFrame) -> None:
+        """Write both files (the record last) and rename the folder into place."""
+        self.partial.mkdir(parents=True, exist_ok=True)
+        atomic_write_csv(self.partial / self.TEST_EPISODES, test_episodes)
+        atomic_write_json(self.partial / self.RECORD, record)
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        os.replace(self.partial, self.path)
+
+    def read_record(self) -> dict:
+        return json.loads((self.path / self.RECORD).read_text())
+
+    def read_test_episodes(self) -> pd.DataFrame:
+        return pd.read_csv(self.path / self.TEST_EPISODES)
+
+
+def evaluation_folders(run_dir: str | Path) -> list[EvaluationFolder]:
+    """The finished evaluations of the run in ``run_dir``, sorted by id."""
+    root = Path(run_dir) / RunFolder.EVALUATIONS
+    if not root.is_dir():
+        return []
+    out = [EvaluationFolder(run_dir, p.name) for p in sorted(root.iterdir())
+           if p.is_dir() and not p.name.endswith(PARTIAL_SUFFIX)]
+    return [f for f in out if f.is_finished()]

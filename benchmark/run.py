@@ -2,7 +2,8 @@
 
 Every combination of --methods x --ways x --shots x --seeds is one run. Finished runs are skipped and interrupted
 ones resume from their last checkpoint, so re-running a command is always safe. Results go to --results-dir (one
-folder per run plus leaderboard.csv) and the report to --reports-dir/<--report-name>/.
+folder per run, with its best model as model.pt, plus leaderboard.csv) and the report to
+--reports-dir/<--report-name>/.
 
 Runs execute one after another in this process (--executor sequential, the default) or as Ray tasks
 (--executor ray; pip install -e '.[distributed]'). A run that fails (loss NaN or infinite, or an exception) is
@@ -53,7 +54,10 @@ def _epilog() -> str:
     lines.append("examples:\n  python -m benchmark.run --methods all\n"
                  "  python -m benchmark.run --methods protonet,maml --shots 1 --seeds 0 1 2 --profile smoke\n"
                  "  python -m benchmark.run --methods protonet --set train_steps=2000 lr=5e-4\n"
-                 "  python -m benchmark.run --methods all --executor ray --cpus-per-run 1   # runs in parallel (Ray)")
+                 "  python -m benchmark.run --methods all --executor ray --cpus-per-run 1   # runs in parallel (Ray)"
+                 "\n  python -m benchmark.run --methods protonet,maml --split lake\n"
+                 "re-test the saved models (results/<run-id>/model.pt) without re-training:\n"
+                 "  python -m benchmark.evaluate --methods protonet --ways 20 --shots 1 5")
     return "\n".join(lines)
 
 
@@ -90,6 +94,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--report-name", default="latest", help="report folder name; default: latest")
     p.add_argument("--no-report", action="store_true", help="do not build the report at the end")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars and per-run progress lines")
+    p.add_argument("--no-save-model", action="store_true", help="do not keep each finished run's best model "
+                   "(results/<run-id>/model.pt, for benchmark.evaluate and benchmark.load_run); for huge sweeps")
     g = p.add_argument_group("executing the runs")
     g.add_argument("--executor", choices=("sequential", "ray"), default="sequential",
                    help="sequential: one run after another in this process (the default); ray: each run as a Ray "
@@ -213,16 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.executor == "ray":
         executor = RayExecutor(results_dir, device, args.data_dir, args.ray_address, args.cpus_per_run,
                                args.gpus_per_run, args.max_retries, args.if_locked,
-                               progress_lines=not args.no_progress, note=note)
+                               progress_lines=not args.no_progress, note=note, save_model=not args.no_save_model)
     else:
-        executor = SequentialExecutor(results_dir, device, args.data_dir, progress, args.if_locked, note)
+        executor = SequentialExecutor(results_dir, device, args.data_dir, progress, args.if_locked, note,
+                                      save_model=not args.no_save_model)
 
     def on_outcome(o) -> None:
         outer.update(1)
         if o.status == "done":
             s = o.summary
+            size = f", model {s['model_bytes'] / 1e6:.2f} MB" if s.get("model_bytes") else ""
             note(f"{o.run_id}: {s['mean']:.2f} +- {s['ci95']:.2f} % over {s['n_episodes']} test episodes "
-                 f"({s['train_episodes']} training episodes, {s['train_seconds']:.0f} s training"
+                 f"({s['train_episodes']} training episodes, {s['train_seconds']:.0f} s training{size}"
                  f"{'' if o.trained else '; finished before, not re-run'})")
         elif o.status == "failed":
             note(f"{o.run_id}: FAILED: {o.failure['reason']}")

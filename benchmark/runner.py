@@ -4,7 +4,8 @@ A run is (method, dataset, ways, shots, backbone, seed, profile). :func:`run` me
 episodes drawn by index from the run's seed, validates on a fixed episode set every ``val_every`` steps (one
 convergence-curve point each: steps, episodes seen, training seconds, validation accuracy), keeps the checkpoint with
 the best validation accuracy, tests it on the fixed test episodes and writes the run folder
-(:class:`benchmark.results.RunFolder`).
+(:class:`benchmark.results.RunFolder`), with the best model as ``model.pt`` (:mod:`benchmark.models`) unless
+``save_model=False``.
 
 Validation and test episodes depend on ``eval_seed`` (default 0), not on the training seed, so every method and
 every seed of a setting is tested on the same episodes, which their fingerprint proves.
@@ -39,9 +40,11 @@ import torch
 
 from .config import PROFILES, PreparedRun, Profile, RunConfig, build_hyper, prepare
 from .context import ArtefactCache, make_context
+from .data import DATASETS
 from .episodes import EpisodeSet
 from .facts import record_facts
 from .machine import PeakMemory, code_version, environment, placement as where, resolve_device
+from .models import model_payload
 from .results import RunFolder, mean_ci95
 from .training import Interrupted, NonFiniteLoss, Trainer, evaluate, seed_everything
 
@@ -72,7 +75,7 @@ class Locked(Exception):
 def run(cfg: RunConfig, results_dir: Path, device: torch.device, data_dir: str | Path | None = None,
         progress: Callable | None = None, stop_after: int | None = None,
         prepared: PreparedRun | None = None, placement: dict | None = None, if_locked: str = "wait",
-        note: Callable[[str], None] | None = None) -> dict:
+        note: Callable[[str], None] | None = None, save_model: bool = True) -> dict:
     """Run (or resume, or skip when finished) one configuration; returns its summary.
 
     ``prepared``: ``cfg`` as :func:`~benchmark.config.prepare` returned it (then nothing is prepared again and its
@@ -82,6 +85,7 @@ def run(cfg: RunConfig, results_dir: Path, device: torch.device, data_dir: str |
     ``placement``: where the run runs, recorded in its summary (default: :func:`benchmark.machine.placement`, the
     sequential executor). ``if_locked``: ``"wait"`` for another process training the same run (then its summary is
     returned) or ``"skip"`` it (:class:`Locked`); ``note(text)`` is told when waiting.
+    ``save_model``: keep the best-validation model as ``model.pt`` (its size in the summary's ``model_bytes``).
     Raises :class:`RunFailed` after recording a failure, :class:`Interrupted` on Ctrl-C (checkpoint saved).
     """
     if prepared is not None and prepared.cfg != cfg:
@@ -105,19 +109,19 @@ def run(cfg: RunConfig, results_dir: Path, device: torch.device, data_dir: str |
         if folder.is_finished():  # finished by the process we waited for
             return folder.read_summary()
         return _run_locked(cfg, folder, results_dir, device, data_dir, progress, stop_after, prepared,
-                           placement or where(device))
+                           placement or where(device), save_model)
     finally:
         lock.release()
 
 
 def _run_locked(cfg: RunConfig, folder: RunFolder, results_dir: Path, device: torch.device,
                 data_dir: str | Path | None, progress: Callable | None, stop_after: int | None,
-                prepared: PreparedRun | None, placement: dict) -> dict:
+                prepared: PreparedRun | None, placement: dict, save_model: bool = True) -> dict:
     """:func:`run` once this process holds the run's lock: failures are recorded and raised as :class:`RunFailed`."""
     seen: dict = {}  # the trainer, once built, for the step a failure happened at
     try:
         return _train_and_test(cfg, folder, results_dir, device, data_dir, progress, stop_after, prepared,
-                               placement, seen)
+                               placement, seen, save_model)
     except (Interrupted, RunFailed):
         raise
     except KeyboardInterrupt:
@@ -141,7 +145,7 @@ def _run_locked(cfg: RunConfig, folder: RunFolder, results_dir: Path, device: to
 
 def _train_and_test(cfg: RunConfig, folder: RunFolder, results_dir: Path, device: torch.device,
                     data_dir: str | Path | None, progress: Callable | None, stop_after: int | None,
-                    prepared: PreparedRun | None, placement: dict, seen: dict) -> dict:
+                    prepared: PreparedRun | None, placement: dict, seen: dict, save_model: bool = True) -> dict:
     if prepared is None:
         prepared = prepare(cfg, data_dir)
     folder.start()
@@ -161,6 +165,7 @@ def _train_and_test(cfg: RunConfig, folder: RunFolder, results_dir: Path, device
         acc, secs = evaluate(method, test_set, device, progress, desc=f"{label} test")
     config, curve, episodes, summary = _records(prepared, trainer, test_set, acc, secs, mem, device)
     summary["placement"] = placement
+    summary["model_bytes"] = folder.write_model(model_payload(prepared, method)) if save_model else None
     folder.finish(config, curve, episodes, summary)
     return summary
 
@@ -179,7 +184,7 @@ def _records(prepared: PreparedRun, trainer: Trainer, test_set: EpisodeSet, acc:
               "data_dir": str(prepared.data_dir) if prepared.data_dir else None}
     summary = {
         "run_id": cfg.run_id, "method": cfg.method, "family": cls.family, "dataset": cfg.dataset,
-        "split": ds.split_name,
+        "split": ds.split_name, "default_split": DATASETS[cfg.dataset].default_split,
         "ways": cfg.ways, "shots": cfg.shots, "backbone": cfg.backbone, "profile": cfg.profile, "seed": cfg.seed,
         "mean": 100 * mean, "ci95": 100 * ci, "n_episodes": len(acc), "queries": cfg.queries,
         "train_steps": state["step"], "train_episodes": state["episodes"],

@@ -79,6 +79,10 @@ class Context:
     cached: Callable[[str, dict, Callable[[], Any]], Any] = field(
         default=lambda name, key, fn: fn())  # (name, key, compute) -> value, computed once per key by the harness
     progress: Callable[..., Any] = field(default=None)  # (iterable=None, total=None, desc=str) -> tqdm-like
+    #: True when the method is rebuilt to load a saved model's state (:func:`benchmark.models.load_run`): it must not
+    #: compute what that state replaces (e.g. MTL's pretraining); ``sampler`` then only knows ``n_classes`` (of the
+    #: training split) and draws nothing, and ``val_episodes`` is None.
+    restoring: bool = False
 
     def backbone(self, *, keep_spatial: bool = False, bn_running_stats: bool = True, name: str | None = None,
                  ) -> nn.Module:
@@ -107,6 +111,9 @@ class Method(nn.Module):
     variant_of: ClassVar[str | None] = None  # registry entries that are ablations/variants name their main method
     adapts_at_test: ClassVar[bool] = False  # predict() needs autograd (gradient steps on the support set)
     metric_facts: ClassVar[dict[str, str] | None] = None  # support/query embedding, distance, distinctive
+    #: the classifier head has one output per class of the training setting (MAML, Reptile, the Meta-LSTM's learner):
+    #: a trained model is tested only on episodes with that many ways (:meth:`check_test_ways`)
+    fixed_head: ClassVar[bool] = False
 
     def __init__(self, hp: Hyper, ctx: Context):
         super().__init__()
@@ -190,6 +197,15 @@ class Method(nn.Module):
         if ways not in (None, self.ctx.setting.ways):
             raise ValueError(f"{self.name}'s head has one output per class: {what} must be the test setting's "
                              f"{self.ctx.setting.ways}, not {ways} (leave train_ways unset)")
+
+    def check_test_ways(self, ways: int) -> None:
+        """Raise ValueError (one line) when this trained model cannot be tested on ``ways``-way episodes (re-testing
+        with ``benchmark.evaluate``); metric methods compare with the support set and take any number of ways."""
+        trained = self.ctx.setting.ways
+        if self.fixed_head and ways != trained:
+            raise ValueError(f"{self.name} was trained {trained}-way and its classifier head has one output per "
+                             f"class, so it cannot be tested {ways}-way without retraining (train it with --ways "
+                             f"{ways})")
 
     def train_shape(self) -> tuple[int, int, int]:
         """(ways, shots, queries) of training episodes."""

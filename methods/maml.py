@@ -103,6 +103,7 @@ class MAML(Method):
     paper = "Finn, Abbeel & Levine. Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks. ICML 2017"
     Hyper = MAMLHyper
     adapts_at_test = True
+    fixed_head = True  # the head has one output per class: re-tested only with the trained ways
 
     @classmethod
     def profile_hyper(cls, profile: str, setting: Setting) -> MAMLHyper:

@@ -153,6 +153,7 @@ class MetaLSTM(Method):
     paper = "Ravi & Larochelle. Optimization as a Model for Few-Shot Learning. ICLR 2017"
     Hyper = MetaLSTMHyper
     adapts_at_test = True
+    fixed_head = True  # the head has one output per class: re-tested only with the trained ways
 
     @classmethod
     def profile_hyper(cls, profile: str, setting: Setting) -> MetaLSTMHyper:

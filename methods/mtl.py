@@ -254,7 +254,8 @@ class MTL(Method):
     def __init__(self, hp: MTLHyper, ctx: Context):
         super().__init__(hp, ctx)
         self.encoder = ctx.backbone()
-        self.encoder.load_state_dict(self._pretrained())
+        if not ctx.restoring:  # a saved model's state replaces the pretrained weights (benchmark.models.load_run)
+            self.encoder.load_state_dict(self._pretrained())
         d = math.prod(ctx.feature_shape(self.encoder))
         ways = max(self.train_shape()[0], ctx.setting.ways)
         self.theta_w = nn.Parameter(torch.empty(ways, d, device=ctx.device))
@@ -404,6 +405,15 @@ class MTL(Method):
 
     def adapted_parameters(self) -> int:
         return self.theta_w[:self.ctx.setting.ways].numel() + self.ctx.setting.ways
+
+    def check_test_ways(self, ways: int) -> None:
+        """The meta-learned classifier init has ``max(train ways, test ways)`` rows; an episode uses the first
+        ``ways`` of them, so fewer ways work and more need retraining."""
+        rows = self.theta_w.shape[0]
+        if ways > rows:
+            raise ValueError(f"{self.name}'s meta-learned classifier init has {rows} rows (trained "
+                             f"{self.ctx.setting.ways}-way), so it cannot be tested {ways}-way without retraining "
+                             f"(train it with --ways {ways})")
 
 
 class MTLNoHT(MTL):

@@ -94,6 +94,7 @@ class Reptile(Method):
     paper = "Nichol, Achiam & Schulman. On First-Order Meta-Learning Algorithms. arXiv:1803.02999, 2018"
     Hyper = ReptileHyper
     adapts_at_test = True
+    fixed_head = True  # the head has one output per class: re-tested only with the trained ways
 
     @classmethod
     def profile_hyper(cls, profile: str, setting: Setting) -> ReptileHyper:

@@ -432,7 +432,7 @@ def test_budget_fraction_columns_and_cells(tmp_path):
     write_run(res, "maml", "initialization", acc=np.full(10, 0.8), fp="a" * 64)  # an older run: no budget fields
     build_report(res, tmp_path / "rep")
     board = pd.read_csv(tmp_path / "rep/leaderboard.csv").set_index("method")
-    assert REPORT_LEADERBOARD_COLUMNS == OLD_COLUMNS + ["paper_train_episodes", "budget_fraction"]
+    assert REPORT_LEADERBOARD_COLUMNS == OLD_COLUMNS + ["paper_train_episodes", "budget_fraction", "split"]
     assert board.loc["protonet", "paper_train_episodes"] == 20000
     assert board.loc["protonet", "budget_fraction"] == pytest.approx(0.02)
     assert pd.isna(board.loc["maml", "paper_train_episodes"]) and pd.isna(board.loc["maml", "budget_fraction"])

@@ -38,7 +38,8 @@ from .cub import CUB_SIZE, CUB_SPLITS, load_cub
 from .dataset import SPLITS, ConcatImages, DataError, DiskImages, FewShotDataset, Split, cache_dir
 from .miniimagenet import MINI_SIZE, load_miniimagenet
 from .tiered import TIERED_SIZE, load_tieredimagenet
-from .omniglot import OMNIGLOT_SIZE, load_omniglot, load_omniglot_dir, load_omniglot_embedded, omniglot_resize
+from .omniglot import (OMNIGLOT_SIZE, OMNIGLOT_SPLITS, lake_split_lists, load_omniglot, load_omniglot_dir,
+                       load_omniglot_embedded, omniglot_resize)
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -67,10 +68,12 @@ def _one_split(loader: Callable[[str | Path | None], FewShotDataset]) -> Callabl
 
 _FIGS = "published figures: benchmark/reference/paper_results.csv"
 DATASETS: dict[str, DatasetSpec] = {
-    "omniglot": DatasetSpec(_one_split(load_omniglot), ("vinyals",), embedded=True,
-                            summary="28x28 grey; Vinyals et al. split 1028+172 / 423 characters x 4 rotations",
+    "omniglot": DatasetSpec(load_omniglot, OMNIGLOT_SPLITS, embedded=True,
+                            summary="28x28 grey; vinyals: Vinyals et al. 1028+172 / 423 characters x 4 rotations; "
+                                    "lake: Lake et al. background (25+5 held-out alphabets, x 4 rotations) / "
+                                    "evaluation (20 alphabets, 659 characters); lake-norot: without rotations",
                             defaults=f"no normalisation (ink = 1); backbones conv4, conv4-strided (MAML); {_FIGS} "
-                                     "(all eight methods)",
+                                     "(all eight methods, vinyals split)",
                             files="embedded, or images_background/ + images_evaluation/ (or their .zip)"),
     "cifar-fs": DatasetSpec(_one_split(load_cifar_fs), ("bertinetto",),
                             summary="32x32 RGB; CIFAR-100, 64 / 16 / 20 classes",
@@ -132,6 +135,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, split: str | Non
 
 
 __all__ = ["DATASETS", "DatasetSpec", "LOADERS", "load_dataset", "resolve_split", "DataError", "FewShotDataset", "Split", "SPLITS", "load_omniglot",
-           "load_omniglot_dir", "load_omniglot_embedded", "omniglot_resize", "OMNIGLOT_SIZE", "load_cifar_fs",
+           "load_omniglot_dir", "load_omniglot_embedded", "OMNIGLOT_SPLITS", "lake_split_lists",
+           "omniglot_resize", "OMNIGLOT_SIZE", "load_cifar_fs",
            "load_fc100", "load_miniimagenet", "MINI_SIZE", "load_tieredimagenet", "TIERED_SIZE", "load_cub", "CUB_SIZE",
            "CUB_SPLITS", "DiskImages", "ConcatImages", "cache_dir"]

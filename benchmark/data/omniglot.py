@@ -5,6 +5,18 @@
 * A directory: ``images_background/<Alphabet>/characterNN/XXXX_YY.png`` and ``images_evaluation/...``, either
   extracted or as ``images_background.zip`` / ``images_evaluation.zip``. Images are resized to 28x28 exactly as the
   embedded copy was made, so both loaders give the same pixels.
+
+Named class splits (:data:`OMNIGLOT_SPLITS`, the first is the default):
+
+* ``vinyals``: Vinyals et al. (2016): 1,028 / 172 / 423 characters, each in 4 rotations (4,112 / 688 / 1,692
+  classes), alphabets mixed across the splits.
+* ``lake``: Lake et al.'s (2015) background/evaluation split. Test: the 659 characters of the 20 evaluation alphabets
+  (``splits/omniglot-lake/evaluation.txt``), unrotated. Lake et al. define no validation set; here 5 of the 30
+  background alphabets (``splits/omniglot-lake/val.txt``: every sixth in alphabetical order, starting with the
+  sixth: 158 characters, unrotated) are held out to validate, so validation, like test, is on unseen alphabets. Train:
+  the other 25 background alphabets' 806 characters, each in 4 rotations as extra classes (3,224 classes; the Vinyals
+  convention).
+* ``lake-norot``: the same, with the 806 training characters unrotated (806 classes).
 """
 from __future__ import annotations
 
@@ -44,6 +56,46 @@ def _omniglot_from_arrays(images: np.ndarray, names: list[str], split_lists: dic
     return FewShotDataset("omniglot", images.reshape(n_char * n_draw, *images.shape[2:]), splits, source=source)
 
 
+OMNIGLOT_SPLITS = ("vinyals", "lake", "lake-norot")
+ROTATIONS = (0, 90, 180, 270)
+
+
+def _lake_alphabets(name: str) -> list[str]:
+    text = resources.files("benchmark.data").joinpath("splits", "omniglot-lake", name).read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def lake_split_lists(characters: list[str], rotations: bool = True) -> dict[str, list[str]]:
+    """Lake et al.'s background/evaluation split of ``characters`` ('Alphabet/characterNN'), as class names
+    'Alphabet/characterNN/rotDDD' per split: train = background alphabets except the held-out ones (in 4 rotations
+    with ``rotations``), val = the held-out background alphabets, test = the evaluation alphabets (both unrotated)."""
+    background, evaluation = set(_lake_alphabets("background.txt")), set(_lake_alphabets("evaluation.txt"))
+    held_out = set(_lake_alphabets("val.txt"))
+    out: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for c in characters:
+        alphabet = c.split("/")[0]
+        if alphabet in held_out:
+            out["val"].append(f"{c}/rot000")
+        elif alphabet in background:
+            out["train"] += [f"{c}/rot{r:03d}" for r in (ROTATIONS if rotations else (0,))]
+        elif alphabet in evaluation:
+            out["test"].append(f"{c}/rot000")
+        else:
+            raise DataError(f"omniglot alphabet {alphabet!r} is in neither the background nor the evaluation list")
+    return out
+
+
+def omniglot_split_lists(split: str) -> dict[str, list[str]]:
+    """The class lists of the named split (:data:`OMNIGLOT_SPLITS`) over all 1,623 characters."""
+    if split == "vinyals":
+        return _vinyals_splits()
+    if split not in OMNIGLOT_SPLITS:
+        raise DataError(f"omniglot has no split {split!r}; choose from {', '.join(OMNIGLOT_SPLITS)}")
+    with _embedded_npz() as d:
+        characters = [f"{a}/{c}" for a, c in zip(d["alphabet"], d["character"])]
+    return lake_split_lists(characters, rotations=split == "lake")
+
+
 def _vinyals_splits() -> dict[str, list[str]]:
     with _embedded_npz() as d:
         return {s: [str(x) for x in d[f"split_{s}"]] for s in SPLITS}
@@ -54,12 +106,14 @@ def _embedded_npz():
     return np.load(io.BytesIO(path.read_bytes()))
 
 
-def load_omniglot_embedded() -> FewShotDataset:
-    """The Omniglot copy shipped in the package: 1,623 characters x 20 drawers, 28x28, Vinyals split."""
+def load_omniglot_embedded(split: str = "vinyals") -> FewShotDataset:
+    """The Omniglot copy shipped in the package: 1,623 characters x 20 drawers, 28x28, with the named split
+    (:data:`OMNIGLOT_SPLITS`; default Vinyals)."""
     with _embedded_npz() as d:
         images = d["images"]
         names = [f"{a}/{c}" for a, c in zip(d["alphabet"], d["character"])]
-        splits = {s: [str(x) for x in d[f"split_{s}"]] for s in SPLITS}
+        splits = ({s: [str(x) for x in d[f"split_{s}"]] for s in SPLITS} if split == "vinyals"
+                  else omniglot_split_lists(split))
     return _omniglot_from_arrays(images, names, splits, source="embedded:omniglot28.npz")
 
 
@@ -137,5 +191,8 @@ def load_omniglot_dir(root: str | Path, splits: dict[str, list[str]] | None = No
     return _omniglot_from_arrays(images, needed, splits, source=f"dir:{root}")
 
 
-def load_omniglot(data_dir: str | Path | None = None) -> FewShotDataset:
-    return load_omniglot_embedded() if data_dir is None else load_omniglot_dir(data_dir)
+def load_omniglot(data_dir: str | Path | None = None, split: str = "vinyals") -> FewShotDataset:
+    """Omniglot with the named split (:data:`OMNIGLOT_SPLITS`): embedded without ``data_dir``, else from it."""
+    if data_dir is None:
+        return load_omniglot_embedded(split)
+    return load_omniglot_dir(data_dir, None if split == "vinyals" else omniglot_split_lists(split))

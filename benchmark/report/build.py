@@ -17,7 +17,7 @@ from ..results import atomic_write_bytes, atomic_write_csv, atomic_write_text
 from . import sections
 from .common import setting_label
 from .entries import REPORT_LEADERBOARD_COLUMNS, build_entries
-from .records import load_runs
+from .records import load_evaluations, load_runs
 from .render import Doc, to_html, to_markdown
 from .tables import paired_statistics, parse_thresholds
 
@@ -41,9 +41,11 @@ def build(results_dir: Path, out_dir: Path, run_ids: list[str] | None = None,
     loaded = load_runs(results_dir, run_ids)
     runs = loaded.runs
     entries = build_entries(runs)
+    evaluations = load_evaluations(runs)
     stats = paired_statistics(entries, alpha)
 
-    settings = list(dict.fromkeys(setting_label(e.key["dataset"], e.key["ways"], e.key["shots"]) for e in entries))
+    settings = list(dict.fromkeys(setting_label(e.key["dataset"], e.key["ways"], e.key["shots"], e.key["split"])
+                                  for e in entries))
     meths = list(dict.fromkeys(e.label for e in entries))
     doc = Doc("Few-shot benchmark report")
     doc.p(f"{len(runs)} runs from `{results_dir}`: {len(meths)} method(s) ({', '.join(meths)}) on "
@@ -53,7 +55,8 @@ def build(results_dir: Path, out_dir: Path, run_ids: list[str] | None = None,
     doc.ul([f"[{t}](#{a})" for t, a in (
         ("1. Survey Table 1 mirror", "table1"), ("2. Metric-based methods", "table2"),
         ("3. Paired statistics and ranks", "paired"), ("4. Convergence", "convergence"),
-        ("5. Episode counts", "episodes"), ("6. Cost", "cost"), ("7. Provenance", "provenance"))])
+        ("5. Episode counts", "episodes"), ("6. Cost", "cost"), ("7. Cross-evaluation", "cross"),
+        ("8. Provenance", "provenance"))])
     notes = list(loaded.notes)
     refusal_summary = [s for st in stats for s in st.refusals]
     if notes or refusal_summary:
@@ -65,11 +68,13 @@ def build(results_dir: Path, out_dir: Path, run_ids: list[str] | None = None,
     sections.convergence(doc, entries)
     counts = sections.episode_counts(doc, entries, thr)
     sections.cost(doc, entries, runs)
-    sections.provenance(doc, runs)
+    cross = sections.cross_evaluation(doc, entries, evaluations, alpha)
+    sections.provenance(doc, runs, evaluations)
     doc.h(2, "Files", "files")
     doc.p("Beside this report: `leaderboard.csv` (one row per method × dataset × setting × backbone × profile, "
           "aggregated over seeds; schema in the README), `paired.csv` (every paired test), `episode_counts.csv` "
-          "(section 5 in long form), the figures as PNG files, and `report.html` (this report in one "
+          "(section 5 in long form), `cross_evaluation.csv` (section 7 in long form), "
+          "the figures as PNG files, and `report.html` (this report in one "
           "self-contained file).")
 
     board = pd.DataFrame([e.row for e in entries])[REPORT_LEADERBOARD_COLUMNS]
@@ -81,10 +86,12 @@ def build(results_dir: Path, out_dir: Path, run_ids: list[str] | None = None,
     atomic_write_csv(out_dir / "leaderboard.csv", board.round({c: 4 for c in board.columns if c != "budget_fraction"}))
     atomic_write_csv(out_dir / "paired.csv", paired_df)
     atomic_write_csv(out_dir / "episode_counts.csv", counts)
+    atomic_write_csv(out_dir / "cross_evaluation.csv", cross.round(4))
     atomic_write_text(out_dir / "report.html", to_html(doc))
     md = out_dir / "report.md"
     atomic_write_text(md, to_markdown(doc))
-    _readable(out_dir, [*doc.images, "leaderboard.csv", "paired.csv", "episode_counts.csv", "report.html", "report.md"])
+    _readable(out_dir, [*doc.images, "leaderboard.csv", "paired.csv", "episode_counts.csv", "cross_evaluation.csv",
+                        "report.html", "report.md"])
     return BuildResult(md, out_dir / "report.html", board, notes, refusals)
 
 

@@ -26,7 +26,7 @@ REPORT_LEADERBOARD_COLUMNS = [
     "train_episodes", "train_seconds", "ms_per_train_episode", "ms_per_test_episode", "peak_memory_mb", "memory_kind",
     "trainable_params", "adapted_params", "shared_seconds",
     "device", "test_fingerprint", "dataset_fingerprint", "code_version", "run_ids",
-    "paper_train_episodes", "budget_fraction",
+    "paper_train_episodes", "budget_fraction", "split",
 ]
 
 
@@ -85,7 +85,9 @@ def build_entries(runs: list[Run]) -> list[Entry]:
         mean, ci = mean_ci95(acc)
         seed_means = [float(np.mean(r.accuracy)) for r in rs]
         ran = [r.config.get("hyperparameters") for r in rs]
-        pub = published_figure(ref, survey, info, key["dataset"], key["ways"], key["shots"], ran)
+        # published figures are for each dataset's usual split: none for another (e.g. Omniglot's lake split)
+        pub = None if key["split"] else published_figure(ref, survey, info, key["dataset"], key["ways"],
+                                                          key["shots"], ran)
         latest = max(rs, key=lambda r: str(r["finished_at"] or ""))
         diffs = protocol_differences(pub, key["dataset"], key["queries"], len(acc), backbone_facts(latest),
                                      ran) if pub else []
@@ -119,10 +121,12 @@ def build_entries(runs: list[Run]) -> list[Entry]:
             "dataset_fingerprint": _join(r["dataset_fingerprint"] for r in rs),
             "code_version": _join(r["code_version"] for r in rs), "run_ids": " ".join(r.path.name for r in rs),
             "paper_train_episodes": avg("paper_train_episodes"), "budget_fraction": avg("budget_fraction"),
+            "split": key["split"],
         }
         row["_published"] = pub
         entries.append(Entry(key, rs, info, acc, seed_curve([r.curve for r in rs]), row))
-    entries.sort(key=lambda e: (norm_dataset(e.key["dataset"]), e.key["ways"], e.key["shots"], e.key["queries"],
+    entries.sort(key=lambda e: (norm_dataset(e.key["dataset"]), e.key["split"],
+                                e.key["ways"], e.key["shots"], e.key["queries"],
                                 e.key["backbone"], e.key["profile"], e.info.order, e.key["overrides"],
                                 e.key["test_fingerprint"]))
     return entries

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..results import PARTIAL_SUFFIX, RunFolder, failed_runs, partial_runs, run_folders
-from .common import ENTRY_KEYS, FAMILY_ORDER, ReportError
+from ..results import PARTIAL_SUFFIX, RunFolder, evaluation_folders, failed_runs, partial_runs, run_folders
+from .common import ENTRY_KEYS, FAMILY_ORDER, ReportError, split_key
 
 REQUIRED_FILES = RunFolder.RECORDS
 
@@ -108,6 +108,7 @@ def read_run(folder: RunFolder) -> Run | None:
                           f"{RunFolder.SUMMARY} says {summary['n_episodes']} episodes")
     summary.setdefault("queries", config.get("queries", 15))
     summary["overrides"] = _overrides_text(config)
+    summary["split"] = split_key(summary)
     return Run(d, summary, config, acc,
                ep["adapt_seconds"].to_numpy(dtype=np.float64) if "adapt_seconds" in ep else np.array([]), curve)
 
@@ -122,6 +123,42 @@ def _latest_per_seed(runs: list[Run], notes: list[str]) -> list[Run]:
                          "overrides and seed and finished later")
         seen[key] = r
     return [r for r in runs if seen[tuple(r[k] for k in ENTRY_KEYS) + (r["seed"],)] is r]
+
+
+# ------------------------------------------------------------------------------------------------ evaluations
+@dataclass
+class Evaluation:
+    """A re-test of a run's saved model (``benchmark.evaluate``): its record and per-episode accuracy (%)."""
+
+    path: Path
+    record: dict
+    run: Run  # the training run it came from
+    accuracy: np.ndarray
+
+    def __getitem__(self, k):
+        return self.record.get(k)
+
+
+def load_evaluations(runs: list[Run]) -> list[Evaluation]:
+    """The finished evaluations of ``runs`` (``<run>/evaluations/<eval-id>/``, read through
+    :class:`benchmark.results.EvaluationFolder`); unreadable or inconsistent records raise :class:`ReportError`."""
+    out = []
+    for r in runs:
+        for f in evaluation_folders(r.path):
+            try:
+                rec, ep = f.read_record(), f.read_test_episodes()
+            except (OSError, ValueError, pd.errors.ParserError) as e:
+                raise ReportError(f"cannot read the evaluation {f.path}: "
+                                  f"{str(e).splitlines()[0] if str(e) else e!r}") from None
+            lacking = [k for k in ("dataset", "ways", "shots", "queries", "test_fingerprint", "n_episodes")
+                       if rec.get(k) is None]
+            if lacking or "accuracy" not in ep.columns or len(ep) != int(rec.get("n_episodes") or -1):
+                raise ReportError(f"evaluation {f.path} is incomplete or inconsistent "
+                                  f"({', '.join(lacking) or 'test_episodes.csv does not match n_episodes'}); "
+                                  "delete it and run benchmark.evaluate again")
+            rec["split"] = split_key(rec)
+            out.append(Evaluation(f.path, rec, r, 100.0 * ep["accuracy"].to_numpy(dtype=np.float64)))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ facts

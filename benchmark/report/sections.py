@@ -1,6 +1,7 @@
 """The report's sections, each written into a :class:`~benchmark.report.render.Doc` from the entries and tables:
 1 the survey's Table 1 mirrored (measured vs published), 2 the metric methods (survey Table 2), 3 paired statistics
-and ranks, 4 convergence, 5 episode counts to accuracy thresholds, 6 cost, 7 provenance."""
+and ranks, 4 convergence, 5 episode counts to accuracy thresholds, 6 cost, 7 cross-evaluation of saved models
+(``benchmark.evaluate`` records), 8 provenance."""
 from __future__ import annotations
 
 import math
@@ -12,7 +13,7 @@ from .common import FAMILY_LABEL, SETTING_KEYS, setting_label, short
 from .entries import Entry
 from .reference import load_survey, survey_figure
 from .render import Doc, convergence_png
-from .tables import FINAL_FRACTION, episode_counts as count_episodes, shared_artefacts
+from .tables import FINAL_FRACTION, cross_evaluation as cross_table, episode_counts as count_episodes, shared_artefacts
 
 STAT_TEST = "two-sided paired t-test (scipy.stats.ttest_rel) on per-episode accuracy"
 
@@ -52,13 +53,14 @@ def _commit(v) -> str:
 
 def _setting_title(setting: tuple) -> str:
     d = dict(zip(SETTING_KEYS, setting))
-    return (f"{setting_label(d['dataset'], d['ways'], d['shots'])} — backbone {d['backbone']}, profile "
+    return (f"{setting_label(d['dataset'], d['ways'], d['shots'], d['split'])} — backbone {d['backbone']}, profile "
             f"{d['profile']}, {d['queries']} test queries per class")
 
 
 def _slug(setting: tuple) -> str:
     d = dict(zip(SETTING_KEYS, setting))
     s = f"{d['dataset']}-{d['ways']}w{d['shots']}s-q{d['queries']}-{d['backbone']}-{d['profile']}"
+    s += f"-{d['split']}" if d["split"] else ""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", s)
 
 
@@ -100,7 +102,7 @@ def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
     for (backbone, profile, queries), es in blocks.items():
         if len(blocks) > 1:
             doc.h(3, f"Backbone {backbone}, profile {profile}, {queries} test queries per class")
-        settings = list(dict.fromkeys((e.key["dataset"], e.key["ways"], e.key["shots"]) for e in es))
+        settings = list(dict.fromkeys((e.key["dataset"], e.key["ways"], e.key["shots"], e.key["split"]) for e in es))
         labels = list(dict.fromkeys(e.label for e in sorted(es, key=lambda e: (e.info.order, e.label))))
         notes: dict[str, int] = {}
         rows = []
@@ -117,7 +119,7 @@ def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
             for st in settings:
                 cells = []
                 for e in es:
-                    if e.label != label or (e.key["dataset"], e.key["ways"], e.key["shots"]) != st:
+                    if e.label != label or (e.key["dataset"], e.key["ways"], e.key["shots"], e.key["split"]) != st:
                         continue
                     r, pub = e.row, e.row["_published"]
                     txt = f"{r['mean']:.2f} ± {r['ci95']:.2f}"
@@ -130,7 +132,7 @@ def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
                         if pub.get("hyperparameters"):
                             hp = pub["hyperparameters"]
                             note += "; published with " + ", ".join(f"{k}={v}" for k, v in hp.items())
-                        sfig = survey_figure(survey, pub["ref_method"], *st) if not pub["ablation"] else None
+                        sfig = survey_figure(survey, pub["ref_method"], *st[:3]) if not pub["ablation"] else None
                         if sfig is not None and abs(sfig - pub["accuracy"]) > 0.005:
                             note += f"; the survey's Table 1 cites {sfig:.2f}"
                         if r["protocol_differences"]:
@@ -146,7 +148,7 @@ def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
                     if not math.isnan(r["budget_fraction"]):
                         txt += f" · budget {_percent(r['budget_fraction'])} of the paper's"
                     if len([x for x in es if x.label == label and (x.key['dataset'], x.key['ways'],
-                                                                   x.key['shots']) == st]) > 1:
+                                                                   x.key['shots'], x.key['split']) == st]) > 1:
                         txt += f" (episodes {short(e.key['test_fingerprint'], 8)})"
                     cells.append(txt)
                 row[setting_label(*st)] = "; ".join(cells) if cells else "not run"
@@ -322,8 +324,49 @@ def cost(doc: Doc, entries: list[Entry], runs) -> None:
         doc.p("None: no run used a cached artefact.")
 
 
-def provenance(doc: Doc, runs) -> None:
-    doc.h(2, "7. Provenance", "provenance")
+def cross_evaluation(doc: Doc, entries: list[Entry], evaluations, alpha: float) -> pd.DataFrame:
+    """Section 7: saved models re-tested by ``benchmark.evaluate``; returns the long table
+    (``cross_evaluation.csv``)."""
+    doc.h(2, "7. Cross-evaluation of saved models", "cross")
+    df = cross_table(entries, evaluations, alpha)
+    if not len(df):
+        doc.p("No evaluations: `python -m benchmark.evaluate` re-tests the saved models of finished runs on other "
+              "ways, shots, datasets or splits without re-training, and they appear here.")
+        return df
+    doc.p("Rows: a method and the setting it was trained in (seeds aggregated as above); columns: the test episodes "
+          "(dataset, split, ways, shots, queries per class and the episode fingerprint). Each cell: mean ± 95% CI "
+          "over episodes of the seed-averaged per-episode accuracy, and the rank among the rows tested on **the "
+          "same episodes** (same fingerprint): the report's paired t-test with Holm's correction over that "
+          "column's pairs (α = " + f"{alpha:g}" + "). Cells in different columns are never paired. * marks a run's "
+          "own test (from its training record); the other cells are evaluation records "
+          "(`<run>/evaluations/<eval-id>/`). ‡: some test classes were training or validation classes of the run "
+          "(another split of its own dataset, e.g. the Vinyals split's training characters include Lake's "
+          "evaluation alphabets), so the cell is not a few-shot test of new classes.")
+    cols = list(dict.fromkeys(df["column"]))
+    table = []
+    for row, g in df.groupby("row", sort=False):
+        line = {"Method (trained)": row}
+        for c in cols:
+            cell = g[g["column"] == c]
+            if not len(cell):
+                line[c] = "—"
+                continue
+            r = cell.iloc[0]
+            n = int((df["column"] == c).sum())
+            txt = f"{r['mean']:.2f} ± {r['ci95']:.2f}" + ("*" if r["kind"] == "own test" else "")
+            txt += "‡" if r["seen_classes"] and not pd.isna(r["seen_classes"]) else ""
+            txt += f" (rank {int(r['rank'])} of {n})" if n > 1 else ""
+            if r["n_seeds"] > 1:
+                txt += f" ({int(r['n_seeds'])} seeds)"
+            line[c] = txt
+        table.append(line)
+    doc.table(pd.DataFrame(table), ["In long form, with the rows each is not significantly different from: "
+                                    "`cross_evaluation.csv`."])
+    return df
+
+
+def provenance(doc: Doc, runs, evaluations=()) -> None:
+    doc.h(2, "8. Provenance", "provenance")
     doc.p("Every number above comes from these run records (`summary.json` of each run); fingerprints are the first "
           "12 hex digits of SHA-256 (full values in `leaderboard.csv`). Runs compared in one table share the test "
           "episode fingerprint unless the table says otherwise.")
@@ -337,4 +380,12 @@ def provenance(doc: Doc, runs) -> None:
                      "Test episodes": short(r["test_fingerprint"]), "Dataset": short(r["dataset_fingerprint"]),
                      "Finished": r["finished_at"] or "—"})
     doc.table(pd.DataFrame(rows))
+    if evaluations:
+        doc.p("Evaluations of saved models (section 7), from their `evaluation.json`:")
+        doc.table(pd.DataFrame([{
+            "Evaluation": f"{ev.run.path.name}/evaluations/{ev.path.name}", "Device": ev["device"] or "—",
+            "PyTorch": (ev["environment"] or {}).get("torch", "—"), "Code version": _commit(ev["code_version"]),
+            "Model made by": _commit(ev["model_code_version"]), "Test episodes": short(ev["test_fingerprint"]),
+            "Dataset": short(ev["dataset_fingerprint"]), "Finished": ev["finished_at"] or "—"}
+            for ev in sorted(evaluations, key=lambda ev: str(ev.path))]))
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from .common import SETTING_KEYS, ReportError, norm_dataset, setting_label, short
 from .entries import Entry
-from .records import Run
+from .records import Evaluation, Run
 from .stats import first_reaching, paired_comparison
 
 #: Accuracy thresholds (%) for the episode-count table, per dataset; "*" for any other dataset.
@@ -47,7 +48,7 @@ def paired_statistics(entries: list[Entry], alpha: float) -> list[SettingStats]:
             for b in fps[i + 1:]:
                 ea, eb = by_fp[a], by_fp[b]
                 refusals.append(
-                    f"{setting_label(*setting[:3])} ({setting[4]}, {setting[5]}): not paired: "
+                    f"{setting_label(*setting[:3], setting[6])} ({setting[4]}, {setting[5]}): not paired: "
                     f"{', '.join(e.label for e in ea)} (test fingerprint {short(a)}, {len(ea[0].accuracy)} episodes) "
                     f"and {', '.join(e.label for e in eb)} (test fingerprint {short(b)}, {len(eb[0].accuracy)} "
                     "episodes) were tested on different episodes, so a per-episode paired test would compare "
@@ -123,3 +124,75 @@ def shared_artefacts(runs: list[Run]) -> pd.DataFrame:
     df = pd.DataFrame(list(arts.values()), columns=["artefact", "file", "seconds", "computed_by", "used_by"])
     df["n_runs"] = df["used_by"].map(len)
     return df
+
+
+# ------------------------------------------------------------------------------------------------ cross-evaluation
+CROSS_COLUMNS = ["row", "method", "overrides", "trained_dataset", "trained_split", "trained_ways", "trained_shots",
+                 "backbone", "profile", "column", "dataset", "split", "ways", "shots", "queries", "test_fingerprint",
+                 "kind", "mean", "ci95", "n_episodes", "n_seeds", "rank", "tied_with", "seen_classes", "run_ids",
+                 "evaluations"]
+
+
+def cross_evaluation(entries: list[Entry], evaluations: list[Evaluation], alpha: float) -> pd.DataFrame:
+    """One row per (trained entry, test episode set) for the entries with evaluations: the entry's own test and each
+    re-test (per-episode accuracy averaged over the seeds evaluated), columns :data:`CROSS_COLUMNS`. Within one test
+    episode set (one fingerprint) the rows are compared with the paired tests of the report (Holm over its pairs),
+    giving ``rank``; rows on different episodes are never paired."""
+    from .stats import mean_ci95
+
+    index = {id(r): i for i, e in enumerate(entries) for r in e.runs}
+    cells: dict[tuple, list] = {}
+    for ev in evaluations:
+        i = index.get(id(ev.run))
+        if i is None:
+            continue
+        col = (ev["dataset"], ev["split"], int(ev["ways"]), int(ev["shots"]), int(ev["queries"]),
+               ev["test_fingerprint"])
+        cells.setdefault((i, col), []).append(ev)
+    rows = []
+    for i in sorted({i for i, _ in cells}):
+        e = entries[i]
+        k = e.key
+        label = f"{e.label} — trained {setting_label(k['dataset'], k['ways'], k['shots'], k['split'])}, " \
+                f"{k['backbone']}, {k['profile']}"
+        if any(x is not e and x.label == e.label and x.key["dataset"] == k["dataset"] and x.key["split"] == k["split"]
+               and (x.key["ways"], x.key["shots"], x.key["backbone"], x.key["profile"]) ==
+               (k["ways"], k["shots"], k["backbone"], k["profile"]) for x in entries):
+            label += f", tested {k['queries']} queries on episodes {short(k['test_fingerprint'], 8)}"
+        base = {"row": label,
+                "method": e.label, "overrides": k["overrides"], "trained_dataset": k["dataset"],
+                "trained_split": k["split"], "trained_ways": int(k["ways"]), "trained_shots": int(k["shots"]),
+                "backbone": k["backbone"], "profile": k["profile"]}
+        own = (k["dataset"], k["split"], int(k["ways"]), int(k["shots"]), int(k["queries"]), k["test_fingerprint"])
+        if (i, own) not in cells:
+            rows.append({**base, **_cell(own), "kind": "own test", "acc": e.accuracy, "n_seeds": len(e.runs),
+                         "seen_classes": 0, "run_ids": " ".join(r.path.name for r in e.runs), "evaluations": ""})
+        for (j, col), evs in cells.items():
+            if j != i:
+                continue
+            seen = [ev["test_classes_seen_in_training"] for ev in evs]
+            rows.append({**base, **_cell(col), "kind": "evaluation",
+                         "acc": np.mean([ev.accuracy for ev in evs], axis=0), "n_seeds": len(evs),
+                         "seen_classes": max((s for s in seen if s is not None), default=None),
+                         "run_ids": " ".join(ev.run.path.name for ev in evs),
+                         "evaluations": " ".join(str(ev["eval_id"]) for ev in evs)})
+    for r in rows:
+        r["mean"], r["ci95"] = mean_ci95(r["acc"])
+        r["n_episodes"] = len(r["acc"])
+    for fp in dict.fromkeys(r["test_fingerprint"] for r in rows):
+        group = [r for r in rows if r["test_fingerprint"] == fp]
+        if len({len(r["acc"]) for r in group}) != 1:
+            raise ReportError(f"records with test fingerprint {short(fp)} differ in episode count")
+        res = paired_comparison({r["row"]: r["acc"] for r in group}, alpha)
+        ranks = res.ranks.set_index("label")
+        for r in group:
+            r["rank"] = int(ranks.loc[r["row"], "rank"])
+            r["tied_with"] = "; ".join(ranks.loc[r["row"], "tied_with"])
+    return pd.DataFrame(rows, columns=CROSS_COLUMNS)
+
+
+def _cell(col: tuple) -> dict:
+    dataset, split, ways, shots, queries, fp = col
+    return {"column": f"{setting_label(dataset, ways, shots, split)}, {queries} queries, episodes {short(fp, 8)}",
+            "dataset": dataset, "split": split, "ways": ways, "shots": shots, "queries": queries,
+            "test_fingerprint": fp}

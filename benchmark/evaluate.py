@@ -1,0 +1,288 @@
+"""python -m benchmark.evaluate: re-test trained runs' saved models on a fixed episode set, without re-training.
+
+Each selected run (--runs FOLDER ..., or every finished run with a saved model under --results-dir, optionally
+filtered by --methods) loads its model.pt and is tested on the test episodes given by --dataset, --split, --data-dir,
+--ways, --shots, --queries, --test-episodes and --eval-seed (each defaults to the run's own: its dataset and split,
+its ways and shots, its number of test episodes; --eval-seed 0 and 15 queries as in benchmark.run), with the
+runner's own evaluation loop, so re-testing a run on its own test episodes reproduces its recorded accuracies.
+Every combination of --ways x --shots is one evaluation. Results go next to the training run's records, in
+<run>/evaluations/<eval-id>/ (evaluation.json and test_episodes.csv; the training run's files are never touched);
+an evaluation whose episodes (their fingerprint) were already tested is skipped. Everything is checked before
+anything is computed: a target dataset whose image shape differs from the model's, or a number of ways the model's
+classifier cannot take (MAML, Reptile and Meta-LSTM have one output per trained class), prints one line and exits
+with code 2. `python -m benchmark.report` then lists the evaluations in its cross-evaluation table.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmark.evaluate", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  python -m benchmark.evaluate --runs results/protonet-omniglot-5w1s-conv4-quick-s0 --ways 20 "
+               "--shots 1 5\n"
+               "  python -m benchmark.evaluate --methods protonet,maml --test-episodes 1000\n"
+               "  python -m benchmark.evaluate --runs results/RUN --dataset omniglot --split lake")
+    p.add_argument("--runs", nargs="+", default=None, metavar="RUN",
+                   help="run folders (results/<run-id>) or their model.pt; default: every finished run with a saved "
+                        "model under --results-dir")
+    p.add_argument("--results-dir", default="results", help="where to find runs without --runs; default: results")
+    p.add_argument("--methods", default=None, help="only runs of these methods (comma list, 'all' or 'variants' as "
+                   "in benchmark.run); default: every selected run")
+    p.add_argument("--dataset", default=None, help="test dataset; default: each run's own")
+    p.add_argument("--split", default=None, help="the test dataset's named class split (the test classes of it are "
+                   "used); default: the run's own split for its own dataset, else the dataset's default")
+    p.add_argument("--data-dir", default=None, help="folder with the test dataset; default: the run's own for its "
+                   "own dataset, else the embedded Omniglot")
+    p.add_argument("--ways", type=int, nargs="+", default=None, help="classes per test episode; default: the run's")
+    p.add_argument("--shots", type=int, nargs="+", default=None, help="support examples per class; default: the run's")
+    p.add_argument("--queries", type=int, default=15, help="query examples per class; default: 15")
+    p.add_argument("--test-episodes", type=int, default=None, help="test episodes; default: the run's number")
+    p.add_argument("--eval-seed", type=int, default=0, help="seed of the test episodes; default: 0 (benchmark.run's)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]; default: auto (CUDA when present)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch; default: PyTorch's")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+@dataclass
+class Job:
+    """One evaluation: a run's saved model on one fixed episode set."""
+
+    run_dir: Path
+    summary: dict
+    payload: dict  # model.pt
+    dataset: object  # FewShotDataset
+    data_dir: str | None
+    episodes: object  # EpisodeSet
+    folder: object  # EvaluationFolder
+    seen: int | None = None  # test classes that were training or validation classes of the run (same dataset)
+
+    @property
+    def label(self) -> str:
+        ds, spec = self.dataset, self.episodes.spec
+        return f"{ds.name} ({ds.split_name}) {spec.ways}-way {spec.shots}-shot"
+
+
+def eval_id(dataset: str, split: str, default_split: str, ways: int, shots: int, fingerprint: str) -> str:
+    """``<dataset>[-<split>]-<ways>w<shots>s-<first 12 hex digits of the test-episode fingerprint>``."""
+    data = dataset if split == default_split else f"{dataset}-{split}"
+    return f"{data}-{ways}w{shots}s-{fingerprint[:12]}"
+
+
+def _select(args) -> list[Path]:
+    """The run folders to evaluate (finished, with a saved model)."""
+    import methods
+
+    from .models import MODEL_FILE
+    from .results import RunFolder, finished_runs
+
+    wanted = None
+    if args.methods is not None:
+        try:
+            wanted = set(methods.resolve(args.methods))
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    if args.runs:
+        dirs = []
+        for r in args.runs:
+            d = Path(r).parent if Path(r).suffix == ".pt" else Path(r)
+            if not (d / RunFolder.SUMMARY).is_file():
+                raise UsageError(f"{r} is not a finished run folder (no {RunFolder.SUMMARY}); give results/<run-id>")
+            if not (d / MODEL_FILE).is_file():
+                raise UsageError(f"{d} has no saved model ({MODEL_FILE}): it ran with --no-save-model or before "
+                                 "models were saved; re-run it to keep one")
+            dirs.append(d)
+    else:
+        if not Path(args.results_dir).is_dir():
+            raise UsageError(f"results directory {args.results_dir} does not exist; give --runs or --results-dir")
+        dirs = [d for d in finished_runs(Path(args.results_dir)) if (d / MODEL_FILE).is_file()]
+    if wanted is not None:
+        dirs = [d for d in dirs if json.loads((d / RunFolder.SUMMARY).read_text()).get("method") in wanted]
+    if not dirs:
+        raise UsageError("no finished run with a saved model (model.pt) selected" +
+                         ("" if args.runs else f" under {args.results_dir}") +
+                         (f" for --methods {args.methods}" if args.methods else ""))
+    return list(dict.fromkeys(dirs))
+
+
+def plan(args) -> tuple[list[Job], object]:
+    """Validate everything and build the evaluations; raises UsageError with one clear line."""
+    from .data import DATASETS, DataError, load_dataset, resolve_split
+    from .episodes import EpisodeSet, check_spec
+    from .machine import resolve_device
+    from .models import ModelError, read_model, rebuild
+    from .results import EvaluationFolder, RunFolder, check_writable
+
+    for label, vals in (("ways", args.ways or []), ("shots", args.shots or []), ("queries", [args.queries])):
+        bad = [v for v in vals if v < 1]
+        if bad:
+            raise UsageError(f"--{label} must be at least 1 (got {bad[0]})")
+    if args.test_episodes is not None and args.test_episodes < 1:
+        raise UsageError(f"--test-episodes must be at least 1 (got {args.test_episodes})")
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise UsageError(f"--data-dir {args.data_dir} does not exist or is not a folder")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    jobs = []
+    for d in _select(args):
+        folder = RunFolder(d.parent, d.name)
+        summary, config = folder.read_summary(), folder.read_config()
+        try:
+            payload = read_model(d)
+            method = rebuild(payload)
+        except ModelError as e:
+            raise UsageError(str(e)) from None
+        run_id = summary["run_id"]
+        own = args.dataset in (None, summary["dataset"])
+        dataset = summary["dataset"] if args.dataset is None else args.dataset
+        try:
+            split = resolve_split(dataset, args.split or (summary.get("split") if own else None))
+            data_dir = args.data_dir if args.data_dir is not None else (config.get("data_dir") if own else None)
+            ds = load_dataset(dataset, data_dir, split)
+        except DataError as e:
+            raise UsageError(f"{run_id}: {e}") from None
+        shape = tuple(payload["image_shape"])
+        if shape != ds.image_shape:
+            raise UsageError(f"{run_id}: its model takes {_shape(shape)} images and {dataset} has "
+                             f"{_shape(ds.image_shape)}; a saved model is tested only on data of its own image shape "
+                             "and channels")
+        n = args.test_episodes or int(summary["n_episodes"])
+        seen = _seen_classes(ds, summary, config) if ds.name == summary["dataset"] else None
+        for ways, shots in itertools.product(args.ways or [summary["ways"]], args.shots or [summary["shots"]]):
+            try:
+                method.check_test_ways(ways)
+                check_spec(ds, "test", ways, shots, args.queries)
+            except ValueError as e:
+                raise UsageError(f"{run_id}: {e}") from None
+            episodes = EpisodeSet(ds, "test", ways, shots, args.queries, args.eval_seed, n, stream="test")
+            eid = eval_id(dataset, split, DATASETS[dataset].default_split, ways, shots, episodes.fingerprint)
+            jobs.append(Job(d, summary, payload, ds, data_dir, episodes, EvaluationFolder(d, eid), seen))
+        try:
+            check_writable(d)
+        except OSError as e:
+            raise UsageError(str(e).replace("--results-dir", "a writable copy of the run")) from None
+    return jobs, device
+
+
+def _seen_classes(ds, summary: dict, config: dict) -> int | None:
+    """How many of ``ds``'s test classes the run trained or validated on (another split of its own dataset can
+    share classes: the Vinyals split's training characters include Lake's evaluation alphabets); None when the
+    run's own data cannot be loaded to tell."""
+    from .data import DataError, load_dataset
+
+    try:
+        own = load_dataset(summary["dataset"], config.get("data_dir"), summary.get("split"))
+    except DataError:
+        return None
+    trained = set(own.splits["train"].names) | set(own.splits["val"].names)
+    return sum(n in trained for n in ds.splits["test"].names)
+
+
+def _shape(s) -> str:
+    c, h, w = s
+    return f"{c}-channel {h}x{w}"
+
+
+def record(job: Job, acc, secs, seconds: float, device) -> dict:
+    """``evaluation.json`` of a finished evaluation."""
+    from .data import DATASETS
+    from .machine import code_version, environment
+    from .results import mean_ci95
+
+    s, ds, spec, payload = job.summary, job.dataset, job.episodes.spec, job.payload
+    mean, ci = mean_ci95(acc)
+    config = json.loads((job.run_dir / "config.json").read_text()) if (job.run_dir / "config.json").is_file() else {}
+    return {
+        "kind": "evaluation", "eval_id": job.folder.eval_id, "run_id": s["run_id"], "method": s["method"],
+        "family": s.get("family"),
+        "trained": {k: s.get(k) for k in ("dataset", "split", "default_split", "ways", "shots", "queries", "backbone",
+                                          "profile", "seed", "test_fingerprint", "dataset_fingerprint",
+                                          "code_version")} | {"overrides": config.get("overrides") or []},
+        "dataset": ds.name, "split": ds.split_name, "default_split": DATASETS[ds.name].default_split,
+        "ways": spec.ways, "shots": spec.shots, "queries": spec.queries, "eval_seed": spec.seed,
+        "n_episodes": len(acc), "mean": 100 * mean, "ci95": 100 * ci,
+        "test_fingerprint": job.episodes.fingerprint, "dataset_fingerprint": ds.fingerprint,
+        "dataset_source": ds.source, "data_dir": str(job.data_dir) if job.data_dir else None,
+        "ms_per_test_episode": 1000 * float(acc.size and secs.mean()), "seconds": seconds,
+        "device": str(device), "environment": environment(device), "code_version": code_version(),
+        "model_code_version": payload.get("code_version"), "test_classes_seen_in_training": job.seen,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def run_job(job: Job, device, progress=None) -> dict:
+    """Evaluate one job (or return its record when already done)."""
+    import numpy as np
+    import pandas as pd
+
+    from .models import rebuild
+    from .training import evaluate
+
+    if job.folder.is_finished():
+        return job.folder.read_record()
+    t0 = time.perf_counter()
+    method = rebuild(job.payload, device)
+    acc, secs = evaluate(method, job.episodes, device, progress, desc=f"{job.summary['method']} {job.label}")
+    rec = record(job, acc, secs, time.perf_counter() - t0, device)
+    job.folder.write(rec, pd.DataFrame({"episode": np.arange(len(acc)), "accuracy": acc, "adapt_seconds": secs}))
+    return rec
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        import torch
+
+        from .perf import tune_cpu
+
+        tune_cpu()
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        jobs, device = plan(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+    from tqdm import tqdm
+
+    def progress(iterable=None, total=None, desc="", initial=0):
+        return tqdm(iterable, total=total, desc=desc, initial=initial, leave=False, dynamic_ncols=True,
+                    disable=args.no_progress, file=sys.stderr, mininterval=0.5)
+
+    done = skipped = 0
+    for job in jobs:
+        skip = job.folder.is_finished()
+        rec = run_job(job, device, progress)
+        done += not skip
+        skipped += skip
+        print(f"{rec['run_id']} on {job.label}: {rec['mean']:.2f} +- {rec['ci95']:.2f} % over {rec['n_episodes']} "
+              f"episodes, {rec['ms_per_test_episode']:.1f} ms per episode"
+              f"{' (already evaluated, skipped)' if skip else ''} -> {job.folder.path}", file=sys.stderr)
+        if rec.get("test_classes_seen_in_training"):
+            print(f"  warning: {rec['test_classes_seen_in_training']} of these test classes were training or "
+                  "validation classes of the run (another split of its dataset): not a few-shot test of new classes",
+                  file=sys.stderr)
+    print(f"{done} evaluations done, {skipped} skipped; python -m benchmark.report lists them", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
