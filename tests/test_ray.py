@@ -85,8 +85,9 @@ def test_without_a_shared_filesystem_the_run_folder_comes_back(tmp_path, local_r
     assert failed.read_failure()["placement"]["executor"] == "ray"
     folder = RunFolder(res, cfg.run_id)
     assert folder.is_finished() and folder.read_summary()["placement"]["shared_results_dir"] is False
-    assert sorted(f.name for f in folder.path.iterdir()) == ["config.json", "curve.csv", "summary.json",
-                                                             "test_episodes.csv"]
+    assert sorted(f.name for f in folder.path.iterdir()) == ["config.json", "curve.csv", "model.pt",
+                                                             "summary.json", "test_episodes.csv"]
+    assert (folder.path / "model.pt").stat().st_size == folder.read_summary()["model_bytes"]  # the model came too
     ref = run(cfg, tmp_path / "seq", CPU)
     assert episodes(res, cfg.run_id) == episodes(tmp_path / "seq", cfg.run_id)
     assert ref["mean"] == outs[0].summary["mean"]
