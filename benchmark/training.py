@@ -101,15 +101,33 @@ def timed_step(method, episodes: list[Episode], step: int, device: torch.device)
     return StepResult(metrics, int(metrics.pop("tasks", len(episodes))), secs)
 
 
+#: Most input values (images x channels x height x width) one grouped evaluation pass takes: 20 Omniglot 5-way 5-shot
+#: episodes with 15 queries (100 images of 28x28 each) fit; one 84x84 RGB episode of 80 images is 1.7 million, so
+#: such datasets are evaluated one episode at a time instead of 20, which would hold gigabytes of activations.
+EVAL_GROUP_VALUES = 2_000_000
+
+
+def group_size(method, episodes: EpisodeSet, group: int | None = None) -> int:
+    """Episodes per ``predict_many`` call: ``group`` (default: the method's ``eval_group``), capped so that a call
+    takes at most :data:`EVAL_GROUP_VALUES` input values. Only speed and memory depend on it, never results."""
+    group = max(1, int(group or getattr(method, "eval_group", 1)))
+    if group > 1 and len(episodes):
+        e = episodes[0]
+        per_episode = (len(e.support_x) + len(e.query_x)) * e.support_x[0].numel()
+        group = max(1, min(group, EVAL_GROUP_VALUES // max(1, per_episode)))
+    return group
+
+
 def evaluate(method, episodes: EpisodeSet, device: torch.device, progress=None, desc: str = "eval",
              group: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-episode query accuracy and adaptation seconds of ``method`` on every episode of ``episodes``.
 
-    Episodes go to ``method.predict_many`` in groups of ``group`` (default: the method's ``eval_group``), which
+    Episodes go to ``method.predict_many`` in groups of :func:`group_size` (``group``, default the method's
+    ``eval_group``, capped by input size), which
     methods implement as fewer, larger passes with the same per-episode results as ``predict`` one at a time
     (tested); an episode's seconds are its group's time divided by the group's size.
     """
-    group = max(1, int(group or getattr(method, "eval_group", 1)))
+    group = group_size(method, episodes, group)
     n = len(episodes)
     acc = np.empty(n)
     secs = np.empty(n)

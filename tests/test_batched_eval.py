@@ -44,3 +44,24 @@ def test_matching_support_side_cosine_beats_the_literal_cosine(tmp_path):
                   tmp_path, CPU)
     assert main["test_fingerprint"] == literal["test_fingerprint"]
     assert main["mean"] > literal["mean"] + 10, (main["mean"], literal["mean"])
+
+
+def test_group_size_caps_large_images():
+    """Omniglot episodes keep the method's group; 84x84 RGB episodes are evaluated one at a time (memory)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from benchmark.training import group_size
+
+    def episodes(ways, shots, queries, shape):
+        e = SimpleNamespace(support_x=torch.zeros(ways * shots, *shape), query_x=torch.zeros(ways * queries, *shape))
+        return [e]
+
+    method = SimpleNamespace(eval_group=20)
+    assert group_size(method, episodes(5, 5, 15, (1, 28, 28))) == 20
+    assert group_size(method, episodes(5, 1, 15, (3, 84, 84))) == 1
+    assert group_size(method, episodes(5, 1, 15, (3, 32, 32))) == 8  # CIFAR: 80 x 3,072 values per episode
+    assert group_size(method, episodes(20, 5, 15, (1, 28, 28))) == 6
+    assert group_size(method, episodes(5, 1, 15, (3, 84, 84)), group=7) == 1
+    assert group_size(SimpleNamespace(eval_group=1), episodes(5, 5, 15, (1, 28, 28))) == 1
