@@ -196,7 +196,7 @@ def _broken(tmp_path, src, name):
     ("tiered-npz-key", "train_images.npz has no array 'images'"),
     ("tiered-bad-png", "val_images_png.pkl: image 5 is not a decodable image"),
     ("cub-missing-image", "is missing (1 of 400 listed in images.txt)"),
-    ("cub-corrupt-image", "is corrupt (UnidentifiedImageError); expected a JPEG"),
+    ("cub-corrupt-image", "or corrupt (UnidentifiedImageError); expected a readable JPEG"),
     ("cub-no-classes", "classes.txt is missing"),
 ])
 def test_checker_names_the_file_at_fault(tmp_path, case, fragment):

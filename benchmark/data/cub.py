@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import SPLITS, DataError, FewShotDataset, ImageWriter, Split, cached_images, dataset_with_stats, split_file
+from .formats import decode_file_resized
 
 CUB_SIZE = 84
 CUB_SPLITS = ("100-50-50", "140-30-30")
@@ -67,16 +68,7 @@ def cub_files(base: Path) -> tuple[list[str], list[tuple[str, Path]]]:
 
 
 def _decode(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            if img.size != (CUB_SIZE, CUB_SIZE):
-                img = img.resize((CUB_SIZE, CUB_SIZE), Image.Resampling.LANCZOS)
-            return np.asarray(img)
-    except Exception as e:
-        raise DataError(f"CUB image {path} is corrupt ({type(e).__name__}); expected a JPEG") from None
+    return decode_file_resized(path, CUB_SIZE, "CUB")
 
 
 def load_cub(root=None, split: str = CUB_SPLITS[0]) -> FewShotDataset:

@@ -134,6 +134,22 @@ def decode_image(data: bytes, size: tuple[int, int], where: str) -> np.ndarray:
     return x
 
 
+def decode_file_resized(path: Path, size: int, what: str) -> np.ndarray:
+    """An image file -> uint8 [size, size, 3] RGB, resized (LANCZOS, whole image) when it is not that size already;
+    :class:`DataError` naming ``what`` and the file when it is missing or not an image."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.Resampling.LANCZOS)
+            return np.asarray(img)
+    except Exception as e:
+        raise DataError(f"{what} image {path} is missing or corrupt ({type(e).__name__}); expected a readable "
+                        "JPEG or PNG") from None
+
+
 class _Blob:
     """Stands in for one pickled NumPy array: its bytes go to ``sink`` as soon as the unpickler sets them."""
 

@@ -21,22 +21,13 @@ import numpy as np
 
 from .dataset import (SPLITS, ConcatImages, DataError, FewShotDataset, ImageWriter, Split, cached_images,
                       dataset_with_stats, split_file)
-from .formats import check_images, read_pickle
+from .formats import check_images, decode_file_resized, read_pickle
 
 MINI_SIZE = 84
 
 
 def _decode(p: Path) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(p) as img:
-            img = img.convert("RGB")
-            if img.size != (MINI_SIZE, MINI_SIZE):
-                img = img.resize((MINI_SIZE, MINI_SIZE), Image.Resampling.LANCZOS)
-            return np.asarray(img)
-    except Exception as e:
-        raise DataError(f"miniimagenet image {p} is missing or corrupt ({type(e).__name__})") from None
+    return decode_file_resized(p, MINI_SIZE, "miniimagenet")
 
 
 def _pickle_split(root: Path, s: str, pkl: Path, expected: list[str]):
