@@ -22,12 +22,13 @@ measured in README "Speed"); the numbers computed are the same.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .backbone_table import BACKBONES, BackboneConfig  # noqa: F401 - the table, re-exported
 
 Film = Sequence[tuple[torch.Tensor, torch.Tensor] | None] | None
 
@@ -198,28 +199,6 @@ def explicit_batchnorm(net: nn.Module, group: int | None = None):
     finally:
         for m in norms:
             del m.forward
-
-
-@dataclass(frozen=True)
-class BackboneConfig:
-    kind: str  # "conv4" | "resnet12"
-    width: int = 64
-    mode: str = "maxpool"
-    pools: tuple[bool, ...] = (True, True, True, True)
-    widths: tuple[int, ...] = (64, 160, 320, 640)
-    doc: str = ""
-
-
-BACKBONES: dict[str, BackboneConfig] = {
-    "conv4": BackboneConfig("conv4", 64, doc="Conv-4, 64 filters, max-pooling (ProtoNet, Matching, TADAM on Conv-4)"),
-    "conv4-32": BackboneConfig("conv4", 32, doc="Conv-4, 32 filters, max-pooling (MAML/Meta-LSTM on miniImageNet)"),
-    "conv4-strided": BackboneConfig("conv4", 64, "strided", doc="Conv-4, 64 filters, stride 2 (MAML on Omniglot)"),
-    "conv4-relation": BackboneConfig("conv4", 64, pools=(True, True, False, False),
-                                     doc="Conv-4, 64 filters, pooling in blocks 1-2 only (Relation Network's own)"),
-    "resnet12": BackboneConfig("resnet12", doc="ResNet-12, widths 64-160-320-640"),
-    "resnet12-narrow": BackboneConfig("resnet12", widths=(32, 64, 128, 256),
-                                      doc="ResNet-12, widths 32-64-128-256 (for CPU budgets)"),
-}
 
 
 def build_backbone(name: str, in_channels: int, *, keep_spatial: bool = False,

@@ -1,8 +1,11 @@
-"""What a run is, and its preparation: profiles, :class:`RunConfig`, hyperparameters and :func:`prepare`.
+"""What a run is, and its preparation: :class:`RunConfig`, hyperparameters and :func:`prepare`.
 
 A run is (method, dataset, ways, shots, backbone, seed, profile), plus the evaluation episodes and hyperparameter
 overrides (:class:`RunConfig`). :func:`prepare` checks a configuration and builds everything a run needs before
-anything is written: the method class, the dataset, the setting and the hyperparameters (:class:`PreparedRun`).
+anything is written: the dataset, the setting and the hyperparameters of the given method class
+(:class:`PreparedRun`). This module is part of the harness core: it never imports the method registry; the caller
+looks the class up (``benchmark.runner.prepare`` does, from the run's method name). Profiles live in
+:mod:`benchmark.profiles`.
 
 Hyperparameter overrides (``--set FIELD=VALUE``) are checked against the field's declared type (int, float, bool,
 str, ``X | None``, tuples); with ``positive=True`` (the command line) budgets must also be positive
@@ -23,23 +26,10 @@ from typing import Any
 
 from .data import FewShotDataset, load_dataset, resolve_split
 from .episodes import check_spec
+from .profiles import PROFILES, Profile, check_profile
 
-
-@dataclass(frozen=True)
-class Profile:
-    """Evaluation budget of a profile (the training budget is each method's ``hyper(profile, setting)``)."""
-
-    name: str
-    val_episodes: int
-    test_episodes: int
-    doc: str
-
-
-PROFILES: dict[str, Profile] = {
-    "smoke": Profile("smoke", 20, 100, "seconds per run; for tests and trying the tool"),
-    "quick": Profile("quick", 100, 600, "about 2 minutes per method and setting on 2 CPU cores; the default"),
-    "paper": Profile("paper", 600, 600, "the papers' hyperparameters and episode budgets; meant for a GPU"),
-}
+__all__ = ["PROFILES", "PreparedRun", "Profile", "RunConfig", "build_hyper", "check_value", "parse_overrides",
+           "prepare"]
 
 
 @dataclass(frozen=True)
@@ -60,11 +50,11 @@ class RunConfig:
 
     @property
     def n_test(self) -> int:
-        return self.test_episodes if self.test_episodes is not None else PROFILES[self.profile].test_episodes
+        return self.test_episodes if self.test_episodes is not None else check_profile(self.profile).test_episodes
 
     @property
     def n_val(self) -> int:
-        return self.val_episodes if self.val_episodes is not None else PROFILES[self.profile].val_episodes
+        return self.val_episodes if self.val_episodes is not None else check_profile(self.profile).val_episodes
 
     @property
     def run_id(self) -> str:
@@ -87,7 +77,7 @@ class PreparedRun:
     cfg: RunConfig
     cls: type  # a methods.base.Method subclass
     dataset: FewShotDataset
-    setting: Any  # methods.base.Setting
+    setting: Any  # benchmark.context.Setting
     hp: Any  # the method's Hyper dataclass
     data_dir: str | Path | None = None
 
@@ -203,30 +193,26 @@ def build_hyper(cls, cfg: RunConfig, setting, positive: bool = False):
 
 
 # ------------------------------------------------------------------------------------------------ preparation
-def prepare(cfg: RunConfig, data_dir: str | Path | None = None, method_cls: type | None = None,
+def prepare(cfg: RunConfig, method_cls: type, data_dir: str | Path | None = None,
             positive: bool = False) -> PreparedRun:
-    """Validate a run's configuration and build its data; raises ValueError/DataError with a clear message.
+    """Validate a run's configuration for ``method_cls`` (the :class:`~methods.base.Method` subclass the registry
+    has under ``cfg.method``) and build its data; raises ValueError/DataError with a clear message.
 
-    ``method_cls``: the method's class when the caller has already looked it up in the registry (else
-    ``methods.get(cfg.method)``); ``positive``: require positive budgets in the overrides (the command line's check).
+    ``positive``: require positive budgets in the overrides (the command line's check).
     """
-    import methods
-
-    cls = method_cls if method_cls is not None else methods.get(cfg.method)
-    if cfg.profile not in PROFILES:
-        raise ValueError(f"unknown profile {cfg.profile!r}; choose from {', '.join(PROFILES)}")
     from .backbones import BACKBONES
+    from .context import Setting
 
     if cfg.backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {cfg.backbone!r}; choose from {', '.join(BACKBONES)}")
     if cfg.split and cfg.split == resolve_split(cfg.dataset, None):
         raise ValueError(f"split {cfg.split!r} is {cfg.dataset}'s default; leave RunConfig.split empty for it "
                          "(so the run id is the same however it was asked for)")
+    setting = Setting(cfg.dataset, cfg.ways, cfg.shots, cfg.queries)
+    hp = build_hyper(method_cls, cfg, setting, positive)  # refuses an unknown profile (Method.hyper)
     ds = load_dataset(cfg.dataset, data_dir, cfg.split or None)
     check_spec(ds, "test", cfg.ways, cfg.shots, cfg.queries)
     check_spec(ds, "val", cfg.ways, cfg.shots, cfg.queries)
-    setting = methods.Setting(cfg.dataset, cfg.ways, cfg.shots, cfg.queries)
-    hp = build_hyper(cls, cfg, setting, positive)
     tw, ts = hp.train_ways or cfg.ways, hp.train_shots or cfg.shots
     check_spec(ds, "train", tw, ts, hp.train_queries)
-    return PreparedRun(cfg, cls, ds, setting, hp, data_dir)
+    return PreparedRun(cfg, method_cls, ds, setting, hp, data_dir)

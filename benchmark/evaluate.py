@@ -22,11 +22,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-EXIT_USAGE = 2
+from .cli import EXIT_USAGE, UsageError, at_least, existing_dir, progress_factory, setup_torch, usage_errors
 
-
-class UsageError(Exception):
-    pass
+__all__ = ["EXIT_USAGE", "Job", "UsageError", "eval_id", "main", "parser", "plan", "record", "run_job"]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -67,6 +65,7 @@ class Job:
     run_dir: Path
     summary: dict
     payload: dict  # model.pt
+    method: object  # the saved model, rebuilt once per run folder on the evaluation's device (benchmark.models)
     dataset: object  # FewShotDataset
     data_dir: str | None
     episodes: object  # EpisodeSet
@@ -125,29 +124,22 @@ def plan(args) -> tuple[list[Job], object]:
     """Validate everything and build the evaluations; raises UsageError with one clear line."""
     from .data import DATASETS, DataError, load_dataset, resolve_split
     from .episodes import EpisodeSet, check_spec
-    from .machine import resolve_device
     from .models import ModelError, read_model, rebuild
     from .results import EvaluationFolder, RunFolder, check_writable
 
-    for label, vals in (("ways", args.ways or []), ("shots", args.shots or []), ("queries", [args.queries])):
-        bad = [v for v in vals if v < 1]
-        if bad:
-            raise UsageError(f"--{label} must be at least 1 (got {bad[0]})")
-    if args.test_episodes is not None and args.test_episodes < 1:
-        raise UsageError(f"--test-episodes must be at least 1 (got {args.test_episodes})")
-    if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        raise UsageError(f"--data-dir {args.data_dir} does not exist or is not a folder")
-    try:
-        device = resolve_device(args.device)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    at_least("--ways", args.ways)
+    at_least("--shots", args.shots)
+    at_least("--queries", args.queries)
+    at_least("--test-episodes", args.test_episodes)
+    existing_dir("--data-dir", args.data_dir)
+    device = setup_torch(args.device, args.threads)
     jobs = []
     for d in _select(args):
         folder = RunFolder(d.parent, d.name)
         summary, config = folder.read_summary(), folder.read_config()
         try:
             payload = read_model(d)
-            method = rebuild(payload)
+            method = rebuild(payload, device)
         except ModelError as e:
             raise UsageError(str(e)) from None
         run_id = summary["run_id"]
@@ -174,7 +166,7 @@ def plan(args) -> tuple[list[Job], object]:
                 raise UsageError(f"{run_id}: {e}") from None
             episodes = EpisodeSet(ds, "test", ways, shots, args.queries, args.eval_seed, n, stream="test")
             eid = eval_id(dataset, split, DATASETS[dataset].default_split, ways, shots, episodes.fingerprint)
-            jobs.append(Job(d, summary, payload, ds, data_dir, episodes, EvaluationFolder(d, eid), seen))
+            jobs.append(Job(d, summary, payload, method, ds, data_dir, episodes, EvaluationFolder(d, eid), seen))
         try:
             check_writable(d)
         except OSError as e:
@@ -233,14 +225,12 @@ def run_job(job: Job, device, progress=None) -> dict:
     import numpy as np
     import pandas as pd
 
-    from .models import rebuild
     from .training import evaluate
 
     if job.folder.is_finished():
         return job.folder.read_record()
     t0 = time.perf_counter()
-    method = rebuild(job.payload, device)
-    acc, secs = evaluate(method, job.episodes, device, progress, desc=f"{job.summary['method']} {job.label}")
+    acc, secs = evaluate(job.method, job.episodes, device, progress, desc=f"{job.summary['method']} {job.label}")
     rec = record(job, acc, secs, time.perf_counter() - t0, device)
     job.folder.write(rec, pd.DataFrame({"episode": np.arange(len(acc)), "accuracy": acc, "adapt_seconds": secs}))
     return rec
@@ -248,25 +238,12 @@ def run_job(job: Job, device, progress=None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        import torch
+    return usage_errors(lambda: _main(args))
 
-        from .perf import tune_cpu
 
-        tune_cpu()
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        jobs, device = plan(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-
-    from tqdm import tqdm
-
-    def progress(iterable=None, total=None, desc="", initial=0):
-        return tqdm(iterable, total=total, desc=desc, initial=initial, leave=False, dynamic_ncols=True,
-                    disable=args.no_progress, file=sys.stderr, mininterval=0.5)
-
+def _main(args) -> int:
+    jobs, device = plan(args)
+    progress = progress_factory(args.no_progress)
     done = skipped = 0
     for job in jobs:
         skip = job.folder.is_finished()

@@ -7,8 +7,9 @@
   resumes from the run's checkpoint). ``--ray-address ''`` starts a local Ray instance; ``auto`` or ``host:port``
   joins a cluster. Ray is an optional dependency (``pip install -e '.[distributed]'``).
 
-Both execute the same function for a run, :func:`run_one` (:func:`benchmark.runner.run` plus failure and lock
-handling), so a run's records are the same whichever executor ran it; only the driver (``benchmark.run``) writes the
+Both build one :class:`~benchmark.runner.RunJob` per run (with its placement) and execute it with the same
+function, :func:`benchmark.runner.run_job`, which returns its :class:`~benchmark.runner.Outcome`, so a run's records
+are the same whichever executor ran it; only the driver (``benchmark.run``) writes the
 leaderboard and the report. The task receives the small :class:`~benchmark.config.RunConfig` and prepares the run
 itself (datasets are cached per worker process), never large arrays.
 
@@ -28,49 +29,17 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from .results import RunFolder
+from .runner import Outcome, RunJob, failure_record, prepare, run_job
+
+__all__ = ["Outcome", "RayExecutor", "SequentialExecutor", "import_ray"]
 
 RAY_MISSING = ("--executor ray needs Ray, an optional extra: pip install -e '.[distributed]' "
                "(or pip install 'ray[default]')")
 MARKER_PREFIX = ".driver-"  # <results_dir>/.driver-<token>: the driver's marker for the shared-filesystem check
-
-
-@dataclass
-class Outcome:
-    """What became of one run: ``done`` (``summary``), ``failed`` (``failure``: what ``failed.json`` holds) or
-    ``skipped`` (another process is training it; ``note`` says which). ``trained``: a ``done`` run was trained by
-    this call (False: it had been finished before, or by another process this call waited for)."""
-
-    run_id: str
-    status: str
-    summary: dict | None = None
-    failure: dict | None = None
-    note: str | None = None
-    trained: bool = False
-
-
-def run_one(cfg, results_dir: Path, device, data_dir=None, progress=None, prepared=None, placement=None,
-            if_locked: str = "wait", note: Callable[[str], None] | None = None, save_model: bool = True) -> Outcome:
-    """One run through :func:`benchmark.runner.run`, as an :class:`Outcome`: a failure (recorded in the run's folder)
-    and a run locked by another process are outcomes, not exceptions; Ctrl-C still raises
-    :class:`~benchmark.training.Interrupted` after the checkpoint is saved."""
-    from .machine import placement as where
-    from .runner import Locked, RunFailed, run
-
-    attempt = uuid.uuid4().hex[:12]  # recorded in the summary: tells a run trained here from one read back
-    placement = {**(placement or where(device)), "attempt": attempt}
-    try:
-        s = run(cfg, results_dir, device, data_dir, progress=progress, prepared=prepared, placement=placement,
-                if_locked=if_locked, note=note, save_model=save_model)
-    except RunFailed as e:
-        return Outcome(cfg.run_id, "failed", failure=e.record)
-    except Locked as e:
-        return Outcome(cfg.run_id, "skipped", note=str(e))
-    return Outcome(cfg.run_id, "done", summary=s, trained=(s.get("placement") or {}).get("attempt") == attempt)
 
 
 class SequentialExecutor:
@@ -78,9 +47,9 @@ class SequentialExecutor:
 
     name = "sequential"
 
-    def __init__(self, results_dir: Path, device, data_dir=None, progress=None, if_locked: str = "wait",
+    def __init__(self, results_dir: Path, device, progress=None, if_locked: str = "wait",
                  note: Callable[[str], None] = print, save_model: bool = True):
-        self.results_dir, self.device, self.data_dir = Path(results_dir), device, data_dir
+        self.results_dir, self.device = Path(results_dir), device
         self.progress, self.if_locked, self.note, self.save_model = progress, if_locked, note, save_model
 
     def execute(self, prepared: list, on_outcome: Callable[[Outcome], None]) -> list[Outcome]:
@@ -90,9 +59,8 @@ class SequentialExecutor:
 
         outs = []
         for p in prepared:
-            o = run_one(p.cfg, self.results_dir, self.device, self.data_dir, self.progress, prepared=p,
-                        placement=placement(self.device, self.name), if_locked=self.if_locked, note=self.note,
-                        save_model=self.save_model)
+            o = run_job(RunJob(p, self.results_dir, self.device, placement(self.device, self.name), self.if_locked,
+                               self.save_model, self.progress, self.note))
             outs.append(o)
             on_outcome(o)
         return outs
@@ -159,8 +127,8 @@ def local_results_dir(origin: str) -> Path:
 
 def ray_task(cfg, results_dir: str, token: str, origin: str, data_dir, device_name: str, cpus: int, gpus: float,
              if_locked: str, progress_lines: bool, shared: bool | None, save_model: bool = True) -> dict:
-    """The body of one Ray task: set PyTorch's threads to the run's CPUs, prepare and run ``cfg`` with
-    :func:`run_one`, and return its outcome, with the run folder's files when the driver's results directory is not
+    """The body of one Ray task: set PyTorch's threads to the run's CPUs, prepare ``cfg`` and run it with
+    :func:`~benchmark.runner.run_job`, and return its outcome, with the run folder's files when the driver's results directory is not
     visible here (``shared``: None detects it by the driver's marker file ``.driver-<token>``)."""
     import torch
 
@@ -183,8 +151,8 @@ def ray_task(cfg, results_dir: str, token: str, origin: str, data_dir, device_na
     where = placement(device, "ray", node=socket.gethostname(), ray_node_id=node_id, cpus=torch.get_num_threads(),
                       gpu_fraction=gpus or None, shared_results_dir=shared)
     progress = LineProgress(cfg.run_id) if progress_lines else None
-    o = run_one(cfg, here, device, data_dir, progress=progress, placement=where, if_locked=if_locked,
-                note=lambda t: print(t, file=sys.stderr, flush=True), save_model=save_model)
+    note = lambda t: print(t, file=sys.stderr, flush=True)  # noqa: E731 - forwarded to the driver by Ray
+    o = run_job(RunJob(prepare(cfg, data_dir), here, device, where, if_locked, save_model, progress, note))
     out = {"outcome": o, "files": None}
     if not shared and o.status in ("done", "failed"):
         local = RunFolder(here, cfg.run_id)
@@ -199,11 +167,11 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, results_dir: Path, device, data_dir=None, address: str = "", cpus_per_run: int = 1,
+    def __init__(self, results_dir: Path, device, address: str = "", cpus_per_run: int = 1,
                  gpus_per_run: float = 0.0, max_retries: int = 3, if_locked: str = "wait",
                  progress_lines: bool = True, shared: bool | None = None, note: Callable[[str], None] = print,
                  save_model: bool = True):
-        self.results_dir, self.device, self.data_dir = Path(results_dir), device, data_dir
+        self.results_dir, self.device = Path(results_dir), device
         self.address, self.cpus, self.gpus, self.max_retries = address, cpus_per_run, gpus_per_run, max_retries
         self.if_locked, self.progress_lines, self.shared, self.note = if_locked, progress_lines, shared, note
         self.save_model = save_model
@@ -279,9 +247,7 @@ class RayExecutor:
             res = ray.get(ref)
         except ray.exceptions.RayError as e:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            record = {"kind": "task_error", "reason": f"{type(e).__name__}: {reason}",
-                      "step": None, "last_curve_point": None, "placement": {"executor": "ray"},
-                      "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            record = failure_record("task_error", f"{type(e).__name__}: {reason}", {"executor": "ray"})
             folder.fail(record, str(e))
             return Outcome(cfg.run_id, "failed", failure=record)
         o = res["outcome"]

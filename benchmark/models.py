@@ -93,7 +93,7 @@ def rebuild(payload: dict[str, Any], device: str | torch.device = "cpu"):
     """The method of a ``model.pt`` payload, rebuilt from the registry and loaded with its state, in eval mode;
     ``method.model_info`` holds the payload's facts. Global random state is left as it was."""
     import methods
-    from methods.base import Context, Setting
+    from .context import Context, Setting
 
     device = torch.device(device)
     name = payload["method"]

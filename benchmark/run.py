@@ -21,44 +21,23 @@ import sys
 import time
 from pathlib import Path
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+from .cli import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, UsageError, at_least,
+                  catalogue_lines, existing_dir, note, progress_factory, setup_torch, usage_errors)
 
-
-class UsageError(Exception):
-    pass
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TERMINATED", "EXIT_USAGE", "UsageError", "main", "parser",
+           "plan"]
 
 
 def _epilog() -> str:
-    from .backbones import BACKBONES
-    from .data import DATASETS
-    from .config import PROFILES
-
-    import methods
-
-    lines = ["methods:"]
-    for n, c in methods.registry().items():
-        tag = f" (variant of {c.variant_of})" if c.variant_of else ""
-        lines.append(f"  {n:16s} {c.family:15s} {c.idea}{tag}")
-    lines.append("  all = " + ", ".join(methods.main_methods()) + "; variants = every entry above")
-    lines.append("profiles:")
-    lines += [f"  {p.name:8s} {p.doc} (val {p.val_episodes} / test {p.test_episodes} episodes)"
-              for p in PROFILES.values()]
-    lines.append("backbones:")
-    lines += [f"  {n:16s} {c.doc}" for n, c in BACKBONES.items()]
-    lines.append("datasets (--split: the first listed is the default; only omniglot is embedded, the others need "
-                 "--data-dir):")
-    for n, d in DATASETS.items():
-        lines += [f"  {n:16s} splits {'/'.join(d.splits):20s} {d.summary}",
-                  *(f"  {'':16s} {t}" for t in (f"files: {d.files}", f"defaults: {d.defaults}") if d.files or d.defaults)]
-    lines.append("  check a data directory before a long run: python -m benchmark.data DATASET --data-dir DIR")
-    lines.append("examples:\n  python -m benchmark.run --methods all\n"
-                 "  python -m benchmark.run --methods protonet,maml --shots 1 --seeds 0 1 2 --profile smoke\n"
-                 "  python -m benchmark.run --methods protonet --set train_steps=2000 lr=5e-4\n"
-                 "  python -m benchmark.run --methods all --executor ray --cpus-per-run 1   # runs in parallel (Ray)"
-                 "\n  python -m benchmark.run --methods protonet,maml --split lake\n"
-                 "re-test the saved models (results/<run-id>/model.pt) without re-training:\n"
-                 "  python -m benchmark.evaluate --methods protonet --ways 20 --shots 1 5")
-    return "\n".join(lines)
+    return "\n".join(catalogue_lines() + [
+        "  check a data directory before a long run: python -m benchmark.data DATASET --data-dir DIR",
+        "examples:\n  python -m benchmark.run --methods all\n"
+        "  python -m benchmark.run --methods protonet,maml --shots 1 --seeds 0 1 2 --profile smoke\n"
+        "  python -m benchmark.run --methods protonet --set train_steps=2000 lr=5e-4\n"
+        "  python -m benchmark.run --methods all --executor ray --cpus-per-run 1   # runs in parallel (Ray)"
+        "\n  python -m benchmark.run --methods protonet,maml --split lake\n"
+        "re-test the saved models (results/<run-id>/model.pt) without re-training:\n"
+        "  python -m benchmark.evaluate --methods protonet --ways 20 --shots 1 5"])
 
 
 def parser() -> argparse.ArgumentParser:
@@ -116,67 +95,12 @@ def parser() -> argparse.ArgumentParser:
 def plan(args) -> tuple[list, object]:
     """Validate everything up front; returns (prepared runs, device), each run prepared once
     (:class:`~benchmark.config.PreparedRun`, with its ``cfg``). Raises UsageError with one clear line."""
-    import methods
-
-    from .config import RunConfig, parse_overrides, prepare
-    from .data import DataError, resolve_split
-    from .machine import resolve_device
+    _check_counts(args)
+    device = setup_torch(args.device, args.threads)
+    _check_executor(args, device)
+    prepared = _prepare_runs(args)
     from .results import check_writable
 
-    if args.executor == "ray":
-        from .executors import RAY_MISSING
-
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            raise UsageError(RAY_MISSING) from None
-    if args.cpus_per_run < 1:
-        raise UsageError(f"--cpus-per-run must be at least 1 (got {args.cpus_per_run})")
-    if args.gpus_per_run is not None and args.gpus_per_run < 0:
-        raise UsageError(f"--gpus-per-run must be 0 or more (got {args.gpus_per_run})")
-    if args.max_retries < 0:
-        raise UsageError(f"--max-retries must be 0 or more (got {args.max_retries})")
-    try:
-        names = methods.resolve(args.methods)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    for label, vals in (("ways", args.ways), ("shots", args.shots), ("queries", [args.queries])):
-        bad = [v for v in vals if v < 1]
-        if bad:
-            raise UsageError(f"--{label} must be at least 1 (got {bad[0]})")
-    for label, v in (("--test-episodes", args.test_episodes), ("--val-episodes", args.val_episodes)):
-        if v is not None and v < 1:
-            raise UsageError(f"{label} must be at least 1 (got {v})")
-    if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        raise UsageError(f"--data-dir {args.data_dir} does not exist or is not a folder")
-    try:
-        device = resolve_device(args.device)
-        overrides = parse_overrides(args.set)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    try:
-        split = resolve_split(args.dataset, args.split)
-    except DataError as e:
-        raise UsageError(str(e)) from None
-    split = "" if split == resolve_split(args.dataset, None) else split
-    if args.executor == "ray":
-        if args.gpus_per_run is None:
-            args.gpus_per_run = 1.0 if device.type == "cuda" else 0.0
-        if device.type == "cuda" and args.gpus_per_run == 0:
-            raise UsageError("--device is CUDA but --gpus-per-run is 0; give each run a share of a GPU "
-                             "(e.g. --gpus-per-run 0.25) or use --device cpu")
-        if device.type == "cpu" and args.gpus_per_run > 0:
-            raise UsageError("--gpus-per-run needs --device cuda (or auto on a machine with a GPU)")
-    registry = methods.registry()
-    prepared = []
-    for m, w, s, seed in itertools.product(names, args.ways, args.shots, args.seeds):
-        cfg = RunConfig(method=m, dataset=args.dataset, split=split, ways=w, shots=s, backbone=args.backbone, seed=seed,
-                        profile=args.profile, queries=args.queries, test_episodes=args.test_episodes,
-                        val_episodes=args.val_episodes, eval_seed=args.eval_seed, overrides=overrides)
-        try:
-            prepared.append(prepare(cfg, args.data_dir, method_cls=registry[m], positive=True))
-        except (ValueError, DataError) as e:
-            raise UsageError(str(e)) from None
     try:
         check_writable(Path(args.results_dir))
     except OSError as e:
@@ -184,58 +108,105 @@ def plan(args) -> tuple[list, object]:
     return prepared, device
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def _check_counts(args) -> None:
+    """The numbers and folders of the command line (before anything is loaded)."""
+    at_least("--cpus-per-run", args.cpus_per_run)
+    at_least("--gpus-per-run", args.gpus_per_run, low=0)
+    at_least("--max-retries", args.max_retries, low=0)
+    at_least("--ways", args.ways)
+    at_least("--shots", args.shots)
+    at_least("--queries", args.queries)
+    at_least("--test-episodes", args.test_episodes)
+    at_least("--val-episodes", args.val_episodes)
+    existing_dir("--data-dir", args.data_dir)
+
+
+def _check_executor(args, device) -> None:
+    """Ray is installed when asked for, and its GPU share agrees with the device (``--gpus-per-run``'s default: 1
+    on CUDA, else 0)."""
+    if args.executor != "ray":
+        return
+    from .executors import RAY_MISSING
+
     try:
-        import torch
+        import ray  # noqa: F401
+    except ImportError:
+        raise UsageError(RAY_MISSING) from None
+    if args.gpus_per_run is None:
+        args.gpus_per_run = 1.0 if device.type == "cuda" else 0.0
+    if device.type == "cuda" and args.gpus_per_run == 0:
+        raise UsageError("--device is CUDA but --gpus-per-run is 0; give each run a share of a GPU "
+                         "(e.g. --gpus-per-run 0.25) or use --device cpu")
+    if device.type == "cpu" and args.gpus_per_run > 0:
+        raise UsageError("--gpus-per-run needs --device cuda (or auto on a machine with a GPU)")
 
-        from .perf import tune_cpu
 
-        tune_cpu()
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        prepared, device = plan(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+def _prepare_runs(args) -> list:
+    """One prepared run per (method, ways, shots, seed), methods looked up in the registry."""
+    import methods
 
+    from .config import RunConfig, parse_overrides, prepare
+    from .data import DataError, resolve_split
+
+    try:
+        names = methods.resolve(args.methods)
+        overrides = parse_overrides(args.set)
+        split = resolve_split(args.dataset, args.split)
+    except (ValueError, DataError) as e:
+        raise UsageError(str(e)) from None
+    split = "" if split == resolve_split(args.dataset, None) else split
+    registry = methods.registry()
+    prepared = []
+    for m, w, s, seed in itertools.product(names, args.ways, args.shots, args.seeds):
+        cfg = RunConfig(method=m, dataset=args.dataset, split=split, ways=w, shots=s, backbone=args.backbone, seed=seed,
+                        profile=args.profile, queries=args.queries, test_episodes=args.test_episodes,
+                        val_episodes=args.val_episodes, eval_seed=args.eval_seed, overrides=overrides)
+        try:
+            prepared.append(prepare(cfg, registry[m], args.data_dir, positive=True))
+        except (ValueError, DataError) as e:
+            raise UsageError(str(e)) from None
+    return prepared
+
+
+def _executor(args, device, progress):
+    from .executors import RayExecutor, SequentialExecutor
+
+    if args.executor == "ray":
+        return RayExecutor(Path(args.results_dir), device, args.ray_address, args.cpus_per_run, args.gpus_per_run,
+                           args.max_retries, args.if_locked, progress_lines=not args.no_progress, note=note,
+                           save_model=not args.no_save_model)
+    return SequentialExecutor(Path(args.results_dir), device, progress, args.if_locked, note,
+                              save_model=not args.no_save_model)
+
+
+def _announce(o) -> None:
+    """One line per finished, failed or skipped run."""
+    if o.status == "done":
+        s = o.summary
+        size = f", model {s['model_bytes'] / 1e6:.2f} MB" if s.get("model_bytes") else ""
+        note(f"{o.run_id}: {s['mean']:.2f} +- {s['ci95']:.2f} % over {s['n_episodes']} test episodes "
+             f"({s['train_episodes']} training episodes, {s['train_seconds']:.0f} s training{size}"
+             f"{'' if o.trained else '; finished before, not re-run'})")
+    elif o.status == "failed":
+        note(f"{o.run_id}: FAILED: {o.failure['reason']}")
+    else:
+        note(f"{o.run_id}: {o.note}")
+
+
+def _execute(executor, prepared, args) -> tuple[list | None, int | None]:
+    """Carry out the runs with the run-level progress bar; (outcomes, None), or (None, exit code) when Ctrl-C or
+    SIGTERM stopped them (checkpoints kept, leaderboard written)."""
     from tqdm import tqdm
 
-    from .executors import RayExecutor, SequentialExecutor
-    from .results import LEADERBOARD, write_leaderboard
+    from .results import write_leaderboard
     from .training import Interrupted
 
-    def progress(iterable=None, total=None, desc="", initial=0):
-        return tqdm(iterable, total=total, desc=desc, initial=initial, leave=False, dynamic_ncols=True,
-                    disable=args.no_progress, file=sys.stderr, mininterval=0.5)
-
-    def note(text: str) -> None:
-        tqdm.write(text, file=sys.stderr)
-
-    results_dir = Path(args.results_dir)
-    t0 = time.time()
     outer = tqdm(total=len(prepared), desc="runs", unit="run", disable=args.no_progress or len(prepared) < 2,
                  file=sys.stderr, dynamic_ncols=True)
-    if args.executor == "ray":
-        executor = RayExecutor(results_dir, device, args.data_dir, args.ray_address, args.cpus_per_run,
-                               args.gpus_per_run, args.max_retries, args.if_locked,
-                               progress_lines=not args.no_progress, note=note, save_model=not args.no_save_model)
-    else:
-        executor = SequentialExecutor(results_dir, device, args.data_dir, progress, args.if_locked, note,
-                                      save_model=not args.no_save_model)
 
     def on_outcome(o) -> None:
         outer.update(1)
-        if o.status == "done":
-            s = o.summary
-            size = f", model {s['model_bytes'] / 1e6:.2f} MB" if s.get("model_bytes") else ""
-            note(f"{o.run_id}: {s['mean']:.2f} +- {s['ci95']:.2f} % over {s['n_episodes']} test episodes "
-                 f"({s['train_episodes']} training episodes, {s['train_seconds']:.0f} s training{size}"
-                 f"{'' if o.trained else '; finished before, not re-run'})")
-        elif o.status == "failed":
-            note(f"{o.run_id}: FAILED: {o.failure['reason']}")
-        else:
-            note(f"{o.run_id}: {o.note}")
+        _announce(o)
 
     terminated = []
 
@@ -245,20 +216,27 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        outcomes = executor.execute(prepared, on_outcome)
+        return executor.execute(prepared, on_outcome), None
     except (Interrupted, KeyboardInterrupt) as e:
         outer.close()
         print(f"\n{e or 'interrupted; run the same command again to resume'}", file=sys.stderr)
-        write_leaderboard(results_dir)
-        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+        write_leaderboard(Path(args.results_dir))
+        return None, EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
-    outer.close()
+        outer.close()
+
+
+def _summarise(outcomes, prepared, executor, args, seconds: float) -> int:
+    """The closing lines (runs done, skipped, failed), the leaderboard and the report; the exit code."""
+    from .results import LEADERBOARD, write_leaderboard
+
+    results_dir = Path(args.results_dir)
     done = [o for o in outcomes if o.status == "done"]
     failed = [o for o in outcomes if o.status == "failed"]
     skipped = [o for o in outcomes if o.status == "skipped"]
     board = write_leaderboard(results_dir)
-    print(f"{len(done)} runs done in {time.time() - t0:.0f} s ({executor.name} executor); leaderboard: "
+    print(f"{len(done)} runs done in {seconds:.0f} s ({executor.name} executor); leaderboard: "
           f"{results_dir / LEADERBOARD} ({len(board)} runs)", file=sys.stderr)
     if skipped:
         print(f"{len(skipped)} run(s) skipped, being trained by another process: "
@@ -275,6 +253,21 @@ def main(argv: list[str] | None = None) -> int:
                            run_ids=[p.cfg.run_id for p in prepared])
         print(f"report: {out}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return usage_errors(lambda: _main(args))
+
+
+def _main(args) -> int:
+    prepared, device = plan(args)
+    executor = _executor(args, device, progress_factory(args.no_progress))
+    t0 = time.time()
+    outcomes, code = _execute(executor, prepared, args)
+    if outcomes is None:
+        return code
+    return _summarise(outcomes, prepared, executor, args, time.time() - t0)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """Meta-train, validate, test and record one run.
 
-A run is (method, dataset, ways, shots, backbone, seed, profile). :func:`run` meta-trains the method on training
+A run is (method, dataset, ways, shots, backbone, seed, profile). An executor (:mod:`benchmark.executors`) hands
+each run to :func:`run_job` as a :class:`RunJob` (the prepared run, where it writes, the device, where it runs, lock
+policy, model saving, progress) and gets back an :class:`Outcome` (done, failed or skipped, and whether this call
+trained it); :func:`run` is the short form for the API and the tests. The run meta-trains the method on training
 episodes drawn by index from the run's seed, validates on a fixed episode set every ``val_every`` steps (one
 convergence-curve point each: steps, episodes seen, training seconds, validation accuracy), keeps the checkpoint with
 the best validation accuracy, tests it on the fixed test episodes and writes the run folder
@@ -16,13 +19,15 @@ episodes are pure functions of their index and the RNG states are restored, the 
 
 Failures and concurrency: a run whose training loss becomes NaN or infinite stops at that step, and a run that
 raises stops there; either is recorded as failed in its folder (``failed.json``, plus ``traceback.txt`` for an
-exception; :meth:`RunFolder.fail`) and :class:`RunFailed` is raised, so the caller goes on with the other runs.
+exception; :meth:`RunFolder.fail`, with :func:`failure_record`) and its outcome says so (:func:`run` raises
+:class:`RunFailed`), so the caller goes on with the other runs.
 The process training a run holds its OS file lock (:meth:`RunFolder.lock`); another process that reaches the same
 run waits for it (``if_locked="wait"``, then reads the finished run) or skips it (``"skip"``: :class:`Locked`),
 so a run is never trained by two processes at once.
 
-One job per module, all re-exported here: :mod:`benchmark.config` (profiles, :class:`RunConfig`, :func:`prepare`
-and :class:`PreparedRun`), :mod:`benchmark.machine` (provenance, device, peak memory), :mod:`benchmark.context` (the
+The method class is looked up in the registry here (:func:`prepare`): the runner stands above the methods, the
+modules it uses below them. One job per module, all re-exported here: :mod:`benchmark.profiles`,
+:mod:`benchmark.config` (:class:`RunConfig`, :class:`PreparedRun`, hyperparameters), :mod:`benchmark.machine` (provenance, device, peak memory), :mod:`benchmark.context` (the
 method's context and the artefact cache), :mod:`benchmark.training` (training step, evaluation, RNG state, training
 loop and checkpoints) and :mod:`benchmark.results` (the run folder).
 """
@@ -31,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -38,19 +44,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import PROFILES, PreparedRun, Profile, RunConfig, build_hyper, prepare
+from .config import PreparedRun, RunConfig, build_hyper
+from .config import prepare as config_prepare
 from .context import ArtefactCache, make_context
 from .data import DATASETS
 from .episodes import EpisodeSet
 from .facts import record_facts
 from .machine import PeakMemory, code_version, environment, placement as where, resolve_device
 from .models import model_payload
+from .profiles import PROFILES, Profile
 from .results import RunFolder, mean_ci95
 from .training import Interrupted, NonFiniteLoss, Trainer, evaluate, seed_everything
 
-__all__ = ["PROFILES", "ArtefactCache", "Interrupted", "Locked", "PeakMemory", "PreparedRun", "Profile", "RunConfig",
-           "RunFailed", "build_hyper", "code_version", "environment", "evaluate", "make_context", "prepare",
-           "resolve_device", "run", "seed_everything"]
+__all__ = ["PROFILES", "ArtefactCache", "Interrupted", "Locked", "Outcome", "PeakMemory", "PreparedRun", "Profile",
+           "RunConfig", "RunFailed", "RunJob", "build_hyper", "code_version", "environment", "evaluate",
+           "failure_record", "make_context", "prepare", "resolve_device", "run", "run_job", "seed_everything"]
 
 
 class RunFailed(Exception):
@@ -72,102 +80,174 @@ class Locked(Exception):
         self.run_id, self.holder = run_id, holder
 
 
-def run(cfg: RunConfig, results_dir: Path, device: torch.device, data_dir: str | Path | None = None,
-        progress: Callable | None = None, stop_after: int | None = None,
-        prepared: PreparedRun | None = None, placement: dict | None = None, if_locked: str = "wait",
-        note: Callable[[str], None] | None = None, save_model: bool = True) -> dict:
-    """Run (or resume, or skip when finished) one configuration; returns its summary.
+def prepare(cfg: RunConfig, data_dir: str | Path | None = None, positive: bool = False) -> PreparedRun:
+    """:func:`benchmark.config.prepare` with the method class looked up in the registry by ``cfg.method`` (ValueError
+    for an unknown name)."""
+    import methods
 
-    ``prepared``: ``cfg`` as :func:`~benchmark.config.prepare` returned it (then nothing is prepared again and its
-    ``data_dir`` is the one recorded); without it the run is prepared here from ``data_dir``.
-    ``progress(iterable, total=, desc=)`` wraps loops in progress bars (e.g. ``tqdm``); ``stop_after`` stops after
-    that many training steps in this call, leaving a checkpoint (used to test resuming).
-    ``placement``: where the run runs, recorded in its summary (default: :func:`benchmark.machine.placement`, the
-    sequential executor). ``if_locked``: ``"wait"`` for another process training the same run (then its summary is
-    returned) or ``"skip"`` it (:class:`Locked`); ``note(text)`` is told when waiting.
-    ``save_model``: keep the best-validation model as ``model.pt`` (its size in the summary's ``model_bytes``).
-    Raises :class:`RunFailed` after recording a failure, :class:`Interrupted` on Ctrl-C (checkpoint saved).
-    """
-    if prepared is not None and prepared.cfg != cfg:
-        raise ValueError(f"the prepared run is {prepared.cfg.run_id}, not {cfg.run_id}")
-    folder = RunFolder(results_dir, cfg.run_id)
+    return config_prepare(cfg, methods.get(cfg.method), data_dir, positive)
+
+
+@dataclass
+class RunJob:
+    """One run's job, everything carrying it out needs: the prepared run, where it writes, the device, where it runs
+    (``placement``, recorded in its summary), what to do when another process holds its lock (``if_locked``: "wait"
+    or "skip"), whether to keep its model, progress bars (``progress(iterable, total=, desc=, initial=)``), a
+    ``note(text)`` for messages, and ``stop_after`` (stop after that many training steps in this call, leaving a
+    checkpoint; for tests). Built once by the executor (:mod:`benchmark.executors`) and handed to :func:`run_job`."""
+
+    prepared: PreparedRun
+    results_dir: Path
+    device: torch.device
+    placement: dict
+    if_locked: str = "wait"
+    save_model: bool = True
+    progress: Callable | None = None
+    note: Callable[[str], None] | None = None
+    stop_after: int | None = None
+
+    @property
+    def cfg(self) -> RunConfig:
+        return self.prepared.cfg
+
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.results_dir, self.cfg.run_id)
+
+
+@dataclass
+class Outcome:
+    """What became of one run: ``done`` (``summary``), ``failed`` (``failure``: what ``failed.json`` holds) or
+    ``skipped`` (another process is training it; ``note`` says which). ``trained``: a ``done`` run was trained by
+    this call (False: it had been finished before, or by another process this call waited for)."""
+
+    run_id: str
+    status: str
+    summary: dict | None = None
+    failure: dict | None = None
+    note: str | None = None
+    trained: bool = False
+
+
+def failure_record(kind: str, reason: str, placement: dict, step: int | None = None,
+                   last_curve_point: dict | None = None, **extra) -> dict:
+    """What ``failed.json`` holds (:meth:`RunFolder.fail`): the kind (``non_finite_loss``, ``exception``,
+    ``task_error``), the reason in one line, the step and the last validation's curve point when known, where it ran
+    and when; ``extra`` adds fields (e.g. the step's metrics)."""
+    return {"kind": kind, "reason": reason, "step": step, **extra, "last_curve_point": last_curve_point,
+            "placement": placement, "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def run_job(job: RunJob) -> Outcome:
+    """Run (or resume, or read back when finished) one job. A failure (recorded in the run's folder) and a run
+    locked by another process (``if_locked="skip"``) are outcomes, not exceptions; Ctrl-C raises
+    :class:`Interrupted` after the checkpoint is saved."""
+    run_id, folder = job.cfg.run_id, job.folder
     if folder.is_finished():
-        return folder.read_summary()
+        return Outcome(run_id, "done", summary=folder.read_summary())
     lock = folder.lock()
     if not lock.acquire(wait=False):
         holder = lock.holder()
-        if if_locked == "skip":
-            raise Locked(cfg.run_id, holder)
-        if note is not None:
-            note(f"{cfg.run_id} is being trained by another process (pid {holder.get('pid', '?')} on "
-                 f"{holder.get('host', '?')}); waiting for it")
+        if job.if_locked == "skip":
+            return Outcome(run_id, "skipped", note=str(Locked(run_id, holder)))
+        if job.note is not None:
+            job.note(f"{run_id} is being trained by another process (pid {holder.get('pid', '?')} on "
+                     f"{holder.get('host', '?')}); waiting for it")
         try:
             lock.acquire(wait=True)
         except KeyboardInterrupt:
             raise Interrupted("interrupted while waiting for another process's run") from None
     try:
         if folder.is_finished():  # finished by the process we waited for
-            return folder.read_summary()
-        return _run_locked(cfg, folder, results_dir, device, data_dir, progress, stop_after, prepared,
-                           placement or where(device), save_model)
+            return Outcome(run_id, "done", summary=folder.read_summary())
+        attempt = _Attempt(job)
+        try:
+            return Outcome(run_id, "done", summary=attempt.train_and_test(), trained=True)
+        except RunFailed as e:
+            return Outcome(run_id, "failed", failure=e.record)
     finally:
         lock.release()
 
 
-def _run_locked(cfg: RunConfig, folder: RunFolder, results_dir: Path, device: torch.device,
-                data_dir: str | Path | None, progress: Callable | None, stop_after: int | None,
-                prepared: PreparedRun | None, placement: dict, save_model: bool = True) -> dict:
-    """:func:`run` once this process holds the run's lock: failures are recorded and raised as :class:`RunFailed`."""
-    seen: dict = {}  # the trainer, once built, for the step a failure happened at
-    try:
-        return _train_and_test(cfg, folder, results_dir, device, data_dir, progress, stop_after, prepared,
-                               placement, seen, save_model)
-    except (Interrupted, RunFailed):
-        raise
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted while testing {cfg.run_id}; its checkpoint stays, run the same command "
-                          "again to resume") from None
-    except NonFiniteLoss as e:
-        metrics = {k: v if np.isfinite(v) else str(v) for k, v in e.metrics.items()}  # "nan": strict JSON
-        record = {"kind": "non_finite_loss", "reason": str(e), "step": e.step, "metrics": metrics,
-                  "last_curve_point": e.last_curve_point}
-        tb = None
-    except Exception as e:  # noqa: BLE001 - any error of one run is recorded, and the sweep goes on
-        state = seen["trainer"].state if "trainer" in seen else {}
-        record = {"kind": "exception", "reason": f"{type(e).__name__}: {e}".strip().splitlines()[0],
-                  "step": state.get("step"),
-                  "last_curve_point": state["curve"][-1] if state.get("curve") else None}
-        tb = traceback.format_exc()
-    record.update(placement=placement, failed_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    folder.fail(record, tb)
-    raise RunFailed(cfg.run_id, record)
+def run(cfg: RunConfig, results_dir: Path, device: torch.device, data_dir: str | Path | None = None,
+        progress: Callable | None = None, stop_after: int | None = None,
+        prepared: PreparedRun | None = None, placement: dict | None = None, if_locked: str = "wait",
+        note: Callable[[str], None] | None = None, save_model: bool = True) -> dict:
+    """Run (or resume, or skip when finished) one configuration; returns its summary. The API's short form of
+    :func:`run_job`.
+
+    ``prepared``: ``cfg`` as :func:`prepare` returned it (else it is prepared here from ``data_dir``).
+    ``placement``: where the run runs, recorded in its summary (default: :func:`benchmark.machine.placement`, the
+    sequential executor); the other arguments are :class:`RunJob`'s.
+    Raises :class:`RunFailed` after recording a failure, :class:`Locked` for a run another process trains when
+    ``if_locked="skip"``, :class:`Interrupted` on Ctrl-C (checkpoint saved).
+    """
+    if prepared is not None and prepared.cfg != cfg:
+        raise ValueError(f"the prepared run is {prepared.cfg.run_id}, not {cfg.run_id}")
+    folder = RunFolder(results_dir, cfg.run_id)
+    if folder.is_finished():  # without preparing it
+        return folder.read_summary()
+    job = RunJob(prepared or prepare(cfg, data_dir), Path(results_dir), device, placement or where(device),
+                 if_locked, save_model, progress, note, stop_after)
+    out = run_job(job)
+    if out.status == "failed":
+        raise RunFailed(cfg.run_id, out.failure)
+    if out.status == "skipped":
+        raise Locked(cfg.run_id, job.folder.lock().holder())
+    return out.summary
 
 
-def _train_and_test(cfg: RunConfig, folder: RunFolder, results_dir: Path, device: torch.device,
-                    data_dir: str | Path | None, progress: Callable | None, stop_after: int | None,
-                    prepared: PreparedRun | None, placement: dict, seen: dict, save_model: bool = True) -> dict:
-    if prepared is None:
-        prepared = prepare(cfg, data_dir)
-    folder.start()
-    test_set = EpisodeSet(prepared.dataset, "test", cfg.ways, cfg.shots, cfg.queries, cfg.eval_seed, cfg.n_test,
-                          stream="test")
-    seed_everything(cfg.seed)
-    ctx = make_context(prepared, device, results_dir, progress)
-    label = f"{cfg.method} {cfg.ways}w{cfg.shots}s"
-    with PeakMemory(device) as mem:
-        method = prepared.cls(prepared.hp, ctx).to(device)
-        trainer = Trainer(method, prepared.hp, ctx.sampler, ctx.val_episodes, device, folder.checkpoint,
-                          dataclasses.asdict(cfg), ctx.cached.log)
-        seen["trainer"] = trainer
-        trainer.resume()
-        trainer.train(progress, f"{label} train", stop_after)
-        trainer.restore_best()
-        acc, secs = evaluate(method, test_set, device, progress, desc=f"{label} test")
-    config, curve, episodes, summary = _records(prepared, trainer, test_set, acc, secs, mem, device)
-    summary["placement"] = placement
-    summary["model_bytes"] = folder.write_model(model_payload(prepared, method)) if save_model else None
-    folder.finish(config, curve, episodes, summary)
-    return summary
+class _Attempt:
+    """One attempt at training and testing a job's run, once this process holds the run's lock; a failure is
+    recorded in the run's folder and raised as :class:`RunFailed` (the trainer, once built, tells at which step)."""
+
+    def __init__(self, job: RunJob):
+        self.job, self.trainer = job, None
+
+    def train_and_test(self) -> dict:
+        job = self.job
+        try:
+            return self._train_and_test()
+        except Interrupted:
+            raise
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted while testing {job.cfg.run_id}; its checkpoint stays, run the same "
+                              "command again to resume") from None
+        except NonFiniteLoss as e:
+            metrics = {k: v if np.isfinite(v) else str(v) for k, v in e.metrics.items()}  # "nan": strict JSON
+            record = failure_record("non_finite_loss", str(e), job.placement, e.step, e.last_curve_point,
+                                    metrics=metrics)
+            tb = None
+        except Exception as e:  # noqa: BLE001 - any error of one run is recorded, and the sweep goes on
+            state = self.trainer.state if self.trainer is not None else {}
+            record = failure_record("exception", f"{type(e).__name__}: {e}".strip().splitlines()[0], job.placement,
+                                    state.get("step"), state["curve"][-1] if state.get("curve") else None)
+            tb = traceback.format_exc()
+        job.folder.fail(record, tb)
+        raise RunFailed(job.cfg.run_id, record)
+
+    def _train_and_test(self) -> dict:
+        job, prepared, device = self.job, self.job.prepared, self.job.device
+        cfg, folder = prepared.cfg, job.folder
+        folder.start()
+        test_set = EpisodeSet(prepared.dataset, "test", cfg.ways, cfg.shots, cfg.queries, cfg.eval_seed, cfg.n_test,
+                              stream="test")
+        seed_everything(cfg.seed)
+        ctx = make_context(prepared, device, job.results_dir, job.progress)
+        label = f"{cfg.method} {cfg.ways}w{cfg.shots}s"
+        with PeakMemory(device) as mem:
+            method = prepared.cls(prepared.hp, ctx).to(device)
+            self.trainer = trainer = Trainer(method, prepared.hp, ctx.sampler, ctx.val_episodes, device,
+                                             folder.checkpoint, dataclasses.asdict(cfg), ctx.cached.log)
+            trainer.resume()
+            trainer.train(job.progress, f"{label} train", job.stop_after)
+            trainer.restore_best()
+            acc, secs = evaluate(method, test_set, device, job.progress, desc=f"{label} test")
+        config, curve, episodes, summary = _records(prepared, trainer, test_set, acc, secs, mem, device)
+        summary["placement"] = job.placement
+        summary["model_bytes"] = folder.write_model(model_payload(prepared, method)) if job.save_model else None
+        folder.finish(config, curve, episodes, summary)
+        return summary
 
 
 def _records(prepared: PreparedRun, trainer: Trainer, test_set: EpisodeSet, acc: np.ndarray, secs: np.ndarray,

@@ -18,10 +18,12 @@ import json
 import statistics
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from .cli import UsageError, at_least, setup_torch, usage_errors
 
-from .config import PreparedRun
+if TYPE_CHECKING:
+    from .config import PreparedRun
 
 
 def prepare_measurement(method: str, dataset: str = "omniglot", ways: int = 5, shots: int = 1, queries: int = 15,
@@ -30,7 +32,8 @@ def prepare_measurement(method: str, dataset: str = "omniglot", ways: int = 5, s
                         meta_batch: int | None = None, overrides=(), data_dir=None) -> PreparedRun:
     """The run a measurement builds its method from: seed 0, 5 validation episodes, the profile's hyperparameters
     with ``overrides`` and then the training shape given here; ValueError/DataError on bad input."""
-    from .config import RunConfig, prepare
+    from .config import RunConfig
+    from .runner import prepare
 
     shape = {k: v for k, v in (("train_ways", train_ways), ("train_shots", train_shots),
                                ("train_queries", train_queries), ("meta_batch", meta_batch)) if v is not None}
@@ -45,6 +48,8 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
     ``prepared``'s method, with :func:`~benchmark.training.timed_step` and :func:`~benchmark.training.evaluate`;
     artefacts are cached under ``results_dir`` as in runs (None: computed, not cached). ``eval_group``: test
     episodes per ``predict_many`` call (1: one at a time; 0: the method's ``eval_group``, as runs do)."""
+    import torch
+
     from .context import make_context
     from .episodes import EpisodeSet
     from .machine import PeakMemory, environment, resolve_device
@@ -117,31 +122,27 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    return usage_errors(lambda: _main(args))
 
+
+def _main(args) -> int:
     import methods
 
     from .config import parse_overrides
     from .data import DataError
-    from .machine import resolve_device
-    from .perf import tune_cpu
 
-    tune_cpu()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    setup_torch(args.device, args.threads)
+    at_least("--steps", args.steps)
+    at_least("--test-episodes", args.test_episodes)
+    at_least("--eval-group", args.eval_group, low=0)
     try:
-        resolve_device(args.device)
         overrides = parse_overrides(args.set)
-        for label, v, low in (("--steps", args.steps, 1), ("--test-episodes", args.test_episodes, 1),
-                              ("--eval-group", args.eval_group, 0)):
-            if v < low:
-                raise ValueError(f"{label} must be at least {low} (got {v})")
         runs = [prepare_measurement(name, args.dataset, args.ways, shots, args.queries, args.backbone, args.profile,
                                     args.train_ways, args.train_shots, args.train_queries, args.meta_batch,
                                     overrides, args.data_dir)
                 for name in methods.resolve(",".join(args.method)) for shots in args.shots]
     except (ValueError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from None
     for prepared in runs:
         name, shots = prepared.cfg.method, prepared.cfg.shots
         r = time_run(prepared, args.device, args.steps, 3, args.test_episodes, args.results_dir, args.eval_group)

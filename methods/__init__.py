@@ -6,33 +6,40 @@ family order of the survey's Table 1); ``variants`` adds the ablations and switc
 """
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import pkgutil
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .base import Context, Hyper, Method, Setting
+if TYPE_CHECKING:
+    from .base import Method
 
 FAMILY_ORDER = ("metric", "initialization", "optimizer")
 _REGISTRY: dict[str, type[Method]] | None = None
+_NOT_METHODS = ("base", "blocks")  # modules of the package that define no method
+
+
+def _method_modules() -> list[str]:
+    return [m.name for m in pkgutil.iter_modules(__path__) if m.name not in _NOT_METHODS and not m.name.startswith("_")]
 
 
 def registry() -> dict[str, type[Method]]:
     """Name -> method class, for every registered entry, ordered by family and then name."""
     global _REGISTRY
     if _REGISTRY is None:
+        from .base import Method
+
         found: dict[str, type[Method]] = {}
-        for mod in pkgutil.iter_modules(__path__):
-            if mod.name == "base" or mod.name.startswith("_"):
-                continue
-            module = importlib.import_module(f"{__name__}.{mod.name}")
+        for name in _method_modules():
+            module = importlib.import_module(f"{__name__}.{name}")
             for _, cls in inspect.getmembers(module, inspect.isclass):
                 if issubclass(cls, Method) and cls.__module__ == module.__name__ and cls.name:
                     if cls.name in found:
                         raise RuntimeError(f"method name {cls.name!r} registered twice")
                     found[cls.name] = cls
-        _REGISTRY = dict(sorted(found.items(), key=lambda kv: (
-            FAMILY_ORDER.index(kv[1].family) if kv[1].family in FAMILY_ORDER else 99, kv[1].variant_of or kv[0],
-            kv[1].variant_of is not None, kv[0])))
+        _REGISTRY = dict(sorted(found.items(), key=lambda kv: _order({k: getattr(kv[1], k) for k in FACTS})))
     return _REGISTRY
 
 
@@ -63,4 +70,59 @@ def get(name: str) -> type[Method]:
     return registry()[resolve(name)[0]]
 
 
-__all__ = ["Context", "Hyper", "Method", "Setting", "registry", "main_methods", "resolve", "get"]
+# ------------------------------------------------------------------------------------------------ without importing
+FACTS = ("name", "family", "idea", "variant_of")
+
+
+def catalogue() -> list[dict[str, str | None]]:
+    """The class facts (:data:`FACTS`) of every registered entry, read from the modules' source text without
+    importing them (so ``--help`` needs neither torch nor the methods), in the registry's order. A class inherits the
+    facts it does not set from its bases in the same module; ``tests/test_cli.py`` checks this equals
+    :func:`registry`."""
+    found: dict[str, dict] = {}
+    for mod in _method_modules():
+        tree = ast.parse((Path(__file__).parent / f"{mod}.py").read_text())
+        classes: dict[str, tuple[list[str], dict]] = {}
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef):
+                own = {}
+                for st in node.body:
+                    target = st.targets[0] if isinstance(st, ast.Assign) and len(st.targets) == 1 else \
+                        st.target if isinstance(st, ast.AnnAssign) else None
+                    if isinstance(target, ast.Name) and target.id in FACTS and st.value is not None:
+                        try:
+                            own[target.id] = ast.literal_eval(st.value)
+                        except ValueError:
+                            pass
+                classes[node.name] = ([b.id for b in node.bases if isinstance(b, ast.Name)], own)
+
+        def fact(cls: str, key: str):
+            bases, own = classes[cls]
+            if key in own:
+                return own[key]
+            for b in bases:
+                if b in classes:
+                    return fact(b, key)
+            return None
+
+        for cls in classes:
+            facts = {k: fact(cls, k) for k in FACTS}
+            if facts["name"]:
+                found[facts["name"]] = facts
+    return [found[n] for n in sorted(found, key=lambda n: _order(found[n]))]
+
+
+def _order(facts: dict) -> tuple:
+    fam, variant_of, name = facts["family"], facts["variant_of"], facts["name"]
+    return (FAMILY_ORDER.index(fam) if fam in FAMILY_ORDER else 99, variant_of or name, variant_of is not None, name)
+
+
+def __getattr__(name: str):  # the base types, imported on first use (they import torch)
+    if name in ("Context", "Hyper", "Method", "Setting"):
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module 'methods' has no attribute {name!r}")
+
+
+__all__ = ["Context", "Hyper", "Method", "Setting", "catalogue", "registry", "main_methods", "resolve", "get"]

@@ -19,29 +19,17 @@ loads no data, writes no files and prints nothing: the harness does those.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
 
-from benchmark.backbones import build_backbone, feature_shape
-from benchmark.config import PROFILES
-from benchmark.episodes import Episode, EpisodeSet, TaskSampler
+from benchmark.context import Context, Setting
+from benchmark.episodes import Episode
+from benchmark.profiles import check_profile
 
-
-@dataclass(frozen=True)
-class Setting:
-    """What is evaluated: dataset, ways and shots at test time (queries per class at test time too)."""
-
-    dataset: str
-    ways: int
-    shots: int
-    queries: int = 15
-
-    @property
-    def label(self) -> str:
-        return f"{self.dataset} {self.ways}-way {self.shots}-shot"
+__all__ = ["Context", "Hyper", "Method", "Setting"]
 
 
 @dataclass
@@ -62,42 +50,6 @@ class Hyper:
 
     def replace(self, **changes) -> "Hyper":
         return dataclasses.replace(self, **changes)
-
-
-@dataclass
-class Context:
-    """What the harness gives a method: the data it may train on, the backbone factory, and services."""
-
-    setting: Setting
-    image_shape: tuple[int, int, int]
-    backbone_name: str
-    sampler: TaskSampler
-    val_episodes: EpisodeSet
-    device: torch.device
-    seed: int
-    profile: str
-    cached: Callable[[str, dict, Callable[[], Any]], Any] = field(
-        default=lambda name, key, fn: fn())  # (name, key, compute) -> value, computed once per key by the harness
-    progress: Callable[..., Any] = field(default=None)  # (iterable=None, total=None, desc=str) -> tqdm-like
-    #: True when the method is rebuilt to load a saved model's state (:func:`benchmark.models.load_run`): it must not
-    #: compute what that state replaces (e.g. MTL's pretraining); ``sampler`` then only knows ``n_classes`` (of the
-    #: training split) and draws nothing, and ``val_episodes`` is None.
-    restoring: bool = False
-
-    def backbone(self, *, keep_spatial: bool = False, bn_running_stats: bool = True, name: str | None = None,
-                 ) -> nn.Module:
-        """A fresh shared backbone (``name`` overrides the run's backbone, e.g. a method's own embedding)."""
-        return build_backbone(name or self.backbone_name, self.image_shape[0], keep_spatial=keep_spatial,
-                              bn_running_stats=bn_running_stats).to(self.device)
-
-    def feature_shape(self, net: nn.Module) -> tuple[int, ...]:
-        return feature_shape(net, self.image_shape)
-
-    def iterate(self, iterable: Iterable | None = None, total: int | None = None, desc: str = ""):
-        """Wrap a long loop in the harness's progress bar (a no-op bar when the harness gives none)."""
-        if self.progress is None:
-            return iterable if iterable is not None else range(total or 0)
-        return self.progress(iterable if iterable is not None else range(total or 0), total=total, desc=desc)
 
 
 class Method(nn.Module):
@@ -122,7 +74,8 @@ class Method(nn.Module):
     # ---- to implement
     @classmethod
     def profile_hyper(cls, profile: str, setting: Setting) -> Hyper:
-        """The hyperparameters of ``profile`` (a name of ``PROFILES``, already checked) for ``setting``."""
+        """The hyperparameters of ``profile`` (a name of :data:`benchmark.profiles.PROFILES`, already checked)
+        for ``setting``."""
         raise NotImplementedError
 
     def train_step(self, episodes: list[Episode], step: int) -> dict[str, float]:
@@ -134,9 +87,9 @@ class Method(nn.Module):
     # ---- provided
     @classmethod
     def hyper(cls, profile: str, setting: Setting) -> Hyper:
-        """Hyperparameters for a profile and a setting: the one place an unknown profile name is refused."""
-        if profile not in PROFILES:
-            raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
+        """Hyperparameters for a profile and a setting (an unknown profile name is refused by
+        :func:`benchmark.profiles.check_profile`)."""
+        check_profile(profile)
         return cls.profile_hyper(profile, setting)
 
     @classmethod

@@ -34,6 +34,31 @@ def test_help_lists_methods_and_profiles():
     assert r.returncode == 0 and "protonet" in r.stdout and "quick" in r.stdout and "conv4" in r.stdout
 
 
+@pytest.mark.parametrize("command", ["benchmark.run", "benchmark.evaluate", "benchmark.speed"])
+def test_help_imports_neither_torch_nor_the_methods(command):
+    """--help is built from torch-free tables and the methods' source text, so it starts in a fraction of the time
+    importing PyTorch takes (README: the figures)."""
+    code = (f"import runpy, sys; sys.argv = ['{command}', '--help']\n"
+            f"try:\n    runpy.run_module('{command}', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "bad = sorted(m for m in sys.modules if m == 'torch' or m == 'methods.base' or m.startswith('methods.')"
+            " and m != 'methods')\nprint('IMPORTED', bad)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "IMPORTED []" in r.stdout, r.stdout[-300:]
+
+
+def test_catalogue_equals_the_registry():
+    """The facts --help reads from the source text are the registered classes' own."""
+    import methods
+
+    reg = methods.registry()
+    cat = methods.catalogue()
+    assert [c["name"] for c in cat] == list(reg)
+    for c in cat:
+        assert c == {k: getattr(reg[c["name"]], k) or None for k in methods.FACTS}, c["name"]
+
+
 @pytest.mark.parametrize("args,fragment", [
     (["--methods", "protonet,nosuchnet"], "unknown method 'nosuchnet'; valid: all"),
     (["--dataset", "imagenet-21k"], "unknown dataset"),

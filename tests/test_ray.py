@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.config import prepare
+from benchmark.runner import prepare
 from benchmark.results import RunFolder, finished_runs
 from benchmark.run import main
 from benchmark.runner import RunConfig, run

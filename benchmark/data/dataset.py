@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-import torch
 
 SPLITS = ("train", "val", "test")
 
@@ -93,11 +92,13 @@ class FewShotDataset:
                 _write_stats(Path(self.info["stats_file"]), self._fingerprint, self.mean, self.std)
         return self._fingerprint
 
-    def tensor(self, split: str, classes: np.ndarray, samples: np.ndarray) -> torch.Tensor:
+    def tensor(self, split: str, classes: np.ndarray, samples: np.ndarray) -> "torch.Tensor":
         """Images as a float tensor ``[len(classes), C, H, W]``.
 
         ``classes[i]`` is a class index within ``split`` and ``samples[i]`` a position within that class's members.
         """
+        import torch  # here, so that the dataset table (and --help) imports no torch
+
         sp = self.splits[split]
         idx = np.fromiter((sp.members[c][s] for c, s in zip(classes, samples)), dtype=np.int64, count=len(classes))
         x = self.images[idx]
