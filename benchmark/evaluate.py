@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli import EXIT_USAGE, UsageError, at_least, existing_dir, progress_factory, setup_torch, usage_errors
+from .cli import (EXIT_USAGE, UsageError, add_method_files, announce_method_files, at_least, existing_dir,
+                  load_method_files, progress_factory, setup_torch, usage_errors)
 
 __all__ = ["EXIT_USAGE", "Job", "UsageError", "eval_id", "main", "parser", "plan", "record", "run_job"]
 
@@ -42,6 +43,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", default="results", help="where to find runs without --runs; default: results")
     p.add_argument("--methods", default=None, help="only runs of these methods (comma list, 'all' or 'variants' as "
                    "in benchmark.run); default: every selected run")
+    add_method_files(p)
     p.add_argument("--dataset", default=None, help="test dataset; default: each run's own")
     p.add_argument("--split", default=None, help="the test dataset's named class split (the test classes of it are "
                    "used); default: the run's own split for its own dataset, else the dataset's default")
@@ -132,6 +134,7 @@ def plan(args) -> tuple[list[Job], object]:
     at_least("--queries", args.queries)
     at_least("--test-episodes", args.test_episodes)
     existing_dir("--data-dir", args.data_dir)
+    load_method_files(args.method_file)
     device = setup_torch(args.device, args.threads)
     jobs = []
     for d in _select(args):
@@ -237,6 +240,7 @@ def run_job(job: Job, device, progress=None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    announce_method_files(argv if argv is not None else sys.argv[1:])
     args = parser().parse_args(argv)
     return usage_errors(lambda: _main(args))
 

@@ -32,6 +32,8 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+from methods import FILES_ENV
+
 from .results import RunFolder
 from .runner import Outcome, RunJob, failure_record, prepare, run_job
 
@@ -188,7 +190,10 @@ class RayExecutor:
         else:  # a local instance on this machine; its workers import this code from where the driver does
             root = str(Path(__file__).resolve().parents[1])
             path = os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-            ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}}, **kw)
+            env = {"PYTHONPATH": path}
+            if os.environ.get(FILES_ENV):  # --method-file: the workers load the same method files
+                env[FILES_ENV] = os.environ[FILES_ENV]
+            ray.init(runtime_env={"env_vars": env}, **kw)
         return True
 
     def execute(self, prepared: list, on_outcome: Callable[[Outcome], None]) -> list[Outcome]:

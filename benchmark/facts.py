@@ -3,7 +3,7 @@
 The report (:mod:`benchmark.report`) reads these instead of importing today's method registry or backbone table,
 so a report of old results does not change when the code changes. :func:`record_facts` gives::
 
-    {"method_facts": {"family", "idea", "paper", "variant_of", "adapts_at_test", "metric_facts"},
+    {"method_facts": {"family", "idea", "paper", "variant_of", "adapts_at_test", "metric_facts", "origin"},
      "backbone_facts": {"name", "kind", "width" (conv4 kinds) or "widths" (resnet kinds)}}
 """
 from __future__ import annotations
@@ -15,7 +15,8 @@ def method_facts(method_cls) -> dict:
     """The class facts of a :class:`methods.base.Method` subclass (plain JSON values)."""
     return {"family": method_cls.family, "idea": method_cls.idea, "paper": method_cls.paper,
             "variant_of": method_cls.variant_of, "adapts_at_test": bool(method_cls.adapts_at_test),
-            "metric_facts": dict(method_cls.metric_facts) if method_cls.metric_facts else None}
+            "metric_facts": dict(method_cls.metric_facts) if method_cls.metric_facts else None,
+            "origin": dict(getattr(method_cls, "origin", None) or {"kind": "builtin"})}  # built-in or a plugin
 
 
 def backbone_facts(name: str) -> dict:

@@ -52,7 +52,8 @@ def model_payload(prepared, method) -> dict[str, Any]:
 
     cfg, ds = prepared.cfg, prepared.dataset
     return {
-        "format": FORMAT, "method": cfg.method, "hyperparameters": dataclasses.asdict(prepared.hp),
+        "format": FORMAT, "method": cfg.method, "method_origin": dict(prepared.cls.origin),
+        "hyperparameters": dataclasses.asdict(prepared.hp),
         "hyperparameter_class": type(prepared.hp).__name__, "setting": dataclasses.asdict(prepared.setting),
         "backbone": cfg.backbone, "image_shape": list(ds.image_shape),
         "normalisation": {"mean": list(ds.mean), "std": list(ds.std)},
@@ -97,8 +98,13 @@ def rebuild(payload: dict[str, Any], device: str | torch.device = "cpu"):
 
     device = torch.device(device)
     name = payload["method"]
-    if name not in methods.registry():
-        raise ModelError(f"the saved model is a {name!r}, which this code's method registry does not have")
+    try:
+        known = name in methods.registry()
+    except methods.PluginError as e:
+        raise ModelError(str(e)) from None
+    if not known:
+        raise ModelError(f"the saved model is a {name!r}, which this code's method registry does not have"
+                         f"{_missing_plugin_hint(payload.get('method_origin') or {})}")
     cls = methods.registry()[name]
     setting = Setting(**payload["setting"])
     hp = cls.hyper(payload["profile"], setting)
@@ -123,6 +129,18 @@ def rebuild(payload: dict[str, Any], device: str | torch.device = "cpu"):
     method.eval()
     method.model_info = info(payload)
     return method
+
+
+def _missing_plugin_hint(origin: dict) -> str:
+    """How to make an external method of a saved model known again."""
+    import methods
+
+    if origin.get("kind") == "entry_point":
+        return f"; it came from {methods.describe(origin)}: install that package"
+    if origin.get("kind") == "file":
+        return (f"; it came from {methods.describe(origin)}: load it with --method-file {origin.get('path')} "
+                f"(or ${methods.FILES_ENV}, or methods.load_files in Python)")
+    return ""
 
 
 def load_run(run: str | Path, device: str | torch.device = "cpu"):

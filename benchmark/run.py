@@ -21,8 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, UsageError, at_least,
-                  catalogue_lines, existing_dir, note, progress_factory, setup_torch, usage_errors)
+from .cli import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, UsageError, add_method_files,
+                  announce_method_files, at_least, catalogue_lines, existing_dir, load_method_files, note,
+                  progress_factory, setup_torch, usage_errors)
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TERMINATED", "EXIT_USAGE", "UsageError", "main", "parser",
            "plan"]
@@ -46,6 +47,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", default="all", help="comma list of method names, 'all' (one per paper) or "
                    "'variants' (all plus ablations); default: all")
+    add_method_files(p)
     p.add_argument("--dataset", default="omniglot", help="dataset name; default: omniglot (embedded)")
     p.add_argument("--split", default=None, help="the dataset's named class split (see 'datasets' below); "
                    "default: the dataset's usual one")
@@ -96,6 +98,7 @@ def plan(args) -> tuple[list, object]:
     """Validate everything up front; returns (prepared runs, device), each run prepared once
     (:class:`~benchmark.config.PreparedRun`, with its ``cfg``). Raises UsageError with one clear line."""
     _check_counts(args)
+    load_method_files(args.method_file)
     device = setup_torch(args.device, args.threads)
     _check_executor(args, device)
     prepared = _prepare_runs(args)
@@ -256,6 +259,7 @@ def _summarise(outcomes, prepared, executor, args, seconds: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    announce_method_files(argv if argv is not None else sys.argv[1:])
     args = parser().parse_args(argv)
     return usage_errors(lambda: _main(args))
 

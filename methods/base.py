@@ -66,6 +66,8 @@ class Method(nn.Module):
     #: the classifier head has one output per class of the training setting (MAML, Reptile, the Meta-LSTM's learner):
     #: a trained model is tested only on episodes with that many ways (:meth:`check_test_ways`)
     fixed_head: ClassVar[bool] = False
+    #: where the class comes from, set by the registry when it registers it (:func:`methods.origin`)
+    origin: ClassVar[dict] = {"kind": "builtin"}
 
     def __init__(self, hp: Hyper, ctx: Context):
         super().__init__()

@@ -1,0 +1,414 @@
+"""python -m benchmark.check METHOD [...]: does a method obey the rules that make the comparison fair?
+
+Runs the method on the ``smoke`` profile (shortened: ``--steps`` training steps, ``--test-episodes`` test
+episodes, on the embedded Omniglot 5-way) through the harness's own runner, in a temporary results directory, and
+checks the method contract (:mod:`methods.base`), one line per check:
+
+* profiles: ``profile_hyper`` answers every profile (smoke, quick, paper) for 1- and 5-shot with the method's
+  ``Hyper`` dataclass, and the paper profile has a positive training budget;
+* logits: ``predict`` returns finite logits of shape [ways x queries, ways], and ``train_step`` finite metrics;
+* global random state: the episodes the method trains on (given, and drawn itself through ``ctx.sampler``) are the
+  same when torch's, numpy's and Python's global generators are disturbed before every step, and ``train_step`` and
+  ``predict`` leave those generators untouched (a method that draws from them makes its results depend on whatever
+  else draws from them);
+* predict_many: ``predict_many`` on a group of episodes gives ``predict``'s logits, episode by episode;
+* same seed: two runs with the same seed give identical per-episode test accuracies and curves;
+* resume: a run stopped mid-way and resumed equals an uninterrupted one;
+* saved model: the saved ``model.pt`` reloads (:func:`benchmark.models.load_run`) and predicts the run's test
+  episodes with the same per-episode accuracies;
+* hyperparameter sources (a warning, not a failure): each field the method's ``Hyper`` adds carries a comment
+  citing its source.
+
+Exit 0 when every check passed (warnings allowed), 1 when one failed, 2 for bad input. External methods load with
+``--method-file PATH`` or from installed packages (README: "Your method on identical terms").
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import io
+import random
+import sys
+import tempfile
+import tokenize
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .cli import (EXIT_FAILED, EXIT_OK, UsageError, add_method_files, announce_method_files, at_least,
+                  load_method_files, setup_torch, usage_errors)
+
+PASSED, FAILED, WARNING = "passed", "failed", "warning"
+
+
+@dataclass
+class Check:
+    """The verdict of one check: ``status`` (passed, failed, warning) and a one-line ``detail``."""
+
+    name: str
+    status: str
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.status.upper():8s} {self.name}: {self.detail}"
+
+
+class CheckFailed(Exception):
+    """A check's reason for failing (one line)."""
+
+
+def _differ(a, b, what: str) -> str | None:
+    """None when the two arrays are identical, else where they first differ, in words."""
+    import numpy as np
+
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        return f"{what}: {len(a)} against {len(b)} values"
+    bad = np.flatnonzero(~((a == b) | (np.isnan(a) & np.isnan(b))))
+    if len(bad) == 0:
+        return None
+    i = int(bad[0])
+    return f"{what} differ at {len(bad)} of {len(a)} (first: #{i}, {a[i]:.4f} against {b[i]:.4f})"
+
+
+class _SpySampler:
+    """A training sampler that records what the method draws through it (kind, arguments, episode digest)."""
+
+    def __init__(self, sampler, log: list):
+        self._s, self._log = sampler, log
+
+    def __getattr__(self, name):
+        return getattr(self._s, name)
+
+    def episode(self, index, *args, **kwargs):
+        ep = self._s.episode(index, *args, **kwargs)
+        self._log.append(("episode", int(index), args, tuple(sorted(kwargs.items(), key=str)), ep.digest()))
+        return ep
+
+    def batch(self, index, *args, **kwargs):
+        x, y = self._s.batch(index, *args, **kwargs)
+        self._log.append(("batch", int(index), args, tuple(sorted(kwargs.items(), key=str)), y.tolist()))
+        return x, y
+
+
+class MethodChecker:
+    """The checks of one method (see the module docstring); :meth:`run` returns their verdicts."""
+
+    def __init__(self, name: str, workdir: Path, steps: int = 4, test_episodes: int = 8, shots: int = 1,
+                 note: Callable[[str], None] | None = None):
+        import torch
+
+        from .config import RunConfig
+        from .runner import prepare
+
+        self.name, self.workdir, self.steps, self.shots = name, Path(workdir), steps, shots
+        self.note = note or (lambda text: None)
+        self.device = torch.device("cpu")
+        over = (("train_steps", steps), ("val_every", max(1, steps // 2)))
+        self.cfg = RunConfig(name, "omniglot", 5, shots, profile="smoke", test_episodes=test_episodes,
+                             val_episodes=2, overrides=over)
+        self.prepared = prepare(self.cfg)
+        self.cls = self.prepared.cls
+        self._runs: dict[str, dict] = {}
+
+    # ---- helpers
+    def _fresh(self, sampler_log: list | None = None):
+        """A newly built method, as the runner builds it (seeded), optionally with a spying sampler."""
+        from .context import make_context
+        from .training import seed_everything
+
+        seed_everything(self.cfg.seed)
+        ctx = make_context(self.prepared, self.device, self.workdir / "context")
+        if sampler_log is not None:
+            ctx.sampler = _SpySampler(ctx.sampler, sampler_log)
+        return self.cls(self.prepared.hp, ctx).to(self.device), ctx
+
+    def _train(self, method, ctx, steps: int, before_step: Callable[[int], None] | None = None) -> list[dict]:
+        from .training import draw_episodes
+
+        out = []
+        for step in range(steps):
+            if before_step is not None:
+                before_step(step)
+            eps = draw_episodes(ctx.sampler, step, self.prepared.hp.meta_batch, method.train_shape(), self.device)
+            out.append(dict(method.train_step(eps, step)))
+        return out
+
+    def _test_set(self):
+        from .episodes import EpisodeSet
+
+        c = self.cfg
+        return EpisodeSet(self.prepared.dataset, "test", c.ways, c.shots, c.queries, c.eval_seed, c.n_test,
+                          stream="test")
+
+    def _run(self, label: str, stop_after: int | None = None) -> dict:
+        """A run through the harness in its own results directory (``stop_after``: interrupt, then resume)."""
+        from .results import RunFolder
+        from .runner import run
+        from .training import Interrupted
+
+        if label not in self._runs:
+            where = self.workdir / label
+            if stop_after is not None:
+                try:
+                    run(self.cfg, where, self.device, prepared=self.prepared, stop_after=stop_after)
+                except Interrupted:
+                    pass
+                else:
+                    raise CheckFailed(f"the run did not stop after {stop_after} of {self.steps} steps")
+            run(self.cfg, where, self.device, prepared=self.prepared)
+            folder = RunFolder(where, self.cfg.run_id)
+            self._runs[label] = {"folder": folder, "episodes": folder.read_test_episodes(),
+                                 "curve": folder.read_curve(), "summary": folder.read_summary()}
+        return self._runs[label]
+
+    # ---- the checks
+    def check_profiles(self) -> str:
+        from .context import Setting
+        from .profiles import PROFILES
+
+        for profile in PROFILES:
+            for shots in (1, 5):
+                hp = self.cls.hyper(profile, Setting("omniglot", 5, shots))
+                if not isinstance(hp, self.cls.Hyper):
+                    raise CheckFailed(f"profile_hyper({profile!r}, {shots}-shot) returned {type(hp).__name__}, "
+                                      f"not {self.cls.Hyper.__name__}")
+        paper = self.cls.paper_train_episodes(Setting("omniglot", 5, 1))
+        if not paper or paper < 1:
+            raise CheckFailed(f"the paper profile trains on {paper} episodes")
+        return f"{', '.join(PROFILES)} x 1/5-shot give {self.cls.Hyper.__name__}; paper: {paper:,} training episodes"
+
+    def check_logits(self) -> str:
+        import torch
+
+        method, ctx = self._fresh()
+        metrics = self._train(method, ctx, 1)[0]
+        bad = [k for k, v in metrics.items() if not torch.isfinite(torch.tensor(float(v)))]
+        if bad:
+            raise CheckFailed(f"train_step returned non-finite {', '.join(bad)}")
+        ep = self._test_set()[0]
+        with torch.set_grad_enabled(method.adapts_at_test):
+            logits = method.predict(ep)
+        want = (len(ep.query_y), ep.ways)
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != want:
+            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise CheckFailed(f"predict returned {got}, expected a tensor of shape {list(want)} (queries x ways)")
+        if not torch.isfinite(logits).all():
+            raise CheckFailed("predict returned non-finite logits")
+        return f"predict gives finite [{want[0]}, {want[1]}] logits; train_step's metrics are finite"
+
+    def check_global_random_state(self) -> str:
+        import numpy as np
+        import torch
+
+        def states():
+            return torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+
+        def same(a, b) -> list[str]:
+            return [n for n, x, y, eq in zip(("torch", "numpy", "random"), a, b,
+                                             (torch.equal, np.array_equal, lambda u, v: u == v)) if not eq(x, y)]
+
+        plain: list = []
+        method, ctx = self._fresh(plain)
+        touched: set[str] = set()
+        for step in range(self.steps):
+            before = states()
+            self._train_one(method, ctx, step)
+            touched.update(f"train_step ({n})" for n in same(before, states()))
+        ep = self._test_set()[0]
+        before = states()
+        with torch.set_grad_enabled(method.adapts_at_test):
+            method.predict(ep)
+        touched.update(f"predict ({n})" for n in same(before, states()))
+        disturbed: list = []
+        method, ctx = self._fresh(disturbed)
+
+        def disturb(step):
+            torch.manual_seed(1000 + step)
+            np.random.seed(1000 + step)
+            random.seed(1000 + step)
+
+        for step in range(self.steps):
+            disturb(step)
+            self._train_one(method, ctx, step)
+        if [e[:2] + e[4:] for e in plain] != [e[:2] + e[4:] for e in disturbed]:
+            raise CheckFailed("the episodes or batches the method draws through ctx.sampler change when the global "
+                              "random generators change: choose them from the step (a pure function of it), not "
+                              "from torch/numpy/random global state")
+        if touched:
+            raise CheckFailed(f"{', '.join(sorted(touched))} draws from the global random generator: its results "
+                              "then depend on whatever else draws from it; use a torch.Generator seeded from the "
+                              "step or the episode (or ctx.seed)")
+        draws = sum(e[0] != "step" for e in plain)
+        return (f"{draws} draws through ctx.sampler in {self.steps} steps unchanged under disturbed global generators; train_step "
+                "and predict leave them untouched")
+
+    def _train_one(self, method, ctx, step: int) -> None:
+        from .training import draw_episodes
+
+        eps = draw_episodes(ctx.sampler, step, self.prepared.hp.meta_batch, method.train_shape(), self.device)
+        ctx.sampler._log.append(("step", step, (), (), b"".join(e.digest() for e in eps)))
+        method.train_step(eps, step)
+
+    def check_predict_many(self) -> str:
+        import torch
+
+        method, ctx = self._fresh()
+        self._train(method, ctx, min(2, self.steps))
+        test = self._test_set()
+        n = min(len(test), max(2, int(getattr(method, "eval_group", 1)), 4))
+        eps = [test[i] for i in range(n)]
+        with torch.set_grad_enabled(method.adapts_at_test):
+            one = [method.predict(e) for e in eps]
+            many = method.predict_many(eps)
+        if len(many) != len(one):
+            raise CheckFailed(f"predict_many returned {len(many)} results for {len(one)} episodes")
+        for i, (a, b) in enumerate(zip(one, many)):
+            if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-4):
+                worst = (a - b).abs().max().item() if a.shape == b.shape else float("nan")
+                raise CheckFailed(f"predict_many differs from predict on episode {i} of the group "
+                                  f"(largest difference {worst:.3g}; shapes {list(a.shape)} / {list(b.shape)})")
+        return f"the same logits as predict on a group of {n} episodes (tolerance 1e-4)"
+
+    def check_same_seed(self) -> str:
+        a, b = self._run("run-a"), self._run("run-b")
+        why = _differ(a["episodes"]["accuracy"], b["episodes"]["accuracy"], "per-episode test accuracies") or \
+            _differ(a["curve"]["val_acc"], b["curve"]["val_acc"], "validation accuracies")
+        if why:
+            raise CheckFailed(f"two runs with seed {self.cfg.seed}: {why}")
+        return f"two runs: identical accuracies on {len(a['episodes'])} test episodes, identical curves"
+
+    def check_resume(self) -> str:
+        a = self._run("run-a")
+        stop = self.steps - 1  # after the last validation but one: a checkpoint between two validations
+        r = self._run("run-resumed", stop_after=stop)
+        if r["summary"].get("resumed_at_steps") != [stop]:
+            raise CheckFailed(f"the run did not resume from step {stop} (resumed_at_steps "
+                              f"{r['summary'].get('resumed_at_steps')})")
+        why = _differ(a["episodes"]["accuracy"], r["episodes"]["accuracy"], "per-episode test accuracies") or \
+            _differ(a["curve"]["val_acc"], r["curve"]["val_acc"], "validation accuracies")
+        if why:
+            raise CheckFailed(f"stopped after step {stop} and resumed: {why}")
+        return f"stopped after step {stop} of {self.steps} and resumed: identical to the uninterrupted run"
+
+    def check_saved_model(self) -> str:
+        from .models import load_run
+        from .training import evaluate
+
+        a = self._run("run-a")
+        method = load_run(a["folder"].path)
+        acc, _ = evaluate(method, self._test_set(), self.device)
+        why = _differ(a["episodes"]["accuracy"], acc, "per-episode test accuracies")
+        if why:
+            raise CheckFailed(f"the reloaded model.pt: {why}")
+        return f"model.pt reloads and scores the {len(acc)} test episodes exactly as the run did"
+
+    def check_sources(self) -> str:
+        """Fields the method's Hyper adds without a comment (``# ...`` on the field's line or the line above)."""
+        from methods.base import Hyper
+
+        own = [f.name for f in dataclasses.fields(self.cls.Hyper) if f.name not in
+               {g.name for g in dataclasses.fields(Hyper)}]
+        if not own:
+            return "no fields of its own"
+        commented: set[str] = set()
+        for klass in self.cls.Hyper.__mro__:
+            if klass is Hyper or not dataclasses.is_dataclass(klass):
+                continue
+            try:
+                src = inspect.getsource(klass)
+            except (OSError, TypeError):
+                continue
+            lines = src.splitlines()
+            comments = {t.start[0] for t in tokenize.generate_tokens(io.StringIO(src).readline)
+                        if t.type == tokenize.COMMENT}
+            for i, line in enumerate(lines, 1):
+                field = line.strip().split(":")[0].strip()
+                if field in own and (i in comments or i - 1 in comments):
+                    commented.add(field)
+        missing = [f for f in own if f not in commented]
+        if missing:
+            raise CheckFailed(f"no source comment on {', '.join(missing)} (cite the paper's section or the "
+                              "official code's file beside each default)")
+        return f"all {len(own)} fields of {self.cls.Hyper.__name__} carry a source comment"
+
+    CHECKS = (("profiles", "check_profiles", FAILED), ("logits", "check_logits", FAILED),
+              ("global random state", "check_global_random_state", FAILED),
+              ("predict_many", "check_predict_many", FAILED), ("same seed", "check_same_seed", FAILED),
+              ("resume", "check_resume", FAILED), ("saved model", "check_saved_model", FAILED),
+              ("hyperparameter sources", "check_sources", WARNING))
+
+    def run(self) -> list[Check]:
+        out = []
+        for name, fn, on_fail in self.CHECKS:
+            self.note(f"{self.name}: {name} ...")
+            try:
+                out.append(Check(name, PASSED, getattr(self, fn)()))
+            except CheckFailed as e:
+                out.append(Check(name, on_fail, str(e)))
+            except Exception as e:  # noqa: BLE001 - the method raised: that is the verdict
+                where = traceback.extract_tb(e.__traceback__)[-1]
+                out.append(Check(name, FAILED, f"raised {type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else ''} ({Path(where.filename).name}:"
+                                 f"{where.lineno})"))
+        return out
+
+
+def check_method(name: str, steps: int = 4, test_episodes: int = 8, shots: int = 1,
+                 workdir: str | Path | None = None, note: Callable[[str], None] | None = None) -> list[Check]:
+    """The checks of method ``name`` (a registry name), in ``workdir`` (default: a temporary folder, removed)."""
+    if workdir is not None:
+        return MethodChecker(name, Path(workdir), steps, test_episodes, shots, note).run()
+    with tempfile.TemporaryDirectory(prefix="fewshot-check-") as tmp:
+        return MethodChecker(name, Path(tmp), steps, test_episodes, shots, note).run()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmark.check", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="examples:\n  python -m benchmark.check protonet\n"
+                                       "  python -m benchmark.check all\n"
+                                       "  python -m benchmark.check my-method --method-file my_method.py")
+    p.add_argument("methods", nargs="+", help="method names, or 'all' / 'variants' / 'external' as in benchmark.run")
+    add_method_files(p)
+    p.add_argument("--steps", type=int, default=4, help="training steps of each run (at least 2, so that a run can "
+                   "be stopped and resumed); default: 4")
+    p.add_argument("--test-episodes", type=int, default=8, help="test episodes of each run; default: 8")
+    p.add_argument("--shots", type=int, default=1, help="shots of the 5-way setting; default: 1")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch; default: PyTorch's")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    announce_method_files(argv if argv is not None else sys.argv[1:])
+    args = parser().parse_args(argv)
+    return usage_errors(lambda: _main(args))
+
+
+def _main(args) -> int:
+    import methods
+
+    at_least("--steps", args.steps, low=2)
+    at_least("--test-episodes", args.test_episodes)
+    at_least("--shots", args.shots)
+    load_method_files(args.method_file)
+    setup_torch("cpu", args.threads)
+    try:
+        names = methods.resolve(",".join(args.methods))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    failed = 0
+    for name in names:
+        o = methods.origin(name)
+        print(f"{name} ({'built-in' if o['kind'] == 'builtin' else methods.describe(o)}):", flush=True)
+        for c in check_method(name, args.steps, args.test_episodes, args.shots):
+            print(f"  {c.line()}", flush=True)
+            failed += c.status == FAILED
+    print(f"{len(names)} method(s) checked; {failed} check(s) failed", flush=True)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

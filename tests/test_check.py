@@ -1,0 +1,65 @@
+"""python -m benchmark.check: every built-in method passes the contract; broken methods fail with the right line."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import methods
+from benchmark.check import FAILED, PASSED, check_method
+from conftest import FIXTURES, ROOT
+
+BROKEN = FIXTURES / "methods" / "broken_methods.py"
+
+
+@pytest.mark.parametrize("name", methods.main_methods())
+def test_every_builtin_method_passes(name, tmp_path):
+    from benchmark.check import MethodChecker
+
+    checks = check_method(name, steps=2, test_episodes=4, workdir=tmp_path)
+    assert [c.name for c in checks] == [n for n, _, _ in MethodChecker.CHECKS]
+    bad = [c.line() for c in checks if c.status != PASSED]
+    assert not bad, bad
+
+
+@pytest.fixture
+def broken():
+    before = os.environ.get(methods.FILES_ENV)
+    methods.load_files([BROKEN])
+    yield
+    if before is None:
+        os.environ.pop(methods.FILES_ENV, None)
+    else:
+        os.environ[methods.FILES_ENV] = before
+    methods._REGISTRY = None
+
+
+@pytest.mark.parametrize("name,failing", [("broken-randn", "global random state"), ("broken-many", "predict_many")])
+def test_a_broken_method_fails_the_right_check(broken, tmp_path, name, failing):
+    checks = {c.name: c for c in check_method(name, steps=2, test_episodes=4, workdir=tmp_path)}
+    assert checks[failing].status == FAILED, checks[failing].line()
+    others = [c.line() for n, c in checks.items() if n != failing and c.status == FAILED]
+    assert not others, others
+    if name == "broken-randn":
+        assert "train_step (torch) draws from the global random generator" in checks[failing].detail
+    else:
+        assert "predict_many differs from predict on episode 0" in checks[failing].detail
+
+
+def test_command_line_exit_codes(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop(methods.FILES_ENV, None)
+    r = subprocess.run([sys.executable, "-m", "benchmark.check", "broken-many", "--method-file", str(BROKEN),
+                        "--steps", "2", "--test-episodes", "3"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("broken-many (file ") and "sha256" in lines[0]
+    assert any(line.strip().startswith("FAILED   predict_many:") for line in lines)
+    assert sum(line.strip().startswith("PASSED") for line in lines) == 7  # the seven other checks
+    r = subprocess.run([sys.executable, "-m", "benchmark.check", "nonesuch"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: unknown method 'nonesuch'")
+    r = subprocess.run([sys.executable, "-m", "benchmark.check", "protonet", "--steps", "1"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--steps must be 2 or more" in r.stderr

@@ -1,0 +1,118 @@
+"""Methods from outside the package: a method file (--method-file / $BENCHMARK_METHODS) and an installed package's
+entry point, with their origin recorded; name clashes refused; saved models of plugins reload."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import methods
+from conftest import ROOT
+
+EXAMPLE = ROOT / "examples" / "cosine-protonet"
+FILE = EXAMPLE / "cosine_protonet.py"
+SMOKE = ["--profile", "smoke", "--shots", "1", "--test-episodes", "5", "--val-episodes", "2", "--set", "train_steps=2",
+         "val_every=1", "--no-progress", "--no-report"]
+
+
+def env(**extra):
+    e = {k: v for k, v in os.environ.items() if k != methods.FILES_ENV}
+    return {**e, "PYTHONPATH": str(ROOT), **extra}
+
+
+def bench(*args, cwd, **kw):
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env(**kw), capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_method_file_runs_and_records_its_origin(tmp_path):
+    r = bench("benchmark.run", "--method-file", str(FILE), "--methods", "cosine-protonet", *SMOKE,
+              "--results-dir", str(tmp_path / "res"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (run_dir,) = [p for p in (tmp_path / "res").iterdir() if p.name.startswith("cosine-protonet-")]
+    origin = json.loads((run_dir / "summary.json").read_text())["method_facts"]["origin"]
+    assert origin == {"kind": "file", "path": str(FILE), "sha256": hashlib.sha256(FILE.read_bytes()).hexdigest()}
+    # the saved model names its origin: without the file the error says how to load it, with it the model loads
+    code = f"from benchmark import load_run; m = load_run({str(run_dir)!r}); print('LOADED', m.name)"
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env(), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode != 0 and f"load it with --method-file {FILE}" in r.stderr
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env(**{methods.FILES_ENV: str(FILE)}),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "LOADED cosine-protonet" in r.stdout, r.stderr
+    r = bench("benchmark.evaluate", "--runs", str(run_dir), "--method-file", str(FILE), "--ways", "3", cwd=tmp_path)
+    assert r.returncode == 0 and "1 evaluations done" in r.stderr, r.stderr
+
+
+def _installed(tmp_path):
+    """The example package made importable with its entry point, as pip would install it (a dist-info folder)."""
+    site = tmp_path / "site"
+    dist = site / "fewshot_cosine_protonet-0.1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fewshot-cosine-protonet\nVersion: 0.1.0\n")
+    (dist / "entry_points.txt").write_text("[fewshot_benchmark.methods]\ncosine-protonet = cosine_protonet\n")
+    (site / "cosine_protonet.py").write_bytes(FILE.read_bytes())
+    return site
+
+
+def test_entry_point_plugin_is_found_listed_and_recorded(tmp_path):
+    site = _installed(tmp_path)
+    path = f"{site}{os.pathsep}{ROOT}"
+    r = bench("benchmark.run", "--help", cwd=tmp_path, PYTHONPATH=path)
+    assert r.returncode == 0
+    external = r.stdout[r.stdout.index("methods (external):"):]
+    assert "cosine-protonet" in external.splitlines()[1] and "installed plugin cosine_protonet" in external
+    r = bench("benchmark.run", "--methods", "cosine-protonet", *SMOKE, "--results-dir", str(tmp_path / "res"),
+              cwd=tmp_path, PYTHONPATH=path)
+    assert r.returncode == 0, r.stderr
+    (run_dir,) = list((tmp_path / "res").glob("cosine-protonet-*"))
+    origin = json.loads((run_dir / "summary.json").read_text())["method_facts"]["origin"]
+    assert origin == {"kind": "entry_point", "entry_point": "cosine-protonet", "value": "cosine_protonet",
+                      "package": "fewshot-cosine-protonet", "version": "0.1.0"}
+
+
+@pytest.mark.parametrize("source,message", [
+    ("from methods.protonet import ProtoNet\nclass Mine(ProtoNet):\n    name = 'protonet'\n",
+     "method name 'protonet' is registered twice: by the built-in methods and by file"),
+    ("raise RuntimeError('half written')\n", "raised on import: RuntimeError: half written"),
+    ("x = 1\n", "defines no Method subclass with a name"),
+])
+def test_bad_method_files_are_refused_in_one_line(tmp_path, source, message):
+    f = tmp_path / "mine.py"
+    f.write_text(source)
+    r = bench("benchmark.run", "--method-file", str(f), "--methods", "protonet", *SMOKE, "--results-dir",
+              str(tmp_path / "res"), cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "res").exists()
+
+
+def test_two_plugins_with_one_name_are_refused(tmp_path):
+    site = _installed(tmp_path)
+    r = bench("benchmark.run", "--method-file", str(FILE), "--methods", "cosine-protonet", *SMOKE, cwd=tmp_path,
+              PYTHONPATH=f"{site}{os.pathsep}{ROOT}")
+    assert r.returncode == 2
+    assert "'cosine-protonet' is registered twice: by package fewshot-cosine-protonet 0.1.0" in r.stderr
+
+
+def test_method_file_reaches_ray_workers(tmp_path):
+    pytest.importorskip("ray")
+    r = bench("benchmark.run", "--method-file", str(FILE), "--methods", "cosine-protonet,protonet", *SMOKE,
+              "--executor", "ray", "--cpus-per-run", "1", "--results-dir", str(tmp_path / "res"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "2 runs done" in r.stderr
+
+
+def test_groups_keep_all_to_the_builtin_papers(monkeypatch):
+    monkeypatch.delenv(methods.FILES_ENV, raising=False)
+    builtin_all = methods.resolve("all")
+    try:
+        methods.load_files([FILE])
+        assert methods.resolve("all") == builtin_all
+        assert methods.resolve("external") == ["cosine-protonet"] == methods.external_methods()
+        assert "cosine-protonet" in methods.resolve("variants")
+        assert methods.origin("cosine-protonet")["kind"] == "file" and methods.origin("protonet") == {"kind": "builtin"}
+    finally:
+        monkeypatch.delenv(methods.FILES_ENV, raising=False)
+        methods._REGISTRY = None
