@@ -12,11 +12,12 @@ import argparse
 import resource
 import sys
 import time
-from pathlib import Path
+
+from ..cli import UsageError, existing_dir, usage_errors
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import DATASETS, DataError, load_dataset, resolve_split
+    from . import DATASETS
 
     lines = [f"  {n:16s} splits {'/'.join(d.splits):20s} files: {d.files}" for n, d in DATASETS.items()]
     p = argparse.ArgumentParser(prog="python -m benchmark.data", description=__doc__,
@@ -27,10 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default=None, help="named class split; default: the dataset's default")
     p.add_argument("--no-fingerprint", action="store_true", help="skip the fingerprint (it reads every pixel)")
     args = p.parse_args(argv)
+    return usage_errors(lambda: _check(args))
+
+
+def _check(args) -> int:
+    from . import DATASETS, DataError, load_dataset, resolve_split
+
+    existing_dir("--data-dir", args.data_dir)
     try:
         split = resolve_split(args.dataset, args.split)
-        if args.data_dir is not None and not Path(args.data_dir).is_dir():
-            raise DataError(f"--data-dir {args.data_dir} does not exist or is not a folder")
         if args.data_dir is None and not DATASETS[args.dataset].embedded:
             raise DataError(f"{args.dataset} is not embedded; give --data-dir ({DATASETS[args.dataset].files})")
         t0 = time.perf_counter()
@@ -40,8 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         fp = None if args.no_fingerprint else ds.fingerprint
         t_fp = time.perf_counter() - t0
     except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from None
     c, h, w = ds.image_shape
     out = [f"dataset      {ds.name} (split {split}) from {ds.source}"]
     layout = ds.info.get("layout")
