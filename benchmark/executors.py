@@ -15,7 +15,7 @@ itself (datasets are cached per worker process), never large arrays.
 Results directory: when the workers see the driver's results directory (one machine, or a shared filesystem; told by
 a marker file the driver writes and the task looks for) they write there directly. Otherwise the task runs under a
 local folder of its node and sends the finished (or failed) run folder back as bytes, which the driver writes
-atomically (:meth:`~benchmark.results.RunFolder.unpack`); a retry on the same node then resumes from its local
+atomically (:meth:`~benchmark.store.RunFolder.unpack`); a retry on the same node then resumes from its local
 checkpoint.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .results import RunFolder
+from .store import RunFolder
 
 RAY_MISSING = ("--executor ray needs Ray, an optional extra: pip install -e '.[distributed]' "
                "(or pip install 'ray[default]')")

@@ -2,7 +2,7 @@
 
 Every combination of --methods x --ways x --shots x --seeds is one run. Finished runs are skipped and interrupted
 ones resume from their last checkpoint, so re-running a command is always safe. Results go to --results-dir (one
-folder per run, with its best model as model.pt, plus leaderboard.csv) and the report to
+folder per run, with its best model as model.pt, plus the per-run leaderboard.csv) and the report to
 --reports-dir/<--report-name>/.
 
 Runs execute one after another in this process (--executor sequential, the default) or as Ray tasks
@@ -121,7 +121,7 @@ def plan(args) -> tuple[list, object]:
     from .config import RunConfig, parse_overrides, prepare
     from .data import DataError, resolve_split
     from .machine import resolve_device
-    from .results import check_writable
+    from .files import check_writable
 
     if args.executor == "ray":
         from .executors import RAY_MISSING
@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from .executors import RayExecutor, SequentialExecutor
-    from .results import LEADERBOARD, write_leaderboard
+    from .leaderboard import write_runs_leaderboard
+    from .store import runs_leaderboard_path
     from .training import Interrupted
 
     def progress(iterable=None, total=None, desc="", initial=0):
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     except (Interrupted, KeyboardInterrupt) as e:
         outer.close()
         print(f"\n{e or 'interrupted; run the same command again to resume'}", file=sys.stderr)
-        write_leaderboard(results_dir)
+        write_runs_leaderboard(results_dir)
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -257,9 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     done = [o for o in outcomes if o.status == "done"]
     failed = [o for o in outcomes if o.status == "failed"]
     skipped = [o for o in outcomes if o.status == "skipped"]
-    board = write_leaderboard(results_dir)
+    board = write_runs_leaderboard(results_dir)
     print(f"{len(done)} runs done in {time.time() - t0:.0f} s ({executor.name} executor); leaderboard: "
-          f"{results_dir / LEADERBOARD} ({len(board)} runs)", file=sys.stderr)
+          f"{runs_leaderboard_path(results_dir)} ({len(board)} runs)", file=sys.stderr)
     if skipped:
         print(f"{len(skipped)} run(s) skipped, being trained by another process: "
               f"{', '.join(o.run_id for o in skipped)}", file=sys.stderr)

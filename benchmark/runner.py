@@ -4,7 +4,7 @@ A run is (method, dataset, ways, shots, backbone, seed, profile). :func:`run` me
 episodes drawn by index from the run's seed, validates on a fixed episode set every ``val_every`` steps (one
 convergence-curve point each: steps, episodes seen, training seconds, validation accuracy), keeps the checkpoint with
 the best validation accuracy, tests it on the fixed test episodes and writes the run folder
-(:class:`benchmark.results.RunFolder`), with the best model as ``model.pt`` (:mod:`benchmark.models`) unless
+(:class:`benchmark.store.RunFolder`), with the best model as ``model.pt`` (:mod:`benchmark.models`) unless
 ``save_model=False``.
 
 Validation and test episodes depend on ``eval_seed`` (default 0), not on the training seed, so every method and
@@ -24,7 +24,7 @@ so a run is never trained by two processes at once.
 One job per module, all re-exported here: :mod:`benchmark.config` (profiles, :class:`RunConfig`, :func:`prepare`
 and :class:`PreparedRun`), :mod:`benchmark.machine` (provenance, device, peak memory), :mod:`benchmark.context` (the
 method's context and the artefact cache), :mod:`benchmark.training` (training step, evaluation, RNG state, training
-loop and checkpoints) and :mod:`benchmark.results` (the run folder).
+loop and checkpoints) and :mod:`benchmark.store` (the run folder).
 """
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ from .episodes import EpisodeSet
 from .facts import record_facts
 from .machine import PeakMemory, code_version, environment, placement as where, resolve_device
 from .models import model_payload
-from .results import RunFolder, mean_ci95
+from .statistics import mean_ci95
+from .store import RunFolder
 from .training import Interrupted, NonFiniteLoss, Trainer, evaluate, seed_everything
 
 __all__ = ["PROFILES", "ArtefactCache", "Interrupted", "Locked", "PeakMemory", "PreparedRun", "Profile", "RunConfig",
@@ -172,7 +173,7 @@ def _train_and_test(cfg: RunConfig, folder: RunFolder, results_dir: Path, device
 
 def _records(prepared: PreparedRun, trainer: Trainer, test_set: EpisodeSet, acc: np.ndarray, secs: np.ndarray,
              mem: PeakMemory, device: torch.device) -> tuple[dict, pd.DataFrame, pd.DataFrame, dict]:
-    """The run folder's records: config, curve, test episodes and summary (:class:`~benchmark.results.RunFolder`)."""
+    """The run folder's records: config, curve, test episodes and summary (:class:`~benchmark.store.RunFolder`)."""
     cfg, cls, ds, hp, state, method = (prepared.cfg, prepared.cls, prepared.dataset, prepared.hp, trainer.state,
                                        trainer.method)
     val_set = trainer.val_set

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..results import atomic_write_bytes, atomic_write_csv, atomic_write_text
+from ..files import atomic_write_bytes, atomic_write_csv, atomic_write_text
 from . import sections
 from .common import setting_label
 from .entries import REPORT_LEADERBOARD_COLUMNS, build_entries
