@@ -145,7 +145,7 @@ class MethodChecker:
 
     def _run(self, label: str, stop_after: int | None = None) -> dict:
         """A run through the harness in its own results directory (``stop_after``: interrupt, then resume)."""
-        from .results import RunFolder
+        from .store import RunFolder
         from .runner import run
         from .training import Interrupted
 

@@ -22,7 +22,8 @@ from torch import nn
 
 from .backbones import build_backbone, feature_shape
 from .episodes import EpisodeSet, TaskSampler
-from .results import FileLock, atomic_torch_save, cache_dir
+from .files import FileLock, atomic_torch_save
+from .store import artefact_dir
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ class ArtefactCache:
     def __call__(self, name: str, key: dict, fn: Callable[[], Any]) -> Any:
         full = {"name": name, "key": key, **self.scope}
         h = hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        path = cache_dir(self.results_dir) / f"{name}-{h}.pt"
+        path = artefact_dir(self.results_dir) / f"{name}-{h}.pt"
         computed = False
         if not path.is_file():
             with FileLock(path.with_suffix(".lock")):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -90,8 +89,7 @@ def _select(args) -> list[Path]:
     """The run folders to evaluate (finished, with a saved model)."""
     import methods
 
-    from .models import MODEL_FILE
-    from .results import RunFolder, finished_runs
+    from .store import RunFolder, run_folders
 
     wanted = None
     if args.methods is not None:
@@ -102,19 +100,19 @@ def _select(args) -> list[Path]:
     if args.runs:
         dirs = []
         for r in args.runs:
-            d = Path(r).parent if Path(r).suffix == ".pt" else Path(r)
-            if not (d / RunFolder.SUMMARY).is_file():
+            folder = RunFolder.from_path(r)
+            if not folder.is_finished():
                 raise UsageError(f"{r} is not a finished run folder (no {RunFolder.SUMMARY}); give results/<run-id>")
-            if not (d / MODEL_FILE).is_file():
-                raise UsageError(f"{d} has no saved model ({MODEL_FILE}): it ran with --no-save-model or before "
-                                 "models were saved; re-run it to keep one")
-            dirs.append(d)
+            if not folder.has_model():
+                raise UsageError(f"{folder.path} has no saved model ({RunFolder.MODEL}): it ran with --no-save-model "
+                                 "or before models were saved; re-run it to keep one")
+            dirs.append(folder.path)
     else:
         if not Path(args.results_dir).is_dir():
             raise UsageError(f"results directory {args.results_dir} does not exist; give --runs or --results-dir")
-        dirs = [d for d in finished_runs(Path(args.results_dir)) if (d / MODEL_FILE).is_file()]
+        dirs = [f.path for f in run_folders(Path(args.results_dir)) if f.is_finished() and f.has_model()]
     if wanted is not None:
-        dirs = [d for d in dirs if json.loads((d / RunFolder.SUMMARY).read_text()).get("method") in wanted]
+        dirs = [d for d in dirs if RunFolder.from_path(d).read_summary().get("method") in wanted]
     if not dirs:
         raise UsageError("no finished run with a saved model (model.pt) selected" +
                          ("" if args.runs else f" under {args.results_dir}") +
@@ -127,7 +125,8 @@ def plan(args) -> tuple[list[Job], object]:
     from .data import DATASETS, DataError, load_dataset, resolve_split
     from .episodes import EpisodeSet, check_spec
     from .models import ModelError, read_model, rebuild
-    from .results import EvaluationFolder, RunFolder, check_writable
+    from .files import check_writable
+    from .store import EvaluationFolder, RunFolder
 
     at_least("--ways", args.ways)
     at_least("--shots", args.shots)
@@ -200,11 +199,12 @@ def record(job: Job, acc, secs, seconds: float, device) -> dict:
     """``evaluation.json`` of a finished evaluation."""
     from .data import DATASETS
     from .machine import code_version, environment
-    from .results import mean_ci95
+    from .statistics import mean_ci95
+    from .store import RunFolder
 
     s, ds, spec, payload = job.summary, job.dataset, job.episodes.spec, job.payload
     mean, ci = mean_ci95(acc)
-    config = json.loads((job.run_dir / "config.json").read_text()) if (job.run_dir / "config.json").is_file() else {}
+    config = RunFolder.from_path(job.run_dir).read_config()
     return {
         "kind": "evaluation", "eval_id": job.folder.eval_id, "run_id": s["run_id"], "method": s["method"],
         "family": s.get("family"),

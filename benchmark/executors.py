@@ -16,7 +16,7 @@ itself (datasets are cached per worker process), never large arrays.
 Results directory: when the workers see the driver's results directory (one machine, or a shared filesystem; told by
 a marker file the driver writes and the task looks for) they write there directly. Otherwise the task runs under a
 local folder of its node and sends the finished (or failed) run folder back as bytes, which the driver writes
-atomically (:meth:`~benchmark.results.RunFolder.unpack`); a retry on the same node then resumes from its local
+atomically (:meth:`~benchmark.store.RunFolder.unpack`); a retry on the same node then resumes from its local
 checkpoint.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Callable
 
 from methods import FILES_ENV
 
-from .results import RunFolder
+from .store import RunFolder
 from .runner import Outcome, RunJob, failure_record, prepare, run_job
 
 __all__ = ["Outcome", "RayExecutor", "SequentialExecutor", "import_ray"]

@@ -1,7 +1,7 @@
 """Trained models as artefacts: what a finished run saves (``model.pt``) and how to load it back.
 
 A finished run keeps its best-validation model in ``results/<run-id>/model.pt`` (:func:`model_payload`, written
-atomically by :class:`benchmark.results.RunFolder`; ``--no-save-model`` turns it off). The file holds the method's
+atomically by :class:`benchmark.store.RunFolder`; ``--no-save-model`` turns it off). The file holds the method's
 state (``state_dict``, on the CPU) and what rebuilding it needs, nothing else: method name, hyperparameters as run,
 the training setting (dataset, ways, shots, queries), backbone, image shape, the dataset's normalisation and its
 number of training classes, and provenance (run id, split, dataset fingerprint, profile, seed, code version).
@@ -25,8 +25,9 @@ from typing import Any
 
 import torch
 
+from .store import RunFolder, model_path
+
 FORMAT = 1  # model.pt layout version
-MODEL_FILE = "model.pt"
 
 
 class ModelError(Exception):
@@ -64,24 +65,19 @@ def model_payload(prepared, method) -> dict[str, Any]:
     }
 
 
-def model_path(run: str | Path) -> Path:
-    """``run`` (a run folder, or its ``model.pt``) as the path of its ``model.pt``."""
-    run = Path(run)
-    return run if run.suffix == ".pt" else run / MODEL_FILE
-
-
 def read_model(run: str | Path) -> dict[str, Any]:
-    """The saved payload of ``run`` (a run folder or its ``model.pt``); :class:`ModelError` when there is none."""
+    """The saved payload of ``run`` (a run folder or its ``model.pt``, :func:`benchmark.store.model_path`);
+    :class:`ModelError` when there is none."""
     path = model_path(run)
     if not path.is_file():
-        raise ModelError(f"{path.parent} has no saved model ({MODEL_FILE}): it is not a finished run, or it ran with "
-                         "--no-save-model (or before models were saved); re-run it to keep one")
+        raise ModelError(f"{path.parent} has no saved model ({RunFolder.MODEL}): it is not a finished run, or it ran "
+                         "with --no-save-model (or before models were saved); re-run it to keep one")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a corrupt or foreign file; say which
         raise ModelError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else e!r}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ModelError(f"{path} is not a model.pt of format {FORMAT}")
+        raise ModelError(f"{path} is not a {RunFolder.MODEL} of format {FORMAT}")
     return payload
 
 

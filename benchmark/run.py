@@ -2,7 +2,7 @@
 
 Every combination of --methods x --ways x --shots x --seeds is one run. Finished runs are skipped and interrupted
 ones resume from their last checkpoint, so re-running a command is always safe. Results go to --results-dir (one
-folder per run, with its best model as model.pt, plus leaderboard.csv) and the report to
+folder per run, with its best model as model.pt, plus the per-run leaderboard.csv) and the report to
 --reports-dir/<--report-name>/.
 
 Runs execute one after another in this process (--executor sequential, the default) or as Ray tasks
@@ -102,7 +102,7 @@ def plan(args) -> tuple[list, object]:
     device = setup_torch(args.device, args.threads)
     _check_executor(args, device)
     prepared = _prepare_runs(args)
-    from .results import check_writable
+    from .files import check_writable
 
     try:
         check_writable(Path(args.results_dir))
@@ -201,7 +201,7 @@ def _execute(executor, prepared, args) -> tuple[list | None, int | None]:
     SIGTERM stopped them (checkpoints kept, leaderboard written)."""
     from tqdm import tqdm
 
-    from .results import write_leaderboard
+    from .leaderboard import write_runs_leaderboard
     from .training import Interrupted
 
     outer = tqdm(total=len(prepared), desc="runs", unit="run", disable=args.no_progress or len(prepared) < 2,
@@ -223,7 +223,7 @@ def _execute(executor, prepared, args) -> tuple[list | None, int | None]:
     except (Interrupted, KeyboardInterrupt) as e:
         outer.close()
         print(f"\n{e or 'interrupted; run the same command again to resume'}", file=sys.stderr)
-        write_leaderboard(Path(args.results_dir))
+        write_runs_leaderboard(Path(args.results_dir))
         return None, EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -232,15 +232,16 @@ def _execute(executor, prepared, args) -> tuple[list | None, int | None]:
 
 def _summarise(outcomes, prepared, executor, args, seconds: float) -> int:
     """The closing lines (runs done, skipped, failed), the leaderboard and the report; the exit code."""
-    from .results import LEADERBOARD, write_leaderboard
+    from .leaderboard import write_runs_leaderboard
+    from .store import runs_leaderboard_path
 
     results_dir = Path(args.results_dir)
     done = [o for o in outcomes if o.status == "done"]
     failed = [o for o in outcomes if o.status == "failed"]
     skipped = [o for o in outcomes if o.status == "skipped"]
-    board = write_leaderboard(results_dir)
+    board = write_runs_leaderboard(results_dir)
     print(f"{len(done)} runs done in {seconds:.0f} s ({executor.name} executor); leaderboard: "
-          f"{results_dir / LEADERBOARD} ({len(board)} runs)", file=sys.stderr)
+          f"{runs_leaderboard_path(results_dir)} ({len(board)} runs)", file=sys.stderr)
     if skipped:
         print(f"{len(skipped)} run(s) skipped, being trained by another process: "
               f"{', '.join(o.run_id for o in skipped)}", file=sys.stderr)

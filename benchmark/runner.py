@@ -7,7 +7,7 @@ trained it); :func:`run` is the short form for the API and the tests. The run me
 episodes drawn by index from the run's seed, validates on a fixed episode set every ``val_every`` steps (one
 convergence-curve point each: steps, episodes seen, training seconds, validation accuracy), keeps the checkpoint with
 the best validation accuracy, tests it on the fixed test episodes and writes the run folder
-(:class:`benchmark.results.RunFolder`), with the best model as ``model.pt`` (:mod:`benchmark.models`) unless
+(:class:`benchmark.store.RunFolder`), with the best model as ``model.pt`` (:mod:`benchmark.models`) unless
 ``save_model=False``.
 
 Validation and test episodes depend on ``eval_seed`` (default 0), not on the training seed, so every method and
@@ -29,7 +29,7 @@ The method class is looked up in the registry here (:func:`prepare`): the runner
 modules it uses below them. One job per module, all re-exported here: :mod:`benchmark.profiles`,
 :mod:`benchmark.config` (:class:`RunConfig`, :class:`PreparedRun`, hyperparameters), :mod:`benchmark.machine` (provenance, device, peak memory), :mod:`benchmark.context` (the
 method's context and the artefact cache), :mod:`benchmark.training` (training step, evaluation, RNG state, training
-loop and checkpoints) and :mod:`benchmark.results` (the run folder).
+loop and checkpoints) and :mod:`benchmark.store` (the run folder).
 """
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ from .facts import record_facts
 from .machine import PeakMemory, code_version, environment, placement as where, resolve_device
 from .models import model_payload
 from .profiles import PROFILES, Profile
-from .results import RunFolder, mean_ci95
+from .statistics import mean_ci95
+from .store import RunFolder
 from .training import Interrupted, NonFiniteLoss, Trainer, evaluate, seed_everything
 
 __all__ = ["PROFILES", "ArtefactCache", "Interrupted", "Locked", "Outcome", "PeakMemory", "PreparedRun", "Profile",
@@ -252,7 +253,7 @@ class _Attempt:
 
 def _records(prepared: PreparedRun, trainer: Trainer, test_set: EpisodeSet, acc: np.ndarray, secs: np.ndarray,
              mem: PeakMemory, device: torch.device) -> tuple[dict, pd.DataFrame, pd.DataFrame, dict]:
-    """The run folder's records: config, curve, test episodes and summary (:class:`~benchmark.results.RunFolder`)."""
+    """The run folder's records: config, curve, test episodes and summary (:class:`~benchmark.store.RunFolder`)."""
     cfg, cls, ds, hp, state, method = (prepared.cfg, prepared.cls, prepared.dataset, prepared.hp, trainer.state,
                                        trainer.method)
     val_set = trainer.val_set

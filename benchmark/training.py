@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from .episodes import Episode, EpisodeSet, TaskSampler
-from .results import atomic_torch_save, mean_ci95
+from .files import atomic_torch_save
+from .statistics import mean_ci95
 
 
 class Interrupted(Exception):

@@ -10,7 +10,7 @@ from benchmark import Episode, load_run
 from benchmark.data import load_dataset
 from benchmark.episodes import EpisodeSet
 from benchmark.evaluate import main as evaluate_main
-from benchmark.results import EvaluationFolder, RunFolder, evaluation_folders
+from benchmark.store import EvaluationFolder, RunFolder, evaluation_folders
 from benchmark.runner import RunConfig, run
 from benchmark.training import evaluate
 

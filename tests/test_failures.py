@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.results import FileLock, RunFolder, failed_runs, finished_runs
+from benchmark.files import FileLock
+from benchmark.store import RunFolder, failed_runs, finished_runs
 from benchmark.run import main
 from benchmark.runner import Locked, RunConfig, run
 from conftest import ROOT
@@ -130,7 +131,7 @@ def test_two_commands_on_one_results_dir(tmp_path):
 
 def test_file_lock_is_released_when_its_process_dies(tmp_path):
     lock = tmp_path / "x.lock"
-    code = (f"from benchmark.results import FileLock; import os; FileLock({str(lock)!r}).acquire(); "
+    code = (f"from benchmark.files import FileLock; import os; FileLock({str(lock)!r}).acquire(); "
             "os._exit(0)")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True,
                    timeout=60)

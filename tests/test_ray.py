@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from benchmark.runner import prepare
-from benchmark.results import RunFolder, finished_runs
+from benchmark.store import RunFolder, finished_runs
 from benchmark.run import main
 from benchmark.runner import RunConfig, run
 from conftest import ROOT

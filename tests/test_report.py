@@ -423,7 +423,7 @@ OLD_COLUMNS = [  # the report leaderboard's columns before the budget columns: n
 
 
 def test_budget_fraction_columns_and_cells(tmp_path):
-    from benchmark.results import LEADERBOARD_COLUMNS, leaderboard
+    from benchmark.leaderboard import RUNS_LEADERBOARD_COLUMNS as LEADERBOARD_COLUMNS, runs_leaderboard as leaderboard
 
     res = tmp_path / "res"
     for seed, frac in ((0, 0.015), (1, 0.025)):

@@ -5,7 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.results import RunFolder, finished_runs, leaderboard, mean_ci95, write_leaderboard
+from benchmark.leaderboard import runs_leaderboard as leaderboard, write_runs_leaderboard as write_leaderboard
+from benchmark.statistics import mean_ci95
+from benchmark.store import RunFolder, finished_runs
 from benchmark.runner import Interrupted, RunConfig, run
 
 CPU = torch.device("cpu")

@@ -138,7 +138,8 @@ def dataset_with_stats(name: str, images, splits: dict[str, Split], data_dir, so
         h.update(json.dumps([s, splits[s].names, [len(m) for m in splits[s].members]]).encode())
         for m in splits[s].members:
             h.update(np.asarray(m, dtype=np.int64).tobytes())
-    path = cache_dir(data_dir) / f"{name}-{source_key(data_dir, sources, name, tuple(images.shape), h.hexdigest())}.json"
+    key = source_key(data_dir, sources, name, tuple(images.shape), h.hexdigest())
+    path = pixel_cache_dir(data_dir) / f"{name}-{key}.json"
     fp = None
     try:
         st = json.loads(path.read_text())
@@ -331,7 +332,7 @@ CACHE_VERSION = 1
 CACHE_ENV = "BENCHMARK_DATA_CACHE"
 
 
-def cache_dir(data_dir: str | Path) -> Path:
+def pixel_cache_dir(data_dir: str | Path) -> Path:
     """Where decoded pixels of ``data_dir`` are cached: ``$BENCHMARK_DATA_CACHE`` if set, else
     ``<data_dir>/.fewshot-cache/`` when writable, else ``~/.cache/benchmark-fewshot/<hash of data_dir>/``."""
     env = os.environ.get(CACHE_ENV)
@@ -377,11 +378,11 @@ def cached_images(data_dir: str | Path, name: str, sources: list[Path], shape: t
                   fill: Callable[[ImageWriter], None], *extra) -> DiskImages:
     """Decoded images of ``data_dir`` as :class:`DiskImages`, written once by ``fill`` into the pixel cache.
 
-    The file, ``<cache_dir>/<name>-<key>.u8``, is keyed by the sources' sizes and modification times (and
+    The file, ``<pixel_cache_dir>/<name>-<key>.u8``, is keyed by the sources' sizes and modification times (and
     ``extra``): changed sources give a new file. It is written under a temporary name and renamed when complete, so
     an interrupted or concurrent build never leaves a partial file in use."""
     shape = tuple(int(d) for d in shape)
-    directory = cache_dir(data_dir)
+    directory = pixel_cache_dir(data_dir)
     path = directory / f"{name}-{source_key(data_dir, sources, shape, *extra)}.u8"
     nbytes = int(np.prod(shape))
     if path.is_file() and path.stat().st_size == nbytes:

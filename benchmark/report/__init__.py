@@ -7,10 +7,11 @@ so a report of old runs does not change when today's code does).
 
 * :mod:`.records`: run folders read into records, and each method's and backbone's facts as the runs recorded them;
 * :mod:`.reference`: the published figures and the known differences between their protocol and a run's;
-* :mod:`.entries`: runs aggregated over seeds into leaderboard rows (:data:`REPORT_LEADERBOARD_COLUMNS`);
+* :mod:`.entries`: runs aggregated over seeds into the rows of the settings leaderboard (the report's
+  ``leaderboard.csv``, :data:`REPORT_LEADERBOARD_COLUMNS`; not the per-run ``results/leaderboard.csv``);
 * :mod:`.stats`: paired tests, Holm's correction, ranks, seed-averaged curves (pure functions);
 * :mod:`.tables`: paired statistics per setting, episode counts to thresholds, shared artefacts;
-* :mod:`.sections`: the seven sections of the document; :mod:`.render`: Markdown, HTML and figures;
+* :mod:`.sections`: the eight sections of the document; :mod:`.render`: Markdown, HTML and figures;
 * :mod:`.build`: the whole report written to a folder; :mod:`.common`: shared keys, labels and the error type.
 """
 from .build import ALPHA, BuildResult, build, build_report

@@ -1,8 +1,10 @@
 """Building a report: read the runs, derive the tables, write the sections and the files.
 
 :func:`build` writes ``<out_dir>/``: ``report.md`` (figures as PNG files beside it), ``report.html`` (one
-self-contained file), ``leaderboard.csv`` (columns :data:`~benchmark.report.entries.REPORT_LEADERBOARD_COLUMNS`),
-``paired.csv`` and ``episode_counts.csv``.
+self-contained file), the settings leaderboard ``leaderboard.csv`` (:data:`SETTINGS_LEADERBOARD`; one row per
+entry, columns :data:`~benchmark.report.entries.REPORT_LEADERBOARD_COLUMNS`; not the per-run leaderboard of the
+results directory, :mod:`benchmark.leaderboard`), ``paired.csv``, ``episode_counts.csv`` (section 5 in long form) and
+``cross_evaluation.csv`` (section 7 in long form).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..results import atomic_write_bytes, atomic_write_csv, atomic_write_text
+from ..files import atomic_write_bytes, atomic_write_csv, atomic_write_text
 from . import sections
 from .common import setting_label
 from .entries import REPORT_LEADERBOARD_COLUMNS, build_entries
@@ -22,6 +24,7 @@ from .render import Doc, to_html, to_markdown
 from .tables import paired_statistics, parse_thresholds
 
 ALPHA = 0.05
+SETTINGS_LEADERBOARD = "leaderboard.csv"  # the report's leaderboard: one row per entry (settings aggregated over seeds)
 
 
 @dataclass
@@ -83,15 +86,16 @@ def build(results_dir: Path, out_dir: Path, run_ids: list[str] | None = None,
         old.unlink()
     for name, png in doc.images.items():
         atomic_write_bytes(out_dir / name, png)
-    atomic_write_csv(out_dir / "leaderboard.csv", board.round({c: 4 for c in board.columns if c != "budget_fraction"}))
+    atomic_write_csv(out_dir / SETTINGS_LEADERBOARD,
+                     board.round({c: 4 for c in board.columns if c != "budget_fraction"}))
     atomic_write_csv(out_dir / "paired.csv", paired_df)
     atomic_write_csv(out_dir / "episode_counts.csv", counts)
     atomic_write_csv(out_dir / "cross_evaluation.csv", cross.round(4))
     atomic_write_text(out_dir / "report.html", to_html(doc))
     md = out_dir / "report.md"
     atomic_write_text(md, to_markdown(doc))
-    _readable(out_dir, [*doc.images, "leaderboard.csv", "paired.csv", "episode_counts.csv", "cross_evaluation.csv",
-                        "report.html", "report.md"])
+    _readable(out_dir, [*doc.images, SETTINGS_LEADERBOARD, "paired.csv", "episode_counts.csv",
+                        "cross_evaluation.csv", "report.html", "report.md"])
     return BuildResult(md, out_dir / "report.html", board, notes, refusals)
 
 

@@ -1,12 +1,14 @@
 """python -m benchmark.report: build the report from the run records in a results directory (never re-running).
 
 Writes ``<reports-dir>/<name>/``: ``report.md`` (figures as PNG files beside it), ``report.html`` (one self-contained
-file), ``leaderboard.csv`` (one row per method x dataset x setting x backbone x profile, aggregated over seeds;
-columns :data:`benchmark.report.REPORT_LEADERBOARD_COLUMNS`), ``paired.csv`` (every paired test) and
-``episode_counts.csv``.
+file), ``leaderboard.csv`` (the report's settings leaderboard: one row per method x dataset x setting x backbone x
+profile, aggregated over seeds; columns :data:`benchmark.report.REPORT_LEADERBOARD_COLUMNS`; not the per-run
+leaderboard.csv of the results directory), ``paired.csv`` (every paired test), ``episode_counts.csv`` (section 5 in
+long form) and ``cross_evaluation.csv`` (section 7 in long form).
 
 Sections: 1 the survey's Table 1 mirrored (measured vs published), 2 the metric methods (survey Table 2),
-3 paired statistics and ranks, 4 convergence, 5 episode counts to accuracy thresholds, 6 cost, 7 provenance.
+3 paired statistics and ranks, 4 convergence, 5 episode counts to accuracy thresholds, 6 cost, 7 cross-evaluation
+of saved models (benchmark.evaluate), 8 provenance.
 
 Errors (no finished runs, incomplete run folders, paired comparisons refused because test-episode fingerprints
 differ) print one line and exit with code 2; with refused pairs the report is still written and says why.

@@ -1,9 +1,10 @@
-"""Entries: runs aggregated over seeds into one leaderboard row each, with the published figure beside them.
+"""Entries: runs aggregated over seeds into one row each of the settings leaderboard (the report's
+``leaderboard.csv``), with the published figure beside them.
 
 Aggregation: runs that share method, hyperparameter overrides, dataset, ways, shots, test queries, backbone, profile
-and test-episode fingerprint form one *entry* (one leaderboard row); its seeds are its runs. The entry's per-episode
-accuracy is the mean over its seeds on each (shared) test episode; ``mean`` and ``ci95`` (1.96 sd / sqrt(n)) are taken
-over those episodes, and ``seed_sd`` is the sd (ddof 1) of the per-seed mean accuracies.
+and test-episode fingerprint form one *entry* (one settings-leaderboard row); its seeds are its runs. The entry's
+per-episode accuracy is the mean over its seeds on each (shared) test episode; ``mean`` and ``ci95`` (1.96 sd /
+sqrt(n)) are taken over those episodes, and ``seed_sd`` is the sd (ddof 1) of the per-seed mean accuracies.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from .records import MethodInfo, Run, backbone_facts, method_infos
 from .reference import load_reference, load_survey, protocol_differences, published_figure
 from .stats import mean_ci95, seed_curve
 
-#: Column order of ``leaderboard.csv`` (one row per entry; stable: append new columns at the end only).
+#: Column order of the report's settings leaderboard ``leaderboard.csv`` (one row per entry; stable: append new
+#: columns at the end only). The per-run leaderboard has :data:`benchmark.leaderboard.RUNS_LEADERBOARD_COLUMNS`.
 REPORT_LEADERBOARD_COLUMNS = [
     "method", "variant_of", "family", "overrides", "dataset", "ways", "shots", "queries", "backbone", "profile",
     "mean", "ci95", "n_episodes", "n_seeds", "seeds", "seed_sd", "rank",
@@ -37,7 +39,7 @@ class Entry:
     info: MethodInfo
     accuracy: np.ndarray  # seed-averaged per-episode accuracy, %
     curve: pd.DataFrame  # seed-averaged validation curve
-    row: dict  # leaderboard row
+    row: dict  # settings-leaderboard row
 
     @property
     def label(self) -> str:

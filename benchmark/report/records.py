@@ -1,6 +1,7 @@
 """Run folders read into :class:`Run` records, and each method's and backbone's facts as the runs recorded them.
 
-The folders are read through :class:`benchmark.results.RunFolder`, the one place that knows their layout.
+The folders are read through :class:`benchmark.store.RunFolder` and :class:`benchmark.store.EvaluationFolder`,
+the one place that knows their layout.
 
 Nothing here imports the method registry or the backbone table: a report is built from the records alone, so a
 report of old runs does not change when today's code does. Runs older than recorded facts are reported with a
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..results import PARTIAL_SUFFIX, RunFolder, evaluation_folders, failed_runs, partial_runs, run_folders
+from ..store import PARTIAL_SUFFIX, RunFolder, evaluation_folders, failed_runs, partial_runs, run_folders
 from .common import ENTRY_KEYS, FAMILY_ORDER, ReportError, split_key
 
 REQUIRED_FILES = RunFolder.RECORDS
@@ -141,7 +142,7 @@ class Evaluation:
 
 def load_evaluations(runs: list[Run]) -> list[Evaluation]:
     """The finished evaluations of ``runs`` (``<run>/evaluations/<eval-id>/``, read through
-    :class:`benchmark.results.EvaluationFolder`); unreadable or inconsistent records raise :class:`ReportError`."""
+    :class:`benchmark.store.EvaluationFolder`); unreadable or inconsistent records raise :class:`ReportError`."""
     out = []
     for r in runs:
         for f in evaluation_folders(r.path):

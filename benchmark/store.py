@@ -1,4 +1,4 @@
-"""The results store: one folder per finished run, written atomically, and a leaderboard rebuilt from them.
+"""The run store: the one owner of the layout of a results directory, and so of every file name in it.
 
 Layout under the results directory::
 
@@ -18,176 +18,42 @@ Layout under the results directory::
         traceback.txt         the traceback of a run that raised
     .locks/<run-id>.lock      OS file lock (fcntl.flock) held by the process training the run; holds its pid and host
     cache/                    artefacts shared between runs (e.g. MTL's pretrained backbone), with their cost
-    leaderboard.csv           one row per finished run, rebuilt from the summaries (under .locks/leaderboard.lock)
+                              (:func:`artefact_dir`; benchmark/context.py)
+    leaderboard.csv           the per-run leaderboard: one row per finished run, rebuilt from the summaries under
+                              .locks/leaderboard.lock (benchmark/leaderboard.py); not the report's leaderboard.csv
 
-Every file is written to a temporary name and renamed (``os.replace``), so a crash leaves either the old file or the
-new one, never half of one. :class:`RunFolder` is the one owner of a run's folder and the only code that knows these
-names: the runner writes through it and the report (:mod:`benchmark.report.records`) reads through it. This module
-imports torch only inside :func:`atomic_torch_save`, so the report can use it without torch.
+Every file is written to a temporary name and renamed (``os.replace``, :mod:`benchmark.files`), so a crash leaves
+either the old file or the new one, never half of one. :class:`RunFolder` is the one owner of a run's folder and
+:class:`EvaluationFolder` of an evaluation's: the runner and ``benchmark.evaluate`` write through them, and
+:mod:`benchmark.models`, ``benchmark.evaluate`` and the report (:mod:`benchmark.report.records`) read through them.
+This module imports torch only inside :func:`benchmark.files.atomic_torch_save` (when a model is written), so the
+report can use it without torch.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import math
 import os
 import shutil
-import socket
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, Iterator
 
-import numpy as np
 import pandas as pd
 
-LEADERBOARD = "leaderboard.csv"  # one row per finished run, under the results directory
-CACHE_DIR = "cache"  # artefacts shared between runs, under the results directory
+from .files import (FileLock, atomic_torch_save, atomic_write_bytes, atomic_write_csv, atomic_write_json,
+                    atomic_write_text)
+
+RUNS_LEADERBOARD = "leaderboard.csv"  # the per-run leaderboard, one row per finished run, under the results directory
+ARTEFACT_DIR = "cache"  # artefacts shared between runs, under the results directory
 PARTIAL_SUFFIX = ".partial"  # <run-id>.partial/: a run in progress
-LOCK_DIR = ".locks"  # OS file locks of runs being trained and of the leaderboard, under the results directory
-
-LEADERBOARD_COLUMNS = [
-    "run_id", "method", "family", "dataset", "split", "ways", "shots", "backbone", "profile", "seed",
-    "mean", "ci95", "n_episodes", "train_episodes", "train_seconds", "ms_per_train_episode",
-    "ms_per_test_episode", "peak_memory_mb", "trainable_params", "adapted_params", "device",
-    "test_fingerprint", "code_version", "budget_fraction", "executor", "node",
-]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
-
-
-def atomic_write_csv(path: Path, df: pd.DataFrame) -> None:
-    buf = io.StringIO()
-    df.to_csv(buf, index=False)
-    atomic_write_text(path, buf.getvalue())
-
-
-def atomic_torch_save(path: Path, obj: Any) -> int:
-    """``torch.save(obj)`` to ``path`` atomically; returns the file's size in bytes."""
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    data = buf.getvalue()
-    atomic_write_bytes(path, data)
-    return len(data)
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")
-
-
-def mean_ci95(acc: np.ndarray | list[float]) -> tuple[float, float]:
-    """Mean and 95% confidence half-width, 1.96 * sd / sqrt(n) (sample sd, ddof=1), of per-episode accuracies."""
-    a = np.asarray(acc, dtype=np.float64)
-    if len(a) == 0:
-        return math.nan, math.nan
-    sd = a.std(ddof=1) if len(a) > 1 else 0.0
-    return float(a.mean()), float(1.96 * sd / math.sqrt(len(a)))
-
-
-def check_writable(results_dir: Path) -> None:
-    """Raise OSError with a clear message when runs cannot be written under ``results_dir``."""
-    try:
-        results_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=results_dir, prefix=".write-test-")
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise OSError(f"results directory {results_dir} is not writable ({e.strerror or e}); "
-                      "choose another with --results-dir") from None
-
-
-class FileLock:
-    """An exclusive OS file lock (``fcntl.flock``) on ``path``: held by one process at a time and released by the
-    kernel when that process dies, so a killed trainer never leaves a stale lock. The holder writes its pid and host
-    into the file (:meth:`holder`), for the notes of processes that find it locked."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._fd: int | None = None
-
-    def acquire(self, wait: bool = True, poll: float = 0.2) -> bool:
-        """Take the lock; with ``wait=False`` return False at once when another process holds it."""
-        import fcntl
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not wait:
-                    os.close(fd)
-                    return False
-                time.sleep(poll)  # polled rather than blocking, so that Ctrl-C stays responsive
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
-        self._fd = fd
-        return True
-
-    def release(self) -> None:
-        if self._fd is not None:
-            import fcntl
-
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def holder(self) -> dict:
-        """The pid and host the last holder wrote (empty when unknown)."""
-        try:
-            return json.loads(self.path.read_text() or "{}")
-        except (OSError, ValueError):
-            return {}
-
-    def __enter__(self) -> "FileLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
+LOCK_DIR = ".locks"  # OS file locks of runs being trained and of the per-run leaderboard, under the results directory
+RUNS_LEADERBOARD_LOCK = "leaderboard.lock"  # in .locks/: held while the per-run leaderboard is rebuilt
 
 
 class RunFolder:
     """The folder of one run, ``<results_dir>/<run_id>/``: created as ``<run_id>.partial/`` (which also holds the
     resume checkpoint), filled with the record files, each written atomically, and renamed into place in one step when
-    the run is finished; then read back (summary, config, curve, test episodes) by the runner and the report."""
+    the run is finished; then read back (summary, config, curve, test episodes, saved model) by the runner,
+    :mod:`benchmark.models`, ``benchmark.evaluate`` and the report."""
 
     CONFIG = "config.json"
     CURVE = "curve.csv"
@@ -205,16 +71,20 @@ class RunFolder:
         self.path = self.results_dir / run_id  # the finished run
         self.partial = self.results_dir / f"{run_id}{PARTIAL_SUFFIX}"  # the run in progress
 
+    @classmethod
+    def from_path(cls, path: str | Path) -> "RunFolder":
+        """The finished run whose folder is ``path`` (``results/<run-id>``), or which holds the file ``path`` (its
+        ``model.pt``: any ``*.pt``)."""
+        d = Path(path)
+        d = d.parent if d.suffix == ".pt" else d
+        return cls(d.parent, d.name)
+
     def __repr__(self) -> str:
         return f"RunFolder({str(self.results_dir)!r}, {self.run_id!r})"
 
     @property
     def checkpoint(self) -> Path:
         return self.partial / self.CHECKPOINT
-
-    @property
-    def cache_dir(self) -> Path:
-        return cache_dir(self.results_dir)
 
     def lock(self) -> FileLock:
         """The run's OS file lock, ``.locks/<run_id>.lock`` (outside the run folder, which is renamed when finished):
@@ -225,6 +95,10 @@ class RunFolder:
     def model(self) -> Path:
         """The finished run's saved model."""
         return self.path / self.MODEL
+
+    def has_model(self) -> bool:
+        """Whether the finished run kept its model (not when it ran with ``--no-save-model``)."""
+        return self.model.is_file()
 
     # ---- writing
     def write_model(self, payload: dict) -> int:
@@ -319,9 +193,25 @@ class RunFolder:
         return pd.read_csv(self.path / self.TEST_EPISODES)
 
 
-def cache_dir(results_dir: str | Path) -> Path:
-    """Where artefacts shared between runs are cached under ``results_dir``."""
-    return Path(results_dir) / CACHE_DIR
+def model_path(run: str | Path) -> Path:
+    """``run`` (a run folder, or its ``model.pt``) as the path of its ``model.pt``."""
+    run = Path(run)
+    return run if run.suffix == ".pt" else run / RunFolder.MODEL
+
+
+def artefact_dir(results_dir: str | Path) -> Path:
+    """Where artefacts shared between runs are cached under ``results_dir`` (``cache/``)."""
+    return Path(results_dir) / ARTEFACT_DIR
+
+
+def runs_leaderboard_path(results_dir: str | Path) -> Path:
+    """The per-run leaderboard's file, ``<results_dir>/leaderboard.csv``."""
+    return Path(results_dir) / RUNS_LEADERBOARD
+
+
+def runs_leaderboard_lock(results_dir: str | Path) -> FileLock:
+    """The lock held while the per-run leaderboard is rebuilt, ``<results_dir>/.locks/leaderboard.lock``."""
+    return FileLock(Path(results_dir) / LOCK_DIR / RUNS_LEADERBOARD_LOCK)
 
 
 def partial_runs(results_dir: Path) -> list[str]:
@@ -338,8 +228,8 @@ def run_folders(results_dir: Path) -> list[RunFolder]:
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         return []
-    return [RunFolder(results_dir, p.name) for p in sorted(results_dir.iterdir())
-            if p.is_dir() and not p.name.endswith(PARTIAL_SUFFIX) and p.name != CACHE_DIR and not p.name.startswith(".")]
+    return [RunFolder(results_dir, p.name) for p in sorted(results_dir.iterdir()) if p.is_dir()
+            and not p.name.endswith(PARTIAL_SUFFIX) and p.name != ARTEFACT_DIR and not p.name.startswith(".")]
 
 
 def failed_runs(results_dir: Path) -> list[RunFolder]:
@@ -354,30 +244,8 @@ def finished_runs(results_dir: Path) -> list[Path]:
 
 
 def load_summary(run_dir: Path) -> dict:
+    """The summary of the finished run in ``run_dir``."""
     return RunFolder(run_dir.parent, run_dir.name).read_summary()
-
-
-def leaderboard(results_dir: Path) -> pd.DataFrame:
-    """One row per finished run, columns :data:`LEADERBOARD_COLUMNS` (accuracies in percent)."""
-    rows = []
-    for d in finished_runs(results_dir):
-        s = load_summary(d)
-        where = s.get("placement") or {}  # executor, node, cpus, gpu_fraction (older runs: none)
-        rows.append({c: s.get(c, where.get(c)) for c in LEADERBOARD_COLUMNS})
-    df = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
-    return df.sort_values(["dataset", "ways", "shots", "backbone", "profile", "method", "seed"], kind="stable",
-                          ignore_index=True) if len(df) else df
-
-
-def write_leaderboard(results_dir: Path) -> pd.DataFrame:
-    """Rebuild ``leaderboard.csv`` from the finished runs' summaries. Safe when several processes rebuild at once:
-    under the results directory's leaderboard lock, read and atomic replace, so the last rebuild sees every run
-    finished before it and a reader never sees half a file."""
-    results_dir = Path(results_dir)
-    with FileLock(results_dir / LOCK_DIR / "leaderboard.lock"):
-        df = leaderboard(results_dir)
-        atomic_write_csv(results_dir / LEADERBOARD, df)
-    return df
 
 
 # ------------------------------------------------------------------------------------------------ evaluations

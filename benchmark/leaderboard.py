@@ -1,0 +1,45 @@
+"""The per-run leaderboard, ``<results_dir>/leaderboard.csv``: one row per finished run, rebuilt from the runs'
+summaries after each ``benchmark.run`` command.
+
+Not to be confused with the report's settings leaderboard (``reports/<name>/leaderboard.csv``, one row per method x
+setting aggregated over seeds, :data:`benchmark.report.REPORT_LEADERBOARD_COLUMNS`): both files keep the name
+``leaderboard.csv``, and this module is about the per-run one only.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .files import atomic_write_csv
+from .store import finished_runs, load_summary, runs_leaderboard_lock, runs_leaderboard_path
+
+RUNS_LEADERBOARD_COLUMNS = [
+    "run_id", "method", "family", "dataset", "split", "ways", "shots", "backbone", "profile", "seed",
+    "mean", "ci95", "n_episodes", "train_episodes", "train_seconds", "ms_per_train_episode",
+    "ms_per_test_episode", "peak_memory_mb", "trainable_params", "adapted_params", "device",
+    "test_fingerprint", "code_version", "budget_fraction", "executor", "node",
+]
+
+
+def runs_leaderboard(results_dir: Path) -> pd.DataFrame:
+    """One row per finished run, columns :data:`RUNS_LEADERBOARD_COLUMNS` (accuracies in percent)."""
+    rows = []
+    for d in finished_runs(results_dir):
+        s = load_summary(d)
+        where = s.get("placement") or {}  # executor, node, cpus, gpu_fraction (older runs: none)
+        rows.append({c: s.get(c, where.get(c)) for c in RUNS_LEADERBOARD_COLUMNS})
+    df = pd.DataFrame(rows, columns=RUNS_LEADERBOARD_COLUMNS)
+    return df.sort_values(["dataset", "ways", "shots", "backbone", "profile", "method", "seed"], kind="stable",
+                          ignore_index=True) if len(df) else df
+
+
+def write_runs_leaderboard(results_dir: Path) -> pd.DataFrame:
+    """Rebuild the per-run ``leaderboard.csv`` from the finished runs' summaries. Safe when several processes rebuild
+    at once: under the results directory's leaderboard lock, read and atomic replace, so the last rebuild sees every
+    run finished before it and a reader never sees half a file."""
+    results_dir = Path(results_dir)
+    with runs_leaderboard_lock(results_dir):
+        df = runs_leaderboard(results_dir)
+        atomic_write_csv(runs_leaderboard_path(results_dir), df)
+    return df
