@@ -155,9 +155,23 @@ def evaluate(method, episodes: EpisodeSet, device: torch.device, progress=None, 
 # ------------------------------------------------------------------------------------------------ the training loop
 def new_state() -> dict:
     """The training state a checkpoint keeps (besides the method's): progress, timings, curve, best state, the
-    training metrics summed since the last curve point, and the cache log."""
+    training metrics summed since the last curve point (``metric_sums``: metric name -> sum over the steps since
+    then; ``metric_count``: those steps), and the cache log."""
     return {"step": 0, "episodes": 0, "train_seconds": 0.0, "val_seconds": 0.0, "curve": [], "best_acc": -1.0,
-            "best_step": 0, "best_state": None, "acc_sum": {}, "acc_n": 0, "cache_log": []}
+            "best_step": 0, "best_state": None, "metric_sums": {}, "metric_count": 0, "cache_log": []}
+
+
+#: training-state keys renamed since checkpoints were first written: old name -> new name
+_RENAMED_STATE_KEYS = {"acc_sum": "metric_sums", "acc_n": "metric_count"}
+
+
+def upgrade_state(state: dict) -> dict:
+    """A checkpoint's training state under the current key names (a checkpoint written before a rename resumes)."""
+    for old, new in _RENAMED_STATE_KEYS.items():
+        if old in state:
+            value = state.pop(old)
+            state.setdefault(new, value)
+    return state
 
 
 class Trainer:
@@ -177,7 +191,7 @@ class Trainer:
         if self.checkpoint.is_file():
             ck = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
             self.method.load_training_state(ck["method"])
-            self.state = ck["state"]
+            self.state = upgrade_state(ck["state"])
             set_rng_state(ck["rng"])
             self.state.setdefault("resumed_at", []).append(self.state["step"])  # provenance: where it resumed
         self.cache_log.extend(self.state.get("cache_log", []))
@@ -220,8 +234,8 @@ class Trainer:
         state["train_seconds"] += r.seconds
         state["episodes"] += r.tasks
         for k, v in r.metrics.items():
-            state["acc_sum"][k] = state["acc_sum"].get(k, 0.0) + float(v)
-        state["acc_n"] += 1
+            state["metric_sums"][k] = state["metric_sums"].get(k, 0.0) + float(v)
+        state["metric_count"] += 1
 
     def validate(self, bar=None) -> None:
         """One curve point: validation accuracy now, and the mean training metrics since the last point; keeps the
@@ -233,9 +247,9 @@ class Trainer:
         m, ci = mean_ci95(acc)
         row = {"step": state["step"], "episodes": state["episodes"],
                "train_seconds": round(state["train_seconds"], 4), "val_acc": 100 * m, "val_ci95": 100 * ci}
-        row.update({f"train_{k}": v / state["acc_n"] for k, v in state["acc_sum"].items()})
+        row.update({f"train_{k}": v / state["metric_count"] for k, v in state["metric_sums"].items()})
         state["curve"].append(row)
-        state["acc_sum"], state["acc_n"] = {}, 0
+        state["metric_sums"], state["metric_count"] = {}, 0
         if m > state["best_acc"]:
             state["best_acc"], state["best_step"] = m, state["step"]
             state["best_state"] = {k: v.detach().clone() for k, v in self.method.state_dict().items()}

@@ -10,7 +10,9 @@ A method is an ``nn.Module`` subclass of :class:`Method` with
 * ``__init__(hp, ctx)``: build networks (through ``ctx.backbone``) and optimisers;
 * ``train_step(episodes, step)``: one meta-training step on a meta-batch of episodes, including the optimiser
   update; returns metrics (floats; ``tasks`` counts extra episodes it drew itself, e.g. MTL's hard tasks);
-* ``predict(episode)``: adapt to the episode's support set and return query logits ``[n_query, ways]``.
+* ``predict(episode)``: adapt to the episode's support set and return query logits ``[n_query, ways]``
+  (a metric method that scores an episode from its images' embeddings subclasses :class:`EmbeddingPredict` and
+  implements ``score(episode, z=None)`` instead: ``predict`` and a grouped ``predict_many`` come with it).
 
 A method draws any further training data from ``ctx.sampler`` (a pure function of its index, never global random
 state), reports long preparations through ``ctx.progress`` and caches expensive artefacts with ``ctx.cached``. It
@@ -185,3 +187,32 @@ class Method(nn.Module):
             loss_sum += loss.item()
             acc_sum += self.accuracy(scores, ep.query_y) / len(episodes)
         return {"loss": loss_sum, "acc": acc_sum}
+
+
+class EmbeddingPredict(Method):
+    """A method whose query scores are ``score(episode, z)``, a function of the per-image embeddings ``z`` that its
+    encoder (the attribute named by ``encoder_attr``) gives the episode's ``cat(support, query)``.
+
+    It gets ``predict`` (eval mode, no autograd, ``score(episode)``) and a ``predict_many`` that embeds a group of
+    ``eval_group`` episodes in one encoder pass (:meth:`Method.embed_episodes`) and scores each: the same numbers as
+    ``predict`` one at a time, as the encoder in eval mode maps each image independently of the batch.
+    """
+
+    encoder_attr: ClassVar[str] = "encoder"  # the attribute holding the per-image encoder
+    eval_group: ClassVar[int] = 20  # test episodes embedded in one encoder pass (BatchNorm in eval mode)
+
+    def score(self, episode: Episode, z: torch.Tensor | None = None) -> torch.Tensor:
+        """Query scores ``[n_query, ways]`` (logits or log-probabilities); ``z``: the encoder's output for
+        ``cat(support_x, query_x)`` when already computed (None: computed here)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, episode: Episode) -> torch.Tensor:
+        self.eval()
+        return self.score(episode)
+
+    @torch.no_grad()
+    def predict_many(self, episodes: list[Episode]) -> list[torch.Tensor]:
+        self.eval()
+        zs = self.embed_episodes(getattr(self, self.encoder_attr), episodes)
+        return [self.score(ep, z) for ep, z in zip(episodes, zs)]

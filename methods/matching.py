@@ -51,7 +51,7 @@ from torch import nn
 
 from benchmark.episodes import Episode
 
-from .base import Context, Hyper, Method, Setting
+from .base import Context, EmbeddingPredict, Hyper, Setting
 
 
 SIMILARITIES = ("cosine-support", "cosine", "euclidean")
@@ -91,7 +91,7 @@ class AttentionLSTM(nn.Module):
         return h
 
 
-class MatchingNet(Method):
+class MatchingNet(EmbeddingPredict):
     """Matching Networks with full context embeddings (bidirectional LSTM g, attention LSTM f)."""
 
     name = "matching"
@@ -151,7 +151,7 @@ class MatchingNet(Method):
             fq = self.query_lstm(fq, gs, self.hp.fce_steps)
         return gs, fq
 
-    def log_probs(self, episode: Episode, z: torch.Tensor | None = None) -> torch.Tensor:
+    def score(self, episode: Episode, z: torch.Tensor | None = None) -> torch.Tensor:
         """log P(y = k | x, S) for every query and class: [n_query, ways]."""
         gs, fq = self.embed(episode, z)
         log_a = torch.log_softmax(self.similarities(fq, gs), dim=1)  # [q, s]
@@ -177,20 +177,8 @@ class MatchingNet(Method):
         return out
 
     def _nll(self, ep: Episode) -> tuple[torch.Tensor, torch.Tensor]:
-        logp = self.log_probs(ep)
+        logp = self.score(ep)
         return F.nll_loss(logp, ep.query_y), logp
-
-    @torch.no_grad()
-    def predict(self, episode: Episode) -> torch.Tensor:
-        self.eval()
-        return self.log_probs(episode)
-
-    eval_group = 20  # test episodes embedded in one CNN pass (BatchNorm in eval mode: per-image results)
-
-    @torch.no_grad()
-    def predict_many(self, episodes: list[Episode]) -> list[torch.Tensor]:
-        self.eval()
-        return [self.log_probs(ep, z) for ep, z in zip(episodes, self.embed_episodes(self.encoder, episodes))]
 
 
 class MatchingNetNoFCE(MatchingNet):

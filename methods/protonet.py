@@ -17,7 +17,7 @@ import torch
 
 from benchmark.episodes import Episode
 
-from .base import Context, Hyper, Method, Setting
+from .base import Context, EmbeddingPredict, Hyper, Setting
 from .blocks import cross_entropy, prototypes, sq_euclidean
 
 
@@ -27,7 +27,7 @@ class ProtoNetHyper(Hyper):
     lr_halve_every: int = 2000  # Sec. 3.1: "cut the learning rate in half every 2000 episodes"
 
 
-class ProtoNet(Method):
+class ProtoNet(EmbeddingPredict):
     """Prototypical Networks: nearest class mean in the backbone's embedding, squared Euclidean distance."""
 
     name = "protonet"
@@ -66,7 +66,7 @@ class ProtoNet(Method):
         self.optimizer = torch.optim.Adam(self.encoder.parameters(), lr=hp.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=hp.lr_halve_every, gamma=0.5)
 
-    def logits(self, episode: Episode, z: torch.Tensor | None = None) -> torch.Tensor:
+    def score(self, episode: Episode, z: torch.Tensor | None = None) -> torch.Tensor:
         """Negative squared distances of the queries to the prototypes; ``z``: the episode's (support, query)
         embeddings when already computed."""
         if z is None:
@@ -78,19 +78,7 @@ class ProtoNet(Method):
     def train_step(self, episodes: list[Episode], step: int) -> dict[str, float]:
         self.train()
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.backward_episodes(episodes, lambda ep: cross_entropy(self.logits(ep), ep))
+        out = self.backward_episodes(episodes, lambda ep: cross_entropy(self.score(ep), ep))
         self.optimizer.step()
         self.scheduler.step()
         return out
-
-    @torch.no_grad()
-    def predict(self, episode: Episode) -> torch.Tensor:
-        self.eval()
-        return self.logits(episode)
-
-    eval_group = 20  # test episodes embedded in one encoder pass (BatchNorm in eval mode: per-image results)
-
-    @torch.no_grad()
-    def predict_many(self, episodes: list[Episode]) -> list[torch.Tensor]:
-        self.eval()
-        return [self.logits(ep, z) for ep, z in zip(episodes, self.embed_episodes(self.encoder, episodes))]

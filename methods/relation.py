@@ -48,7 +48,7 @@ from torch import nn
 
 from benchmark.episodes import Episode
 
-from .base import Context, Hyper, Method, Setting
+from .base import Context, EmbeddingPredict, Hyper, Setting
 
 
 @dataclass
@@ -118,7 +118,7 @@ def class_maps(z: torch.Tensor, y: torch.Tensor, ways: int) -> torch.Tensor:
     return torch.einsum("nk,nchw->kchw", onehot, z)
 
 
-class RelationNet(Method):
+class RelationNet(EmbeddingPredict):
     """Relation Network: a learned deep non-linear metric on pairs of (class, query) feature maps."""
 
     name = "relation"
@@ -157,7 +157,7 @@ class RelationNet(Method):
         self.optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=hp.lr_halve_every, gamma=0.5)
 
-    def scores(self, episode: Episode, z: torch.Tensor | None = None) -> torch.Tensor:
+    def score(self, episode: Episode, z: torch.Tensor | None = None) -> torch.Tensor:
         """Relation scores r_{q,k} in (0, 1) for every query q and class k: [n_query, ways]; ``z``: the episode's
         (support, query) feature maps when already computed."""
         if z is None:
@@ -183,18 +183,5 @@ class RelationNet(Method):
 
     def _mse(self, ep: Episode) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean squared error of the relation scores against one-hot targets (Sung et al. Eq. 4)."""
-        r = self.scores(ep)
+        r = self.score(ep)
         return F.mse_loss(r, F.one_hot(ep.query_y, ep.ways).to(r.dtype)), r
-
-    @torch.no_grad()
-    def predict(self, episode: Episode) -> torch.Tensor:
-        """Relation scores as logits (argmax = the paper's prediction)."""
-        self.eval()
-        return self.scores(episode)
-
-    eval_group = 20  # test episodes embedded in one encoder pass (BatchNorm in eval mode: per-image results)
-
-    @torch.no_grad()
-    def predict_many(self, episodes: list[Episode]) -> list[torch.Tensor]:
-        self.eval()
-        return [self.scores(ep, z) for ep, z in zip(episodes, self.embed_episodes(self.encoder, episodes))]

@@ -252,6 +252,8 @@ class TADAM(Method):
         self.optimizer.step()
         return {"aux": float(aux), **out}
 
+    # Not an EmbeddingPredict: the encoder pass is FiLM-conditioned on the episode, so a group of episodes cannot
+    # share one pass; predict_many is Method's one-at-a-time default.
     @torch.no_grad()
     def predict(self, episode: Episode) -> torch.Tensor:
         self.eval()

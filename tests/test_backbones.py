@@ -3,7 +3,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from benchmark.backbones import BACKBONES, build_backbone, convs, explicit_batchnorm, feature_shape
+from benchmark.backbones import BACKBONES, build_backbone, channels_last, convs, explicit_batchnorm, feature_shape
 
 
 @pytest.mark.parametrize("name,shape,expected", [
@@ -13,6 +13,23 @@ from benchmark.backbones import BACKBONES, build_backbone, convs, explicit_batch
 def test_feature_shapes(name, shape, expected):
     net = build_backbone(name, shape[0])
     assert feature_shape(net, shape) == expected
+
+
+def test_channels_last_layouts():
+    gray, rgb = torch.randn(4, 1, 6, 6), torch.randn(4, 3, 6, 6)
+    assert channels_last(gray) is gray  # one channel already counts as channels-last: left as it is by default
+    fixed = channels_last(gray, restride_single_channel=True)
+    assert fixed.stride() == (36, 1, 6, 1) and torch.equal(fixed, gray)  # a copy with true channels-last strides
+    assert channels_last(fixed, restride_single_channel=True) is fixed
+    for restride in (False, True):
+        out = channels_last(rgb, restride_single_channel=restride)
+        assert out.stride() == (108, 1, 18, 3) and torch.equal(out, rgb)
+
+    def inside(x):  # vmap cannot set a memory format: the helper hands the batched tensor back unchanged
+        assert channels_last(x) is x and channels_last(x, restride_single_channel=True) is x
+        return x * 2
+    x = torch.randn(2, 4, 1, 6, 6)
+    torch.testing.assert_close(torch.func.vmap(inside)(x), x * 2)
 
 
 def test_spatial_variants():
