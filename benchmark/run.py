@@ -39,7 +39,7 @@ def _epilog() -> str:
     for n, c in methods.registry().items():
         tag = f" (variant of {c.variant_of})" if c.variant_of else ""
         lines.append(f"  {n:16s} {c.family:15s} {c.idea}{tag}")
-    lines.append("  all = " + ", ".join(methods.main_methods()) + "; variants = every entry above")
+    lines.append("  " + "; ".join(f"{g} = {', '.join(v)}" for g, v in methods.groups().items() if g != "variants") + "; variants = all plus ablations")
     lines.append("profiles:")
     lines += [f"  {p.name:8s} {p.doc} (val {p.val_episodes} / test {p.test_episodes} episodes)"
               for p in PROFILES.values()]

@@ -2,7 +2,9 @@
 
 Adding a method is adding one module here; nothing else changes. ``all`` means the main entry of each paper (in the
 family order of the survey's Table 1); ``variants`` adds the ablations and switchable variants (entries whose
-``variant_of`` names a main method).
+``variant_of`` names a main method). Entries of an opt-in family (:data:`GROUPS`) are in neither: they run only when
+named, alone or by their group, e.g. ``baselines`` = the transfer-learning baselines of Chen et al. (ICLR 2019),
+``baseline`` and ``baseline++`` (``--methods all,baselines`` runs them beside the main job's methods).
 """
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import pkgutil
 
 from .base import Context, Hyper, Method, Setting
 
-FAMILY_ORDER = ("metric", "initialization", "optimizer")
+FAMILY_ORDER = ("metric", "initialization", "optimizer", "transfer")
+#: Opt-in groups: group name -> family. The family's entries are left out of ``all`` and ``variants``.
+GROUPS = {"baselines": "transfer"}
 _REGISTRY: dict[str, type[Method]] | None = None
 
 
@@ -36,26 +40,41 @@ def registry() -> dict[str, type[Method]]:
     return _REGISTRY
 
 
+def _opt_in(cls: type[Method]) -> bool:
+    return cls.family in GROUPS.values()
+
+
 def main_methods() -> list[str]:
-    return [n for n, c in registry().items() if c.variant_of is None]
+    """The main entry of each paper, opt-in groups excluded (the ``all`` group)."""
+    return [n for n, c in registry().items() if c.variant_of is None and not _opt_in(c)]
+
+
+def groups() -> dict[str, list[str]]:
+    """Group name -> registry names: ``all``, ``variants`` (all plus ablations) and each of :data:`GROUPS`."""
+    out = {"all": main_methods(), "variants": [n for n, c in registry().items() if not _opt_in(c)]}
+    out.update({g: [n for n, c in registry().items() if c.family == fam] for g, fam in GROUPS.items()})
+    return out
 
 
 def resolve(names: str | list[str]) -> list[str]:
-    """Expand a comma list ('all', 'variants' or names) to registry names; ValueError lists the valid ones."""
+    """Expand a comma list (group names of :func:`groups`, e.g. 'all', 'variants', 'baselines', or method names) to
+    registry names; ValueError lists the valid ones."""
     items = names.split(",") if isinstance(names, str) else list(names)
     out: list[str] = []
+    known = groups()
+    valid = ", ".join([*known, *registry()])
     for raw in items:
         n = raw.strip().lower()
         if not n:
             continue
-        group = {"all": main_methods(), "variants": list(registry())}.get(n)
+        group = known.get(n)
         if group is None:
             if n not in registry():
-                raise ValueError(f"unknown method {raw.strip()!r}; valid: all, variants, {', '.join(registry())}")
+                raise ValueError(f"unknown method {raw.strip()!r}; valid: {valid}")
             group = [n]
         out += [g for g in group if g not in out]
     if not out:
-        raise ValueError(f"no method given; valid: all, variants, {', '.join(registry())}")
+        raise ValueError(f"no method given; valid: {valid}")
     return out
 
 
@@ -63,4 +82,4 @@ def get(name: str) -> type[Method]:
     return registry()[resolve(name)[0]]
 
 
-__all__ = ["Context", "Hyper", "Method", "Setting", "registry", "main_methods", "resolve", "get"]
+__all__ = ["Context", "Hyper", "Method", "Setting", "registry", "main_methods", "groups", "resolve", "get"]
