@@ -133,8 +133,12 @@ def catalogue_lines() -> list[str]:
             continue
         tag = f" (variant of {c['variant_of']})" if c["variant_of"] else ""
         lines.append(f"  {c['name']:16s} {c['family']:15s} {c['idea']}{tag}")
-    lines.append("  all = " + ", ".join(c["name"] for c in entries if not c["variant_of"] and "file" not in c) +
-                 "; variants = every entry, external ones included; external = the external methods")
+    builtin = [c for c in entries if "file" not in c]
+    opt_in = set(methods.GROUPS.values())
+    lines.append("  all = " + ", ".join(c["name"] for c in builtin if not c["variant_of"] and c["family"] not in opt_in))
+    lines += [f"  {g} = " + ", ".join(c["name"] for c in builtin if c["family"] == fam) + " (opt-in: not in all)"
+              for g, fam in methods.GROUPS.items()]
+    lines.append("  variants = all plus ablations and external methods; external = the external methods")
     files = [c for c in entries if "file" in c]
     try:
         plugins = methods.entry_point_names()

@@ -3,7 +3,10 @@
 
 Adding a built-in method is adding one module here; nothing else changes. ``all`` means the main entry of each
 built-in paper (in the family order of the survey's Table 1); ``variants`` adds the ablations and switchable variants
-(entries whose ``variant_of`` names a main method) and every external method.
+(entries whose ``variant_of`` names a main method) and every external method. Entries of an opt-in family
+(:data:`GROUPS`) are in neither: they run only when named, alone or by their group, e.g. ``baselines`` = the
+transfer-learning baselines of Chen et al. (ICLR 2019), ``baseline`` and ``baseline++`` (``--methods all,baselines``
+runs them beside the main job's methods); ``external`` = every external method.
 
 External methods, without editing this package:
 
@@ -35,7 +38,9 @@ import sys
 if TYPE_CHECKING:
     from .base import Method
 
-FAMILY_ORDER = ("metric", "initialization", "optimizer")
+FAMILY_ORDER = ("metric", "initialization", "optimizer", "transfer")
+#: Opt-in groups: group name -> family. The family's built-in entries are left out of ``all`` and ``variants``.
+GROUPS = {"baselines": "transfer"}
 ENTRY_POINT_GROUP = "fewshot_benchmark.methods"  # installed packages declare their methods here
 FILES_ENV = "BENCHMARK_METHODS"  # PATH[:PATH]: method files to load (os.pathsep-separated)
 _REGISTRY: dict[str, type[Method]] | None = None
@@ -88,9 +93,30 @@ def registry() -> dict[str, type[Method]]:
     return _REGISTRY
 
 
+def _opt_in(cls: type[Method]) -> bool:
+    return cls.family in GROUPS.values()
+
+
 def main_methods() -> list[str]:
-    """The main entry of each built-in paper (``all``)."""
-    return [n for n, c in registry().items() if c.variant_of is None and c.origin["kind"] == "builtin"]
+    """The main entry of each built-in paper, opt-in groups excluded (the ``all`` group)."""
+    return [n for n, c in registry().items() if c.variant_of is None and _builtin(c) and not _opt_in(c)]
+
+
+def _builtin(cls) -> bool:
+    return cls.origin["kind"] == "builtin"
+
+
+def _opt_in(cls) -> bool:
+    return _builtin(cls) and cls.family in GROUPS.values()
+
+
+def groups() -> dict[str, list[str]]:
+    """Group name -> registry names: ``all``, ``variants`` (all plus ablations and external methods), ``external``
+    and each of :data:`GROUPS`."""
+    out = {"all": main_methods(), "variants": [n for n, c in registry().items() if not _opt_in(c)],
+           "external": external_methods()}
+    out.update({g: [n for n, c in registry().items() if _builtin(c) and c.family == fam] for g, fam in GROUPS.items()})
+    return out
 
 
 def external_methods() -> list[str]:
@@ -196,22 +222,25 @@ def _entry_point_origin(ep) -> dict:
 
 
 def resolve(names: str | list[str]) -> list[str]:
-    """Expand a comma list ('all': the built-in papers' main entries, 'variants': every entry, 'external': the
-    external methods, or names) to registry names; ValueError lists the valid ones."""
+    """Expand a comma list (group names of :func:`groups`: 'all', the built-in papers' main entries; 'variants',
+    all plus ablations and external methods; 'external'; 'baselines'; or method names) to registry names;
+    ValueError lists the valid ones."""
     items = names.split(",") if isinstance(names, str) else list(names)
     out: list[str] = []
+    known = groups()
+    valid = ", ".join([*known, *registry()])
     for raw in items:
         n = raw.strip().lower()
         if not n:
             continue
-        group = {"all": main_methods(), "variants": list(registry()), "external": external_methods()}.get(n)
+        group = known.get(n)
         if group is None:
             if n not in registry():
-                raise ValueError(f"unknown method {raw.strip()!r}; valid: all, variants, {', '.join(registry())}")
+                raise ValueError(f"unknown method {raw.strip()!r}; valid: {valid}")
             group = [n]
         out += [g for g in group if g not in out]
     if not out:
-        raise ValueError(f"no method given; valid: all, variants, {', '.join(registry())}")
+        raise ValueError(f"no method given; valid: {valid}")
     return out
 
 
@@ -289,5 +318,6 @@ def __getattr__(name: str):  # the base types, imported on first use (they impor
     raise AttributeError(f"module 'methods' has no attribute {name!r}")
 
 
-__all__ = ["ENTRY_POINT_GROUP", "FILES_ENV", "Context", "Hyper", "Method", "PluginError", "Setting", "catalogue",
-           "describe", "external_methods", "get", "load_files", "main_methods", "origin", "registry", "resolve"]
+__all__ = ["ENTRY_POINT_GROUP", "FILES_ENV", "GROUPS", "Context", "Hyper", "Method", "PluginError", "Setting",
+           "catalogue", "describe", "external_methods", "get", "groups", "load_files", "main_methods", "origin",
+           "registry", "resolve"]

@@ -2,9 +2,10 @@
 
 A method is an ``nn.Module`` subclass of :class:`Method` with
 
-* class facts: ``name`` (registry key), ``family`` ('metric' | 'initialization' | 'optimizer'), ``idea`` (one line),
-  ``paper`` (citation), ``Hyper`` (its hyperparameter dataclass, a subclass of :class:`Hyper`), and, for metric
-  methods, ``metric_facts`` (support embedding, query embedding, distance, distinguishing feature);
+* class facts: ``name`` (registry key), ``family`` ('metric' | 'initialization' | 'optimizer' | 'transfer'),
+  ``idea`` (one line), ``paper`` (citation), ``Hyper`` (its hyperparameter dataclass, a subclass of
+  :class:`Hyper`), and, for metric methods, ``metric_facts`` (support embedding, query embedding, distance,
+  distinguishing feature);
 * ``profile_hyper(profile, setting)``: the hyperparameters for a profile ('smoke', 'quick', 'paper') and a setting
   (called through ``hyper``, which refuses an unknown profile name);
 * ``__init__(hp, ctx)``: build networks (through ``ctx.backbone``) and optimisers;

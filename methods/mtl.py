@@ -87,6 +87,7 @@ from benchmark.backbones import convs
 from benchmark.episodes import Episode, EpisodeSet, draw_without_replacement, keyed_rng
 
 from .base import Context, Hyper, Method, Setting
+from .blocks import seeded_fork, train_classifier, train_image_count
 
 
 @dataclass
@@ -291,17 +292,13 @@ class MTL(Method):
         return self.ctx.cached("mtl-pretrain", self.pretrain_key(), self._pretrain)
 
     def _pretrain(self) -> dict:
-        ctx, hp = self.ctx, self.hp
-        devices = [ctx.device] if ctx.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(int(keyed_rng("mtl-pretrain-init", ctx.seed).integers(2 ** 62)))
+        with seeded_fork(self.ctx.device, "mtl-pretrain-init", self.ctx.seed):
             return self._pretrain_loop()
 
     def _pretrain_loop(self) -> dict:
         ctx, hp = self.ctx, self.hp
         sampler = ctx.sampler
-        n_img = sum(len(m) for m in sampler.ds.splits[sampler.split].members)
-        per_epoch = n_img / hp.pre_batch
+        per_epoch = train_image_count(sampler) / hp.pre_batch
         iters = max(1, round(hp.pre_epochs * per_epoch))
         drop = max(1, round(hp.pre_step_epochs * per_epoch))
         val_every = max(1, round(hp.pre_val_every * per_epoch))
@@ -314,20 +311,17 @@ class MTL(Method):
         opt = torch.optim.SGD([*net.parameters(), *head.parameters()], lr=hp.pre_lr, momentum=hp.pre_momentum,
                               nesterov=True, weight_decay=hp.pre_weight_decay)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=drop, gamma=hp.pre_gamma)
-        best, best_state = -1.0, None
-        for it in ctx.iterate(range(iters), total=iters, desc="MTL pretrain"):
-            net.train()
-            x, y = sampler.batch(it, hp.pre_batch, stream="mtl-pretrain")
-            loss = F.cross_entropy(head(net(x.to(ctx.device))), y.to(ctx.device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+        best = {"acc": -1.0, "state": None}
+
+        def validate(it: int) -> None:
             if (it + 1) % val_every == 0 or it + 1 == iters:
                 acc = self._pre_validate(net, val)
-                if acc > best:
-                    best, best_state = acc, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        return best_state
+                if acc > best["acc"]:
+                    best.update(acc=acc, state={k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
+
+        train_classifier(ctx, net, head, opt, iters, hp.pre_batch, "mtl-pretrain", "MTL pretrain", scheduler=sched,
+                         after_step=validate)
+        return best["state"]
 
     @torch.no_grad()
     def _pre_validate(self, net: nn.Module, val: EpisodeSet) -> float:

@@ -12,7 +12,7 @@ from conftest import FIXTURES, ROOT
 BROKEN = FIXTURES / "methods" / "broken_methods.py"
 
 
-@pytest.mark.parametrize("name", methods.main_methods())
+@pytest.mark.parametrize("name", methods.resolve("all,baselines"))
 def test_every_builtin_method_passes(name, tmp_path):
     from benchmark.check import MethodChecker
 

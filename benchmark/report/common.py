@@ -13,8 +13,10 @@ class ReportError(Exception):
 SETTING_KEYS = ["dataset", "ways", "shots", "queries", "backbone", "profile", "split"]
 ENTRY_KEYS = SETTING_KEYS + ["method", "overrides", "test_fingerprint"]
 
-FAMILY_LABEL = {"metric": "metric-based", "initialization": "initialization-based", "optimizer": "optimizer-based"}
-FAMILY_ORDER = ("metric", "initialization", "optimizer")
+FAMILY_LABEL = {"metric": "metric-based", "initialization": "initialization-based", "optimizer": "optimizer-based",
+                "transfer": "transfer learning (fine-tuning)"}
+#: the survey's three meta-learning families, then the transfer-learning baselines they are compared with
+FAMILY_ORDER = ("metric", "initialization", "optimizer", "transfer")
 
 
 def norm_dataset(name: str) -> str:
