@@ -237,10 +237,12 @@ def test_two_results_dirs_pair_same_fingerprints_only(tmp_path, capsys):
     assert "| Results directory |" in prov and f"| {b} |" in prov
     assert f"runs from `{a}`, `{b}`" in md
     # the command: --results-dir A B; exit code 2 for the refused pair, the report written
-    rc = main(["--results-dir", str(a), str(b), "--reports-dir", str(tmp_path / "cli")])
-    err = capsys.readouterr().err
-    assert rc == 2 and "paired comparison refused in 1 case(s)" in err
-    assert pd.read_csv(tmp_path / "cli/latest/leaderboard.csv").equals(pd.read_csv(tmp_path / "rep/leaderboard.csv"))
+    for args in ([str(a), str(b)], [str(a), "--results-dir", str(b)]):
+        rc = main(["--results-dir", *args, "--reports-dir", str(tmp_path / "cli")])
+        err = capsys.readouterr().err
+        assert rc == 2 and "paired comparison refused in 1 case(s)" in err
+        assert pd.read_csv(tmp_path / "cli/latest/leaderboard.csv").equals(
+            pd.read_csv(tmp_path / "rep/leaderboard.csv"))
     # one directory as before: no directory column
     rc = main(["--results-dir", str(a), "--reports-dir", str(tmp_path / "one")])
     assert rc == 0 and set(pd.read_csv(tmp_path / "one/latest/leaderboard.csv")["method"]) == {"protonet", "maml"}

@@ -34,9 +34,9 @@ from .common import ReportError
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmark.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results-dir", nargs="+", default=["results"], metavar="DIR",
-                   help="where the runs are: one results directory, or several for one report from all their runs; "
-                        "default: results")
+    p.add_argument("--results-dir", nargs="+", action="extend", default=None, metavar="DIR",
+                   help="where the runs are: one results directory, or several (--results-dir A B, or the option "
+                        "repeated) for one report from all their runs; default: results")
     p.add_argument("--reports-dir", default="reports", help="where reports go; default: reports")
     p.add_argument("--name", default="latest", help="report folder name; default: latest")
     p.add_argument("--thresholds", nargs="+", default=None, metavar="T",
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not 0 < args.alpha < 1:
             raise ReportError(f"--alpha must lie in (0, 1), got {args.alpha:g}")
-        dirs = [Path(d) for d in args.results_dir]
+        dirs = [Path(d) for d in (args.results_dir or ["results"])]
         res = build(dirs[0] if len(dirs) == 1 else dirs, Path(args.reports_dir) / args.name, thresholds=args.thresholds,
                     alpha=args.alpha)
     except ReportError as e:
