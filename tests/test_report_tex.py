@@ -90,6 +90,15 @@ def _significantly_best(acc: dict[str, np.ndarray], alpha=0.05) -> str | None:
     return best[0] if best else None
 
 
+def test_escape_special_characters():
+    from benchmark.report.latex import escape
+
+    assert escape("a_b 5% x&y #2 c++ {d} ~e ^f \\g") == \
+        r"a\_b 5\% x\&y \#2 c++ \{d\} \textasciitilde{}e \textasciicircum{}f \textbackslash{}g"
+    assert escape("[lr=1] ± Δ †") == r"{[}lr=1{]} $\pm$ $\Delta$ \dag{}"
+    assert escape("--eval-seed") == "-{}-eval-seed" and escape("Müller") == "Müller"
+
+
 # ------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def two_settings(tmp_path_factory):
@@ -177,6 +186,9 @@ def test_tex_different_episodes_in_a_setting_are_not_bold(tmp_path):
     board = next(t for t in tables if t["caption"].startswith("Leaderboard"))
     foot = "\n".join(board["foot"])
     assert "fingerprint ffffffffffff" in foot and "fingerprint aaaaaaaaaaaa" in foot and "Refused:" in foot
+    assert r"-{}-eval-seed" in foot  # the refusal's advice, hyphens kept
+    if shutil.which("pdflatex"):
+        _compile(shutil.which("pdflatex"), tmp_path / "rep", "report.tex")
 
 
 def _pdflatex():

@@ -15,7 +15,8 @@ fingerprints. A run id found in two of them is reported once if its records are 
 (exit code 2, naming both folders) if they differ.
 
 Sections: 1 the survey's Table 1 mirrored (measured vs published), 2 the metric methods (survey Table 2),
-3 paired statistics and ranks, 4 convergence, 5 episode counts to accuracy thresholds, 6 cost, 7 provenance.
+3 paired statistics and ranks, 4 convergence, 5 episode counts to accuracy thresholds, 6 cost, 7 cross-evaluation
+of saved models, 8 provenance.
 
 Errors (no finished runs, incomplete run folders, a run id with different records in two results directories,
 paired comparisons refused because test-episode fingerprints differ) print one line and exit with code 2; with

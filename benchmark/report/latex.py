@@ -60,11 +60,14 @@ _SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": 
 
 def escape(text) -> str:
     """``text`` as LaTeX text: the special characters escaped (``\\ & % $ # _ { } ~ ^``, and ``[ ]`` braced so that
-    a cell never starts an optional argument), the report's symbols (± Δ † ‡ — − ≥ × √ α ·) as LaTeX commands,
+    a cell never starts an optional argument; ``--`` kept as two hyphens), the report's symbols (± Δ † ‡ — − ≥ × √ α ·) as LaTeX commands,
     Latin-1 letters kept (``[T1]{fontenc}``), any other character replaced by ``?``."""
     out = []
-    for ch in str(text):
-        if ch in _SPECIAL:
+    text = str(text)
+    for i, ch in enumerate(text):
+        if ch == "-" and text[i + 1:i + 2] == "-":  # "--eval-seed" stays two hyphens, not an en dash
+            out.append("-{}")
+        elif ch in _SPECIAL:
             out.append(_SPECIAL[ch])
         elif ord(ch) < 128:
             out.append(ch if ch.isprintable() or ch == " " else " ")
