@@ -78,8 +78,7 @@ def finished_summaries(results_dir: str | Path | None) -> list[dict]:
     """The summaries of the finished runs under ``results_dir`` (none when it is None or absent)."""
     if results_dir is None or not Path(results_dir).is_dir():
         return []
-    # imported here, in this one place: benchmark.results is being split (run folders to benchmark/store.py)
-    from benchmark.results import RunFolder, finished_runs
+    from .store import RunFolder, finished_runs
 
     out = []
     for path in finished_runs(Path(results_dir)):

@@ -12,7 +12,7 @@ from torch import nn
 import methods
 from benchmark import load_run
 from benchmark.episodes import EpisodeSet
-from benchmark.results import RunFolder
+from benchmark.store import RunFolder
 from benchmark.runner import Interrupted, RunConfig, evaluate, run
 from methods.baseline import Baseline, BaselinePlusPlus, cosine_logits, cosine_scale, sgd_update
 

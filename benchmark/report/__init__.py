@@ -1,6 +1,6 @@
-"""The report: built from the run records in a results directory alone (nothing is re-run, and neither the method
-registry nor the backbone table is imported: methods and backbones are described by the facts each run recorded,
-so a report of old runs does not change when today's code does).
+"""The report: built from the run records in one or several results directories alone (nothing is re-run, and
+neither the method registry nor the backbone table is imported: methods and backbones are described by the facts
+each run recorded, so a report of old runs does not change when today's code does).
 
 ``python -m benchmark.report`` is the command (:mod:`benchmark.report.cli`); :func:`build_report` the call used by
 ``python -m benchmark.run``. One job per module:
@@ -12,6 +12,7 @@ so a report of old runs does not change when today's code does).
 * :mod:`.stats`: paired tests, Holm's correction, ranks, seed-averaged curves (pure functions);
 * :mod:`.tables`: paired statistics per setting, episode counts to thresholds, shared artefacts;
 * :mod:`.sections`: the eight sections of the document; :mod:`.render`: Markdown, HTML and figures;
+* :mod:`.latex`: the Table 1 mirror and the leaderboard as LaTeX tables (``tables.tex``, ``report.tex``);
 * :mod:`.build`: the whole report written to a folder; :mod:`.common`: shared keys, labels and the error type.
 """
 from .build import ALPHA, BuildResult, build, build_report

@@ -4,7 +4,12 @@
 self-contained file), the settings leaderboard ``leaderboard.csv`` (:data:`SETTINGS_LEADERBOARD`; one row per
 entry, columns :data:`~benchmark.report.entries.REPORT_LEADERBOARD_COLUMNS`; not the per-run leaderboard of the
 results directory, :mod:`benchmark.leaderboard`), ``paired.csv``, ``episode_counts.csv`` (section 5 in long form) and
-``cross_evaluation.csv`` (section 7 in long form).
+``cross_evaluation.csv`` (section 7 in long form), and the tables for papers in LaTeX:
+``tables.tex`` (to ``\\input``) and ``report.tex`` (a standalone document; :mod:`benchmark.report.latex`).
+
+The runs come from one results directory or several (:func:`benchmark.report.records.load_runs`: the union of their
+runs, paired only on identical test-episode fingerprints; a run id in two directories with different records is
+refused).
 """
 from __future__ import annotations
 
@@ -12,14 +17,15 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
 from ..files import atomic_write_bytes, atomic_write_csv, atomic_write_text
-from . import sections
+from . import latex, sections
 from .common import setting_label
 from .entries import REPORT_LEADERBOARD_COLUMNS, build_entries
-from .records import load_evaluations, load_runs
+from .records import load_evaluations, load_runs, results_dirs
 from .render import Doc, to_html, to_markdown
 from .tables import paired_statistics, parse_thresholds
 
@@ -34,14 +40,17 @@ class BuildResult:
     leaderboard: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
+    tex: Path | None = None  # report.tex (tables.tex beside it)
 
 
-def build(results_dir: Path, out_dir: Path, run_ids: list[str] | None = None,
+def build(results_dir: Path | Sequence[Path], out_dir: Path, run_ids: list[str] | None = None,
           thresholds: dict | list[str] | None = None, alpha: float = ALPHA) -> BuildResult:
-    """Build the report; raises :class:`ReportError` (one-line message) when it cannot."""
-    results_dir, out_dir = Path(results_dir), Path(out_dir)
+    """Build the report from the runs in ``results_dir``: one results directory, or a list of them (one report from
+    the union of their runs; see :func:`~benchmark.report.records.load_runs`). Raises :class:`ReportError`
+    (one-line message) when it cannot."""
+    dirs, out_dir = results_dirs(results_dir), Path(out_dir)
     thr = thresholds if isinstance(thresholds, dict) else parse_thresholds(thresholds)
-    loaded = load_runs(results_dir, run_ids)
+    loaded = load_runs(dirs[0] if len(dirs) == 1 else dirs, run_ids)
     runs = loaded.runs
     entries = build_entries(runs)
     evaluations = load_evaluations(runs)
@@ -51,7 +60,8 @@ def build(results_dir: Path, out_dir: Path, run_ids: list[str] | None = None,
                                   for e in entries))
     meths = list(dict.fromkeys(e.label for e in entries))
     doc = Doc("Few-shot benchmark report")
-    doc.p(f"{len(runs)} runs from `{results_dir}`: {len(meths)} method(s) ({', '.join(meths)}) on "
+    where = ", ".join(f"`{d}`" for d in dirs)
+    doc.p(f"{len(runs)} runs from {where}: {len(meths)} method(s) ({', '.join(meths)}) on "
           f"{', '.join(settings)}. Built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from the run records "
           "alone (nothing re-run). Accuracies in %: mean over test episodes of the seed-averaged per-episode "
           "accuracy ± 95% CI (1.96 sd/√n over episodes).")
@@ -72,13 +82,15 @@ def build(results_dir: Path, out_dir: Path, run_ids: list[str] | None = None,
     counts = sections.episode_counts(doc, entries, thr)
     sections.cost(doc, entries, runs)
     cross = sections.cross_evaluation(doc, entries, evaluations, alpha)
-    sections.provenance(doc, runs, evaluations)
+    sections.provenance(doc, runs, evaluations, dirs)
     doc.h(2, "Files", "files")
     doc.p("Beside this report: `leaderboard.csv` (one row per method × dataset × setting × backbone × profile, "
           "aggregated over seeds; schema in the README), `paired.csv` (every paired test), `episode_counts.csv` "
           "(section 5 in long form), `cross_evaluation.csv` (section 7 in long form), "
-          "the figures as PNG files, and `report.html` (this report in one "
-          "self-contained file).")
+          "the figures as PNG files, `report.html` (this report in one "
+          "self-contained file), and the Table 1 mirror and the leaderboard as LaTeX tables: `tables.tex` (to "
+          "`\\input` into a paper loading booktabs and graphicx) and `report.tex` (the same tables "
+          "as a document of its own).")
 
     board = pd.DataFrame([e.row for e in entries])[REPORT_LEADERBOARD_COLUMNS]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -92,11 +104,17 @@ def build(results_dir: Path, out_dir: Path, run_ids: list[str] | None = None,
     atomic_write_csv(out_dir / "episode_counts.csv", counts)
     atomic_write_csv(out_dir / "cross_evaluation.csv", cross.round(4))
     atomic_write_text(out_dir / "report.html", to_html(doc))
+    tables = latex.tables_tex(entries, stats, alpha)
+    atomic_write_text(out_dir / "tables.tex", tables)
+    intro = (f"{len(runs)} runs from " + ", ".join(r"\texttt{" + latex.escape(d) + "}" for d in dirs)
+             + ", built from the run records alone; the full report (paired tests, convergence, episode counts, "
+             "cost, cross-evaluation, provenance) is report.md / report.html beside this file.")
+    atomic_write_text(out_dir / "report.tex", latex.report_tex(tables, intro))
     md = out_dir / "report.md"
     atomic_write_text(md, to_markdown(doc))
     _readable(out_dir, [*doc.images, SETTINGS_LEADERBOARD, "paired.csv", "episode_counts.csv",
-                        "cross_evaluation.csv", "report.html", "report.md"])
-    return BuildResult(md, out_dir / "report.html", board, notes, refusals)
+                        "cross_evaluation.csv", "report.html", "report.md", "tables.tex", "report.tex"])
+    return BuildResult(md, out_dir / "report.html", board, notes, refusals, out_dir / "report.tex")
 
 
 def _readable(folder: Path, names: list[str]) -> None:
@@ -110,9 +128,10 @@ def _readable(folder: Path, names: list[str]) -> None:
             pass
 
 
-def build_report(results_dir: Path, out_dir: Path, run_ids: list[str] | None = None,
+def build_report(results_dir: Path | Sequence[Path], out_dir: Path, run_ids: list[str] | None = None,
                  thresholds: dict | list[str] | None = None, alpha: float = ALPHA) -> Path:
-    """Write the report for the finished runs in ``results_dir`` (only ``run_ids`` when given) into ``out_dir``;
-    returns the path of ``report.md``. Refused pairings are explained in the report, not raised."""
+    """Write the report for the finished runs in ``results_dir`` (one results directory or a list of them; only
+    ``run_ids`` when given) into ``out_dir``; returns the path of ``report.md``. Refused pairings are explained in
+    the report, not raised."""
     return build(results_dir, out_dir, run_ids, thresholds, alpha).path
 

@@ -1,17 +1,27 @@
-"""python -m benchmark.report: build the report from the run records in a results directory (never re-running).
+"""python -m benchmark.report: build the report from the run records in one or several results directories (never
+re-running).
 
 Writes ``<reports-dir>/<name>/``: ``report.md`` (figures as PNG files beside it), ``report.html`` (one self-contained
 file), ``leaderboard.csv`` (the report's settings leaderboard: one row per method x dataset x setting x backbone x
 profile, aggregated over seeds; columns :data:`benchmark.report.REPORT_LEADERBOARD_COLUMNS`; not the per-run
 leaderboard.csv of the results directory), ``paired.csv`` (every paired test), ``episode_counts.csv`` (section 5 in
-long form) and ``cross_evaluation.csv`` (section 7 in long form).
+long form) and ``cross_evaluation.csv`` (section 7 in long form), and the Table 1 mirror and
+the leaderboard as LaTeX tables: ``tables.tex`` (to \\input into a paper that loads booktabs and graphicx) and
+``report.tex`` (a standalone document: pdflatex report.tex). Bold marks an accuracy significantly better than every
+other of its setting (the paired tests, Holm-corrected).
+
+Several results directories (``--results-dir A B``, e.g. the built-in methods run once and a new method's runs
+made later on another machine) give one report from the union of their runs, paired only on identical test-episode
+fingerprints. A run id found in two of them is reported once if its records are identical there, and refused
+(exit code 2, naming both folders) if they differ.
 
 Sections: 1 the survey's Table 1 mirrored (measured vs published), 2 the metric methods (survey Table 2),
 3 paired statistics and ranks, 4 convergence, 5 episode counts to accuracy thresholds, 6 cost, 7 cross-evaluation
-of saved models (benchmark.evaluate), 8 provenance.
+of saved models, 8 provenance.
 
-Errors (no finished runs, incomplete run folders, paired comparisons refused because test-episode fingerprints
-differ) print one line and exit with code 2; with refused pairs the report is still written and says why.
+Errors (no finished runs, incomplete run folders, a run id with different records in two results directories,
+paired comparisons refused because test-episode fingerprints differ) print one line and exit with code 2; with
+refused pairs the report is still written and says why.
 """
 from __future__ import annotations
 
@@ -26,7 +36,9 @@ from .common import ReportError
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmark.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results-dir", default="results", help="where the runs are; default: results")
+    p.add_argument("--results-dir", nargs="+", action="extend", default=None, metavar="DIR",
+                   help="where the runs are: one results directory, or several (--results-dir A B, or the option "
+                        "repeated) for one report from all their runs; default: results")
     p.add_argument("--reports-dir", default="reports", help="where reports go; default: reports")
     p.add_argument("--name", default="latest", help="report folder name; default: latest")
     p.add_argument("--thresholds", nargs="+", default=None, metavar="T",
@@ -38,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not 0 < args.alpha < 1:
             raise ReportError(f"--alpha must lie in (0, 1), got {args.alpha:g}")
-        res = build(Path(args.results_dir), Path(args.reports_dir) / args.name, thresholds=args.thresholds,
+        dirs = [Path(d) for d in (args.results_dir or ["results"])]
+        res = build(dirs[0] if len(dirs) == 1 else dirs, Path(args.reports_dir) / args.name, thresholds=args.thresholds,
                     alpha=args.alpha)
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)

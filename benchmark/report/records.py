@@ -9,8 +9,11 @@ fallback (:func:`method_infos`, :data:`LEGACY_BACKBONE_FACTS`) and a note (:func
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,6 +32,9 @@ class Run:
     accuracy: np.ndarray  # per test episode, in %
     adapt_seconds: np.ndarray
     curve: pd.DataFrame
+    #: other folders (in other results directories) holding the same run with identical records; their
+    #: evaluations are read too (:func:`load_evaluations`)
+    copies: list[Path] = field(default_factory=list)
 
     def __getitem__(self, k):
         return self.summary.get(k)
@@ -39,6 +45,7 @@ class Runs:
     runs: list[Run]
     notes: list[str] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)  # failed.json of each failed run (with run_id)
+    results_dirs: list[Path] = field(default_factory=list)  # the results directories read, in the order given
 
 
 def _overrides_text(config: dict) -> str:
@@ -46,16 +53,81 @@ def _overrides_text(config: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in ov)
 
 
-def load_runs(results_dir: Path, run_ids: list[str] | None = None) -> Runs:
+def results_dirs(results_dir: Path | str | Sequence[Path | str]) -> list[Path]:
+    """One results directory or several as a list of paths, in the order given, each listed once (a directory named
+    twice, also through another spelling of its path, is read once)."""
+    items = [results_dir] if isinstance(results_dir, (str, os.PathLike)) else list(results_dir)
+    out: dict[str, Path] = {}
+    for d in items:
+        p = Path(d)
+        key = os.path.realpath(p)
+        out.setdefault(key, p)
+    if not out:
+        raise ReportError("no results directory given")
+    return list(out.values())
+
+
+def load_runs(results_dir: Path | Sequence[Path], run_ids: list[str] | None = None) -> Runs:
     """Finished runs under ``results_dir`` (only ``run_ids`` when given). Failed runs (``failed.json`` in their
     ``*.partial`` folder) are listed in the notes with their step and reason, other ``*.partial`` folders are ignored
-    with a note; a finished folder missing a file or with unreadable records raises :class:`ReportError`."""
-    results_dir = Path(results_dir)
+    with a note; a finished folder missing a file or with unreadable records raises :class:`ReportError`.
+
+    ``results_dir`` may also be a list of results directories (e.g. the built-in methods run on one machine and a
+    new method's runs made later on another): the report is built from the union of their runs, and runs are still
+    aggregated and paired only on identical test-episode fingerprints. Each directory must exist and (without
+    ``run_ids``) hold finished runs. A run id found in two directories is reported once when its records
+    (``summary.json``, ``config.json``, ``test_episodes.csv``, ``curve.csv``) are identical there (a copy; the first
+    directory's folder is used, the evaluations of both are read), and refused with :class:`ReportError` otherwise:
+    both folders describe the same run id (the same method, setting and seed) with different results, so at most one
+    of them is the run the id names, and the report cannot tell which one; keeping both under labels naming their
+    directory would put the same method twice into one paired test, with ranks depending on which copy is better.
+    The user resolves it by moving one folder out of its results directory (or giving one directory only)."""
+    dirs = results_dirs(results_dir)
+    multi = len(dirs) > 1
+    notes, failed, runs, first_dir = [], [], [], {}
+    n_partial = 0
+    for d in dirs:
+        d_runs, d_notes, d_failed, d_partial = _read_results_dir(d, run_ids, multi)
+        if multi and run_ids is None and not d_runs:
+            extra = f" ({len(d_partial)} unfinished *.partial run(s) ignored)" if d_partial else ""
+            raise ReportError(f"no finished runs in {d}{extra}; give only results directories that hold finished "
+                              "runs")
+        notes += d_notes
+        failed += d_failed
+        n_partial += len(d_partial)
+        for r in d_runs:
+            rid = r.path.name
+            if rid in first_dir:
+                kept = first_dir[rid]
+                if not same_records(kept, r):
+                    raise ReportError(f"run {rid} is in two results directories with different records "
+                                      f"({kept.path} and {r.path}); keep one of them (move the other folder out of "
+                                      "its results directory) or give only one of the directories")
+                kept.copies.append(r.path)
+                notes.append(f"run {rid} is in {kept.path.parent} and {d} with identical records: reported once "
+                             f"(from {kept.path.parent})")
+                continue
+            first_dir[rid] = r
+            runs.append(r)
+    if not runs:
+        where = ", ".join(map(str, dirs)) + (f" among the runs {', '.join(run_ids)}" if run_ids is not None else "")
+        extra = f" ({n_partial} unfinished *.partial run(s) ignored: resume them with the same benchmark.run " \
+                "command)" if n_partial else ""
+        raise ReportError(f"no finished runs in {where}{extra}; run python -m benchmark.run first")
+    runs = _latest_per_seed(runs, notes)
+    note = facts_note(runs)
+    return Runs(runs, notes + ([note] if note else []), failed, dirs)
+
+
+def _read_results_dir(results_dir: Path, run_ids: list[str] | None, multi: bool):
+    """(finished runs, notes, failed records, unfinished folder names) of one results directory; notes name the
+    directory when several are read."""
     if not results_dir.exists():
         raise ReportError(f"results directory {results_dir} does not exist; run python -m benchmark.run first "
                           "or pass --results-dir")
     if not results_dir.is_dir():
         raise ReportError(f"results directory {results_dir} is not a folder")
+    where = f" in {results_dir}" if multi else ""
     notes = []
     every_failed = failed_runs(results_dir)
     failed = [f.read_failure() for f in every_failed if run_ids is None or f.run_id in run_ids]
@@ -63,24 +135,29 @@ def load_runs(results_dir: Path, run_ids: list[str] | None = None) -> Runs:
     partial = [p for p in partial_runs(results_dir) if p not in failed_names]
     for r in failed:
         step = f" at step {r['step']}" if r.get("step") is not None else ""
-        notes.append(f"Failed run {r['run_id']}{step}: {r.get('reason', '?')} (records in "
+        notes.append(f"Failed run {r['run_id']}{where}{step}: {r.get('reason', '?')} (records in "
                      f"{r['run_id']}{PARTIAL_SUFFIX}/{RunFolder.FAILED}; the same benchmark.run command retries it)")
     if partial:
-        notes.append(f"{len(partial)} unfinished run(s) ignored ({', '.join(partial)}); the same benchmark.run "
-                     "command resumes them")
+        notes.append(f"{len(partial)} unfinished run(s) ignored{where} ({', '.join(partial)}); the same "
+                     "benchmark.run command resumes them")
     folders = run_folders(results_dir)
     if run_ids is not None:
         wanted = set(run_ids)
         folders = [f for f in folders if f.run_id in wanted]
     runs = [r for r in map(read_run, folders) if r is not None]
-    if not runs:
-        where = f"{results_dir}" + (f" among the runs {', '.join(run_ids)}" if run_ids is not None else "")
-        extra = f" ({len(partial)} unfinished *.partial run(s) ignored: resume them with the same benchmark.run " \
-                "command)" if partial else ""
-        raise ReportError(f"no finished runs in {where}{extra}; run python -m benchmark.run first")
-    runs = _latest_per_seed(runs, notes)
-    note = facts_note(runs)
-    return Runs(runs, notes + ([note] if note else []), failed)
+    return runs, notes, failed, partial
+
+
+def same_records(a: Run, b: Run) -> bool:
+    """Whether two run folders hold identical records (summary, config, per-episode test results, curve)."""
+    def canon(d: dict) -> str:  # NaN (allowed in the JSON records) equals NaN here
+        return json.dumps(d, sort_keys=True, default=str)
+
+    return (canon(a.summary) == canon(b.summary) and canon(a.config) == canon(b.config)
+            and np.array_equal(a.accuracy, b.accuracy, equal_nan=True)
+            and np.array_equal(a.adapt_seconds, b.adapt_seconds, equal_nan=True)
+            and a.curve.shape == b.curve.shape and list(a.curve.columns) == list(b.curve.columns)
+            and a.curve.equals(b.curve))
 
 
 def read_run(folder: RunFolder) -> Run | None:
@@ -142,24 +219,43 @@ class Evaluation:
 
 def load_evaluations(runs: list[Run]) -> list[Evaluation]:
     """The finished evaluations of ``runs`` (``<run>/evaluations/<eval-id>/``, read through
-    :class:`benchmark.store.EvaluationFolder`); unreadable or inconsistent records raise :class:`ReportError`."""
+    :class:`benchmark.store.EvaluationFolder`); unreadable or inconsistent records raise :class:`ReportError`.
+    A run found with identical records in several results directories (:attr:`Run.copies`) contributes the
+    evaluations of every copy; an evaluation id in two copies is read once when its records are identical there,
+    and refused (:class:`ReportError`, naming both folders) otherwise."""
     out = []
     for r in runs:
-        for f in evaluation_folders(r.path):
-            try:
-                rec, ep = f.read_record(), f.read_test_episodes()
-            except (OSError, ValueError, pd.errors.ParserError) as e:
-                raise ReportError(f"cannot read the evaluation {f.path}: "
-                                  f"{str(e).splitlines()[0] if str(e) else e!r}") from None
-            lacking = [k for k in ("dataset", "ways", "shots", "queries", "test_fingerprint", "n_episodes")
-                       if rec.get(k) is None]
-            if lacking or "accuracy" not in ep.columns or len(ep) != int(rec.get("n_episodes") or -1):
-                raise ReportError(f"evaluation {f.path} is incomplete or inconsistent "
-                                  f"({', '.join(lacking) or 'test_episodes.csv does not match n_episodes'}); "
-                                  "delete it and run benchmark.evaluate again")
-            rec["split"] = split_key(rec)
-            out.append(Evaluation(f.path, rec, r, 100.0 * ep["accuracy"].to_numpy(dtype=np.float64)))
+        seen: dict[str, Evaluation] = {}
+        for folder in [r.path, *r.copies]:
+            for f in evaluation_folders(folder):
+                ev = _read_evaluation(f, r)
+                first = seen.get(f.path.name)
+                if first is None:
+                    seen[f.path.name] = ev
+                    out.append(ev)
+                elif json.dumps(first.record, sort_keys=True, default=str) != \
+                        json.dumps(ev.record, sort_keys=True, default=str) or \
+                        not np.array_equal(first.accuracy, ev.accuracy, equal_nan=True):
+                    raise ReportError(f"evaluation {f.path.name} of run {r.path.name} is in two results directories "
+                                      f"with different records ({first.path} and {f.path}); keep one of them or "
+                                      "give only one of the directories")
     return out
+
+
+def _read_evaluation(f, r: Run) -> Evaluation:
+    try:
+        rec, ep = f.read_record(), f.read_test_episodes()
+    except (OSError, ValueError, pd.errors.ParserError) as e:
+        raise ReportError(f"cannot read the evaluation {f.path}: "
+                          f"{str(e).splitlines()[0] if str(e) else e!r}") from None
+    lacking = [k for k in ("dataset", "ways", "shots", "queries", "test_fingerprint", "n_episodes")
+               if rec.get(k) is None]
+    if lacking or "accuracy" not in ep.columns or len(ep) != int(rec.get("n_episodes") or -1):
+        raise ReportError(f"evaluation {f.path} is incomplete or inconsistent "
+                          f"({', '.join(lacking) or 'test_episodes.csv does not match n_episodes'}); "
+                          "delete it and run benchmark.evaluate again")
+    rec["split"] = split_key(rec)
+    return Evaluation(f.path, rec, r, 100.0 * ep["accuracy"].to_numpy(dtype=np.float64))
 
 
 # ------------------------------------------------------------------------------------------------ facts

@@ -126,18 +126,7 @@ def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
                     if r["n_seeds"] > 1:
                         txt += f" ({r['n_seeds']} seeds, sd {r['seed_sd']:.2f})"
                     if pub:
-                        note = pub["source"]
-                        if pub["note"]:
-                            note += f"; note: {pub['note']}"
-                        if pub.get("hyperparameters"):
-                            hp = pub["hyperparameters"]
-                            note += "; published with " + ", ".join(f"{k}={v}" for k, v in hp.items())
-                        sfig = survey_figure(survey, pub["ref_method"], *st[:3]) if not pub["ablation"] else None
-                        if sfig is not None and abs(sfig - pub["accuracy"]) > 0.005:
-                            note += f"; the survey's Table 1 cites {sfig:.2f}"
-                        if r["protocol_differences"]:
-                            note += f"; † other protocol: {r['protocol_differences']}"
-                        n = notes.setdefault(note, len(notes) + 1)
+                        n = notes.setdefault(published_note(e, survey), len(notes) + 1)
                         mark = "" if r["published_comparable"] else "†"
                         ptxt = f"{pub['accuracy']:.2f}"
                         if not math.isnan(pub["ci95"]):
@@ -146,7 +135,7 @@ def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
                     else:
                         txt += " · pub. —"
                     if not math.isnan(r["budget_fraction"]):
-                        txt += f" · budget {_percent(r['budget_fraction'])} of the paper's"
+                        txt += f" · {budget_text(r['budget_fraction'])}"
                     if len([x for x in es if x.label == label and (x.key['dataset'], x.key['ways'],
                                                                    x.key['shots'], x.key['split']) == st]) > 1:
                         txt += f" (episodes {short(e.key['test_fingerprint'], 8)})"
@@ -154,12 +143,42 @@ def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
                 row[setting_label(*st)] = "; ".join(cells) if cells else "not run"
             rows.append(row)
         foot = [f"[{n}] {t}" for t, n in sorted(notes.items(), key=lambda kv: kv[1])]
-        foot.append("Published figures and the survey's Table 1: `benchmark/reference/paper_results.csv` and "
+        foot.append(PUBLISHED_FOOTER)
+        doc.table(pd.DataFrame(rows), foot)
+
+
+#: The closing footnote of the Table 1 mirror (also under the LaTeX tables).
+PUBLISHED_FOOTER = ("Published figures and the survey's Table 1: `benchmark/reference/paper_results.csv` and "
                     "`survey_table1.csv` (sources as listed). CIs are not comparable across papers: MAML and MTL "
                     "report 1 query per class, ProtoNets 15. Where the reference does not record a protocol fact "
                     "(queries, episodes or hyperparameters), or a run does not record a hyperparameter, it is not "
                     "flagged.")
-        doc.table(pd.DataFrame(rows), foot)
+
+
+def published_note(e: Entry, survey: pd.DataFrame | None = None) -> str:
+    """The footnote of an entry's published figure (the entry must have one): source, the reference's note, the
+    hyperparameters it was published with, the survey's figure where it differs, and "† other protocol: ..." with
+    the known protocol differences."""
+    r, pub = e.row, e.row["_published"]
+    survey = load_survey() if survey is None else survey
+    note = pub["source"]
+    if pub["note"]:
+        note += f"; note: {pub['note']}"
+    if pub.get("hyperparameters"):
+        hp = pub["hyperparameters"]
+        note += "; published with " + ", ".join(f"{k}={v}" for k, v in hp.items())
+    sfig = survey_figure(survey, pub["ref_method"], e.key["dataset"], e.key["ways"], e.key["shots"]) \
+        if not pub["ablation"] else None
+    if sfig is not None and abs(sfig - pub["accuracy"]) > 0.005:
+        note += f"; the survey's Table 1 cites {sfig:.2f}"
+    if r["protocol_differences"]:
+        note += f"; † other protocol: {r['protocol_differences']}"
+    return note
+
+
+def budget_text(fraction: float) -> str:
+    """A run's meta-training budget as a share of the paper profile's, as the Table 1 mirror writes it."""
+    return f"budget {_percent(fraction)} of the paper's"
 
 
 _FACT_KEYS = [("support embedding", "Support embedding"), ("query embedding", "Query embedding"),
@@ -365,15 +384,28 @@ def cross_evaluation(doc: Doc, entries: list[Entry], evaluations, alpha: float) 
     return df
 
 
-def provenance(doc: Doc, runs, evaluations=()) -> None:
+def provenance(doc: Doc, runs, evaluations=(), results_dirs=()) -> None:
     doc.h(2, "8. Provenance", "provenance")
     doc.p("Every number above comes from these run records (`summary.json` of each run); fingerprints are the first "
           "12 hex digits of SHA-256 (full values in `leaderboard.csv`). Runs compared in one table share the test "
           "episode fingerprint unless the table says otherwise.")
+    dirs = [str(d) for d in results_dirs]
+    multi = len(dirs) > 1
+    if dirs:
+        counts = {d: 0 for d in dirs}
+        for r in runs:
+            for d in dict.fromkeys(str(p.parent) for p in [r.path, *r.copies]):
+                counts[d] = counts.get(d, 0) + 1
+        doc.p("Results director" + ("ies" if multi else "y") + " read: " + "; ".join(
+            f"`{d}` ({counts[d]} run{'s' if counts[d] != 1 else ''} reported)" for d in counts) + "."
+              + (" Runs from different directories are paired only where their test-episode fingerprints are "
+                 "identical." if multi else ""))
     rows = []
     for r in sorted(runs, key=lambda r: r.path.name):
         env = r["environment"] or {}
-        rows.append({"Run": r.path.name, "Profile": r["profile"], "Device": r["device"],
+        rows.append({"Run": r.path.name, **({"Results directory": "; ".join(
+            dict.fromkeys(str(p.parent) for p in [r.path, *r.copies]))} if multi else {}),
+            "Profile": r["profile"], "Device": r["device"],
                      "Device name": env.get("device_name", "—"), "Python": env.get("python", "—"),
                      "PyTorch": env.get("torch", "—"), "NumPy": env.get("numpy", "—"),
                      "pandas": env.get("pandas", "—"), "Code version": _commit(r["code_version"]),

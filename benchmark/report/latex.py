@@ -1,0 +1,314 @@
+r"""The report's tables as LaTeX for papers: the survey Table 1 mirror and the leaderboard.
+
+Two files, written by :func:`benchmark.report.build.build` beside ``report.md``:
+
+* ``tables.tex``: only the ``table`` floats, to ``\input{tables.tex}`` into a paper whose preamble loads
+  ``booktabs`` and ``graphicx`` (``\usepackage{booktabs,graphicx}``);
+* ``report.tex``: a document of its own (``pdflatex report.tex``) holding the same tables. It is guarded, so that
+  ``\input{report.tex}`` after a paper's ``\begin{document}`` gives the tables alone (no preamble, no
+  ``\end{document}``); ``tables.tex`` is the one meant for papers.
+
+Content, from the same entries, paired tests and notes as the Markdown/HTML report (nothing new is computed here):
+
+* **Table 1 mirror** (one table per backbone x profile x test queries, as in the report): rows the methods by family
+  (variants beneath their method; the survey's idea column is left out for width), two columns per setting:
+  *Ours* (mean $\pm$ 95% CI over test episodes of the seed-averaged accuracy) and *Published* (the published figure,
+  with its CI where the paper gives one). The measured-minus-published differences are in ``report.md``.
+* **Leaderboard** (one table per setting: dataset, ways, shots, split, backbone, profile, test queries): method,
+  family, accuracy (mean $\pm$ CI), sd over seeds, seeds, test episodes, rank, published figure, difference.
+
+Bold: an accuracy is bold only where the report's paired test (:func:`~benchmark.report.stats.paired_comparison`:
+two-sided paired t-test on per-episode accuracy, Holm's correction over all pairs of the setting) finds it
+significantly better, at the family-wise level alpha, than *every* other entry of that setting, and every entry
+of the setting was tested on the same episodes (one test fingerprint); a setting whose entries ran on different
+episodes is not fully paired, so nothing in it is bold. No bold otherwise, also not for the highest mean.
+
+Footnotes (``\footnotesize`` lines under each table, marked with superscript numbers): the note of each published
+figure as the report writes it (source, the reference's note, e.g. "non-transductive", hyperparameters it was
+published with, the survey's figure where it differs, and "† other protocol: ..." for different test queries,
+test-episode counts, backbones or hyperparameters; † also marks the figure), the training budget of a run shorter
+than the paper's ("budget 2.0% of the paper's"), the test episodes of entries of one setting that ran on different
+episodes, and the refused pairings; then the report's closing note on published CIs (CI conventions and query
+counts differ between papers).
+
+Text from records (method names, overrides, notes, paths) is escaped for LaTeX (:func:`escape`).
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import pandas as pd
+
+from .common import FAMILY_LABEL, setting_label, short
+from .entries import Entry
+from .reference import load_survey
+from .sections import PUBLISHED_FOOTER, STAT_TEST, _setting_title, _slug, budget_text, published_note
+
+__all__ = ["escape", "significant_winners", "tables_tex", "report_tex", "REQUIRED_PACKAGES"]
+
+#: What a paper's preamble must load to ``\input`` ``tables.tex``.
+REQUIRED_PACKAGES = ("booktabs", "graphicx")
+
+_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+            "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "[": "{[}", "]": "{]}",
+            "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}", '"': r"\textquotedbl{}",
+            "±": r"$\pm$", "Δ": r"$\Delta$", "†": r"\dag{}", "‡": r"\ddag{}", "—": "---", "–": "--",
+            "−": "$-$", "≥": r"$\geq$", "≤": r"$\leq$", "×": r"$\times$", "√": r"$\surd$", "α": r"$\alpha$",
+            "·": r"$\cdot$", "…": r"\ldots{}", "’": "'", "‘": "`", "“": "``", "”": "''", "\u00a0": "~"}
+
+
+def escape(text) -> str:
+    """``text`` as LaTeX text: the special characters escaped (``\\ & % $ # _ { } ~ ^``, and ``[ ]`` braced so that
+    a cell never starts an optional argument; ``--`` kept as two hyphens), the report's symbols (± Δ † ‡ — − ≥ × √ α ·) as LaTeX commands,
+    Latin-1 letters kept (``[T1]{fontenc}``), any other character replaced by ``?``."""
+    out = []
+    text = str(text)
+    for i, ch in enumerate(text):
+        if ch == "-" and text[i + 1:i + 2] == "-":  # "--eval-seed" stays two hyphens, not an en dash
+            out.append("-{}")
+        elif ch in _SPECIAL:
+            out.append(_SPECIAL[ch])
+        elif ord(ch) < 128:
+            out.append(ch if ch.isprintable() or ch == " " else " ")
+        elif ord(ch) < 256 and ch.isprintable():
+            out.append(ch)
+        else:
+            out.append("?")
+    return "".join(out)
+
+
+def inline(text: str) -> str:
+    """Report prose (Markdown inline: ```code```, ``**bold**``) as LaTeX: code spans in ``\\texttt``, bold in
+    ``\\textbf``, the rest escaped."""
+    out = []
+    for i, part in enumerate(re.split(r"`([^`]*)`", str(text))):
+        if i % 2:
+            out.append(r"\texttt{" + escape(part) + "}")
+        else:
+            bits = re.split(r"\*\*(.+?)\*\*", part)
+            out.append("".join(r"\textbf{" + escape(b) + "}" if j % 2 else escape(b) for j, b in enumerate(bits)))
+    return "".join(out)
+
+
+def _pm(mean: float, ci: float) -> str:
+    return f"{mean:.2f} $\\pm$ {ci:.2f}"
+
+
+def _bold(cell: str) -> str:
+    return r"\textbf{\boldmath " + cell + "}"
+
+
+def _sup(marks: list[int]) -> str:
+    return r"\textsuperscript{" + ",".join(map(str, marks)) + "}" if marks else ""
+
+
+def _label(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.:-]", "-", text)
+
+
+def significant_winners(stats) -> dict[tuple, str | None]:
+    """Per setting (:attr:`~benchmark.report.tables.SettingStats.setting`): the label of the entry that the paired
+    tests (Holm-corrected) find significantly better than every other entry of the setting, or None: when no entry
+    is, when the setting has one entry only, or when its entries ran on different test episodes (several
+    fingerprints: not every pair was tested)."""
+    out: dict[tuple, str | None] = {}
+    for st in stats:
+        win = None
+        if len(st.groups) == 1:
+            _, ges, res = st.groups[0]
+            if len(ges) >= 2:
+                best = [r.label for r in res.ranks.itertuples() if len(r.better_than) == len(ges) - 1]
+                win = best[0] if len(best) == 1 else None
+        out[st.setting] = win
+    return out
+
+
+class _Notes:
+    """The footnotes of one table, numbered in order of first use (the same text gets the same number)."""
+
+    def __init__(self):
+        self.texts: dict[str, int] = {}
+
+    def mark(self, text: str) -> int:
+        return self.texts.setdefault(text, len(self.texts) + 1)
+
+    def lines(self) -> list[str]:
+        return [r"\textsuperscript{" + str(n) + "}~" + inline(t) for t, n in self.texts.items()]
+
+
+def _legend(alpha: float) -> str:
+    return (r"Accuracy in \%: mean $\pm$ 95\% CI over test episodes (1.96 sd/$\sqrt{n}$ of the seed-averaged "
+            r"per-episode accuracy). \textbf{Bold}: significantly better than every other entry of the setting "
+            f"({escape(STAT_TEST)}, Holm's correction over all pairs of the setting, family-wise "
+            f"$\\alpha = {alpha:g}$); no bold where no entry is. \\dag: published under another protocol (its "
+            "footnote says which).")
+
+
+def _float(caption: str, label: str, colspec: str, body: list[str], foot: list[str]) -> str:
+    lines = [r"\begin{table}[htbp]", r"\centering", r"\caption{" + caption + "}", r"\label{" + label + "}",
+             r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%",
+             r"\begin{tabular}{" + colspec + "}", *body, r"\end{tabular}}", r"\par\smallskip",
+             r"\begin{minipage}{\linewidth}\footnotesize\raggedright"]
+    lines += [f + r"\par" for f in foot]
+    lines += [r"\end{minipage}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+def _row(cells: list[str]) -> str:
+    return " & ".join(cells) + r" \\"
+
+
+def _stack(cells: list[str]) -> str:
+    """Several values in one cell, one per line."""
+    return cells[0] if len(cells) == 1 else r"\begin{tabular}[t]{@{}c@{}}" + r" \\ ".join(cells) + r"\end{tabular}"
+
+
+def _measured(e: Entry, notes: _Notes, winners: dict, several_fps: bool) -> str:
+    r = e.row
+    cell = _pm(r["mean"], r["ci95"])
+    if winners.get(e.setting) == e.label:
+        cell = _bold(cell)
+    marks = []
+    if not math.isnan(r["budget_fraction"]) and r["budget_fraction"] < 0.995:
+        marks.append(notes.mark(f"Ours: {budget_text(r['budget_fraction'])} (meta-training episodes as a share of "
+                                "what the method's `paper` profile trains on): a gap to the published figure on a "
+                                "small budget is expected."))
+    if several_fps:
+        marks.append(notes.mark(f"Tested on the episodes with fingerprint {short(e.key['test_fingerprint'])} "
+                                f"({r['n_episodes']} episodes); entries of this setting on other episodes are not "
+                                "paired with it, so no entry of the setting is bold."))
+    return cell + _sup(marks)
+
+
+def _published(e: Entry, notes: _Notes, survey: pd.DataFrame) -> str:
+    r, pub = e.row, e.row["_published"]
+    if not pub:
+        return "---"
+    cell = f"{pub['accuracy']:.2f}" + ("" if math.isnan(pub["ci95"]) else f" $\\pm$ {pub['ci95']:.2f}")
+    return cell + _sup([notes.mark(published_note(e, survey))]) + ("" if r["published_comparable"] else r"\dag")
+
+
+def _family_rows(labels: list[str], first: dict[str, Entry]) -> list[tuple[str, str]]:
+    """(family cell, label) per row: the family written on its first row only."""
+    out, prev = [], None
+    for lab in labels:
+        fam = first[lab].info.family
+        out.append((escape(FAMILY_LABEL.get(fam, fam or "---")) if fam != prev else "", lab))
+        prev = fam
+    return out
+
+
+def _method(e: Entry) -> str:
+    return escape(e.label) + (f" {{\\footnotesize (variant of {escape(e.info.variant_of)})}}"
+                              if e.info.variant_of else "")
+
+
+def table1_tables(entries: list[Entry], stats, alpha: float, survey: pd.DataFrame | None = None) -> list[str]:
+    """The Table 1 mirror: one LaTeX table per backbone x profile x test queries (see the module docstring)."""
+    survey = load_survey() if survey is None else survey
+    winners = significant_winners(stats)
+    n_fps = {st.setting: len(st.groups) for st in stats}
+    blocks: dict[tuple, list[Entry]] = {}
+    for e in entries:
+        blocks.setdefault((e.key["backbone"], e.key["profile"], e.key["queries"]), []).append(e)
+    out = []
+    for (backbone, profile, queries), es in blocks.items():
+        settings = list(dict.fromkeys((e.key["dataset"], e.key["ways"], e.key["shots"], e.key["split"]) for e in es))
+        labels = list(dict.fromkeys(e.label for e in sorted(es, key=lambda e: (e.info.order, e.label))))
+        first = {lab: next(e for e in es if e.label == lab) for lab in labels}
+        notes = _Notes()
+        head1 = ["", ""] + [r"\multicolumn{2}{c}{" + escape(setting_label(*st)) + "}" for st in settings]
+        rules = " ".join(f"\\cmidrule(lr){{{3 + 2 * i}-{4 + 2 * i}}}" for i in range(len(settings)))
+        head2 = ["Family", "Method"] + ["Ours", "Published"] * len(settings)
+        body = [r"\toprule", _row(head1), rules, _row(head2), r"\midrule"]
+        prev_fam = None
+        for fam_cell, lab in _family_rows(labels, first):
+            if fam_cell and prev_fam is not None:
+                body.append(r"\midrule")
+            prev_fam = fam_cell or prev_fam
+            cells = [fam_cell, _method(first[lab])]
+            for st in settings:
+                here = [e for e in es if e.label == lab
+                        and (e.key["dataset"], e.key["ways"], e.key["shots"], e.key["split"]) == st]
+                if not here:
+                    cells += ["---", "---"]
+                    continue
+                cells.append(_stack([_measured(e, notes, winners, n_fps.get(e.setting, 1) > 1) for e in here]))
+                cells.append(_stack([_published(e, notes, survey) for e in here]))
+            body.append(_row(cells))
+        body.append(r"\bottomrule")
+        caption = (f"Survey Table 1 mirror: measured (ours) vs published accuracy (\\%), backbone {escape(backbone)}, "
+                   f"profile {escape(profile)}, {int(queries)} test queries per class.")
+        foot = [_legend(alpha) + " ---: not run (Ours) or no published figure (Published)."] + notes.lines() + \
+            [inline(PUBLISHED_FOOTER)]
+        out.append(_float(caption, _label(f"tab:fewshot-table1-{backbone}-{profile}-q{queries}"),
+                          "@{}ll" + "cc" * len(settings) + "@{}", body, foot))
+    return out
+
+
+def leaderboard_tables(entries: list[Entry], stats, alpha: float, survey: pd.DataFrame | None = None) -> list[str]:
+    """The leaderboard: one LaTeX table per setting (see the module docstring)."""
+    survey = load_survey() if survey is None else survey
+    winners = significant_winners(stats)
+    by_setting = {st.setting: st for st in stats}
+    groups: dict[tuple, list[Entry]] = {}
+    for e in entries:
+        groups.setdefault(e.setting, []).append(e)
+    out = []
+    for setting, es in groups.items():
+        st = by_setting.get(setting)
+        several = st is not None and len(st.groups) > 1
+        notes = _Notes()
+        head = ["Method", "Family", r"Accuracy (\%)", "Seed sd", "Seeds", "Test episodes", "Rank",
+                r"Published (\%)", r"$\Delta$"]
+        body = [r"\toprule", _row(head), r"\midrule"]
+        for e in es:
+            r = e.row
+            body.append(_row([
+                _method(e), escape(FAMILY_LABEL.get(e.info.family, e.info.family or "---")),
+                _measured(e, notes, winners, several),
+                "---" if math.isnan(r["seed_sd"]) else f"{r['seed_sd']:.2f}", str(int(r["n_seeds"])),
+                f"{int(r['n_episodes']):,}",
+                "---" if r["rank"] is None or (isinstance(r["rank"], float) and math.isnan(r["rank"]))
+                else str(int(r["rank"])),
+                _published(e, notes, survey),
+                "---" if math.isnan(r["difference"]) else
+                f"${r['difference']:+.2f}$" + ("" if r["published_comparable"] else r"\dag")]))
+        body.append(r"\bottomrule")
+        for msg in (st.refusals if st is not None else []):
+            notes.mark(f"Refused: {msg}.")
+        caption = f"Leaderboard: {escape(_setting_title(setting))}."
+        foot = [_legend(alpha) + r" Rank: 1 + the number of entries significantly better (entries no entry beats "
+                r"share rank 1); $\Delta$: ours $-$ published, percentage points. Seed sd: sd of the per-seed "
+                "means (--- for one seed)."] + notes.lines() + [inline(PUBLISHED_FOOTER)]
+        out.append(_float(caption, _label(f"tab:fewshot-leaderboard-{_slug(setting)}"), "@{}llccccccc@{}", body,
+                          foot))
+    return out
+
+
+def tables_tex(entries: list[Entry], stats, alpha: float) -> str:
+    r"""``tables.tex``: the Table 1 mirror and the leaderboard, only ``table`` floats (for ``\input``)."""
+    survey = load_survey()
+    head = ["% Few-shot benchmark report: tables (python -m benchmark.report, from the run records alone).",
+            f"% For a paper: \\input{{tables.tex}} with \\usepackage{{{','.join(REQUIRED_PACKAGES)}}} in its preamble; "
+            "report.tex is the standalone document.", ""]
+    parts = [r"% ---- Survey Table 1 mirror", *table1_tables(entries, stats, alpha, survey),
+             r"% ---- Leaderboard", *leaderboard_tables(entries, stats, alpha, survey)]
+    return "\n".join(head + parts)
+
+
+def report_tex(tables: str, intro: str) -> str:
+    r"""``report.tex``: a standalone document holding ``tables``; ``\input`` into a document whose body has begun,
+    it gives the tables alone. ``intro``: a line of LaTeX text above the tables (standalone only)."""
+    guard = ("% Compiles on its own (pdflatex report.tex). \\input after a document's \\begin{document}, it gives "
+             "the tables alone;\n% for papers, \\input{tables.tex} is the plain one.\n"
+             "\\expandafter\\ifx\\csname @notprerr\\endcsname\\documentclass\n"
+             "  \\def\\FewShotReportStandalone{0}%\n\\else\n  \\def\\FewShotReportStandalone{1}%\n\\fi\n")
+    pre = ("\\ifnum\\FewShotReportStandalone=1\n"
+           "\\documentclass[a4paper,10pt]{article}\n\\usepackage[T1]{fontenc}\n\\usepackage[utf8]{inputenc}\n"
+           f"\\usepackage{{{','.join(REQUIRED_PACKAGES)}}}\n"
+           "\\usepackage[landscape,margin=1.5cm]{geometry}\n\\ifdefined\\extrafloats\\extrafloats{200}\\fi\n"
+           "\\begin{document}\n\\section*{Few-shot benchmark report: tables}\n" + intro + "\n\\fi\n")
+    end = "\\csname\\ifnum\\FewShotReportStandalone=1 @firstofone\\else @gobble\\fi\\endcsname{\\end{document}}\n"
+    return guard + pre + "\n" + tables + "\n" + end
