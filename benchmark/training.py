@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .episodes import Episode, EpisodeSet, TaskSampler
+from .prefetch import prefetched
 from .results import atomic_torch_save, mean_ci95
 
 
@@ -119,32 +120,40 @@ def group_size(method, episodes: EpisodeSet, group: int | None = None) -> int:
 
 
 def evaluate(method, episodes: EpisodeSet, device: torch.device, progress=None, desc: str = "eval",
-             group: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+             group: int | None = None, prefetch: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Per-episode query accuracy and adaptation seconds of ``method`` on every episode of ``episodes``.
 
     Episodes go to ``method.predict_many`` in groups of :func:`group_size` (``group``, default the method's
     ``eval_group``, capped by input size), which
     methods implement as fewer, larger passes with the same per-episode results as ``predict`` one at a time
     (tested); an episode's seconds are its group's time divided by the group's size.
+    ``prefetch``: groups drawn and moved to the device ahead by a background thread (:mod:`benchmark.prefetch`; 0:
+    none, each group is drawn when it is needed); the results are the same either way.
     """
     group = group_size(method, episodes, group)
     n = len(episodes)
     acc = np.empty(n)
     secs = np.empty(n)
     bar = progress(total=n, desc=desc) if progress is not None else None
+    starts = range(0, n, group)
+
+    def draw(start: int, dev: torch.device) -> list[Episode]:
+        return [episodes[i].to(dev) for i in range(start, min(n, start + group))]
+
     try:
-        for start in range(0, n, group):
-            idx = range(start, min(n, start + group))
-            eps = [episodes[i].to(device) for i in idx]
-            t0 = time.perf_counter()
-            with torch.set_grad_enabled(method.adapts_at_test):
-                logits = method.predict_many(eps)
-            synchronize(device)
-            secs[start:start + len(eps)] = (time.perf_counter() - t0) / len(eps)
-            for i, ep, lg in zip(idx, eps, logits):
-                acc[i] = (lg.argmax(-1) == ep.query_y).float().mean().item()
-            if bar is not None:
-                bar.update(len(eps))
+        with prefetched(draw, starts, prefetch, device) as groups:
+            for start in starts:
+                idx = range(start, min(n, start + group))
+                eps = groups.get(start)
+                t0 = time.perf_counter()
+                with torch.set_grad_enabled(method.adapts_at_test):
+                    logits = method.predict_many(eps)
+                synchronize(device)
+                secs[start:start + len(eps)] = (time.perf_counter() - t0) / len(eps)
+                for i, ep, lg in zip(idx, eps, logits):
+                    acc[i] = (lg.argmax(-1) == ep.query_y).float().mean().item()
+                if bar is not None:
+                    bar.update(len(eps))
     finally:
         if bar is not None and hasattr(bar, "close"):
             bar.close()
@@ -162,12 +171,16 @@ def new_state() -> dict:
 class Trainer:
     """Meta-trains ``method`` under ``hp`` (``train_steps``, ``meta_batch``, ``val_every``) on ``sampler``'s
     episodes, validating on ``val_set``; ``checkpoint`` is the resume file, ``config`` is stored in it, and
-    ``cache_log`` (the run's artefact-cache log) is kept across resumes."""
+    ``cache_log`` (the run's artefact-cache log) is kept across resumes. ``prefetch``: training meta-batches and
+    validation groups drawn (and moved to the device) that many ahead by a background thread
+    (:mod:`benchmark.prefetch`; 0: none; :func:`~benchmark.prefetch.default_prefetch` gives a device's default);
+    results are the same either way."""
 
     def __init__(self, method, hp, sampler: TaskSampler, val_set: EpisodeSet, device: torch.device,
-                 checkpoint: Path, config: dict, cache_log: list[dict]):
+                 checkpoint: Path, config: dict, cache_log: list[dict], prefetch: int = 0):
         self.method, self.hp, self.sampler, self.val_set, self.device = method, hp, sampler, val_set, device
         self.checkpoint, self.config, self.cache_log = checkpoint, config, cache_log
+        self.prefetch = int(prefetch)
         self.shape = method.train_shape()
         self.state = new_state()
 
@@ -192,20 +205,27 @@ class Trainer:
         state, total = self.state, self.hp.train_steps
         steps = range(state["step"], total)
         bar = progress(steps, total=total, desc=desc, initial=state["step"]) if progress else steps
+        if stop_after is not None:  # nothing past the stop is drawn
+            steps = range(state["step"], min(total, state["step"] + max(1, stop_after)))
+
+        def draw(step: int, dev: torch.device) -> list[Episode]:
+            return draw_episodes(self.sampler, step, self.hp.meta_batch, self.shape, dev)
+
         try:
-            for done, step in enumerate(bar, 1):
-                episodes = draw_episodes(self.sampler, step, self.hp.meta_batch, self.shape, self.device)
-                r = timed_step(self.method, episodes, step, self.device)
-                if non_finite(r.metrics):
-                    raise NonFiniteLoss(step + 1, {k: float(v) for k, v in r.metrics.items()},
-                                        state["curve"][-1] if state["curve"] else None)
-                self._account(r)
-                state["step"] = step + 1
-                if state["step"] % self.hp.val_every == 0 or state["step"] == total:
-                    self.validate(bar)
-                if stop_after is not None and done >= stop_after and state["step"] < total:
-                    self.save()
-                    raise Interrupted(f"stopped after step {state['step']}")
+            with prefetched(draw, steps, self.prefetch, self.device) as batches:
+                for done, step in enumerate(bar, 1):
+                    episodes = batches.get(step)
+                    r = timed_step(self.method, episodes, step, self.device)
+                    if non_finite(r.metrics):
+                        raise NonFiniteLoss(step + 1, {k: float(v) for k, v in r.metrics.items()},
+                                            state["curve"][-1] if state["curve"] else None)
+                    self._account(r)
+                    state["step"] = step + 1
+                    if state["step"] % self.hp.val_every == 0 or state["step"] == total:
+                        self.validate(bar)
+                    if stop_after is not None and done >= stop_after and state["step"] < total:
+                        self.save()
+                        raise Interrupted(f"stopped after step {state['step']}")
         except KeyboardInterrupt:
             self.save()
             raise Interrupted(f"interrupted at step {state['step']} of {total}; "
@@ -227,7 +247,7 @@ class Trainer:
         best state, then saves the checkpoint."""
         state = self.state
         t1 = time.perf_counter()
-        acc, _ = evaluate(self.method, self.val_set, self.device)
+        acc, _ = evaluate(self.method, self.val_set, self.device, prefetch=self.prefetch)
         state["val_seconds"] += time.perf_counter() - t1
         m, ci = mean_ci95(acc)
         row = {"step": state["step"], "episodes": state["episodes"],
