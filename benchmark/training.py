@@ -108,10 +108,47 @@ def timed_step(method, episodes: list[Episode], step: int, device: torch.device)
 EVAL_GROUP_VALUES = 2_000_000
 
 
-def group_size(method, episodes: EpisodeSet, group: int | None = None) -> int:
-    """Episodes per ``predict_many`` call: ``group`` (default: the method's ``eval_group``), capped so that a call
-    takes at most :data:`EVAL_GROUP_VALUES` input values. Only speed and memory depend on it, never results."""
-    group = max(1, int(group or getattr(method, "eval_group", 1)))
+#: CUDA: a grouped evaluation pass may fill at most this share of the device's free memory (``torch.cuda.mem_get_info``
+#: when the evaluation starts) with activations; the rest is the safety margin (the model, the allocator's cache,
+#: another run sharing the GPU under Ray's fractional GPUs).
+EVAL_MEMORY_SHARE = 0.25
+#: CUDA: estimated bytes of activations per input value of a pass: float32 (4 bytes) x 512. A Conv-4 block's
+#: convolution, BatchNorm and ReLU outputs hold 64 channels per input channel at full resolution (3 x 64 = 192 values
+#: per value of a 1-channel image, the pooled later blocks add about a third), and a method that adapts at test time
+#: keeps them all for its backward pass; 512 rounds that up. A method can give its own as ``eval_activation_bytes``.
+EVAL_ACTIVATION_BYTES = 4 * 512
+#: CUDA: ResNet backbones (three convolutions per block, widths up to 640) hold about 4 times a Conv-4's activations.
+RESNET_ACTIVATION_SCALE = 4
+#: CUDA: most episodes one grouped pass takes (methods that group at all, ``eval_group > 1``).
+EVAL_GROUP_MAX_CUDA = 64
+
+
+def group_size(method, episodes: EpisodeSet, group: int | None = None, device: torch.device | str | None = None,
+               ) -> int:
+    """Episodes per ``predict_many`` call. Only speed and memory depend on it, never results (tested).
+
+    CPU (or no ``device``): ``group`` (default: the method's ``eval_group``), capped so that a call takes at most
+    :data:`EVAL_GROUP_VALUES` input values.
+
+    CUDA, for a method that groups (``eval_group > 1``): ``group`` (default: :data:`EVAL_GROUP_MAX_CUDA`), capped so
+    that the estimated activations of a call (input values x :data:`EVAL_ACTIVATION_BYTES`, or the method's
+    ``eval_activation_bytes``; x :data:`RESNET_ACTIVATION_SCALE` on a ResNet backbone) fill at most
+    :data:`EVAL_MEMORY_SHARE` of the device's free memory, and at most :data:`EVAL_GROUP_MAX_CUDA`. A method that
+    does not group (``eval_group == 1``: its ``predict_many`` is a loop) keeps 1.
+    """
+    own = max(1, int(getattr(method, "eval_group", 1)))
+    cuda = device is not None and torch.device(device).type == "cuda"
+    if cuda and own > 1 and len(episodes):
+        e = episodes[0]
+        values = (len(e.support_x) + len(e.query_x)) * e.support_x[0].numel()
+        per_value = getattr(method, "eval_activation_bytes", None) or EVAL_ACTIVATION_BYTES
+        backbone = str(getattr(getattr(method, "ctx", None), "backbone_name", "") or "")
+        if backbone.startswith("resnet"):
+            per_value *= RESNET_ACTIVATION_SCALE
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        fits = int(EVAL_MEMORY_SHARE * free // max(1, values * per_value))
+        return max(1, min(int(group or EVAL_GROUP_MAX_CUDA), fits, EVAL_GROUP_MAX_CUDA))
+    group = max(1, int(group or own))
     if group > 1 and len(episodes):
         e = episodes[0]
         per_episode = (len(e.support_x) + len(e.query_x)) * e.support_x[0].numel()
@@ -124,13 +161,13 @@ def evaluate(method, episodes: EpisodeSet, device: torch.device, progress=None, 
     """Per-episode query accuracy and adaptation seconds of ``method`` on every episode of ``episodes``.
 
     Episodes go to ``method.predict_many`` in groups of :func:`group_size` (``group``, default the method's
-    ``eval_group``, capped by input size), which
+    ``eval_group``, capped by input size; on CUDA sized by the free device memory), which
     methods implement as fewer, larger passes with the same per-episode results as ``predict`` one at a time
     (tested); an episode's seconds are its group's time divided by the group's size.
     ``prefetch``: groups drawn and moved to the device ahead by a background thread (:mod:`benchmark.prefetch`; 0:
     none, each group is drawn when it is needed); the results are the same either way.
     """
-    group = group_size(method, episodes, group)
+    group = group_size(method, episodes, group, device)
     n = len(episodes)
     acc = np.empty(n)
     secs = np.empty(n)

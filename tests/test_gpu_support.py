@@ -52,3 +52,41 @@ def test_determinism_on_cuda_sets_the_flags_once(restore_determinism, monkeypatc
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     late = configure_determinism(dev)
     assert late["cublas_workspace_config"] == ":4096:8" and "cublas_note" in late
+
+
+def test_group_size_on_cuda_follows_free_memory(monkeypatch):
+    """The CUDA branch of group_size, with the free memory faked; the CPU rule is unchanged."""
+    from types import SimpleNamespace
+
+    from benchmark.training import group_size
+
+    def episodes(ways, shots, queries, shape):
+        return [SimpleNamespace(support_x=torch.zeros(ways * shots, *shape),
+                                query_x=torch.zeros(ways * queries, *shape))]
+
+    free = {"bytes": 80e9}
+    asked = []
+
+    def mem_get_info(device):
+        asked.append(device)
+        return int(free["bytes"]), int(141e9)
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    gpu, metric = torch.device("cuda:0"), SimpleNamespace(eval_group=20)
+    omni = episodes(5, 5, 15, (1, 28, 28))  # 78,400 input values: ~160 MB of estimated activations
+    assert group_size(metric, omni, device=gpu) == 64  # 124 would fit: the cap
+    assert asked == [gpu]
+    free["bytes"] = 8e9
+    assert group_size(metric, omni, device=gpu) == 12  # a quarter of 8 GB
+    free["bytes"] = 1e9
+    assert group_size(metric, omni, device=gpu) == 1
+    free["bytes"] = 139e9
+    rgb = episodes(5, 1, 15, (3, 84, 84))
+    assert group_size(metric, rgb, device=gpu) == 10
+    resnet = SimpleNamespace(eval_group=20, ctx=SimpleNamespace(backbone_name="resnet12"))
+    assert group_size(resnet, rgb, device=gpu) == 2
+    assert group_size(metric, omni, group=7, device=gpu) == 7  # an explicit group is kept when it fits
+    assert group_size(SimpleNamespace(eval_group=1), omni, device=gpu) == 1  # a looped predict_many stays 1
+    # CPU: today's rule, whatever the GPU would say
+    assert group_size(metric, omni, device=CPU) == group_size(metric, omni) == 20
+    assert group_size(metric, rgb, device=CPU) == 1
