@@ -92,11 +92,30 @@ class StepResult:
     seconds: float
 
 
-def timed_step(method, episodes: list[Episode], step: int, device: torch.device) -> StepResult:
-    """One ``method.train_step`` on ``episodes``, timed (on CUDA between two synchronisations)."""
+#: Numerical precisions of training and evaluation: "fp32" (float32 everywhere) or "bf16" (autocast to bfloat16).
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(device: torch.device | str, precision: str = "fp32"):
+    """The autocast context of ``precision``: with "bf16", ``torch.autocast(device_type, dtype=torch.bfloat16)``
+    (matrix products and convolutions in bfloat16, reductions such as the losses in float32, parameters, gradients
+    and optimiser state stay float32); with "fp32" a disabled autocast (nothing changes). ValueError on another
+    name."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def timed_step(method, episodes: list[Episode], step: int, device: torch.device, precision: str = "fp32",
+               ) -> StepResult:
+    """One ``method.train_step`` on ``episodes``, timed (on CUDA between two synchronisations); ``precision``: see
+    :func:`autocast` (the whole step runs under it: the method's forward and backward passes; its optimiser update
+    is on float32 parameters either way)."""
+    ctx = autocast(device, precision)
     synchronize(device)
     t0 = time.perf_counter()
-    metrics = dict(method.train_step(episodes, step))
+    with ctx:
+        metrics = dict(method.train_step(episodes, step))
     synchronize(device)
     secs = time.perf_counter() - t0
     return StepResult(metrics, int(metrics.pop("tasks", len(episodes))), secs)
@@ -157,7 +176,7 @@ def group_size(method, episodes: EpisodeSet, group: int | None = None, device: t
 
 
 def evaluate(method, episodes: EpisodeSet, device: torch.device, progress=None, desc: str = "eval",
-             group: int | None = None, prefetch: int = 0) -> tuple[np.ndarray, np.ndarray]:
+             group: int | None = None, prefetch: int = 0, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
     """Per-episode query accuracy and adaptation seconds of ``method`` on every episode of ``episodes``.
 
     Episodes go to ``method.predict_many`` in groups of :func:`group_size` (``group``, default the method's
@@ -165,8 +184,10 @@ def evaluate(method, episodes: EpisodeSet, device: torch.device, progress=None, 
     methods implement as fewer, larger passes with the same per-episode results as ``predict`` one at a time
     (tested); an episode's seconds are its group's time divided by the group's size.
     ``prefetch``: groups drawn and moved to the device ahead by a background thread (:mod:`benchmark.prefetch`; 0:
-    none, each group is drawn when it is needed); the results are the same either way.
+    none, each group is drawn when it is needed); the results are the same either way. ``precision``: the
+    autocast of ``predict_many`` (:func:`autocast`).
     """
+    cast = autocast(device, precision)
     group = group_size(method, episodes, group, device)
     n = len(episodes)
     acc = np.empty(n)
@@ -183,7 +204,7 @@ def evaluate(method, episodes: EpisodeSet, device: torch.device, progress=None, 
                 idx = range(start, min(n, start + group))
                 eps = groups.get(start)
                 t0 = time.perf_counter()
-                with torch.set_grad_enabled(method.adapts_at_test):
+                with torch.set_grad_enabled(method.adapts_at_test), cast:
                     logits = method.predict_many(eps)
                 synchronize(device)
                 secs[start:start + len(eps)] = (time.perf_counter() - t0) / len(eps)
@@ -211,13 +232,16 @@ class Trainer:
     ``cache_log`` (the run's artefact-cache log) is kept across resumes. ``prefetch``: training meta-batches and
     validation groups drawn (and moved to the device) that many ahead by a background thread
     (:mod:`benchmark.prefetch`; 0: none; :func:`~benchmark.prefetch.default_prefetch` gives a device's default);
-    results are the same either way."""
+    results are the same either way. ``precision``: "fp32" or "bf16", the autocast of the training steps and the
+    validations (:func:`autocast`)."""
 
     def __init__(self, method, hp, sampler: TaskSampler, val_set: EpisodeSet, device: torch.device,
-                 checkpoint: Path, config: dict, cache_log: list[dict], prefetch: int = 0):
+                 checkpoint: Path, config: dict, cache_log: list[dict], prefetch: int = 0, precision: str = "fp32"):
         self.method, self.hp, self.sampler, self.val_set, self.device = method, hp, sampler, val_set, device
         self.checkpoint, self.config, self.cache_log = checkpoint, config, cache_log
         self.prefetch = int(prefetch)
+        autocast(device, precision)  # ValueError now on an unknown name
+        self.precision = precision
         self.shape = method.train_shape()
         self.state = new_state()
 
@@ -252,7 +276,7 @@ class Trainer:
             with prefetched(draw, steps, self.prefetch, self.device) as batches:
                 for done, step in enumerate(bar, 1):
                     episodes = batches.get(step)
-                    r = timed_step(self.method, episodes, step, self.device)
+                    r = timed_step(self.method, episodes, step, self.device, self.precision)
                     if non_finite(r.metrics):
                         raise NonFiniteLoss(step + 1, {k: float(v) for k, v in r.metrics.items()},
                                             state["curve"][-1] if state["curve"] else None)
@@ -284,7 +308,8 @@ class Trainer:
         best state, then saves the checkpoint."""
         state = self.state
         t1 = time.perf_counter()
-        acc, _ = evaluate(self.method, self.val_set, self.device, prefetch=self.prefetch)
+        acc, _ = evaluate(self.method, self.val_set, self.device, prefetch=self.prefetch,
+                          precision=self.precision)
         state["val_seconds"] += time.perf_counter() - t1
         m, ci = mean_ci95(acc)
         row = {"step": state["step"], "episodes": state["episodes"],
