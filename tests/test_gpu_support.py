@@ -90,3 +90,53 @@ def test_group_size_on_cuda_follows_free_memory(monkeypatch):
     # CPU: today's rule, whatever the GPU would say
     assert group_size(metric, omni, device=CPU) == group_size(metric, omni) == 20
     assert group_size(metric, rgb, device=CPU) == 1
+
+
+def test_maml_vectorize_default_is_chosen_by_device():
+    from methods.maml import MAML, MAMLHyper
+
+    assert MAMLHyper().vectorize is None  # "by device" until the method is built
+    assert MAML.vectorize_default(CPU) is False and MAML.vectorize_default(torch.device("cuda:0")) is True
+    from methods.base import Context, Setting
+
+    def tiny_ctx():  # conv4-strided on 12x12 inputs, on the CPU
+        return Context(setting=Setting("omniglot", 3, 2), image_shape=(1, 12, 12), backbone_name="conv4-strided",
+                       sampler=None, val_episodes=None, device=CPU, seed=0, profile="smoke")
+
+    hp = MAML.hyper("smoke", Setting("omniglot", 3, 2))
+    m = MAML(hp, tiny_ctx())
+    assert m.hp.vectorize is False and hp.vectorize is False  # resolved in the recorded hyperparameters too
+    explicit = MAML(MAML.hyper("smoke", Setting("omniglot", 3, 2)).replace(vectorize=True), tiny_ctx())
+    assert explicit.hp.vectorize is True
+
+
+def test_bf16_protonet_is_close_to_fp32_on_the_same_episodes(omniglot, tmp_path):
+    from benchmark.config import RunConfig, prepare
+    from benchmark.context import make_context
+    from benchmark.episodes import EpisodeSet
+    from benchmark.training import Trainer, autocast, evaluate, seed_everything
+
+    over = (("train_steps", 10), ("val_every", 5), ("train_ways", 5), ("train_queries", 5))
+    cfg = RunConfig("protonet", "omniglot", 5, 1, profile="smoke", val_episodes=5, overrides=over)
+    test = EpisodeSet(omniglot, "test", 5, 1, 15, 0, 30, stream="test")
+    out = {}
+    for precision in ("fp32", "bf16"):
+        prepared = prepare(cfg)
+        seed_everything(0)
+        ctx = make_context(prepared, CPU)
+        m = prepared.cls(prepared.hp, ctx)
+        t = Trainer(m, prepared.hp, ctx.sampler, ctx.val_episodes, CPU, tmp_path / f"{precision}.pt", {}, [],
+                    precision=precision)
+        t.train()
+        t.restore_best()
+        acc, _ = evaluate(m, test, CPU, precision=precision)
+        out[precision] = (100 * acc.mean(), [r["train_loss"] for r in t.state["curve"]])
+    (fp32, loss32), (bf16, loss16) = out["fp32"], out["bf16"]
+    assert fp32 > 50 and abs(bf16 - fp32) < 5, (fp32, bf16)
+    assert loss32 != loss16  # bf16 was in force: the training losses differ
+    with autocast(CPU, "bf16"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with autocast(CPU, "fp32"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    with pytest.raises(ValueError, match="precision"):
+        autocast(CPU, "fp16")
