@@ -64,7 +64,7 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
                 times.append(r.seconds / r.tasks)
         test = EpisodeSet(prepared.dataset, "test", cfg.ways, cfg.shots, cfg.queries, cfg.eval_seed,
                           test_episodes + warmup, stream="test")
-        group = eval_group or m.eval_group
+        group = eval_group or None  # 0: as runs evaluate (group_size picks for the method and the device)
         evaluate(m, [test[i] for i in range(warmup)], dev, group=group, precision=precision)  # warm-up
         _, ttimes = evaluate(m, [test[i] for i in range(warmup, len(test))], dev, group=group, precision=precision)
     return {

@@ -12,6 +12,11 @@ optimiser state, RNG states, the training state below) atomically after each val
 whose loss is NaN or infinite stops training (:class:`NonFiniteLoss`; the runner records the run as failed). Training
 episodes are pure functions of their index and the RNG states are restored, so a resumed run equals an uninterrupted
 one.
+
+For a GPU: ``prefetch`` (:class:`Trainer`, :func:`evaluate`) draws meta-batches and evaluation groups ahead on a
+background thread (:mod:`benchmark.prefetch`; 0, the default, draws them when needed), ``precision`` ("fp32", the
+default, or "bf16": :func:`autocast`) sets the autocast of the steps and evaluations, and :func:`group_size` sizes
+evaluation groups by the free device memory on CUDA. None of them changes anything on the CPU at their defaults.
 """
 from __future__ import annotations
 
