@@ -1,8 +1,9 @@
 """The machine a run is on: the code's version, the software and hardware environment, the device, peak memory.
 
 :func:`code_version` and :func:`environment` are a run's provenance (``summary.json``); :func:`resolve_device`
-turns ``--device`` into a ``torch.device`` (ValueError with a fix-it message); :class:`PeakMemory` samples the peak
-resident memory of the process (CPU) or reads the peak allocated CUDA memory during a block.
+turns ``--device`` into a ``torch.device`` (ValueError with a fix-it message); :func:`configure_determinism` makes
+CUDA runs reproducible (nothing changes on the CPU); :class:`PeakMemory` samples the peak resident memory of the
+process (CPU) or reads the peak allocated CUDA memory during a block.
 """
 from __future__ import annotations
 
@@ -33,11 +34,13 @@ def code_version() -> str:
 
 
 def environment(device: torch.device) -> dict[str, Any]:
+    """The software and hardware a run ran on, for its summary; includes the determinism settings in force
+    (:func:`determinism_state`: ``deterministic``, and on CUDA the cuDNN flags and the cuBLAS workspace)."""
     import torchvision
 
     env = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
            "numpy": np.__version__, "pandas": pd.__version__, "platform": platform.platform(),
-           "threads": torch.get_num_threads()}
+           "threads": torch.get_num_threads(), **determinism_state(device)}
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)
     else:
@@ -51,6 +54,77 @@ def environment(device: torch.device) -> dict[str, Any]:
             pass
         env["device_name"] = f"{cpu} ({os.cpu_count()} logical cores, {torch.get_num_threads()} threads)"
     return env
+
+
+CUBLAS_WORKSPACE = ":4096:8"  # NVIDIA's cuBLAS docs (results reproducibility): ":4096:8" or ":16:8" make it deterministic
+
+
+def determinism_state(device: torch.device | str) -> dict[str, Any]:
+    """The determinism settings in force, for provenance: ``deterministic`` (``torch.use_deterministic_algorithms``)
+    and ``deterministic_warn_only``; on CUDA also ``cudnn_benchmark``, ``cudnn_deterministic`` and
+    ``cublas_workspace_config`` (the environment variable, None when unset)."""
+    out: dict[str, Any] = {"deterministic": torch.are_deterministic_algorithms_enabled(),
+                           "deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled()}
+    if torch.device(device).type == "cuda":
+        out.update(cudnn_benchmark=bool(torch.backends.cudnn.benchmark),
+                   cudnn_deterministic=bool(torch.backends.cudnn.deterministic),
+                   cublas_workspace_config=os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    return out
+
+
+def configure_determinism(device: torch.device | str, deterministic: bool = True, warn_only: bool = True,
+                          ) -> dict[str, Any]:
+    """Make CUDA runs bit-reproducible (same code, inputs, software and GPU model give the same numbers); call it once
+    per process before any CUDA work (the runner's process and each Ray worker). Returns the settings in force
+    (:func:`determinism_state`), for the run's provenance. Idempotent.
+
+    On CUDA with ``deterministic``: the environment variable ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (kept when already
+    ``:4096:8`` or ``:16:8``; cuBLAS reads it when its first handle is made, so it must be set before the first matrix
+    product; a note is returned under ``cublas_note`` when CUDA was already initialised),
+    ``torch.use_deterministic_algorithms(True, warn_only=warn_only)``, ``torch.backends.cudnn.benchmark = False``
+    (no timing-based choice of convolution algorithms, which differs between runs) and
+    ``torch.backends.cudnn.deterministic = True``. ``warn_only`` (default): an operation without a deterministic CUDA
+    kernel warns (``UserWarning``) and runs its non-deterministic kernel instead of raising, so every method still
+    runs; the warning names the operation, and such a method's results can differ between runs in the last bits.
+    With ``deterministic=False`` nothing is changed (PyTorch's defaults, which let cuDNN pick fast non-deterministic
+    algorithms). On the CPU nothing is changed either: the CPU kernels these methods use are deterministic for a
+    fixed number of threads (tests: ``tests/test_runner.py``'s resumed run equals the uninterrupted one).
+
+    Operations of the eight methods without a deterministic CUDA kernel (read from ``help(torch.use_deterministic_
+    algorithms)`` of PyTorch 2.14 against every ``torch``/``F`` call in ``methods/`` and ``benchmark/backbones.py``):
+
+    * Relation Network: ``F.adaptive_avg_pool2d(h, 1)`` (``methods/relation.py``, the pool before the relation
+      module's first linear layer): its backward on CUDA has no deterministic kernel (``AdaptiveAvgPool2d``, listed
+      as raising). Under ``warn_only`` it warns and runs; ``h.mean((2, 3))`` computes the same pool with a
+      deterministic backward (a change of the method's code, not made here: its CPU sums could differ in the last
+      bit).
+    * Everything else has a deterministic CUDA path under this mode: convolutions and BatchNorm (cuDNN with
+      ``deterministic``), ``max_pool2d`` backward (a gather per input element, not listed), matrix products and
+      ``cdist`` (cuBLAS with the workspace setting), ``nn.LSTM`` (Matching's FCE; cuDNN RNNs need the cuBLAS
+      workspace setting), ``F.cross_entropy``/``F.nll_loss`` on ``[n, ways]`` logits (only the spatial
+      ``nll_loss2d`` kernel is listed as non-deterministic), ``F.one_hot`` (a scatter of a scalar), indexing with a
+      tensor and its backward (``index_put`` with accumulation uses its sorting kernel), ``masked_fill``,
+      ``logsumexp``, ``log_softmax``, the ``torch._foreach_*`` optimiser kernels and ``torch.func`` (vmap/grad) over
+      these. No method uses ``scatter_add``, ``index_add``, ``F.interpolate``, ``histc``, ``bincount`` with
+      weights, ``cumsum`` on CUDA, ``median``, ``grid_sample`` or ``CTCLoss``. (``Episode.from_tensors`` calls
+      ``bincount`` without weights, which is deterministic, on user labels only.)
+    * On the CPU, runs of protonet, matching, relation, maml, reptile, meta-lstm, tadam and mtl (smoke profile, a few
+      steps) under ``torch.use_deterministic_algorithms(True)`` raise nothing.
+
+    ``python -m benchmark.gpu_check`` runs every main method under this mode on a GPU and lists any warning raised.
+    """
+    device = torch.device(device)
+    out: dict[str, Any] = {}
+    if device.type == "cuda" and deterministic:
+        if os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in (":4096:8", ":16:8"):
+            if torch.cuda.is_initialized():
+                out["cublas_note"] = ("CUBLAS_WORKSPACE_CONFIG set after CUDA was initialised: matrix products may "
+                                      "stay non-deterministic if cuBLAS was used already")
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+        torch.use_deterministic_algorithms(True, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    return {**determinism_state(device), **out}
 
 
 def resolve_device(name: str) -> torch.device:

@@ -43,11 +43,12 @@ def prepare_measurement(method: str, dataset: str = "omniglot", ways: int = 5, s
 
 
 def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup: int = 3, test_episodes: int = 20,
-             results_dir: str | Path | None = "results", eval_group: int = 1) -> dict:
+             results_dir: str | Path | None = "results", eval_group: int = 1, precision: str = "fp32") -> dict:
     """Time ``steps`` training steps and ``test_episodes`` test episodes (after ``warmup`` of each) of
     ``prepared``'s method, with :func:`~benchmark.training.timed_step` and :func:`~benchmark.training.evaluate`;
     artefacts are cached under ``results_dir`` as in runs (None: computed, not cached). ``eval_group``: test
-    episodes per ``predict_many`` call (1: one at a time; 0: the method's ``eval_group``, as runs do)."""
+    episodes per ``predict_many`` call (1: one at a time; 0: the method's ``eval_group``, as runs do).
+    ``precision``: "fp32" or "bf16" (autocast, :func:`~benchmark.training.autocast`)."""
     import torch
 
     from .context import make_context
@@ -62,18 +63,19 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
         m = prepared.cls(hp, ctx).to(dev)
         times = []
         for step in range(warmup + steps):
-            r = timed_step(m, draw_episodes(ctx.sampler, step, hp.meta_batch, m.train_shape(), dev), step, dev)
+            r = timed_step(m, draw_episodes(ctx.sampler, step, hp.meta_batch, m.train_shape(), dev), step, dev,
+                           precision)
             if step >= warmup:
                 times.append(r.seconds / r.tasks)
         test = EpisodeSet(prepared.dataset, "test", cfg.ways, cfg.shots, cfg.queries, cfg.eval_seed,
                           test_episodes + warmup, stream="test")
-        group = eval_group or m.eval_group
-        evaluate(m, [test[i] for i in range(warmup)], dev, group=group)  # warm-up
-        _, ttimes = evaluate(m, [test[i] for i in range(warmup, len(test))], dev, group=group)
+        group = eval_group or None  # 0: as runs evaluate (group_size picks for the method and the device)
+        evaluate(m, [test[i] for i in range(warmup)], dev, group=group, precision=precision)  # warm-up
+        _, ttimes = evaluate(m, [test[i] for i in range(warmup, len(test))], dev, group=group, precision=precision)
     return {
         "method": cfg.method, "dataset": cfg.dataset, "ways": cfg.ways, "shots": cfg.shots, "backbone": cfg.backbone,
         "train_episode": list(m.train_shape()), "meta_batch": hp.meta_batch, "device": str(dev),
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), **({"precision": precision} if precision != "fp32" else {}),
         "ms_per_train_episode_median": 1000 * statistics.median(times),
         "ms_per_train_episode_mean": 1000 * statistics.fmean(times),
         "ms_per_test_episode_median": 1000 * statistics.median(ttimes),
@@ -85,11 +87,11 @@ def measure(method: str, dataset: str = "omniglot", ways: int = 5, shots: int = 
             backbone: str = "conv4", profile: str = "quick", device: str = "cpu", train_ways: int | None = None,
             train_shots: int | None = None, train_queries: int | None = None, meta_batch: int | None = None,
             steps: int = 20, warmup: int = 3, test_episodes: int = 20, overrides=(), data_dir=None,
-            results_dir: str | Path | None = "results", eval_group: int = 1) -> dict:
+            results_dir: str | Path | None = "results", eval_group: int = 1, precision: str = "fp32") -> dict:
     """:func:`prepare_measurement` then :func:`time_run`."""
     prepared = prepare_measurement(method, dataset, ways, shots, queries, backbone, profile, train_ways, train_shots,
                                    train_queries, meta_batch, overrides, data_dir)
-    return time_run(prepared, device, steps, warmup, test_episodes, results_dir, eval_group)
+    return time_run(prepared, device, steps, warmup, test_episodes, results_dir, eval_group, precision)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -114,6 +116,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE")
     p.add_argument("--eval-group", type=int, default=1, help="test episodes per predict_many call; default 1 (one "
                    "at a time); 0: the method's own group, as runs evaluate")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="fp32 (default) or bf16 "
+                   "(autocast of the training step and the evaluation)")
     p.add_argument("--results-dir", default="results", help="where shared artefacts are cached (cache/), as runs "
                    "cache them; default: results")
     p.add_argument("--json", action="store_true", help="print one JSON object per measurement")
@@ -145,7 +149,8 @@ def _main(args) -> int:
         raise UsageError(str(e)) from None
     for prepared in runs:
         name, shots = prepared.cfg.method, prepared.cfg.shots
-        r = time_run(prepared, args.device, args.steps, 3, args.test_episodes, args.results_dir, args.eval_group)
+        r = time_run(prepared, args.device, args.steps, 3, args.test_episodes, args.results_dir, args.eval_group,
+                     args.precision)
         if args.json:
             print(json.dumps(r))
         else:

@@ -12,6 +12,11 @@ optimiser state, RNG states, the training state below) atomically after each val
 whose loss is NaN or infinite stops training (:class:`NonFiniteLoss`; the runner records the run as failed). Training
 episodes are pure functions of their index and the RNG states are restored, so a resumed run equals an uninterrupted
 one.
+
+For a GPU: ``prefetch`` (:class:`Trainer`, :func:`evaluate`) draws meta-batches and evaluation groups ahead on a
+background thread (:mod:`benchmark.prefetch`; 0, the default, draws them when needed), ``precision`` ("fp32", the
+default, or "bf16": :func:`autocast`) sets the autocast of the steps and evaluations, and :func:`group_size` sizes
+evaluation groups by the free device memory on CUDA. None of them changes anything on the CPU at their defaults.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import torch
 
 from .episodes import Episode, EpisodeSet, TaskSampler
 from .files import atomic_torch_save
+from .prefetch import prefetched
 from .statistics import mean_ci95
 
 
@@ -92,11 +98,30 @@ class StepResult:
     seconds: float
 
 
-def timed_step(method, episodes: list[Episode], step: int, device: torch.device) -> StepResult:
-    """One ``method.train_step`` on ``episodes``, timed (on CUDA between two synchronisations)."""
+#: Numerical precisions of training and evaluation: "fp32" (float32 everywhere) or "bf16" (autocast to bfloat16).
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(device: torch.device | str, precision: str = "fp32"):
+    """The autocast context of ``precision``: with "bf16", ``torch.autocast(device_type, dtype=torch.bfloat16)``
+    (matrix products and convolutions in bfloat16, reductions such as the losses in float32, parameters, gradients
+    and optimiser state stay float32); with "fp32" a disabled autocast (nothing changes). ValueError on another
+    name."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def timed_step(method, episodes: list[Episode], step: int, device: torch.device, precision: str = "fp32",
+               ) -> StepResult:
+    """One ``method.train_step`` on ``episodes``, timed (on CUDA between two synchronisations); ``precision``: see
+    :func:`autocast` (the whole step runs under it: the method's forward and backward passes; its optimiser update
+    is on float32 parameters either way)."""
+    ctx = autocast(device, precision)
     synchronize(device)
     t0 = time.perf_counter()
-    metrics = dict(method.train_step(episodes, step))
+    with ctx:
+        metrics = dict(method.train_step(episodes, step))
     synchronize(device)
     secs = time.perf_counter() - t0
     return StepResult(metrics, int(metrics.pop("tasks", len(episodes))), secs)
@@ -108,10 +133,47 @@ def timed_step(method, episodes: list[Episode], step: int, device: torch.device)
 EVAL_GROUP_VALUES = 2_000_000
 
 
-def group_size(method, episodes: EpisodeSet, group: int | None = None) -> int:
-    """Episodes per ``predict_many`` call: ``group`` (default: the method's ``eval_group``), capped so that a call
-    takes at most :data:`EVAL_GROUP_VALUES` input values. Only speed and memory depend on it, never results."""
-    group = max(1, int(group or getattr(method, "eval_group", 1)))
+#: CUDA: a grouped evaluation pass may fill at most this share of the device's free memory (``torch.cuda.mem_get_info``
+#: when the evaluation starts) with activations; the rest is the safety margin (the model, the allocator's cache,
+#: another run sharing the GPU under Ray's fractional GPUs).
+EVAL_MEMORY_SHARE = 0.25
+#: CUDA: estimated bytes of activations per input value of a pass: float32 (4 bytes) x 512. A Conv-4 block's
+#: convolution, BatchNorm and ReLU outputs hold 64 channels per input channel at full resolution (3 x 64 = 192 values
+#: per value of a 1-channel image, the pooled later blocks add about a third), and a method that adapts at test time
+#: keeps them all for its backward pass; 512 rounds that up. A method can give its own as ``eval_activation_bytes``.
+EVAL_ACTIVATION_BYTES = 4 * 512
+#: CUDA: ResNet backbones (three convolutions per block, widths up to 640) hold about 4 times a Conv-4's activations.
+RESNET_ACTIVATION_SCALE = 4
+#: CUDA: most episodes one grouped pass takes (methods that group at all, ``eval_group > 1``).
+EVAL_GROUP_MAX_CUDA = 64
+
+
+def group_size(method, episodes: EpisodeSet, group: int | None = None, device: torch.device | str | None = None,
+               ) -> int:
+    """Episodes per ``predict_many`` call. Only speed and memory depend on it, never results (tested).
+
+    CPU (or no ``device``): ``group`` (default: the method's ``eval_group``), capped so that a call takes at most
+    :data:`EVAL_GROUP_VALUES` input values.
+
+    CUDA, for a method that groups (``eval_group > 1``): ``group`` (default: :data:`EVAL_GROUP_MAX_CUDA`), capped so
+    that the estimated activations of a call (input values x :data:`EVAL_ACTIVATION_BYTES`, or the method's
+    ``eval_activation_bytes``; x :data:`RESNET_ACTIVATION_SCALE` on a ResNet backbone) fill at most
+    :data:`EVAL_MEMORY_SHARE` of the device's free memory, and at most :data:`EVAL_GROUP_MAX_CUDA`. A method that
+    does not group (``eval_group == 1``: its ``predict_many`` is a loop) keeps 1.
+    """
+    own = max(1, int(getattr(method, "eval_group", 1)))
+    cuda = device is not None and torch.device(device).type == "cuda"
+    if cuda and own > 1 and len(episodes):
+        e = episodes[0]
+        values = (len(e.support_x) + len(e.query_x)) * e.support_x[0].numel()
+        per_value = getattr(method, "eval_activation_bytes", None) or EVAL_ACTIVATION_BYTES
+        backbone = str(getattr(getattr(method, "ctx", None), "backbone_name", "") or "")
+        if backbone.startswith("resnet"):
+            per_value *= RESNET_ACTIVATION_SCALE
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        fits = int(EVAL_MEMORY_SHARE * free // max(1, values * per_value))
+        return max(1, min(int(group or EVAL_GROUP_MAX_CUDA), fits, EVAL_GROUP_MAX_CUDA))
+    group = max(1, int(group or own))
     if group > 1 and len(episodes):
         e = episodes[0]
         per_episode = (len(e.support_x) + len(e.query_x)) * e.support_x[0].numel()
@@ -120,32 +182,42 @@ def group_size(method, episodes: EpisodeSet, group: int | None = None) -> int:
 
 
 def evaluate(method, episodes: EpisodeSet, device: torch.device, progress=None, desc: str = "eval",
-             group: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+             group: int | None = None, prefetch: int = 0, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
     """Per-episode query accuracy and adaptation seconds of ``method`` on every episode of ``episodes``.
 
     Episodes go to ``method.predict_many`` in groups of :func:`group_size` (``group``, default the method's
-    ``eval_group``, capped by input size), which
+    ``eval_group``, capped by input size; on CUDA sized by the free device memory), which
     methods implement as fewer, larger passes with the same per-episode results as ``predict`` one at a time
     (tested); an episode's seconds are its group's time divided by the group's size.
+    ``prefetch``: groups drawn and moved to the device ahead by a background thread (:mod:`benchmark.prefetch`; 0:
+    none, each group is drawn when it is needed); the results are the same either way. ``precision``: the
+    autocast of ``predict_many`` (:func:`autocast`).
     """
-    group = group_size(method, episodes, group)
+    cast = autocast(device, precision)
+    group = group_size(method, episodes, group, device)
     n = len(episodes)
     acc = np.empty(n)
     secs = np.empty(n)
     bar = progress(total=n, desc=desc) if progress is not None else None
+    starts = range(0, n, group)
+
+    def draw(start: int, dev: torch.device) -> list[Episode]:
+        return [episodes[i].to(dev) for i in range(start, min(n, start + group))]
+
     try:
-        for start in range(0, n, group):
-            idx = range(start, min(n, start + group))
-            eps = [episodes[i].to(device) for i in idx]
-            t0 = time.perf_counter()
-            with torch.set_grad_enabled(method.adapts_at_test):
-                logits = method.predict_many(eps)
-            synchronize(device)
-            secs[start:start + len(eps)] = (time.perf_counter() - t0) / len(eps)
-            for i, ep, lg in zip(idx, eps, logits):
-                acc[i] = (lg.argmax(-1) == ep.query_y).float().mean().item()
-            if bar is not None:
-                bar.update(len(eps))
+        with prefetched(draw, starts, prefetch, device) as groups:
+            for start in starts:
+                idx = range(start, min(n, start + group))
+                eps = groups.get(start)
+                t0 = time.perf_counter()
+                with torch.set_grad_enabled(method.adapts_at_test), cast:
+                    logits = method.predict_many(eps)
+                synchronize(device)
+                secs[start:start + len(eps)] = (time.perf_counter() - t0) / len(eps)
+                for i, ep, lg in zip(idx, eps, logits):
+                    acc[i] = (lg.argmax(-1) == ep.query_y).float().mean().item()
+                if bar is not None:
+                    bar.update(len(eps))
     finally:
         if bar is not None and hasattr(bar, "close"):
             bar.close()
@@ -177,12 +249,19 @@ def upgrade_state(state: dict) -> dict:
 class Trainer:
     """Meta-trains ``method`` under ``hp`` (``train_steps``, ``meta_batch``, ``val_every``) on ``sampler``'s
     episodes, validating on ``val_set``; ``checkpoint`` is the resume file, ``config`` is stored in it, and
-    ``cache_log`` (the run's artefact-cache log) is kept across resumes."""
+    ``cache_log`` (the run's artefact-cache log) is kept across resumes. ``prefetch``: training meta-batches and
+    validation groups drawn (and moved to the device) that many ahead by a background thread
+    (:mod:`benchmark.prefetch`; 0: none; :func:`~benchmark.prefetch.default_prefetch` gives a device's default);
+    results are the same either way. ``precision``: "fp32" or "bf16", the autocast of the training steps and the
+    validations (:func:`autocast`)."""
 
     def __init__(self, method, hp, sampler: TaskSampler, val_set: EpisodeSet, device: torch.device,
-                 checkpoint: Path, config: dict, cache_log: list[dict]):
+                 checkpoint: Path, config: dict, cache_log: list[dict], prefetch: int = 0, precision: str = "fp32"):
         self.method, self.hp, self.sampler, self.val_set, self.device = method, hp, sampler, val_set, device
         self.checkpoint, self.config, self.cache_log = checkpoint, config, cache_log
+        self.prefetch = int(prefetch)
+        autocast(device, precision)  # ValueError now on an unknown name
+        self.precision = precision
         self.shape = method.train_shape()
         self.state = new_state()
 
@@ -207,20 +286,27 @@ class Trainer:
         state, total = self.state, self.hp.train_steps
         steps = range(state["step"], total)
         bar = progress(steps, total=total, desc=desc, initial=state["step"]) if progress else steps
+        if stop_after is not None:  # nothing past the stop is drawn
+            steps = range(state["step"], min(total, state["step"] + max(1, stop_after)))
+
+        def draw(step: int, dev: torch.device) -> list[Episode]:
+            return draw_episodes(self.sampler, step, self.hp.meta_batch, self.shape, dev)
+
         try:
-            for done, step in enumerate(bar, 1):
-                episodes = draw_episodes(self.sampler, step, self.hp.meta_batch, self.shape, self.device)
-                r = timed_step(self.method, episodes, step, self.device)
-                if non_finite(r.metrics):
-                    raise NonFiniteLoss(step + 1, {k: float(v) for k, v in r.metrics.items()},
-                                        state["curve"][-1] if state["curve"] else None)
-                self._account(r)
-                state["step"] = step + 1
-                if state["step"] % self.hp.val_every == 0 or state["step"] == total:
-                    self.validate(bar)
-                if stop_after is not None and done >= stop_after and state["step"] < total:
-                    self.save()
-                    raise Interrupted(f"stopped after step {state['step']}")
+            with prefetched(draw, steps, self.prefetch, self.device) as batches:
+                for done, step in enumerate(bar, 1):
+                    episodes = batches.get(step)
+                    r = timed_step(self.method, episodes, step, self.device, self.precision)
+                    if non_finite(r.metrics):
+                        raise NonFiniteLoss(step + 1, {k: float(v) for k, v in r.metrics.items()},
+                                            state["curve"][-1] if state["curve"] else None)
+                    self._account(r)
+                    state["step"] = step + 1
+                    if state["step"] % self.hp.val_every == 0 or state["step"] == total:
+                        self.validate(bar)
+                    if stop_after is not None and done >= stop_after and state["step"] < total:
+                        self.save()
+                        raise Interrupted(f"stopped after step {state['step']}")
         except KeyboardInterrupt:
             self.save()
             raise Interrupted(f"interrupted at step {state['step']} of {total}; "
@@ -242,7 +328,8 @@ class Trainer:
         best state, then saves the checkpoint."""
         state = self.state
         t1 = time.perf_counter()
-        acc, _ = evaluate(self.method, self.val_set, self.device)
+        acc, _ = evaluate(self.method, self.val_set, self.device, prefetch=self.prefetch,
+                          precision=self.precision)
         state["val_seconds"] += time.perf_counter() - t1
         m, ci = mean_ci95(acc)
         row = {"step": state["step"], "episodes": state["episodes"],

@@ -26,7 +26,8 @@ authors' evaluation).
 Vectorised meta-batch (``vectorize``): the tasks of a meta-batch are computed together with ``torch.func.vmap``
 over tasks, the inner gradient with ``torch.func.grad``, and the meta-gradient by ordinary autograd through both;
 ``vectorize=False`` loops over tasks with ``torch.autograd.grad``. Both give the same meta-gradient (tested). The
-default is the path measured faster with the harness's 2 threads (see ``MAMLHyper.vectorize``). Under ``vmap``,
+default depends on the device (see ``MAMLHyper.vectorize``): looped on the CPU, measured faster with the harness's 2
+threads, vmapped on CUDA. Under ``vmap``,
 PyTorch's ``F.batch_norm`` gives wrong second derivatives, so the vectorised path computes the (identical)
 batch-statistics normalisation from elementary operations (:func:`explicit_batchnorm`); the looped path, which the
 tests check against finite differences, uses the backbone's BatchNorm as it is.
@@ -85,12 +86,14 @@ class MAMLHyper(Hyper):
     test_inner_steps: int = 3  # App. A.1: Omniglot 5-way evaluated with 3 steps (20-way 5, miniImageNet 10)
     meta_lr: float = 1e-3  # Sec. 5.2 / authors' code: Adam with meta learning rate 1e-3
     first_order: bool = False  # Sec. 5.2: first-order approximation as an option; second order by default
-    # Tasks of a meta-batch computed together (torch.func.vmap) or in a loop; same meta-gradient (tested). Default:
-    # looped, measured faster on this project's idle 2-core CPU with 2 threads (second order, Omniglot 5-way 1-shot,
-    # conv4-strided, 15 queries, meta-batch 8: 24.6-24.9 ms per task looped vs 28.9 ms vmapped, 0.8 vs 1.3 GB peak;
-    # `python -m benchmark.speed --method maml --backbone conv4-strided --train-queries 15 --meta-batch 8
-    # --set vectorize=...`). Under heavy contention vmap's fewer, larger operations fared better; on a GPU, try it.
-    vectorize: bool = False
+    # Tasks of a meta-batch computed together (torch.func.vmap) or in a loop; same meta-gradient (tested). Default
+    # None: by device, resolved when the method is built (MAML.vectorize_default). CPU: looped, measured faster on
+    # this project's idle 2-core CPU with 2 threads (second order, Omniglot 5-way 1-shot, conv4-strided, 15 queries,
+    # meta-batch 8: 24.6-24.9 ms per task looped vs 28.9 ms vmapped, 0.8 vs 1.3 GB peak; `python -m benchmark.speed
+    # --method maml --backbone conv4-strided --train-queries 15 --meta-batch 8 --set vectorize=...`). CUDA: vmapped
+    # (one kernel launch per layer for the whole meta-batch instead of one per task; not yet measured here, see
+    # `python -m benchmark.gpu_check`).
+    vectorize: bool | None = None
     grad_clip: float | None = None  # authors' code: meta-gradient clipped to [-10, 10] on miniImageNet only
 
 
@@ -141,7 +144,15 @@ class MAML(Method):
         # the default conv4, 5-way 1-shot after 60 steps: 85% with 0.1, 40-48% with 0.4, 20 test episodes).
         return MAMLHyper(train_steps=60, meta_batch=4, train_queries=5, val_every=30, **{**inner, "inner_lr": 0.1})
 
+    @staticmethod
+    def vectorize_default(device: torch.device) -> bool:
+        """The meta-batch path when ``vectorize`` is None: vmapped on CUDA, looped elsewhere (see ``MAMLHyper``)."""
+        return torch.device(device).type == "cuda"
+
     def __init__(self, hp: MAMLHyper, ctx: Context):
+        if hp.vectorize is None:
+            # resolved in ``hp`` itself, so that the run's recorded hyperparameters say which path ran
+            hp.vectorize = self.vectorize_default(ctx.device)
         super().__init__(hp, ctx)
         self.require_test_ways(hp.train_ways)
         backbone = ctx.backbone(bn_running_stats=False)

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmark.config import RunConfig, prepare
+from benchmark.runner import RunConfig, prepare
 from benchmark.eta import DEFAULT_MS, MEASURED_MS, RunsETA, costs_for, expected_seconds, format_left, method_ms
 
 

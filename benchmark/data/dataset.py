@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -231,9 +232,13 @@ class DiskImages:
     def __getstate__(self):
         return {**self.__dict__, "_fd": None, "_pid": -1}
 
+    _open_lock = threading.Lock()  # two threads (e.g. a prefetcher's and the main one) open one descriptor
+
     def _file(self) -> int:
         if self._fd is None or self._pid != os.getpid():  # a forked worker opens its own descriptor
-            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+            with self._open_lock:
+                if self._fd is None or self._pid != os.getpid():
+                    self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
         return self._fd
 
     def _fix(self, x: np.ndarray) -> np.ndarray:

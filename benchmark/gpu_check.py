@@ -1,0 +1,420 @@
+"""python -m benchmark.gpu_check: a check of the harness on a CUDA machine, within a time budget, in one report.
+
+Parts (each catches its own failure and records it, so one failing part does not stop the others):
+
+(a) speed: milliseconds per training episode and per test episode of every main method, 1- and 5-shot, in fp32 and
+    bf16, and MAML with ``vectorize`` on and off (:func:`benchmark.speed.time_run`), under
+    :func:`benchmark.machine.configure_determinism`; any warning about an operation without a deterministic CUDA
+    kernel is listed;
+(b) determinism: the smoke main job (``python -m benchmark.run --methods all --profile smoke``) twice, into two
+    temporary results folders, with determinism configured; every run's per-episode test accuracies
+    (``test_episodes.csv``) must be identical;
+(c) resume: one run stopped mid-way (``stop_after``) and resumed must equal an uninterrupted one (runner API);
+(d) throughput: the quick main job under Ray with fractional GPUs (``--executor ray --gpus-per-run 0.125``) for the
+    time left, reporting runs finished per minute and the GPU's utilisation and memory (``nvidia-smi``, else
+    ``torch.cuda.utilization()``);
+(e) the summary: one markdown file (``--out``, default gpu_check.md) with every figure and each part's pass/fail.
+
+``--dry-run`` (or ``--device cpu``) runs the same parts at tiny sizes on the CPU (one method or two, a couple of
+steps; part (d) with the sequential executor), so the script itself is tested without a GPU. Exit code: 0 when every
+part passed, 1 otherwise.
+
+Example: python -m benchmark.gpu_check --budget-s 480 --out gpu_check.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+#: share of the budget each of parts (a), (b), (c) may take; (d) gets what is left
+SHARES = {"speed": 0.35, "determinism": 0.25, "resume": 0.10}
+TITLES = {"speed": "(a) Speed: ms per training episode / per test episode",
+          "determinism": "(b) Determinism: the smoke main job twice",
+          "resume": "(c) Resume: stopped mid-way and resumed = uninterrupted",
+          "throughput": "(d) Throughput: the quick main job for the time left"}
+
+
+@dataclass
+class Part:
+    name: str
+    title: str
+    ok: bool | None = None  # None: not run / skipped
+    lines: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class Plan:
+    """What each part runs: the full sizes on CUDA, tiny ones in the dry run."""
+
+    device: str
+    dry: bool
+    speed_methods: list[str]
+    speed_shots: list[int]
+    precisions: list[str]
+    speed_profile: str
+    speed_steps: int
+    speed_warmup: int
+    speed_test_episodes: int
+    job_args: list[str]  # benchmark.run arguments of the determinism job
+    resume_methods: list[str]
+    resume_overrides: tuple
+    resume_stop: int
+    throughput_args: list[str]
+
+
+def make_plan(device: str, dry: bool) -> Plan:
+    import methods
+
+    if dry:
+        tiny = ["--set", "train_steps=2", "val_every=1", "--test-episodes", "4", "--val-episodes", "2"]
+        return Plan(device, True, ["protonet", "maml"], [1], ["fp32", "bf16"], "smoke", 1, 1, 2,
+                    ["--methods", "protonet", "--shots", "1", "--profile", "smoke", *tiny],
+                    ["protonet"], (("train_steps", 4), ("val_every", 2), ("train_ways", 5), ("train_queries", 5)), 3,
+                    ["--methods", "protonet", "--shots", "1", "--profile", "smoke", *tiny,
+                     "--executor", "sequential"])
+    return Plan(device, False, methods.main_methods(), [1, 5], ["fp32", "bf16"], "quick", 5, 2, 10,
+                ["--methods", "all", "--profile", "smoke"],
+                ["protonet", "maml"], (("train_steps", 12), ("val_every", 4)), 6,
+                ["--methods", "all", "--profile", "quick", "--executor", "ray", "--gpus-per-run", "0.125"])
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _python_run(args: list[str], device: str, deterministic: bool = True) -> list[str]:
+    """A ``python`` command running ``benchmark.run`` with ``args`` after configuring determinism in its process."""
+    code = ("import sys; from benchmark.machine import configure_determinism, resolve_device; "
+            f"configure_determinism(resolve_device({device!r}), deterministic={deterministic!r}); "
+            "from benchmark.run import main; sys.exit(main(sys.argv[1:]))")
+    return [sys.executable, "-c", code, *args, "--device", device, "--no-report", "--no-progress"]
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _run_until(cmd: list[str], timeout: float) -> tuple[int | None, str]:
+    """Run ``cmd`` (a new process group) for at most ``timeout`` seconds; (exit code, or None when it was stopped:
+    Ctrl-C first, so runs save their checkpoints, then killed; last output line)."""
+    import signal
+
+    p = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+        rc = p.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGINT)
+        try:
+            out, _ = p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            out, _ = p.communicate()
+        rc = None
+    lines = (out or "").strip().splitlines()
+    return rc, (lines[-1] if lines else "")
+
+
+class GpuSampler:
+    """Samples GPU utilisation (%) and memory used (MiB) every ``every`` seconds in a thread: ``nvidia-smi`` when it
+    is on the PATH, else ``torch.cuda.utilization()`` / ``memory_used`` when CUDA is available; nothing otherwise."""
+
+    def __init__(self, every: float = 2.0):
+        self.every, self.samples, self.source = every, [], None
+        self._stop = threading.Event()
+        if shutil.which("nvidia-smi"):
+            self.source = "nvidia-smi"
+        else:
+            import torch
+
+            if torch.cuda.is_available():
+                self.source = "torch.cuda.utilization"
+        self._thread = threading.Thread(target=self._loop, name="gpu-sampler", daemon=True)
+
+    def _sample(self) -> tuple[float, float] | None:
+        try:
+            if self.source == "nvidia-smi":
+                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
+                                      "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                                     timeout=10).stdout.strip().splitlines()
+                util, mem = (float(v) for v in out[0].split(","))
+                return util, mem
+            if self.source:
+                import torch
+
+                return float(torch.cuda.utilization()), float(torch.cuda.memory_used()) / 2 ** 20
+        except Exception:  # noqa: BLE001 - a missed sample is only a missed sample
+            return None
+        return None
+
+    def _loop(self):
+        while not self._stop.wait(self.every):
+            s = self._sample()
+            if s is not None:
+                self.samples.append(s)
+
+    def __enter__(self):
+        if self.source:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def summary(self) -> str:
+        if not self.source:
+            return "GPU utilisation: not sampled (no nvidia-smi and no CUDA)"
+        if not self.samples:
+            return f"GPU utilisation: no sample ({self.source})"
+        util = [u for u, _ in self.samples]
+        mem = [m for _, m in self.samples]
+        return (f"GPU utilisation ({self.source}, {len(util)} samples every {self.every:g} s): mean "
+                f"{sum(util) / len(util):.0f}%, max {max(util):.0f}%; memory used max {max(mem):.0f} MiB")
+
+
+# ------------------------------------------------------------------------------------------------ the parts
+def part_speed(plan: Plan, deadline: float, results_dir: Path) -> Part:
+    from .machine import configure_determinism, resolve_device
+    from .speed import prepare_measurement, time_run
+
+    part = Part("speed", TITLES["speed"])
+    det = configure_determinism(resolve_device(plan.device))
+    part.lines.append(f"Determinism settings: `{json.dumps(det)}`")
+    part.lines += ["", "| method | shots | precision | variant | ms/train episode (median) | ms/test episode (median)"
+                   " | peak MB |", "|---|---|---|---|---|---|---|"]
+    cases = []
+    for name in plan.speed_methods:
+        variants = [("vectorize=True", (("vectorize", True),)), ("vectorize=False", (("vectorize", False),))] \
+            if name == "maml" else [("", ())]
+        for shots in plan.speed_shots:
+            for precision in plan.precisions:
+                for label, over in variants:
+                    cases.append((name, shots, precision, label, over))
+    failures, det_warnings, skipped = 0, set(), 0
+    for name, shots, precision, label, over in cases:
+        if time.monotonic() > deadline:
+            skipped += 1
+            continue
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                prepared = prepare_measurement(name, shots=shots, profile=plan.speed_profile, overrides=over)
+                r = time_run(prepared, plan.device, plan.speed_steps, plan.speed_warmup, plan.speed_test_episodes,
+                             results_dir, eval_group=0, precision=precision)
+            for w in caught:
+                text = str(w.message)
+                if "determinis" in text.lower():
+                    det_warnings.add(f"{name}: {text.splitlines()[0][:200]}")
+            part.lines.append(f"| {name} | {shots} | {precision} | {label} | {r['ms_per_train_episode_median']:.2f} "
+                              f"| {r['ms_per_test_episode_median']:.2f} | {r['peak_memory_mb']:.0f} |")
+        except Exception as e:  # noqa: BLE001 - recorded; the other cases go on
+            failures += 1
+            part.lines.append(f"| {name} | {shots} | {precision} | {label} | FAILED: "
+                              f"{type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''} | | |")
+    part.lines.append("")
+    if skipped:
+        part.lines.append(f"{skipped} of {len(cases)} cases skipped: the part's time ran out.")
+    part.lines.append("Warnings about non-deterministic operations: " +
+                      ("none" if not det_warnings else ""))
+    part.lines += [f"- {w}" for w in sorted(det_warnings)]
+    part.ok = failures == 0 and skipped < len(cases)
+    return part
+
+
+def _episode_accuracies(results_dir: Path) -> dict[str, list[float]]:
+    import pandas as pd
+
+    from .store import finished_runs
+
+    return {d.name: pd.read_csv(d / "test_episodes.csv")["accuracy"].tolist() for d in finished_runs(results_dir)}
+
+
+def part_determinism(plan: Plan, deadline: float, work: Path) -> Part:
+    part = Part("determinism", TITLES["determinism"])
+    dirs = [work / "det-1", work / "det-2"]
+    for k, d in enumerate(dirs):
+        cmd = _python_run([*plan.job_args, "--results-dir", str(d)], plan.device)
+        # the first job may take up to half of the time left, the second the rest
+        left = max(10.0, (deadline - time.monotonic()) / (2 - k))
+        t0 = time.monotonic()
+        rc, tail = _run_until(cmd, left)
+        part.lines.append(f"- `benchmark.run {' '.join(plan.job_args)} --results-dir {d.name}`: "
+                          f"{'timed out' if rc is None else f'exit code {rc}'}, {time.monotonic() - t0:.0f} s")
+        if rc != 0 and tail:
+            part.lines.append(f"  - output tail: `{tail[:300]}`")
+    a, b = (_episode_accuracies(d) for d in dirs)
+    same = sorted(r for r in a if r in b and a[r] == b[r])
+    differ = sorted(r for r in a if r in b and a[r] != b[r])
+    missing = sorted(set(a) ^ set(b))
+    part.lines.append(f"- runs finished: {len(a)} and {len(b)}; identical per-episode accuracies: {len(same)}; "
+                      f"different: {len(differ)}; in one job only: {len(missing)}")
+    for r in differ:
+        n = sum(x != y for x, y in zip(a[r], b[r]))
+        part.lines.append(f"  - {r}: {n} of {len(a[r])} episodes differ")
+    part.ok = bool(a) and not differ and not missing
+    return part
+
+
+def part_resume(plan: Plan, deadline: float, work: Path) -> Part:
+    import pandas as pd
+
+    from .machine import configure_determinism, resolve_device
+    from .runner import Interrupted, RunConfig, run
+
+    part = Part("resume", TITLES["resume"])
+    device = resolve_device(plan.device)
+    configure_determinism(device)
+    ok = True
+    for name in plan.resume_methods:
+        if time.monotonic() > deadline:
+            part.lines.append(f"- {name}: skipped (time)")
+            continue
+        cfg = RunConfig(name, "omniglot", 5, 1, profile="smoke", test_episodes=20, val_episodes=5,
+                        overrides=plan.resume_overrides)
+        full_dir, part_dir = work / f"resume-{name}-full", work / f"resume-{name}-stopped"
+        full = run(cfg, full_dir, device, save_model=False)
+        try:
+            run(cfg, part_dir, device, stop_after=plan.resume_stop, save_model=False)
+            stopped = False
+        except Interrupted:
+            stopped = True
+        resumed = run(cfg, part_dir, device, save_model=False)
+        ea = pd.read_csv(full_dir / cfg.run_id / "test_episodes.csv")["accuracy"].tolist()
+        eb = pd.read_csv(part_dir / cfg.run_id / "test_episodes.csv")["accuracy"].tolist()
+        ca = pd.read_csv(full_dir / cfg.run_id / "curve.csv")["val_acc"].tolist()
+        cb = pd.read_csv(part_dir / cfg.run_id / "curve.csv")["val_acc"].tolist()
+        equal = stopped and ea == eb and ca == cb and resumed["resumed_at_steps"] == [plan.resume_stop]
+        ok &= equal
+        part.lines.append(f"- {name}: stopped at step {plan.resume_stop}: {stopped}; resumed at "
+                          f"{resumed['resumed_at_steps']}; test accuracy {full['mean']:.2f} vs {resumed['mean']:.2f}; "
+                          f"per-episode accuracies and curve identical: {ea == eb and ca == cb}")
+    part.ok = ok
+    return part
+
+
+def part_throughput(plan: Plan, deadline: float, work: Path) -> Part:
+    from .store import finished_runs
+
+    part = Part("throughput", TITLES["throughput"])
+    d = work / "throughput"
+    cmd = _python_run([*plan.throughput_args, "--results-dir", str(d)], plan.device, deterministic=False)
+    left = deadline - time.monotonic()
+    if left < 20 and not plan.dry:
+        part.lines.append(f"- skipped: {left:.0f} s left")
+        return part
+    t0 = time.monotonic()
+    with GpuSampler(every=0.5 if plan.dry else 2.0) as sampler:
+        rc, tail = _run_until(cmd, max(5.0, deadline - time.monotonic()))
+    minutes = (time.monotonic() - t0) / 60
+    done = finished_runs(d) if d.is_dir() else []
+    part.lines += [f"- `benchmark.run {' '.join(plan.throughput_args)}`: "
+                   f"{'stopped at the deadline' if rc is None else f'finished (exit code {rc})'} after "
+                   f"{minutes:.1f} min",
+                   f"- runs finished: {len(done)}, i.e. {len(done) / max(minutes, 1e-9):.2f} per minute",
+                   f"- {sampler.summary()}"]
+    if tail:
+        part.lines.append(f"- last output line: `{tail[:300]}`")
+    part.ok = len(done) > 0
+    return part
+
+
+# ------------------------------------------------------------------------------------------------ the report
+def write_summary(path: Path, plan: Plan, parts: list[Part], budget_s: float, started: float) -> str:
+    from .machine import code_version, environment, resolve_device
+
+    try:
+        env = environment(resolve_device(plan.device))
+    except Exception as e:  # noqa: BLE001
+        env = {"error": str(e)}
+    lines = ["# GPU check", "",
+             f"Device `{plan.device}` ({env.get('device_name', '?')}), {'dry run (tiny sizes)' if plan.dry else 'full'}"
+             f"; code {code_version()}; torch {env.get('torch', '?')}; budget {budget_s:.0f} s, took "
+             f"{time.monotonic() - started:.0f} s.", "", "## Verdict", "", "| part | result | seconds |",
+             "|---|---|---|"]
+    for p in parts:
+        verdict = "PASS" if p.ok else ("FAIL" if p.ok is False else "not run")
+        lines.append(f"| {p.title} | {verdict} | {p.seconds:.0f} |")
+    for p in parts:
+        lines += ["", f"## {p.title}", ""] + p.lines
+        if p.error:
+            lines += ["", "Error:", "", "```", p.error.strip(), "```"]
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return text
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmark.gpu_check", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda", help="cuda[:N] (default) or cpu (the same as --dry-run)")
+    p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU, to test the script")
+    p.add_argument("--budget-s", type=float, default=480.0, help="total seconds for all parts; default 480")
+    p.add_argument("--out", default="gpu_check.md", help="markdown summary; default gpu_check.md")
+    p.add_argument("--keep", default=None, help="keep the parts' results folders here (default: a temporary folder, "
+                   "removed at the end)")
+    p.add_argument("--parts", default="speed,determinism,resume,throughput", help="comma list of the parts to run")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    dry = args.dry_run or args.device == "cpu"
+    device = "cpu" if dry else args.device
+    started = time.monotonic()
+    from .perf import tune_cpu
+
+    tune_cpu()
+    plan = make_plan(device, dry)
+    wanted = [w.strip() for w in args.parts.split(",") if w.strip()]
+    runners = {"speed": part_speed, "determinism": part_determinism, "resume": part_resume,
+               "throughput": part_throughput}
+    unknown = [w for w in wanted if w not in runners]
+    if unknown:
+        print(f"error: unknown part(s) {', '.join(unknown)}; choose from {', '.join(runners)}", file=sys.stderr)
+        return 2
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="gpu_check-"))
+    work.mkdir(parents=True, exist_ok=True)
+    parts: list[Part] = []
+    try:
+        elapsed_share = 0.0
+        for name in runners:
+            if name not in wanted:
+                continue
+            elapsed_share += SHARES.get(name, 1.0 - sum(SHARES.values()))
+            deadline = started + args.budget_s * min(1.0, elapsed_share)  # time left over carries to later parts
+            t0 = time.monotonic()
+            try:
+                part = runners[name](plan, deadline, work / "cache" if name == "speed" else work)
+            except Exception as e:  # noqa: BLE001 - one part's failure is recorded, the others run
+                part = Part(name, TITLES[name], ok=False, error="".join(traceback.format_exception_only(type(e), e)) +
+                            traceback.format_exc(limit=-3))
+            part.seconds = time.monotonic() - t0
+            parts.append(part)
+            print(f"{part.title}: {'PASS' if part.ok else 'FAIL' if part.ok is False else 'not run'} "
+                  f"({part.seconds:.0f} s)", flush=True)
+    finally:
+        write_summary(Path(args.out), plan, parts, args.budget_s, started)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"summary: {args.out}")
+    return 0 if parts and all(p.ok for p in parts) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
