@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .cli import (EXIT_FAILED, EXIT_OK, UsageError, add_method_files, announce_method_files, at_least,
-                  load_method_files, setup_torch, usage_errors)
+from .cli import EXIT_FAILED, EXIT_OK, UsageError, at_least, setup_torch, usage_errors
+from .method_cli import add_method_files, announce_method_files, load_method_files
 
 PASSED, FAILED, WARNING = "passed", "failed", "warning"
 

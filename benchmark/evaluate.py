@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli import (EXIT_USAGE, UsageError, add_method_files, announce_method_files, at_least, existing_dir,
-                  load_method_files, progress_factory, setup_torch, usage_errors)
+from .cli import EXIT_USAGE, UsageError, at_least, existing_dir, progress_factory, setup_torch, usage_errors
+from .method_cli import add_method_files, announce_method_files, load_method_files
 
 __all__ = ["EXIT_USAGE", "Job", "UsageError", "eval_id", "main", "parser", "plan", "record", "run_job"]
 

@@ -21,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, UsageError, add_method_files,
-                  announce_method_files, at_least, catalogue_lines, existing_dir, load_method_files, note,
-                  progress_factory, setup_torch, usage_errors)
+from .cli import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, UsageError, at_least,
+                  existing_dir, note, progress_factory, setup_torch, usage_errors)
+from .method_cli import add_method_files, announce_method_files, catalogue_lines, load_method_files
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TERMINATED", "EXIT_USAGE", "UsageError", "main", "parser",
            "plan"]
@@ -204,11 +204,23 @@ def _execute(executor, prepared, args) -> tuple[list | None, int | None]:
     from .leaderboard import write_runs_leaderboard
     from .training import Interrupted
 
+    from .eta import RunsETA, costs_for
+    from .store import RunFolder
+
+    results_dir = Path(args.results_dir)
+    todo = [p for p in prepared if not RunFolder(results_dir, p.cfg.run_id).is_finished()]
+    eta = RunsETA(costs_for(todo, results_dir))  # time left weighted by each run's expected cost (benchmark.eta)
     outer = tqdm(total=len(prepared), desc="runs", unit="run", disable=args.no_progress or len(prepared) < 2,
-                 file=sys.stderr, dynamic_ncols=True)
+                 file=sys.stderr, dynamic_ncols=True,
+                 bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")  # no tqdm mean-based ETA
 
     def on_outcome(o) -> None:
+        if o.trained or o.status == "failed":  # its time was spent in this job
+            eta.finished(o.run_id)
+        else:
+            eta.discard(o.run_id)
         outer.update(1)
+        outer.set_postfix_str(eta.postfix())
         _announce(o)
 
     terminated = []

@@ -44,6 +44,10 @@ def test_method_file_runs_and_records_its_origin(tmp_path):
     assert r.returncode == 0 and "LOADED cosine-protonet" in r.stdout, r.stderr
     r = bench("benchmark.evaluate", "--runs", str(run_dir), "--method-file", str(FILE), "--ways", "3", cwd=tmp_path)
     assert r.returncode == 0 and "1 evaluations done" in r.stderr, r.stderr
+    r = bench("benchmark.report", "--results-dir", str(tmp_path / "res"), "--reports-dir", str(tmp_path / "rep"),
+              cwd=tmp_path)
+    md = (tmp_path / "rep" / "latest" / "report.md").read_text()
+    assert f"`cosine-protonet`: file {FILE} (SHA-256 {origin['sha256'][:12]})" in md
 
 
 def _installed(tmp_path):

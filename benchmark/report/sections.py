@@ -384,6 +384,15 @@ def cross_evaluation(doc: Doc, entries: list[Entry], evaluations, alpha: float) 
     return df
 
 
+def _origin_text(o: dict) -> str:
+    """A recorded method origin (``method_facts.origin``) in words."""
+    if o.get("kind") == "entry_point":
+        return f"package {o.get('package')} {o.get('version')} (entry point {o.get('value')})"
+    if o.get("kind") == "file":
+        return f"file {o.get('path')} (SHA-256 {str(o.get('sha256'))[:12]})"
+    return str(o)
+
+
 def provenance(doc: Doc, runs, evaluations=(), results_dirs=()) -> None:
     doc.h(2, "8. Provenance", "provenance")
     doc.p("Every number above comes from these run records (`summary.json` of each run); fingerprints are the first "
@@ -400,6 +409,14 @@ def provenance(doc: Doc, runs, evaluations=(), results_dirs=()) -> None:
             f"`{d}` ({counts[d]} run{'s' if counts[d] != 1 else ''} reported)" for d in counts) + "."
               + (" Runs from different directories are paired only where their test-episode fingerprints are "
                  "identical." if multi else ""))
+    external = {}
+    for r in runs:
+        o = (r["method_facts"] or {}).get("origin") or {}
+        if o.get("kind") not in (None, "builtin"):
+            external.setdefault(r["method"], []).append(_origin_text(o))
+    if external:
+        doc.p("Methods from outside the package, with the origin each run recorded: " + "; ".join(
+            f"`{m}`: {', '.join(dict.fromkeys(texts))}" for m, texts in sorted(external.items())) + ".")
     rows = []
     for r in sorted(runs, key=lambda r: r.path.name):
         env = r["environment"] or {}
