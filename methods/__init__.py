@@ -113,9 +113,9 @@ def _opt_in(cls) -> bool:
 def groups() -> dict[str, list[str]]:
     """Group name -> registry names: ``all``, ``variants`` (all plus ablations and external methods), ``external``
     and each of :data:`GROUPS`."""
-    out = {"all": main_methods(), "variants": [n for n, c in registry().items() if not _opt_in(c)],
-           "external": external_methods()}
+    out = {"all": main_methods(), "variants": [n for n, c in registry().items() if not _opt_in(c)]}
     out.update({g: [n for n, c in registry().items() if _builtin(c) and c.family == fam] for g, fam in GROUPS.items()})
+    out["external"] = external_methods()
     return out
 
 
