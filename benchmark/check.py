@@ -5,7 +5,7 @@ episodes, on the embedded Omniglot 5-way) through the harness's own runner, in a
 checks the method contract (:mod:`methods.base`), one line per check:
 
 * profiles: ``profile_hyper`` answers every profile (smoke, quick, paper) for 1- and 5-shot with the method's
-  ``Hyper`` dataclass, and the paper profile has a positive training budget;
+  ``Hyper`` dataclass, and the paper profile's training budget is a count;
 * logits: ``predict`` returns finite logits of shape [ways x queries, ways], and ``train_step`` finite metrics;
 * global random state: the episodes the method trains on (given, and drawn itself through ``ctx.sampler``) are the
   same when torch's, numpy's and Python's global generators are disturbed before every step, and ``train_step`` and
@@ -176,8 +176,8 @@ class MethodChecker:
                     raise CheckFailed(f"profile_hyper({profile!r}, {shots}-shot) returned {type(hp).__name__}, "
                                       f"not {self.cls.Hyper.__name__}")
         paper = self.cls.paper_train_episodes(Setting("omniglot", 5, 1))
-        if not paper or paper < 1:
-            raise CheckFailed(f"the paper profile trains on {paper} episodes")
+        if not isinstance(paper, int) or paper < 0:  # 0: no meta-training (e.g. the transfer baselines)
+            raise CheckFailed(f"the paper profile's training episodes are {paper!r}, not a count")
         return f"{', '.join(PROFILES)} x 1/5-shot give {self.cls.Hyper.__name__}; paper: {paper:,} training episodes"
 
     def check_logits(self) -> str:

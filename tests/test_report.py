@@ -303,7 +303,8 @@ def test_record_facts_from_the_registry_and_backbone_table():
 
     f = record_facts(methods.get("matching-nofce"), "conv4-32")
     mf = f["method_facts"]
-    assert set(mf) == {"family", "idea", "paper", "variant_of", "adapts_at_test", "metric_facts"}
+    assert set(mf) == {"family", "idea", "paper", "variant_of", "adapts_at_test", "metric_facts", "origin"}
+    assert mf["origin"] == {"kind": "builtin"}
     assert mf["family"] == "metric" and mf["variant_of"] == "matching" and "Vinyals" in mf["paper"]
     assert mf["adapts_at_test"] is False and mf["metric_facts"]["query embedding"] == "the same CNN (f = g)"
     assert f["backbone_facts"] == {"name": "conv4-32", "kind": "conv4", "width": 32}
