@@ -1,7 +1,7 @@
 """What a run is, and its preparation: :class:`RunConfig`, hyperparameters and :func:`prepare`.
 
-A run is (method, dataset, ways, shots, backbone, seed, profile), plus the evaluation episodes and hyperparameter
-overrides (:class:`RunConfig`). :func:`prepare` checks a configuration and builds everything a run needs before
+A run is (method, dataset, ways, shots, backbone, seed, profile), plus the evaluation episodes, hyperparameter
+overrides and numerical precision (:class:`RunConfig`; the precision enters the run id when it is not fp32). :func:`prepare` checks a configuration and builds everything a run needs before
 anything is written: the dataset, the setting and the hyperparameters of the given method class
 (:class:`PreparedRun`). This module is part of the harness core: it never imports the method registry; the caller
 looks the class up (``benchmark.runner.prepare`` does, from the run's method name). Profiles live in
@@ -26,6 +26,7 @@ from typing import Any
 
 from .data import FewShotDataset, load_dataset, resolve_split
 from .episodes import check_spec
+from .execution import check_precision
 from .profiles import PROFILES, Profile, check_profile
 
 __all__ = ["PROFILES", "PreparedRun", "Profile", "RunConfig", "build_hyper", "check_value", "parse_overrides",
@@ -47,6 +48,7 @@ class RunConfig:
     eval_seed: int = 0
     overrides: tuple[tuple[str, Any], ...] = ()  # hyperparameter overrides, (field, value)
     split: str = ""  # the dataset's named class split; "" is its default (benchmark.data.DATASETS)
+    precision: str = "fp32"  # "fp32" (the papers') or "bf16" (autocast; benchmark.execution.PRECISIONS)
 
     @property
     def n_test(self) -> int:
@@ -62,8 +64,8 @@ class RunConfig:
         base = f"{self.method}-{data}-{self.ways}w{self.shots}s-{self.backbone}-{self.profile}-s{self.seed}"
         extra = {k: v for k, v in (("queries", self.queries), ("test_episodes", self.test_episodes),
                                    ("val_episodes", self.val_episodes), ("eval_seed", self.eval_seed),
-                                   ("overrides", list(self.overrides)))
-                 if v != {"queries": 15, "eval_seed": 0, "overrides": []}.get(k)}
+                                   ("overrides", list(self.overrides)), ("precision", self.precision))
+                 if v != {"queries": 15, "eval_seed": 0, "overrides": [], "precision": "fp32"}.get(k)}
         if not extra:
             return base
         return f"{base}-{hashlib.sha256(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:8]}"
@@ -208,6 +210,7 @@ def prepare(cfg: RunConfig, method_cls: type, data_dir: str | Path | None = None
     if cfg.split and cfg.split == resolve_split(cfg.dataset, None):
         raise ValueError(f"split {cfg.split!r} is {cfg.dataset}'s default; leave RunConfig.split empty for it "
                          "(so the run id is the same however it was asked for)")
+    check_precision(cfg.precision)
     setting = Setting(cfg.dataset, cfg.ways, cfg.shots, cfg.queries)
     hp = build_hyper(method_cls, cfg, setting, positive)  # refuses an unknown profile (Method.hyper)
     ds = load_dataset(cfg.dataset, data_dir, cfg.split or None)

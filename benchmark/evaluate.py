@@ -135,6 +135,9 @@ def plan(args) -> tuple[list[Job], object]:
     existing_dir("--data-dir", args.data_dir)
     load_method_files(args.method_file)
     device = setup_torch(args.device, args.threads)
+    from .machine import configure_determinism
+
+    configure_determinism(device)  # deterministic CUDA kernels, before any CUDA work (nothing changes on the CPU)
     jobs = []
     for d in _select(args):
         folder = RunFolder(d.parent, d.name)
@@ -213,7 +216,7 @@ def record(job: Job, acc, secs, seconds: float, device) -> dict:
                                           "code_version")} | {"overrides": config.get("overrides") or []},
         "dataset": ds.name, "split": ds.split_name, "default_split": DATASETS[ds.name].default_split,
         "ways": spec.ways, "shots": spec.shots, "queries": spec.queries, "eval_seed": spec.seed,
-        "n_episodes": len(acc), "mean": 100 * mean, "ci95": 100 * ci,
+        "n_episodes": len(acc), "mean": 100 * mean, "ci95": 100 * ci, "precision": s.get("precision") or "fp32",
         "test_fingerprint": job.episodes.fingerprint, "dataset_fingerprint": ds.fingerprint,
         "dataset_source": ds.source, "data_dir": str(job.data_dir) if job.data_dir else None,
         "ms_per_test_episode": 1000 * float(acc.size and secs.mean()), "seconds": seconds,
@@ -233,7 +236,8 @@ def run_job(job: Job, device, progress=None) -> dict:
     if job.folder.is_finished():
         return job.folder.read_record()
     t0 = time.perf_counter()
-    acc, secs = evaluate(job.method, job.episodes, device, progress, desc=f"{job.summary['method']} {job.label}")
+    acc, secs = evaluate(job.method, job.episodes, device, progress, desc=f"{job.summary['method']} {job.label}",
+                         precision=job.summary.get("precision") or "fp32")  # the run's precision
     rec = record(job, acc, secs, time.perf_counter() - t0, device)
     job.folder.write(rec, pd.DataFrame({"episode": np.arange(len(acc)), "accuracy": acc, "adapt_seconds": secs}))
     return rec

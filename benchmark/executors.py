@@ -34,6 +34,7 @@ from typing import Callable
 
 from methods import FILES_ENV
 
+from .execution import Execution
 from .store import RunFolder
 from .runner import Outcome, RunJob, failure_record, prepare, run_job
 
@@ -50,9 +51,10 @@ class SequentialExecutor:
     name = "sequential"
 
     def __init__(self, results_dir: Path, device, progress=None, if_locked: str = "wait",
-                 note: Callable[[str], None] = print, save_model: bool = True):
+                 note: Callable[[str], None] = print, save_model: bool = True, execution: Execution | None = None):
         self.results_dir, self.device = Path(results_dir), device
         self.progress, self.if_locked, self.note, self.save_model = progress, if_locked, note, save_model
+        self.execution = execution or Execution()
 
     def execute(self, prepared: list, on_outcome: Callable[[Outcome], None]) -> list[Outcome]:
         """Run every prepared run; ``on_outcome`` is called as each ends. Ctrl-C raises
@@ -62,7 +64,7 @@ class SequentialExecutor:
         outs = []
         for p in prepared:
             o = run_job(RunJob(p, self.results_dir, self.device, placement(self.device, self.name), self.if_locked,
-                               self.save_model, self.progress, self.note))
+                               self.save_model, self.progress, self.note, execution=self.execution))
             outs.append(o)
             on_outcome(o)
         return outs
@@ -128,7 +130,8 @@ def local_results_dir(origin: str) -> Path:
 
 
 def ray_task(cfg, results_dir: str, token: str, origin: str, data_dir, device_name: str, cpus: int, gpus: float,
-             if_locked: str, progress_lines: bool, shared: bool | None, save_model: bool = True) -> dict:
+             if_locked: str, progress_lines: bool, shared: bool | None, save_model: bool = True,
+             execution: Execution | None = None) -> dict:
     """The body of one Ray task: set PyTorch's threads to the run's CPUs, prepare ``cfg`` and run it with
     :func:`~benchmark.runner.run_job`, and return its outcome, with the run folder's files when the driver's results directory is not
     visible here (``shared``: None detects it by the driver's marker file ``.driver-<token>``)."""
@@ -154,7 +157,8 @@ def ray_task(cfg, results_dir: str, token: str, origin: str, data_dir, device_na
                       gpu_fraction=gpus or None, shared_results_dir=shared)
     progress = LineProgress(cfg.run_id) if progress_lines else None
     note = lambda t: print(t, file=sys.stderr, flush=True)  # noqa: E731 - forwarded to the driver by Ray
-    o = run_job(RunJob(prepare(cfg, data_dir), here, device, where, if_locked, save_model, progress, note))
+    o = run_job(RunJob(prepare(cfg, data_dir), here, device, where, if_locked, save_model, progress, note,
+                       execution=execution or Execution()))  # determinism set up in run_job, before CUDA work
     out = {"outcome": o, "files": None}
     if not shared and o.status in ("done", "failed"):
         local = RunFolder(here, cfg.run_id)
@@ -172,8 +176,9 @@ class RayExecutor:
     def __init__(self, results_dir: Path, device, address: str = "", cpus_per_run: int = 1,
                  gpus_per_run: float = 0.0, max_retries: int = 3, if_locked: str = "wait",
                  progress_lines: bool = True, shared: bool | None = None, note: Callable[[str], None] = print,
-                 save_model: bool = True):
+                 save_model: bool = True, execution: Execution | None = None):
         self.results_dir, self.device = Path(results_dir), device
+        self.execution = execution or Execution()
         self.address, self.cpus, self.gpus, self.max_retries = address, cpus_per_run, gpus_per_run, max_retries
         self.if_locked, self.progress_lines, self.shared, self.note = if_locked, progress_lines, shared, note
         self.save_model = save_model
@@ -217,7 +222,7 @@ class RayExecutor:
             for p in prepared:
                 ref = task.options(name=p.cfg.run_id).remote(
                     p.cfg, str(self.results_dir.resolve()), token, origin, p.data_dir, device_name, self.cpus,
-                    self.gpus, self.if_locked, self.progress_lines, self.shared, self.save_model)
+                    self.gpus, self.if_locked, self.progress_lines, self.shared, self.save_model, self.execution)
                 refs[ref] = p.cfg
             total = ray.cluster_resources()
             self.note(f"{len(refs)} run(s) submitted as Ray tasks ({self.cpus} CPU, {self.gpus or 0:g} GPU each; the "

@@ -18,7 +18,7 @@ RUNS_LEADERBOARD_COLUMNS = [
     "run_id", "method", "family", "dataset", "split", "ways", "shots", "backbone", "profile", "seed",
     "mean", "ci95", "n_episodes", "train_episodes", "train_seconds", "ms_per_train_episode",
     "ms_per_test_episode", "peak_memory_mb", "trainable_params", "adapted_params", "device",
-    "test_fingerprint", "code_version", "budget_fraction", "executor", "node",
+    "test_fingerprint", "code_version", "budget_fraction", "executor", "node", "precision", "deterministic",
 ]
 
 
@@ -28,7 +28,9 @@ def runs_leaderboard(results_dir: Path) -> pd.DataFrame:
     for d in finished_runs(results_dir):
         s = load_summary(d)
         where = s.get("placement") or {}  # executor, node, cpus, gpu_fraction (older runs: none)
-        rows.append({c: s.get(c, where.get(c)) for c in RUNS_LEADERBOARD_COLUMNS})
+        row = {c: s.get(c, where.get(c)) for c in RUNS_LEADERBOARD_COLUMNS}
+        row["precision"] = row["precision"] or "fp32"  # runs older than the field ran in float32
+        rows.append(row)
     df = pd.DataFrame(rows, columns=RUNS_LEADERBOARD_COLUMNS)
     return df.sort_values(["dataset", "ways", "shots", "backbone", "profile", "method", "seed"], kind="stable",
                           ignore_index=True) if len(df) else df

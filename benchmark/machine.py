@@ -86,8 +86,9 @@ def configure_determinism(device: torch.device | str, deterministic: bool = True
     ``torch.backends.cudnn.deterministic = True``. ``warn_only`` (default): an operation without a deterministic CUDA
     kernel warns (``UserWarning``) and runs its non-deterministic kernel instead of raising, so every method still
     runs; the warning names the operation, and such a method's results can differ between runs in the last bits.
-    With ``deterministic=False`` nothing is changed (PyTorch's defaults, which let cuDNN pick fast non-deterministic
-    algorithms). On the CPU nothing is changed either: the CPU kernels these methods use are deterministic for a
+    With ``deterministic=False`` (``--no-deterministic``) on CUDA: ``torch.use_deterministic_algorithms(False)``,
+    ``cudnn.deterministic = False`` and ``cudnn.benchmark = True`` (cuDNN times its algorithms for each new shape and
+    keeps the fastest, which may be non-deterministic; atomics-based kernels are allowed). On the CPU nothing is changed either: the CPU kernels these methods use are deterministic for a
     fixed number of threads (tests: ``tests/test_runner.py``'s resumed run equals the uninterrupted one).
 
     Operations of the eight methods without a deterministic CUDA kernel (read from ``help(torch.use_deterministic_
@@ -124,7 +125,26 @@ def configure_determinism(device: torch.device | str, deterministic: bool = True
         torch.use_deterministic_algorithms(True, warn_only=warn_only)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
+    elif device.type == "cuda":
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.deterministic = False
     return {**determinism_state(device), **out}
+
+
+#: The start of PyTorch's warning for an operation without a deterministic CUDA kernel under warn-only determinism
+#: (``torch.use_deterministic_algorithms(True, warn_only=True)``), e.g. "adaptive_avg_pool2d_backward_cuda does not
+#: have a deterministic implementation, but you set 'torch.use_deterministic_algorithms(True, warn_only=True)'...".
+NONDETERMINISTIC_WARNING = "does not have a deterministic implementation"
+
+
+def nondeterministic_op(message: str) -> str | None:
+    """The operation a warning names when it is PyTorch's warning about an operation without a deterministic kernel
+    (:data:`NONDETERMINISTIC_WARNING`), else None."""
+    text = str(message)
+    if NONDETERMINISTIC_WARNING not in text:
+        return None
+    return text.split(NONDETERMINISTIC_WARNING, 1)[0].strip() or "an operation"
 
 
 def resolve_device(name: str) -> torch.device:

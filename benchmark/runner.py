@@ -49,16 +49,18 @@ from .config import prepare as config_prepare
 from .context import ArtefactCache, make_context
 from .data import DATASETS
 from .episodes import EpisodeSet
+from .execution import Execution
 from .facts import record_facts
-from .machine import PeakMemory, code_version, environment, placement as where, resolve_device
+from .machine import (PeakMemory, code_version, configure_determinism, environment, nondeterministic_op,
+                      placement as where, resolve_device)
 from .models import model_payload
 from .profiles import PROFILES, Profile
 from .statistics import mean_ci95
 from .store import RunFolder
-from .training import Interrupted, NonFiniteLoss, Trainer, evaluate, seed_everything
+from .training import Interrupted, NonFiniteLoss, Trainer, compile_method, evaluate, seed_everything
 
 __all__ = ["PROFILES", "ArtefactCache", "Interrupted", "Locked", "Outcome", "PeakMemory", "PreparedRun", "Profile",
-           "RunConfig", "RunFailed", "RunJob", "build_hyper", "code_version", "environment", "evaluate",
+           "Execution", "RunConfig", "RunFailed", "RunJob", "build_hyper", "code_version", "environment", "evaluate",
            "failure_record", "make_context", "prepare", "resolve_device", "run", "run_job", "seed_everything"]
 
 
@@ -94,8 +96,10 @@ class RunJob:
     """One run's job, everything carrying it out needs: the prepared run, where it writes, the device, where it runs
     (``placement``, recorded in its summary), what to do when another process holds its lock (``if_locked``: "wait"
     or "skip"), whether to keep its model, progress bars (``progress(iterable, total=, desc=, initial=)``), a
-    ``note(text)`` for messages, and ``stop_after`` (stop after that many training steps in this call, leaving a
-    checkpoint; for tests). Built once by the executor (:mod:`benchmark.executors`) and handed to :func:`run_job`."""
+    ``note(text)`` for messages, ``stop_after`` (stop after that many training steps in this call, leaving a
+    checkpoint; for tests) and how to execute it (:class:`~benchmark.execution.Execution`: prefetch depth,
+    deterministic CUDA, compiled modules; recorded in the summary, never part of the run id). Built once by the
+    executor (:mod:`benchmark.executors`) and handed to :func:`run_job`."""
 
     prepared: PreparedRun
     results_dir: Path
@@ -106,6 +110,7 @@ class RunJob:
     progress: Callable | None = None
     note: Callable[[str], None] | None = None
     stop_after: int | None = None
+    execution: Execution = dataclasses.field(default_factory=Execution)
 
     @property
     def cfg(self) -> RunConfig:
@@ -173,7 +178,8 @@ def run_job(job: RunJob) -> Outcome:
 def run(cfg: RunConfig, results_dir: Path, device: torch.device, data_dir: str | Path | None = None,
         progress: Callable | None = None, stop_after: int | None = None,
         prepared: PreparedRun | None = None, placement: dict | None = None, if_locked: str = "wait",
-        note: Callable[[str], None] | None = None, save_model: bool = True) -> dict:
+        note: Callable[[str], None] | None = None, save_model: bool = True,
+        execution: Execution | None = None) -> dict:
     """Run (or resume, or skip when finished) one configuration; returns its summary. The API's short form of
     :func:`run_job`.
 
@@ -189,7 +195,7 @@ def run(cfg: RunConfig, results_dir: Path, device: torch.device, data_dir: str |
     if folder.is_finished():  # without preparing it
         return folder.read_summary()
     job = RunJob(prepared or prepare(cfg, data_dir), Path(results_dir), device, placement or where(device),
-                 if_locked, save_model, progress, note, stop_after)
+                 if_locked, save_model, progress, note, stop_after, execution or Execution())
     out = run_job(job)
     if out.status == "failed":
         raise RunFailed(cfg.run_id, out.failure)
@@ -228,27 +234,92 @@ class _Attempt:
         raise RunFailed(job.cfg.run_id, record)
 
     def _train_and_test(self) -> dict:
-        job, prepared, device = self.job, self.job.prepared, self.job.device
+        job, prepared, device, ex = self.job, self.job.prepared, self.job.device, self.job.execution
         cfg, folder = prepared.cfg, job.folder
+        determinism = configure_determinism(device, ex.deterministic)  # before any CUDA work of the run
         folder.start()
         test_set = EpisodeSet(prepared.dataset, "test", cfg.ways, cfg.shots, cfg.queries, cfg.eval_seed, cfg.n_test,
                               stream="test")
         seed_everything(cfg.seed)
         ctx = make_context(prepared, device, job.results_dir, job.progress)
         label = f"{cfg.method} {cfg.ways}w{cfg.shots}s"
-        with PeakMemory(device) as mem:
+        prefetch = ex.prefetch_for(device)
+        # this attempt's execution, kept in the checkpoint's training state (a resumed run lists every attempt).
+        # deterministic: CPU kernels are, at a fixed thread count, whatever is asked; on CUDA, when determinism is
+        # configured and no operation warns that it lacks a deterministic kernel (then False, with its name)
+        attempt = {"prefetch": prefetch, "compile": ex.compile, "compiled": [],
+                   "deterministic_requested": ex.deterministic,
+                   "deterministic": device.type != "cuda" or bool(determinism["deterministic"]),
+                   "nondeterministic_ops": []}
+        watch = _NondeterministicOps(device.type == "cuda" and ex.deterministic, attempt["nondeterministic_ops"],
+                                     lambda: attempt.update(deterministic=False))
+        with PeakMemory(device) as mem, watch:
             method = prepared.cls(prepared.hp, ctx).to(device)
+            attempt["compiled"] = compile_method(method) if ex.compile else []
             self.trainer = trainer = Trainer(method, prepared.hp, ctx.sampler, ctx.val_episodes, device,
-                                             folder.checkpoint, dataclasses.asdict(cfg), ctx.cached.log)
+                                             folder.checkpoint, dataclasses.asdict(cfg), ctx.cached.log,
+                                             prefetch=prefetch, precision=cfg.precision)
             trainer.resume()
+            attempt["from_step"] = trainer.state["step"]
+            trainer.state.setdefault("executions", []).append(attempt)
             trainer.train(job.progress, f"{label} train", job.stop_after)
             trainer.restore_best()
-            acc, secs = evaluate(method, test_set, device, job.progress, desc=f"{label} test")
+            acc, secs = evaluate(method, test_set, device, job.progress, desc=f"{label} test", prefetch=prefetch,
+                                 precision=cfg.precision)
         config, curve, episodes, summary = _records(prepared, trainer, test_set, acc, secs, mem, device)
         summary["placement"] = job.placement
         summary["model_bytes"] = folder.write_model(model_payload(prepared, method)) if job.save_model else None
         folder.finish(config, curve, episodes, summary)
         return summary
+
+
+def _execution_facts(attempts: list[dict]) -> dict:
+    """The summary's execution fields from the attempts that trained a run (a resumed run has several):
+    ``execution`` (the last attempt: prefetch depth, compiled modules, deterministic asked and in force, operations
+    without a deterministic kernel), ``execution_attempts`` (all of them) and ``deterministic`` (every attempt
+    was, the per-run leaderboard's column)."""
+    if not attempts:
+        return {"execution": None, "execution_attempts": [], "deterministic": None}
+    ops = sorted({op for a in attempts for op in a.get("nondeterministic_ops") or []})
+    last = {**attempts[-1], "nondeterministic_ops": ops}
+    return {"execution": last, "execution_attempts": attempts,
+            "deterministic": all(a.get("deterministic", False) for a in attempts)}
+
+
+class _NondeterministicOps:
+    """Within the block (when ``active``: CUDA under warn-only deterministic algorithms), PyTorch's warnings about an
+    operation without a deterministic kernel are collected as they arrive, not shown: each operation once in
+    ``names`` (the list given, which a checkpoint saved meanwhile holds too), and ``on_op()`` is called. Other
+    warnings are shown as usual."""
+
+    def __init__(self, active: bool, names: list[str], on_op: Callable[[], None]):
+        self.active, self.names, self.on_op = active, names, on_op
+
+    def __enter__(self):
+        if self.active:
+            import warnings
+
+            from .machine import NONDETERMINISTIC_WARNING
+
+            self._catch = warnings.catch_warnings()
+            self._catch.__enter__()
+            warnings.filterwarnings("always", message=f".*{NONDETERMINISTIC_WARNING}")
+            shown = warnings.showwarning
+
+            def show(message, category, filename, lineno, file=None, line=None):
+                op = nondeterministic_op(message)
+                if op is None:
+                    return shown(message, category, filename, lineno, file, line)
+                if op not in self.names:
+                    self.names.append(op)
+                self.on_op()
+
+            warnings.showwarning = show
+        return self
+
+    def __exit__(self, *exc):
+        if self.active:
+            self._catch.__exit__(*exc)
 
 
 def _records(prepared: PreparedRun, trainer: Trainer, test_set: EpisodeSet, acc: np.ndarray, secs: np.ndarray,
@@ -279,6 +350,7 @@ def _records(prepared: PreparedRun, trainer: Trainer, test_set: EpisodeSet, acc:
         "peak_memory_mb": mem.mb, "memory_kind": "cuda_allocated" if device.type == "cuda" else "process_rss",
         "trainable_params": method.trainable_parameters(), "adapted_params": method.adapted_parameters(),
         "device": str(device), "environment": environment(device), "code_version": code_version(),
+        "precision": cfg.precision, **_execution_facts(state.get("executions") or []),
         "dataset_fingerprint": ds.fingerprint, "dataset_source": ds.source,
         "val_fingerprint": val_set.fingerprint, "test_fingerprint": test_set.fingerprint,
         "cache": trainer.cache_log, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

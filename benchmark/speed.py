@@ -43,44 +43,91 @@ def prepare_measurement(method: str, dataset: str = "omniglot", ways: int = 5, s
 
 
 def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup: int = 3, test_episodes: int = 20,
-             results_dir: str | Path | None = "results", eval_group: int = 1, precision: str = "fp32") -> dict:
+             results_dir: str | Path | None = "results", eval_group: int = 1, precision: str = "fp32",
+             prefetch: int = 0, compile: bool = False) -> dict:
     """Time ``steps`` training steps and ``test_episodes`` test episodes (after ``warmup`` of each) of
     ``prepared``'s method, with :func:`~benchmark.training.timed_step` and :func:`~benchmark.training.evaluate`;
     artefacts are cached under ``results_dir`` as in runs (None: computed, not cached). ``eval_group``: test
     episodes per ``predict_many`` call (1: one at a time; 0: the method's ``eval_group``, as runs do).
-    ``precision``: "fp32" or "bf16" (autocast, :func:`~benchmark.training.autocast`)."""
+    ``precision``: "fp32" or "bf16" (autocast, :func:`~benchmark.training.autocast`). ``prefetch``: meta-batches
+    drawn ahead by the training loop's prefetcher (:mod:`benchmark.prefetch`; 0: drawn when needed, as in the loop
+    without it). ``compile``: :func:`~benchmark.training.compile_method` first (its compilation falls in the warm-up
+    steps). Besides the step's own time (``ms_per_train_episode_*``), the wall clock per training episode from one
+    step's end to the next (``ms_per_train_episode_wall_median``) includes drawing the meta-batch and moving it to
+    the device, or waiting for the prefetcher: what prefetching saves shows there."""
+    import time
+
     import torch
 
     from .context import make_context
     from .episodes import EpisodeSet
     from .machine import PeakMemory, environment, resolve_device
-    from .training import draw_episodes, evaluate, seed_everything, timed_step
+    from .prefetch import prefetched
+    from .training import compile_method, draw_episodes, evaluate, seed_everything, timed_step
 
     dev, cfg, hp = resolve_device(device), prepared.cfg, prepared.hp
     seed_everything(cfg.seed)
     ctx = make_context(prepared, dev, results_dir)
     with PeakMemory(dev) as mem:
         m = prepared.cls(hp, ctx).to(dev)
-        times = []
-        for step in range(warmup + steps):
-            r = timed_step(m, draw_episodes(ctx.sampler, step, hp.meta_batch, m.train_shape(), dev), step, dev,
-                           precision)
-            if step >= warmup:
-                times.append(r.seconds / r.tasks)
+        compiled = compile_method(m) if compile else []
+        times, walls = [], []
+        shape = m.train_shape()
+        indices = range(warmup + steps)
+        with prefetched(lambda i, d: draw_episodes(ctx.sampler, i, hp.meta_batch, shape, d), indices, prefetch,
+                        dev) as batches:
+            t_end = time.perf_counter()
+            for step in indices:
+                r = timed_step(m, batches.get(step), step, dev, precision)
+                t_prev, t_end = t_end, time.perf_counter()
+                if step >= warmup:
+                    times.append(r.seconds / r.tasks)
+                    walls.append((t_end - t_prev) / r.tasks)
         test = EpisodeSet(prepared.dataset, "test", cfg.ways, cfg.shots, cfg.queries, cfg.eval_seed,
                           test_episodes + warmup, stream="test")
         group = eval_group or None  # 0: as runs evaluate (group_size picks for the method and the device)
         evaluate(m, [test[i] for i in range(warmup)], dev, group=group, precision=precision)  # warm-up
-        _, ttimes = evaluate(m, [test[i] for i in range(warmup, len(test))], dev, group=group, precision=precision)
+        _, ttimes = evaluate(m, [test[i] for i in range(warmup, len(test))], dev, group=group, precision=precision,
+                             prefetch=prefetch)
     return {
         "method": cfg.method, "dataset": cfg.dataset, "ways": cfg.ways, "shots": cfg.shots, "backbone": cfg.backbone,
         "train_episode": list(m.train_shape()), "meta_batch": hp.meta_batch, "device": str(dev),
         "threads": torch.get_num_threads(), **({"precision": precision} if precision != "fp32" else {}),
+        "prefetch": prefetch, "compiled": compiled,
         "ms_per_train_episode_median": 1000 * statistics.median(times),
         "ms_per_train_episode_mean": 1000 * statistics.fmean(times),
+        "ms_per_train_episode_wall_median": 1000 * statistics.median(walls),
         "ms_per_test_episode_median": 1000 * statistics.median(ttimes),
         "peak_memory_mb": round(mem.mb, 1), "device_name": environment(dev)["device_name"],
     }
+
+
+def sampler_rate(prepared: PreparedRun, device: str = "cpu", episodes: int = 200, warmup: int = 10) -> dict:
+    """Training episodes per second the sampler produces for ``prepared``'s training episode shape (``train_ways``,
+    ``train_shots``, ``train_queries`` of its hyperparameters, else the test setting's), in this thread: drawing the
+    indices, gathering and normalising the pixels (from RAM, or read from disk for datasets whose pixels stay there)
+    and moving the episode to ``device``. No method is built."""
+    import time
+
+    from .episodes import TaskSampler
+    from .machine import resolve_device
+    from .training import synchronize
+
+    dev, cfg, hp = resolve_device(device), prepared.cfg, prepared.hp
+    ways, shots = hp.train_ways or cfg.ways, hp.train_shots or cfg.shots
+    sampler = TaskSampler(prepared.dataset, "train", cfg.seed)
+    for i in range(warmup):
+        sampler.episode(i, ways, shots, hp.train_queries).to(dev)
+    times = []
+    for i in range(warmup, warmup + episodes):
+        t0 = time.perf_counter()
+        ep = sampler.episode(i, ways, shots, hp.train_queries).to(dev)
+        synchronize(dev)
+        times.append(time.perf_counter() - t0)
+    image = ep.support_x.shape[1:]
+    return {"dataset": cfg.dataset, "episode": [ways, shots, hp.train_queries], "image": list(image),
+            "images_per_episode": ways * (shots + hp.train_queries), "device": str(dev),
+            "episodes_per_second": len(times) / sum(times), "ms_per_episode_median": 1000 * statistics.median(times)}
 
 
 def measure(method: str, dataset: str = "omniglot", ways: int = 5, shots: int = 1, queries: int = 15,
@@ -118,6 +165,12 @@ def parser() -> argparse.ArgumentParser:
                    "at a time); 0: the method's own group, as runs evaluate")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="fp32 (default) or bf16 "
                    "(autocast of the training step and the evaluation)")
+    p.add_argument("--prefetch", type=int, default=0, help="meta-batches drawn ahead by a background thread "
+                   "(0: none, the default); the wall clock per training episode shows what it saves")
+    p.add_argument("--compile", action="store_true", help="torch.compile the method's compilable modules first "
+                   "(compilation falls in the 3 warm-up steps)")
+    p.add_argument("--sampler", action="store_true", help="measure only the sampler: training episodes per second "
+                   "of each method's training episode shape (--train-ways etc. apply), drawn and moved to --device")
     p.add_argument("--results-dir", default="results", help="where shared artefacts are cached (cache/), as runs "
                    "cache them; default: results")
     p.add_argument("--json", action="store_true", help="print one JSON object per measurement")
@@ -139,6 +192,7 @@ def _main(args) -> int:
     at_least("--steps", args.steps)
     at_least("--test-episodes", args.test_episodes)
     at_least("--eval-group", args.eval_group, low=0)
+    at_least("--prefetch", args.prefetch, low=0)
     try:
         overrides = parse_overrides(args.set)
         runs = [prepare_measurement(name, args.dataset, args.ways, shots, args.queries, args.backbone, args.profile,
@@ -149,13 +203,21 @@ def _main(args) -> int:
         raise UsageError(str(e)) from None
     for prepared in runs:
         name, shots = prepared.cfg.method, prepared.cfg.shots
+        if args.sampler:
+            r = sampler_rate(prepared, args.device, max(args.steps, 1) * 10)
+            print(json.dumps(r) if args.json else
+                  f"{name:14s} sampler {args.dataset} {'x'.join(map(str, r['image']))}, episode {r['episode']} "
+                  f"({r['images_per_episode']} images): {r['episodes_per_second']:.1f} episodes/s "
+                  f"(median {r['ms_per_episode_median']:.2f} ms) [{r['device']}]", flush=True)
+            continue
         r = time_run(prepared, args.device, args.steps, 3, args.test_episodes, args.results_dir, args.eval_group,
-                     args.precision)
+                     args.precision, args.prefetch, args.compile)
         if args.json:
             print(json.dumps(r))
         else:
             print(f"{name:14s} {args.ways}w{shots}s train episode {r['train_episode']} x{r['meta_batch']}: "
-                  f"{r['ms_per_train_episode_median']:.1f} ms/episode (mean {r['ms_per_train_episode_mean']:.1f}),"
+                  f"{r['ms_per_train_episode_median']:.1f} ms/episode (mean {r['ms_per_train_episode_mean']:.1f}, "
+                  f"wall {r['ms_per_train_episode_wall_median']:.1f}),"
                   f" test {r['ms_per_test_episode_median']:.1f} ms/episode, peak {r['peak_memory_mb']:.0f} MB "
                   f"[{r['device']}, {r['threads']} threads]", flush=True)
     return 0

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .episodes import Episode, EpisodeSet, TaskSampler
+from .execution import PRECISIONS, check_precision  # noqa: F401 - PRECISIONS re-exported
 from .files import atomic_torch_save
 from .prefetch import prefetched
 from .statistics import mean_ci95
@@ -98,8 +99,6 @@ class StepResult:
     seconds: float
 
 
-#: Numerical precisions of training and evaluation: "fp32" (float32 everywhere) or "bf16" (autocast to bfloat16).
-PRECISIONS = ("fp32", "bf16")
 
 
 def autocast(device: torch.device | str, precision: str = "fp32"):
@@ -107,8 +106,7 @@ def autocast(device: torch.device | str, precision: str = "fp32"):
     (matrix products and convolutions in bfloat16, reductions such as the losses in float32, parameters, gradients
     and optimiser state stay float32); with "fp32" a disabled autocast (nothing changes). ValueError on another
     name."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    check_precision(precision)
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
@@ -125,6 +123,18 @@ def timed_step(method, episodes: list[Episode], step: int, device: torch.device,
     synchronize(device)
     secs = time.perf_counter() - t0
     return StepResult(metrics, int(metrics.pop("tasks", len(episodes))), secs)
+
+
+def compile_method(method) -> list[str]:
+    """Compile ``method``'s :meth:`~methods.base.Method.compile_modules` in place (``nn.Module.compile``, PyTorch's
+    defaults: the inductor backend, shapes specialised first and made dynamic when they change); returns the names
+    of the modules compiled, empty for a method that compiles none (its ``compile_note`` says why). Parameters,
+    buffers and ``state_dict`` keys are unchanged, so checkpoints and saved models are those of the uncompiled
+    method; the numbers can differ from eager in the last bits (fused kernels round differently)."""
+    mods = method.compile_modules()
+    for m in mods.values():
+        m.compile()
+    return sorted(mods)
 
 
 #: Most input values (images x channels x height x width) one grouped evaluation pass takes: 20 Omniglot 5-way 5-shot

@@ -71,6 +71,8 @@ class Method(nn.Module):
     fixed_head: ClassVar[bool] = False
     #: where the class comes from, set by the registry when it registers it (:func:`methods.origin`)
     origin: ClassVar[dict] = {"kind": "builtin"}
+    #: why ``--compile`` compiles nothing of this method (None: it compiles :meth:`compile_modules`)
+    compile_note: ClassVar[str | None] = None
 
     def __init__(self, hp: Hyper, ctx: Context):
         super().__init__()
@@ -141,6 +143,17 @@ class Method(nn.Module):
         self.load_state_dict(state["module"])
         for k, v in self.stateful().items():
             v.load_state_dict(state[k])
+
+    def compile_modules(self) -> dict[str, nn.Module]:
+        """The sub-modules ``--compile`` compiles in place (``nn.Module.compile``: ``torch.compile`` of the module's
+        call, parameters and ``state_dict`` unchanged), by attribute name. The default: the ``encoder`` attribute when
+        the method has one (the metric methods, MTL, the baselines). A method that calls its network functionally
+        over adapted weights (``torch.func.functional_call``) or differentiates through its gradients returns none
+        and says why in :attr:`compile_note`."""
+        if self.compile_note is not None:
+            return {}
+        enc = getattr(self, "encoder", None)
+        return {"encoder": enc} if isinstance(enc, nn.Module) else {}
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -102,6 +102,9 @@ class MAML(Method):
 
     name = "maml"
     family = "initialization"
+    compile_note = ("its network runs functionally over per-task adapted weights (torch.func.functional_call) and "
+                    "second-order MAML differentiates through the inner gradients (create_graph=True): torch.compile's "
+                    "AOT autograd has no double backward")
     idea = "bi-level optimisation of a shared initialisation (second-order, optionally first-order)"
     paper = "Finn, Abbeel & Levine. Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks. ICML 2017"
     Hyper = MAMLHyper

@@ -149,6 +149,8 @@ class MetaLSTM(Method):
 
     name = "meta_lstm"
     family = "optimizer"
+    compile_note = ("its learner runs functionally over the flat parameter vector the meta-learner writes at every "
+                    "step (torch.func.functional_call), which a compiled module would re-trace")
     idea = "coordinate-wise LSTM replaces gradient descent and learns the initialisation"
     paper = "Ravi & Larochelle. Optimization as a Model for Few-Shot Learning. ICLR 2017"
     Hyper = MetaLSTMHyper

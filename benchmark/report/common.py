@@ -11,7 +11,9 @@ class ReportError(Exception):
 #: ``split``: the dataset's named class split when it is not the dataset's default (e.g. ``lake`` for Omniglot's
 #: background/evaluation split), else empty; runs of different splits are never aggregated or paired.
 SETTING_KEYS = ["dataset", "ways", "shots", "queries", "backbone", "profile", "split"]
-ENTRY_KEYS = SETTING_KEYS + ["method", "overrides", "test_fingerprint"]
+#: ``precision``: "fp32" or "bf16" (records older than the field: fp32); a bf16 entry is its own entry, labelled
+#: "[bf16]", so it is never averaged with fp32 runs and its paired comparisons name it.
+ENTRY_KEYS = SETTING_KEYS + ["method", "overrides", "test_fingerprint", "precision"]
 
 FAMILY_LABEL = {"metric": "metric-based", "initialization": "initialization-based", "optimizer": "optimizer-based",
                 "transfer": "transfer learning (fine-tuning)"}

@@ -28,7 +28,7 @@ REPORT_LEADERBOARD_COLUMNS = [
     "train_episodes", "train_seconds", "ms_per_train_episode", "ms_per_test_episode", "peak_memory_mb", "memory_kind",
     "trainable_params", "adapted_params", "shared_seconds",
     "device", "test_fingerprint", "dataset_fingerprint", "code_version", "run_ids",
-    "paper_train_episodes", "budget_fraction", "split",
+    "paper_train_episodes", "budget_fraction", "split", "precision", "deterministic",
 ]
 
 
@@ -44,7 +44,8 @@ class Entry:
     @property
     def label(self) -> str:
         ov = self.key["overrides"]
-        return self.key["method"] + (f" [{ov}]" if ov else "")
+        precision = self.key.get("precision") or "fp32"
+        return self.key["method"] + (f" [{ov}]" if ov else "") + (f" [{precision}]" if precision != "fp32" else "")
 
     @property
     def setting(self) -> tuple:
@@ -123,13 +124,17 @@ def build_entries(runs: list[Run]) -> list[Entry]:
             "dataset_fingerprint": _join(r["dataset_fingerprint"] for r in rs),
             "code_version": _join(r["code_version"] for r in rs), "run_ids": " ".join(r.path.name for r in rs),
             "paper_train_episodes": avg("paper_train_episodes"), "budget_fraction": avg("budget_fraction"),
-            "split": key["split"],
+            "split": key["split"], "precision": key["precision"],
+            # True: every run deterministic; False: at least one was not (the report's notes say why); "" unknown
+            # (runs older than the record)
+            "deterministic": (False if any(r["deterministic"] is False for r in rs) else
+                              True if all(r["deterministic"] is True for r in rs) else ""),
         }
         row["_published"] = pub
         entries.append(Entry(key, rs, info, acc, seed_curve([r.curve for r in rs]), row))
     entries.sort(key=lambda e: (norm_dataset(e.key["dataset"]), e.key["split"],
                                 e.key["ways"], e.key["shots"], e.key["queries"],
                                 e.key["backbone"], e.key["profile"], e.info.order, e.key["overrides"],
-                                e.key["test_fingerprint"]))
+                                e.key["precision"], e.key["test_fingerprint"]))
     return entries
 

@@ -116,7 +116,30 @@ def load_runs(results_dir: Path | Sequence[Path], run_ids: list[str] | None = No
         raise ReportError(f"no finished runs in {where}{extra}; run python -m benchmark.run first")
     runs = _latest_per_seed(runs, notes)
     note = facts_note(runs)
-    return Runs(runs, notes + ([note] if note else []), failed, dirs)
+    return Runs(runs, notes + ([note] if note else []) + execution_notes(runs), failed, dirs)
+
+
+def execution_notes(runs: list[Run]) -> list[str]:
+    """Notes on how runs computed their numbers, when not the default way: runs in bf16 (their entries are labelled
+    "[bf16]", and a paired comparison with an fp32 entry compares precisions as well as methods) and runs not known
+    to be deterministic (``deterministic`` false in ``summary.json``: CUDA with ``--no-deterministic``, or an
+    operation without a deterministic CUDA kernel, which the note names)."""
+    notes = []
+    bf16 = sorted(r.path.name for r in runs if r["precision"] != "fp32")
+    if bf16:
+        notes.append(f"{len(bf16)} run(s) ran in bfloat16 autocast (--precision bf16), labelled [bf16]: "
+                     f"{', '.join(bf16)}; the papers' numbers are float32, and a comparison of a [bf16] entry with "
+                     "an fp32 one compares precisions as well as methods")
+    nondet = [r for r in runs if r["deterministic"] is False]
+    for r in sorted(nondet, key=lambda r: r.path.name):
+        ex = r["execution"] or {}
+        ops = ex.get("nondeterministic_ops") or []
+        why = (f"operations without a deterministic CUDA kernel: {', '.join(ops)}" if ops else
+               "run with --no-deterministic" if ex.get("deterministic_requested") is False else
+               "determinism was not in force")
+        notes.append(f"Non-deterministic run {r.path.name} ({why}): a re-run can differ in the last bits of its "
+                     "numbers, and so in a few test episodes")
+    return notes
 
 
 def _read_results_dir(results_dir: Path, run_ids: list[str] | None, multi: bool):
@@ -187,6 +210,7 @@ def read_run(folder: RunFolder) -> Run | None:
     summary.setdefault("queries", config.get("queries", 15))
     summary["overrides"] = _overrides_text(config)
     summary["split"] = split_key(summary)
+    summary["precision"] = summary.get("precision") or config.get("precision") or "fp32"
     return Run(d, summary, config, acc,
                ep["adapt_seconds"].to_numpy(dtype=np.float64) if "adapt_seconds" in ep else np.array([]), curve)
 
