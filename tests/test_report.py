@@ -433,7 +433,8 @@ def test_budget_fraction_columns_and_cells(tmp_path):
     write_run(res, "maml", "initialization", acc=np.full(10, 0.8), fp="a" * 64)  # an older run: no budget fields
     build_report(res, tmp_path / "rep")
     board = pd.read_csv(tmp_path / "rep/leaderboard.csv").set_index("method")
-    assert REPORT_LEADERBOARD_COLUMNS == OLD_COLUMNS + ["paper_train_episodes", "budget_fraction", "split"]
+    assert REPORT_LEADERBOARD_COLUMNS == OLD_COLUMNS + ["paper_train_episodes", "budget_fraction", "split",
+                                                        "precision", "deterministic"]
     assert board.loc["protonet", "paper_train_episodes"] == 20000
     assert board.loc["protonet", "budget_fraction"] == pytest.approx(0.02)
     assert pd.isna(board.loc["maml", "paper_train_episodes"]) and pd.isna(board.loc["maml", "budget_fraction"])
@@ -441,8 +442,9 @@ def test_budget_fraction_columns_and_cells(tmp_path):
     row = next(l for l in md.splitlines() if l.startswith("| metric-based | protonet |"))
     assert "budget 2.0% of the paper's" in row
     assert "budget" not in next(l for l in md.splitlines() if "| maml |" in l)
-    # the per-run leaderboard of the results store: columns appended at the end (budget, then where a run ran)
-    assert LEADERBOARD_COLUMNS[-4:] == ["code_version", "budget_fraction", "executor", "node"]
+    # the per-run leaderboard of the results store: columns appended at the end (budget, where a run ran, how)
+    assert LEADERBOARD_COLUMNS[-6:] == ["code_version", "budget_fraction", "executor", "node", "precision",
+                                        "deterministic"]
     runs = leaderboard(res).set_index(["method", "seed"])
     assert runs.loc[("protonet", 1), "budget_fraction"] == 0.025 and pd.isna(runs.loc[("maml", 0), "budget_fraction"])
     assert runs["executor"].isna().all()  # runs recorded without a placement (older runs)
