@@ -3,9 +3,10 @@
 Parts (each catches its own failure and records it, so one failing part does not stop the others):
 
 (a) speed: milliseconds per training episode and per test episode of every main method, 1- and 5-shot, in fp32 and
-    bf16, and MAML with ``vectorize`` on and off (:func:`benchmark.speed.time_run`), under
-    :func:`benchmark.machine.configure_determinism`; any warning about an operation without a deterministic CUDA
-    kernel is listed;
+    bf16 (every fp32 case first), and MAML with ``vectorize`` on and off (:func:`benchmark.speed.time_run`), at the
+    ``paper`` profile's training shapes, with each one's projected paper-length hours
+    (:func:`benchmark.speed.paper_projection`), under :func:`benchmark.machine.configure_determinism`; any warning
+    about an operation without a deterministic CUDA kernel is listed;
 (b) determinism: the smoke main job (``python -m benchmark.run --methods all --profile smoke``) twice, into two
     temporary results folders, with determinism configured; every run's per-episode test accuracies
     (``test_episodes.csv``) must be identical;
@@ -86,7 +87,7 @@ def make_plan(device: str, dry: bool) -> Plan:
                     ["protonet"], (("train_steps", 4), ("val_every", 2), ("train_ways", 5), ("train_queries", 5)), 3,
                     ["--methods", "protonet", "--shots", "1", "--profile", "smoke", *tiny,
                      "--executor", "sequential"])
-    return Plan(device, False, methods.main_methods(), [1, 5], ["fp32", "bf16"], "quick", 5, 2, 10,
+    return Plan(device, False, methods.main_methods(), [1, 5], ["fp32", "bf16"], "paper", 5, 2, 10,
                 ["--methods", "all", "--profile", "smoke"],
                 ["protonet", "maml"], (("train_steps", 12), ("val_every", 4)), 6,
                 ["--methods", "all", "--profile", "quick", "--executor", "ray", "--gpus-per-run", "0.125"])
@@ -191,20 +192,27 @@ class GpuSampler:
 # ------------------------------------------------------------------------------------------------ the parts
 def part_speed(plan: Plan, deadline: float, results_dir: Path) -> Part:
     from .machine import configure_determinism, resolve_device
-    from .speed import prepare_measurement, time_run
+    from .speed import PAPER_MEASUREMENT_OVERRIDES, paper_projection, prepare_measurement, time_run
 
     part = Part("speed", TITLES["speed"])
     det = configure_determinism(resolve_device(plan.device))
     part.lines.append(f"Determinism settings: `{json.dumps(det)}`")
+    paper = plan.speed_profile == "paper"
+    part.lines.append(f"Training shapes and hyperparameters of the `{plan.speed_profile}` profile" +
+                      (" (MTL with a shortened pretraining); projected hours: the paper's training episodes x the "
+                       "median ms per episode, and 600 test episodes, validation and pretraining left out"
+                       " (`benchmark.speed.paper_projection`)" if paper else "") + ".")
     part.lines += ["", "| method | shots | precision | variant | ms/train episode (median) | ms/test episode (median)"
-                   " | peak MB |", "|---|---|---|---|---|---|---|"]
-    cases = []
-    for name in plan.speed_methods:
-        variants = [("vectorize=True", (("vectorize", True),)), ("vectorize=False", (("vectorize", False),))] \
-            if name == "maml" else [("", ())]
-        for shots in plan.speed_shots:
-            for precision in plan.precisions:
+                   " | peak MB | projected paper training h | projected test h |",
+                   "|---|---|---|---|---|---|---|---|---|"]
+    cases = []  # every fp32 case first: the paper's precision is the one the projection needs most
+    for precision in plan.precisions:
+        for name in plan.speed_methods:
+            variants = [("vectorize=True", (("vectorize", True),)), ("vectorize=False", (("vectorize", False),))] \
+                if name == "maml" else [("", ())]
+            for shots in plan.speed_shots:
                 for label, over in variants:
+                    over = tuple(PAPER_MEASUREMENT_OVERRIDES.get(name, ()) if paper else ()) + over
                     cases.append((name, shots, precision, label, over))
     failures, det_warnings, skipped = 0, set(), 0
     for name, shots, precision, label, over in cases:
@@ -221,12 +229,17 @@ def part_speed(plan: Plan, deadline: float, results_dir: Path) -> Part:
                 text = str(w.message)
                 if "determinis" in text.lower():
                     det_warnings.add(f"{name}: {text.splitlines()[0][:200]}")
+            hours = ""
+            if paper:
+                cost = paper_projection(prepared, r)
+                hours = f" {cost['projected_train_hours']:.2f} | {cost['projected_test_hours']:.3f} |"
             part.lines.append(f"| {name} | {shots} | {precision} | {label} | {r['ms_per_train_episode_median']:.2f} "
-                              f"| {r['ms_per_test_episode_median']:.2f} | {r['peak_memory_mb']:.0f} |")
+                              f"| {r['ms_per_test_episode_median']:.2f} | {r['peak_memory_mb']:.0f} |" +
+                              (hours or " | |"))
         except Exception as e:  # noqa: BLE001 - recorded; the other cases go on
             failures += 1
             part.lines.append(f"| {name} | {shots} | {precision} | {label} | FAILED: "
-                              f"{type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''} | | |")
+                              f"{type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''} | | | | |")
     part.lines.append("")
     if skipped:
         part.lines.append(f"{skipped} of {len(cases)} cases skipped: the part's time ran out.")

@@ -102,6 +102,22 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
     }
 
 
+#: overrides of a ``paper``-profile measurement that shorten what a step's cost does not depend on: MTL's 100
+#: pretraining epochs (a meta-step costs the same for a better-pretrained encoder)
+PAPER_MEASUREMENT_OVERRIDES: dict[str, tuple] = {"mtl": (("pre_epochs", 0.05),)}
+
+
+def paper_projection(prepared: PreparedRun, r: dict) -> dict:
+    """The projected cost of ``prepared``'s method under the ``paper`` profile from a :func:`time_run` result ``r``
+    (best measured at the paper profile's training shape): its paper training episodes or tasks
+    (``Method.paper_train_episodes``) x the median ms per training episode, and the run's test episodes x the median
+    ms per test episode (the profile's 600), in hours. Left out: validation passes and pretraining (MTL's, the transfer baselines')."""
+    episodes = prepared.cls.paper_train_episodes(prepared.setting)
+    return {"paper_train_episodes": episodes,
+            "projected_train_hours": episodes * r["ms_per_train_episode_median"] / 3.6e6,
+            "projected_test_hours": prepared.cfg.n_test * r["ms_per_test_episode_median"] / 3.6e6}
+
+
 def sampler_rate(prepared: PreparedRun, device: str = "cpu", episodes: int = 200, warmup: int = 10) -> dict:
     """Training episodes per second the sampler produces for ``prepared``'s training episode shape (``train_ways``,
     ``train_shots``, ``train_queries`` of its hyperparameters, else the test setting's), in this thread: drawing the

@@ -20,13 +20,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MAIN = ["protonet", "matching", "relation", "tadam", "maml", "reptile", "mtl", "meta_lstm"]
-
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--methods", nargs="+", default=MAIN)
+    p.add_argument("--methods", nargs="+", default=None, help="default: the main methods")
     p.add_argument("--shots", type=int, nargs="+", default=[1, 5])
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--test-episodes", type=int, default=10)
@@ -36,24 +34,21 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     import methods
-    from benchmark.context import Setting
-    from benchmark.speed import prepare_measurement, time_run
+    from benchmark.speed import PAPER_MEASUREMENT_OVERRIDES, paper_projection, prepare_measurement, time_run
 
     rows, lines = [], []
-    for name in a.methods:
-        cls = methods.get(name)
+    for name in a.methods or methods.main_methods():
         for shots in a.shots:
-            over = (("pre_epochs", 0.05),) if name == "mtl" else ()
-            prepared = prepare_measurement(name, shots=shots, profile="paper", overrides=over)
+            prepared = prepare_measurement(name, shots=shots, profile="paper",
+                                           overrides=PAPER_MEASUREMENT_OVERRIDES.get(name, ()))
             r = time_run(prepared, a.device, a.steps, 2, a.test_episodes, results_dir=None, eval_group=0,
                          precision=a.precision)
-            episodes = cls.paper_train_episodes(Setting("omniglot", 5, shots, 15))
-            hours = episodes * r["ms_per_train_episode_median"] / 1000 / 3600
-            test_h = 600 * r["ms_per_test_episode_median"] / 1000 / 3600
-            r.update(paper_train_episodes=episodes, projected_train_hours=hours, projected_test_hours=test_h)
+            r.update(paper_projection(prepared, r))
             lines.append(json.dumps(r))
-            rows.append(f"| {name} | {shots} | {r['train_episode']} x{r['meta_batch']} | {episodes:,} | "
-                        f"{r['ms_per_train_episode_median']:.1f} | {hours:.1f} | {test_h:.2f} |")
+            rows.append(f"| {name} | {shots} | {r['train_episode']} x{r['meta_batch']} | "
+                        f"{r['paper_train_episodes']:,} | "
+                        f"{r['ms_per_train_episode_median']:.1f} | {r['projected_train_hours']:.1f} | "
+                        f"{r['projected_test_hours']:.2f} |")
             print(rows[-1], flush=True)
     head = ["| method | shots | training episode (ways, shots, queries) x meta-batch | paper training episodes | "
             "ms per episode | projected training hours | test hours (600 episodes) |",

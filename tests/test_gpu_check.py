@@ -40,3 +40,22 @@ def test_a_failing_part_is_recorded_and_the_others_run(tmp_path, monkeypatch):
     assert calls == ["speed", "determinism", "resume", "throughput"]
     assert "RuntimeError: no kernel image" in text and text.count("| PASS |") == 3 and text.count("| FAIL |") == 1
     assert gc.main(["--dry-run", "--parts", "nosuch", "--out", str(out)]) == 2
+
+
+def test_full_speed_part_measures_the_paper_profile_and_projects_its_hours(tmp_path):
+    """The CUDA plan times the paper profile's shapes (fp32 first) and turns each into paper-length hours: here the
+    same part on the CPU, cut to one step of ProtoNet (60-way paper episodes) and MTL (shortened pretraining)."""
+    import dataclasses
+
+    full = gc.make_plan("cuda", False)
+    assert full.speed_profile == "paper" and full.precisions[0] == "fp32" and len(full.speed_methods) == 8
+    plan = dataclasses.replace(gc.make_plan("cpu", False), speed_methods=["protonet", "mtl"], speed_shots=[1],
+                               precisions=["fp32"], speed_steps=1, speed_warmup=1, speed_test_episodes=2)
+    part = gc.part_speed(plan, deadline=float("inf"), results_dir=tmp_path)
+    assert part.ok, part.lines
+    rows = {line.split(" | ")[0].strip("| "): line.strip("| ").split(" | ") for line in part.lines
+            if line.startswith("| protonet") or line.startswith("| mtl")}
+    assert set(rows) == {"protonet", "mtl"}
+    for name, episodes in (("protonet", 20_000), ("mtl", 12_000)):  # paper_train_episodes, 5-way 1-shot
+        ms, hours = float(rows[name][4]), float(rows[name][7])
+        assert abs(hours - episodes * ms / 3.6e6) < 0.006, rows[name]
