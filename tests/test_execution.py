@@ -101,6 +101,20 @@ def test_the_report_names_a_non_deterministic_run_and_its_operation(tmp_path):
     assert pd.read_csv(tmp_path / "rep" / "leaderboard.csv").loc[0, "deterministic"] in (False, "False")
 
 
+def test_the_report_names_a_run_that_any_attempt_compiled(tmp_path):
+    from benchmark.report import build_report
+
+    results = run(tmp_path, "comp", "--no-report")
+    folder, s = summary(results)
+    assert "torch.compile" not in build_report(results, tmp_path / "eager").read_text()
+    # as a run first trained eagerly, then resumed with --compile, records it
+    s["execution_attempts"] = [dict(s["execution"]), dict(s["execution"], compile=True, compiled=["encoder"],
+                                                          from_step=2)]
+    (folder / "summary.json").write_text(json.dumps(s))
+    text = build_report(results, tmp_path / "rep").read_text()
+    assert f"1 run(s) trained with torch.compile (--compile): {folder.name}" in text
+
+
 def test_warnings_of_non_deterministic_operations_are_collected_others_shown():
     from benchmark.runner import _NondeterministicOps
 

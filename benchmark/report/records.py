@@ -123,13 +123,20 @@ def execution_notes(runs: list[Run]) -> list[str]:
     """Notes on how runs computed their numbers, when not the default way: runs in bf16 (their entries are labelled
     "[bf16]", and a paired comparison with an fp32 entry compares precisions as well as methods) and runs not known
     to be deterministic (``deterministic`` false in ``summary.json``: CUDA with ``--no-deterministic``, or an
-    operation without a deterministic CUDA kernel, which the note names)."""
+    operation without a deterministic CUDA kernel, which the note names), and runs any attempt of which compiled
+    modules (``--compile``)."""
     notes = []
     bf16 = sorted(r.path.name for r in runs if r["precision"] != "fp32")
     if bf16:
         notes.append(f"{len(bf16)} run(s) ran in bfloat16 autocast (--precision bf16), labelled [bf16]: "
                      f"{', '.join(bf16)}; the papers' numbers are float32, and a comparison of a [bf16] entry with "
                      "an fp32 one compares precisions as well as methods")
+    compiled = sorted(r.path.name for r in runs
+                      if any(a.get("compiled") for a in (r["execution_attempts"] or [r["execution"] or {}])))
+    if compiled:
+        notes.append(f"{len(compiled)} run(s) trained with torch.compile (--compile): {', '.join(compiled)}; "
+                     "compiled kernels round differently, so their per-episode numbers are not bit-identical to an "
+                     "eager run's on the same episodes")
     nondet = [r for r in runs if r["deterministic"] is False]
     for r in sorted(nondet, key=lambda r: r.path.name):
         ex = r["execution"] or {}
