@@ -1,10 +1,10 @@
 """Few-shot meta-learning benchmark. ``from benchmark import load_run, Episode`` loads a trained run's saved model
-and builds an episode from your own tensors (:mod:`benchmark.models`, :meth:`benchmark.episodes.Episode.from_tensors`).
+and builds an episode from your own tensors (:mod:`benchmark.pipeline.models`, :meth:`benchmark.kit.episodes.Episode.from_tensors`).
 
 The names are imported lazily, so ``import benchmark`` (and the report package) does not import torch.
 """
 
-_LAZY = {"load_run": "benchmark.models", "ModelError": "benchmark.models", "Episode": "benchmark.episodes"}
+_LAZY = {"load_run": "benchmark.pipeline.models", "ModelError": "benchmark.pipeline.models", "Episode": "benchmark.kit.episodes"}
 
 
 def __getattr__(name: str):

@@ -14,7 +14,7 @@ checks the method contract (:mod:`methods.base`), one line per check:
 * predict_many: ``predict_many`` on a group of episodes gives ``predict``'s logits, episode by episode;
 * same seed: two runs with the same seed give identical per-episode test accuracies and curves;
 * resume: a run stopped mid-way and resumed equals an uninterrupted one;
-* saved model: the saved ``model.pt`` reloads (:func:`benchmark.models.load_run`) and predicts the run's test
+* saved model: the saved ``model.pt`` reloads (:func:`benchmark.pipeline.models.load_run`) and predicts the run's test
   episodes with the same per-episode accuracies;
 * hyperparameter sources (a warning, not a failure): each field the method's ``Hyper`` adds carries a comment
   citing its source.
@@ -37,8 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .cli import EXIT_FAILED, EXIT_OK, UsageError, at_least, setup_torch, usage_errors
-from .method_cli import add_method_files, announce_method_files, load_method_files
+from .cli.toolkit import EXIT_FAILED, EXIT_OK, UsageError, at_least, setup_torch, usage_errors
+from .cli.methods import add_method_files, announce_method_files, load_method_files
+from .store.compare import first_difference, read_records, records_differ
 
 PASSED, FAILED, WARNING = "passed", "failed", "warning"
 
@@ -57,20 +58,6 @@ class Check:
 
 class CheckFailed(Exception):
     """A check's reason for failing (one line)."""
-
-
-def _differ(a, b, what: str) -> str | None:
-    """None when the two arrays are identical, else where they first differ, in words."""
-    import numpy as np
-
-    a, b = np.asarray(a), np.asarray(b)
-    if a.shape != b.shape:
-        return f"{what}: {len(a)} against {len(b)} values"
-    bad = np.flatnonzero(~((a == b) | (np.isnan(a) & np.isnan(b))))
-    if len(bad) == 0:
-        return None
-    i = int(bad[0])
-    return f"{what} differ at {len(bad)} of {len(a)} (first: #{i}, {a[i]:.4f} against {b[i]:.4f})"
 
 
 class _SpySampler:
@@ -100,8 +87,8 @@ class MethodChecker:
                  note: Callable[[str], None] | None = None):
         import torch
 
-        from .config import RunConfig
-        from .runner import prepare
+        from .pipeline.config import RunConfig
+        from .pipeline import prepare
 
         self.name, self.workdir, self.steps, self.shots = name, Path(workdir), steps, shots
         self.note = note or (lambda text: None)
@@ -116,8 +103,8 @@ class MethodChecker:
     # ---- helpers
     def _fresh(self, sampler_log: list | None = None):
         """A newly built method, as the runner builds it (seeded), optionally with a spying sampler."""
-        from .context import make_context
-        from .training import seed_everything
+        from .pipeline.method_context import make_context
+        from .pipeline.training import seed_everything
 
         seed_everything(self.cfg.seed)
         ctx = make_context(self.prepared, self.device, self.workdir / "context")
@@ -126,7 +113,7 @@ class MethodChecker:
         return self.cls(self.prepared.hp, ctx).to(self.device), ctx
 
     def _train(self, method, ctx, steps: int, before_step: Callable[[int], None] | None = None) -> list[dict]:
-        from .training import draw_episodes
+        from .pipeline.training import draw_episodes
 
         out = []
         for step in range(steps):
@@ -137,17 +124,15 @@ class MethodChecker:
         return out
 
     def _test_set(self):
-        from .episodes import EpisodeSet
+        from .pipeline.episode_sets import test_set
 
-        c = self.cfg
-        return EpisodeSet(self.prepared.dataset, "test", c.ways, c.shots, c.queries, c.eval_seed, c.n_test,
-                          stream="test")
+        return test_set(self.prepared)
 
     def _run(self, label: str, stop_after: int | None = None) -> dict:
         """A run through the harness in its own results directory (``stop_after``: interrupt, then resume)."""
-        from .store import RunFolder
-        from .runner import run
-        from .training import Interrupted
+        from .store.folders import RunFolder
+        from .pipeline import run
+        from .pipeline.training import Interrupted
 
         if label not in self._runs:
             where = self.workdir / label
@@ -160,14 +145,13 @@ class MethodChecker:
                     raise CheckFailed(f"the run did not stop after {stop_after} of {self.steps} steps")
             run(self.cfg, where, self.device, prepared=self.prepared)
             folder = RunFolder(where, self.cfg.run_id)
-            self._runs[label] = {"folder": folder, "episodes": folder.read_test_episodes(),
-                                 "curve": folder.read_curve(), "summary": folder.read_summary()}
+            self._runs[label] = {"folder": folder, **read_records(folder)}
         return self._runs[label]
 
     # ---- the checks
     def check_profiles(self) -> str:
-        from .context import Setting
-        from .profiles import PROFILES
+        from .kit.context import Setting
+        from .kit.profiles import PROFILES
 
         for profile in PROFILES:
             for shots in (1, 5):
@@ -246,7 +230,7 @@ class MethodChecker:
                 "and predict leave them untouched")
 
     def _train_one(self, method, ctx, step: int) -> None:
-        from .training import draw_episodes
+        from .pipeline.training import draw_episodes
 
         eps = draw_episodes(ctx.sampler, step, self.prepared.hp.meta_batch, method.train_shape(), self.device)
         ctx.sampler._log.append(("step", step, (), (), b"".join(e.digest() for e in eps)))
@@ -274,8 +258,7 @@ class MethodChecker:
 
     def check_same_seed(self) -> str:
         a, b = self._run("run-a"), self._run("run-b")
-        why = _differ(a["episodes"]["accuracy"], b["episodes"]["accuracy"], "per-episode test accuracies") or \
-            _differ(a["curve"]["val_acc"], b["curve"]["val_acc"], "validation accuracies")
+        why = records_differ(a, b)
         if why:
             raise CheckFailed(f"two runs with seed {self.cfg.seed}: {why}")
         return f"two runs: identical accuracies on {len(a['episodes'])} test episodes, identical curves"
@@ -287,20 +270,19 @@ class MethodChecker:
         if r["summary"].get("resumed_at_steps") != [stop]:
             raise CheckFailed(f"the run did not resume from step {stop} (resumed_at_steps "
                               f"{r['summary'].get('resumed_at_steps')})")
-        why = _differ(a["episodes"]["accuracy"], r["episodes"]["accuracy"], "per-episode test accuracies") or \
-            _differ(a["curve"]["val_acc"], r["curve"]["val_acc"], "validation accuracies")
+        why = records_differ(a, r)
         if why:
             raise CheckFailed(f"stopped after step {stop} and resumed: {why}")
         return f"stopped after step {stop} of {self.steps} and resumed: identical to the uninterrupted run"
 
     def check_saved_model(self) -> str:
-        from .models import load_run
-        from .training import evaluate
+        from .pipeline.models import load_run
+        from .pipeline.training import evaluate
 
         a = self._run("run-a")
         method = load_run(a["folder"].path)
         acc, _ = evaluate(method, self._test_set(), self.device)
-        why = _differ(a["episodes"]["accuracy"], acc, "per-episode test accuracies")
+        why = first_difference(a["episodes"]["accuracy"], acc, "per-episode test accuracies")
         if why:
             raise CheckFailed(f"the reloaded model.pt: {why}")
         return f"model.pt reloads and scores the {len(acc)} test episodes exactly as the run did"
@@ -388,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
-    import methods
+    from .pipeline import registry
 
     at_least("--steps", args.steps, low=2)
     at_least("--test-episodes", args.test_episodes)
@@ -396,13 +378,13 @@ def _main(args) -> int:
     load_method_files(args.method_file)
     setup_torch("cpu", args.threads)
     try:
-        names = methods.resolve(",".join(args.methods))
+        names = registry.resolve(",".join(args.methods))
     except ValueError as e:
         raise UsageError(str(e)) from None
     failed = 0
     for name in names:
-        o = methods.origin(name)
-        print(f"{name} ({'built-in' if o['kind'] == 'builtin' else methods.describe(o)}):", flush=True)
+        o = registry.origin(name)
+        print(f"{name} ({'built-in' if o['kind'] == 'builtin' else registry.describe(o)}):", flush=True)
         for c in check_method(name, args.steps, args.test_episodes, args.shots):
             print(f"  {c.line()}", flush=True)
             failed += c.status == FAILED

@@ -21,10 +21,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli import EXIT_USAGE, UsageError, at_least, existing_dir, progress_factory, setup_torch, usage_errors
-from .method_cli import add_method_files, announce_method_files, load_method_files
+from .cli.toolkit import EXIT_USAGE, UsageError, at_least, existing_dir, progress_factory, setup_torch, usage_errors
+from .cli.methods import add_method_files, announce_method_files, load_method_files
 
-__all__ = ["EXIT_USAGE", "Job", "UsageError", "eval_id", "main", "parser", "plan", "record", "run_job"]
+__all__ = ["EXIT_USAGE", "EvaluationJob", "UsageError", "eval_id", "main", "parser", "plan", "record", "evaluate_job"]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -60,13 +60,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 @dataclass
-class Job:
+class EvaluationJob:
     """One evaluation: a run's saved model on one fixed episode set."""
 
     run_dir: Path
     summary: dict
     payload: dict  # model.pt
-    method: object  # the saved model, rebuilt once per run folder on the evaluation's device (benchmark.models)
+    method: object  # the saved model, rebuilt once per run folder on the evaluation's device (benchmark.pipeline.models)
     dataset: object  # FewShotDataset
     data_dir: str | None
     episodes: object  # EpisodeSet
@@ -87,14 +87,14 @@ def eval_id(dataset: str, split: str, default_split: str, ways: int, shots: int,
 
 def _select(args) -> list[Path]:
     """The run folders to evaluate (finished, with a saved model)."""
-    import methods
+    from .pipeline import registry
 
-    from .store import RunFolder, run_folders
+    from .store.folders import RunFolder, run_folders
 
     wanted = None
     if args.methods is not None:
         try:
-            wanted = set(methods.resolve(args.methods))
+            wanted = set(registry.resolve(args.methods))
         except ValueError as e:
             raise UsageError(str(e)) from None
     if args.runs:
@@ -120,13 +120,14 @@ def _select(args) -> list[Path]:
     return list(dict.fromkeys(dirs))
 
 
-def plan(args) -> tuple[list[Job], object]:
+def plan(args) -> tuple[list[EvaluationJob], object]:
     """Validate everything and build the evaluations; raises UsageError with one clear line."""
     from .data import DATASETS, DataError, load_dataset, resolve_split
-    from .episodes import EpisodeSet, check_spec
-    from .models import ModelError, read_model, rebuild
-    from .files import check_writable
-    from .store import EvaluationFolder, RunFolder
+    from .kit.episodes import check_spec
+    from .pipeline.episode_sets import episode_set
+    from .pipeline.models import ModelError, read_model, rebuild
+    from .store.files import check_writable
+    from .store.folders import EvaluationFolder, RunFolder
 
     at_least("--ways", args.ways)
     at_least("--shots", args.shots)
@@ -135,7 +136,7 @@ def plan(args) -> tuple[list[Job], object]:
     existing_dir("--data-dir", args.data_dir)
     load_method_files(args.method_file)
     device = setup_torch(args.device, args.threads)
-    from .machine import configure_determinism
+    from .pipeline.machine import configure_determinism
 
     configure_determinism(device)  # deterministic CUDA kernels, before any CUDA work (nothing changes on the CPU)
     jobs = []
@@ -169,9 +170,9 @@ def plan(args) -> tuple[list[Job], object]:
                 check_spec(ds, "test", ways, shots, args.queries)
             except ValueError as e:
                 raise UsageError(f"{run_id}: {e}") from None
-            episodes = EpisodeSet(ds, "test", ways, shots, args.queries, args.eval_seed, n, stream="test")
+            episodes = episode_set(ds, "test", ways, shots, args.queries, args.eval_seed, n)
             eid = eval_id(dataset, split, DATASETS[dataset].default_split, ways, shots, episodes.fingerprint)
-            jobs.append(Job(d, summary, payload, method, ds, data_dir, episodes, EvaluationFolder(d, eid), seen))
+            jobs.append(EvaluationJob(d, summary, payload, method, ds, data_dir, episodes, EvaluationFolder(d, eid), seen))
         try:
             check_writable(d)
         except OSError as e:
@@ -198,12 +199,12 @@ def _shape(s) -> str:
     return f"{c}-channel {h}x{w}"
 
 
-def record(job: Job, acc, secs, seconds: float, device) -> dict:
+def record(job: EvaluationJob, acc, secs, seconds: float, device) -> dict:
     """``evaluation.json`` of a finished evaluation."""
     from .data import DATASETS
-    from .machine import code_version, environment
-    from .statistics import mean_ci95
-    from .store import RunFolder
+    from .pipeline.machine import code_version, environment
+    from .store.statistics import mean_ci95
+    from .store.folders import RunFolder
 
     s, ds, spec, payload = job.summary, job.dataset, job.episodes.spec, job.payload
     mean, ci = mean_ci95(acc)
@@ -216,7 +217,7 @@ def record(job: Job, acc, secs, seconds: float, device) -> dict:
                                           "code_version")} | {"overrides": config.get("overrides") or []},
         "dataset": ds.name, "split": ds.split_name, "default_split": DATASETS[ds.name].default_split,
         "ways": spec.ways, "shots": spec.shots, "queries": spec.queries, "eval_seed": spec.seed,
-        "n_episodes": len(acc), "mean": 100 * mean, "ci95": 100 * ci, "precision": s.get("precision") or "fp32",
+        "n_episodes": len(acc), "mean": 100 * mean, "ci95": 100 * ci, "precision": s["precision"],
         "test_fingerprint": job.episodes.fingerprint, "dataset_fingerprint": ds.fingerprint,
         "dataset_source": ds.source, "data_dir": str(job.data_dir) if job.data_dir else None,
         "ms_per_test_episode": 1000 * float(acc.size and secs.mean()), "seconds": seconds,
@@ -226,20 +227,18 @@ def record(job: Job, acc, secs, seconds: float, device) -> dict:
     }
 
 
-def run_job(job: Job, device, progress=None) -> dict:
+def evaluate_job(job: EvaluationJob, device, progress=None) -> dict:
     """Evaluate one job (or return its record when already done)."""
-    import numpy as np
-    import pandas as pd
-
-    from .training import evaluate
+    from .pipeline.training import evaluate
+    from .store.folders import test_table
 
     if job.folder.is_finished():
         return job.folder.read_record()
     t0 = time.perf_counter()
     acc, secs = evaluate(job.method, job.episodes, device, progress, desc=f"{job.summary['method']} {job.label}",
-                         precision=job.summary.get("precision") or "fp32")  # the run's precision
+                         precision=job.summary["precision"])  # the run's precision
     rec = record(job, acc, secs, time.perf_counter() - t0, device)
-    job.folder.write(rec, pd.DataFrame({"episode": np.arange(len(acc)), "accuracy": acc, "adapt_seconds": secs}))
+    job.folder.write(rec, test_table(acc, secs))
     return rec
 
 
@@ -255,7 +254,7 @@ def _main(args) -> int:
     done = skipped = 0
     for job in jobs:
         skip = job.folder.is_finished()
-        rec = run_job(job, device, progress)
+        rec = evaluate_job(job, device, progress)
         done += not skip
         skipped += skip
         print(f"{rec['run_id']} on {job.label}: {rec['mean']:.2f} +- {rec['ci95']:.2f} % over {rec['n_episodes']} "

@@ -5,7 +5,7 @@ Parts (each catches its own failure and records it, so one failing part does not
 (a) speed: milliseconds per training episode and per test episode of every main method, 1- and 5-shot, in fp32 and
     bf16 (every fp32 case first), and MAML with ``vectorize`` on and off (:func:`benchmark.speed.time_run`), at the
     ``paper`` profile's training shapes, with each one's projected paper-length hours
-    (:func:`benchmark.speed.paper_projection`), under :func:`benchmark.machine.configure_determinism`; any warning
+    (:func:`benchmark.speed.paper_projection`), under :func:`benchmark.pipeline.machine.configure_determinism`; any warning
     about an operation without a deterministic CUDA kernel is listed;
 (b) determinism: the smoke main job (``python -m benchmark.run --methods all --profile smoke``) twice, into two
     temporary results folders, with determinism configured; every run's per-episode test accuracies
@@ -78,7 +78,7 @@ class Plan:
 
 
 def make_plan(device: str, dry: bool) -> Plan:
-    import methods
+    from .pipeline import registry
 
     if dry:
         tiny = ["--set", "train_steps=2", "val_every=1", "--test-episodes", "4", "--val-episodes", "2"]
@@ -87,7 +87,7 @@ def make_plan(device: str, dry: bool) -> Plan:
                     ["protonet"], (("train_steps", 4), ("val_every", 2), ("train_ways", 5), ("train_queries", 5)), 3,
                     ["--methods", "protonet", "--shots", "1", "--profile", "smoke", *tiny,
                      "--executor", "sequential"])
-    return Plan(device, False, methods.main_methods(), [1, 5], ["fp32", "bf16"], "paper", 5, 2, 10,
+    return Plan(device, False, registry.main_methods(), [1, 5], ["fp32", "bf16"], "paper", 5, 2, 10,
                 ["--methods", "all", "--profile", "smoke"],
                 ["protonet", "maml"], (("train_steps", 12), ("val_every", 4)), 6,
                 ["--methods", "all", "--profile", "quick", "--executor", "ray", "--gpus-per-run", "0.125"])
@@ -96,7 +96,7 @@ def make_plan(device: str, dry: bool) -> Plan:
 # ------------------------------------------------------------------------------------------------ helpers
 def _python_run(args: list[str], device: str, deterministic: bool = True) -> list[str]:
     """A ``python`` command running ``benchmark.run`` with ``args`` after configuring determinism in its process."""
-    code = ("import sys; from benchmark.machine import configure_determinism, resolve_device; "
+    code = ("import sys; from benchmark.pipeline.machine import configure_determinism, resolve_device; "
             f"configure_determinism(resolve_device({device!r}), deterministic={deterministic!r}); "
             "from benchmark.run import main; sys.exit(main(sys.argv[1:]))")
     return [sys.executable, "-c", code, *args, "--device", device, "--no-report", "--no-progress"]
@@ -191,7 +191,7 @@ class GpuSampler:
 
 # ------------------------------------------------------------------------------------------------ the parts
 def part_speed(plan: Plan, deadline: float, results_dir: Path) -> Part:
-    from .machine import configure_determinism, resolve_device
+    from .pipeline.machine import configure_determinism, resolve_device
     from .speed import PAPER_MEASUREMENT_OVERRIDES, paper_projection, prepare_measurement, time_run
 
     part = Part("speed", TITLES["speed"])
@@ -250,12 +250,11 @@ def part_speed(plan: Plan, deadline: float, results_dir: Path) -> Part:
     return part
 
 
-def _episode_accuracies(results_dir: Path) -> dict[str, list[float]]:
-    import pandas as pd
+def _finished(results_dir: Path) -> dict:
+    """Run id -> :class:`~benchmark.store.folders.RunFolder` of each finished run under ``results_dir``."""
+    from .store.folders import run_folders
 
-    from .store import finished_runs
-
-    return {d.name: pd.read_csv(d / "test_episodes.csv")["accuracy"].tolist() for d in finished_runs(results_dir)}
+    return {f.run_id: f for f in run_folders(results_dir) if f.is_finished()}
 
 
 def part_determinism(plan: Plan, deadline: float, work: Path) -> Part:
@@ -271,24 +270,26 @@ def part_determinism(plan: Plan, deadline: float, work: Path) -> Part:
                           f"{'timed out' if rc is None else f'exit code {rc}'}, {time.monotonic() - t0:.0f} s")
         if rc != 0 and tail:
             part.lines.append(f"  - output tail: `{tail[:300]}`")
-    a, b = (_episode_accuracies(d) for d in dirs)
-    same = sorted(r for r in a if r in b and a[r] == b[r])
-    differ = sorted(r for r in a if r in b and a[r] != b[r])
+    from .store.compare import folders_differ
+
+    a, b = (_finished(d) for d in dirs)
+    why = {r: folders_differ(a[r], b[r]) for r in a if r in b}
+    same = sorted(r for r, w in why.items() if w is None)
+    differ = sorted(r for r, w in why.items() if w is not None)
     missing = sorted(set(a) ^ set(b))
-    part.lines.append(f"- runs finished: {len(a)} and {len(b)}; identical per-episode accuracies: {len(same)}; "
-                      f"different: {len(differ)}; in one job only: {len(missing)}")
+    part.lines.append(f"- runs finished: {len(a)} and {len(b)}; identical per-episode accuracies and curves: "
+                      f"{len(same)}; different: {len(differ)}; in one job only: {len(missing)}")
     for r in differ:
-        n = sum(x != y for x, y in zip(a[r], b[r]))
-        part.lines.append(f"  - {r}: {n} of {len(a[r])} episodes differ")
+        part.lines.append(f"  - {r}: {why[r]}")
     part.ok = bool(a) and not differ and not missing
     return part
 
 
 def part_resume(plan: Plan, deadline: float, work: Path) -> Part:
-    import pandas as pd
-
-    from .machine import configure_determinism, resolve_device
-    from .runner import Interrupted, RunConfig, run
+    from .store.compare import folders_differ
+    from .store.folders import RunFolder
+    from .pipeline.machine import configure_determinism, resolve_device
+    from .pipeline import Interrupted, RunConfig, run
 
     part = Part("resume", TITLES["resume"])
     device = resolve_device(plan.device)
@@ -308,21 +309,18 @@ def part_resume(plan: Plan, deadline: float, work: Path) -> Part:
         except Interrupted:
             stopped = True
         resumed = run(cfg, part_dir, device, save_model=False)
-        ea = pd.read_csv(full_dir / cfg.run_id / "test_episodes.csv")["accuracy"].tolist()
-        eb = pd.read_csv(part_dir / cfg.run_id / "test_episodes.csv")["accuracy"].tolist()
-        ca = pd.read_csv(full_dir / cfg.run_id / "curve.csv")["val_acc"].tolist()
-        cb = pd.read_csv(part_dir / cfg.run_id / "curve.csv")["val_acc"].tolist()
-        equal = stopped and ea == eb and ca == cb and resumed["resumed_at_steps"] == [plan.resume_stop]
+        why = folders_differ(RunFolder(full_dir, cfg.run_id), RunFolder(part_dir, cfg.run_id))
+        equal = stopped and why is None and resumed["resumed_at_steps"] == [plan.resume_stop]
         ok &= equal
         part.lines.append(f"- {name}: stopped at step {plan.resume_stop}: {stopped}; resumed at "
                           f"{resumed['resumed_at_steps']}; test accuracy {full['mean']:.2f} vs {resumed['mean']:.2f}; "
-                          f"per-episode accuracies and curve identical: {ea == eb and ca == cb}")
+                          f"per-episode accuracies and curve identical: {why is None}" + (f" ({why})" if why else ""))
     part.ok = ok
     return part
 
 
 def part_throughput(plan: Plan, deadline: float, work: Path) -> Part:
-    from .store import finished_runs
+    from .store.folders import finished_runs
 
     part = Part("throughput", TITLES["throughput"])
     d = work / "throughput"
@@ -349,7 +347,7 @@ def part_throughput(plan: Plan, deadline: float, work: Path) -> Part:
 
 # ------------------------------------------------------------------------------------------------ the report
 def write_summary(path: Path, plan: Plan, parts: list[Part], budget_s: float, started: float) -> str:
-    from .machine import code_version, environment, resolve_device
+    from .pipeline.machine import code_version, environment, resolve_device
 
     try:
         env = environment(resolve_device(plan.device))
@@ -390,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     dry = args.dry_run or args.device == "cpu"
     device = "cpu" if dry else args.device
     started = time.monotonic()
-    from .perf import tune_cpu
+    from .pipeline.machine import tune_cpu
 
     tune_cpu()
     plan = make_plan(device, dry)

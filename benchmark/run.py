@@ -21,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, UsageError, at_least,
+from .cli.toolkit import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, UsageError, at_least,
                   existing_dir, note, progress_factory, setup_torch, usage_errors)
-from .method_cli import add_method_files, announce_method_files, catalogue_lines, load_method_files
+from .cli.methods import add_method_files, announce_method_files, catalogue_lines, load_method_files
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TERMINATED", "EXIT_USAGE", "UsageError", "main", "parser",
            "plan"]
@@ -110,13 +110,13 @@ def parser() -> argparse.ArgumentParser:
 
 def plan(args) -> tuple[list, object]:
     """Validate everything up front; returns (prepared runs, device), each run prepared once
-    (:class:`~benchmark.config.PreparedRun`, with its ``cfg``). Raises UsageError with one clear line."""
+    (:class:`~benchmark.pipeline.config.PreparedRun`, with its ``cfg``). Raises UsageError with one clear line."""
     _check_counts(args)
     load_method_files(args.method_file)
     device = setup_torch(args.device, args.threads)
     _check_executor(args, device)
     prepared = _prepare_runs(args)
-    from .files import check_writable
+    from .store.files import check_writable
 
     try:
         check_writable(Path(args.results_dir))
@@ -136,7 +136,7 @@ def _check_counts(args) -> None:
     at_least("--test-episodes", args.test_episodes)
     at_least("--val-episodes", args.val_episodes)
     existing_dir("--data-dir", args.data_dir)
-    from .execution import check_precision, parse_prefetch
+    from .pipeline.execution import check_precision, parse_prefetch
 
     try:
         check_precision(args.precision)
@@ -147,8 +147,8 @@ def _check_counts(args) -> None:
 
 
 def execution(args):
-    """The :class:`~benchmark.execution.Execution` of the command line (after :func:`_check_counts`)."""
-    from .execution import Execution
+    """The :class:`~benchmark.pipeline.execution.Execution` of the command line (after :func:`_check_counts`)."""
+    from .pipeline.execution import Execution
 
     return Execution(prefetch=getattr(args, "prefetch_depth", None), deterministic=not args.no_deterministic,
                      compile=args.compile)
@@ -159,7 +159,7 @@ def _check_executor(args, device) -> None:
     on CUDA, else 0)."""
     if args.executor != "ray":
         return
-    from .executors import RAY_MISSING
+    from .pipeline.executors import RAY_MISSING
 
     try:
         import ray  # noqa: F401
@@ -176,19 +176,19 @@ def _check_executor(args, device) -> None:
 
 def _prepare_runs(args) -> list:
     """One prepared run per (method, ways, shots, seed), methods looked up in the registry."""
-    import methods
+    from .pipeline import registry
 
-    from .config import RunConfig, parse_overrides, prepare
+    from .pipeline.config import RunConfig, parse_overrides, prepare
     from .data import DataError, resolve_split
 
     try:
-        names = methods.resolve(args.methods)
+        names = registry.resolve(args.methods)
         overrides = parse_overrides(args.set)
         split = resolve_split(args.dataset, args.split)
     except (ValueError, DataError) as e:
         raise UsageError(str(e)) from None
     split = "" if split == resolve_split(args.dataset, None) else split
-    registry = methods.registry()
+    classes = registry.registry()
     prepared = []
     for m, w, s, seed in itertools.product(names, args.ways, args.shots, args.seeds):
         cfg = RunConfig(method=m, dataset=args.dataset, split=split, ways=w, shots=s, backbone=args.backbone, seed=seed,
@@ -196,14 +196,14 @@ def _prepare_runs(args) -> list:
                         val_episodes=args.val_episodes, eval_seed=args.eval_seed, overrides=overrides,
                         precision=args.precision)
         try:
-            prepared.append(prepare(cfg, registry[m], args.data_dir, positive=True))
+            prepared.append(prepare(cfg, classes[m], args.data_dir, positive=True))
         except (ValueError, DataError) as e:
             raise UsageError(str(e)) from None
     return prepared
 
 
 def _executor(args, device, progress):
-    from .executors import RayExecutor, SequentialExecutor
+    from .pipeline.executors import RayExecutor, SequentialExecutor
 
     if args.executor == "ray":
         return RayExecutor(Path(args.results_dir), device, args.ray_address, args.cpus_per_run, args.gpus_per_run,
@@ -232,15 +232,15 @@ def _execute(executor, prepared, args) -> tuple[list | None, int | None]:
     SIGTERM stopped them (checkpoints kept, leaderboard written)."""
     from tqdm import tqdm
 
-    from .leaderboard import write_runs_leaderboard
-    from .training import Interrupted
+    from .store.leaderboard import write_runs_leaderboard
+    from .pipeline.training import Interrupted
 
-    from .eta import RunsETA, costs_for
-    from .store import RunFolder
+    from .pipeline.eta import RunsETA, costs_for
+    from .store.folders import RunFolder
 
     results_dir = Path(args.results_dir)
     todo = [p for p in prepared if not RunFolder(results_dir, p.cfg.run_id).is_finished()]
-    eta = RunsETA(costs_for(todo, results_dir))  # time left weighted by each run's expected cost (benchmark.eta)
+    eta = RunsETA(costs_for(todo, results_dir))  # time left weighted by each run's expected cost (benchmark.pipeline.eta)
     outer = tqdm(total=len(prepared), desc="runs", unit="run", disable=args.no_progress or len(prepared) < 2,
                  file=sys.stderr, dynamic_ncols=True,
                  bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")  # no tqdm mean-based ETA
@@ -275,8 +275,8 @@ def _execute(executor, prepared, args) -> tuple[list | None, int | None]:
 
 def _summarise(outcomes, prepared, executor, args, seconds: float) -> int:
     """The closing lines (runs done, skipped, failed), the leaderboard and the report; the exit code."""
-    from .leaderboard import write_runs_leaderboard
-    from .store import runs_leaderboard_path
+    from .store.leaderboard import write_runs_leaderboard
+    from .store.folders import runs_leaderboard_path
 
     results_dir = Path(args.results_dir)
     done = [o for o in outcomes if o.status == "done"]

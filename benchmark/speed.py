@@ -4,7 +4,7 @@ Builds the method as a run would (profile hyperparameters, --set overrides, the 
 artefact cache under --results-dir, so e.g. MTL's pretraining is computed once and shared with runs), then times
 ``train_step`` on training episodes of the shape given here (default: the test setting, 5-way, 15 queries per class)
 and the evaluation of test episodes, one at a time (``--eval-group 0``: in the method's groups, as runs do), after
-warm-up steps, with the runner's own timed step and evaluation loop (:mod:`benchmark.training`). Reports the median
+warm-up steps, with the runner's own timed step and evaluation loop (:mod:`benchmark.pipeline.training`). Reports the median
 and mean over the timed steps, per episode (per task: a step on a meta-batch of B episodes counts B), and peak memory.
 Timings are for reading, never asserted by the tests. Bad input prints one line on stderr and exits with code 2
 before anything is measured.
@@ -20,10 +20,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cli import UsageError, at_least, setup_torch, usage_errors
+from .cli.toolkit import UsageError, at_least, setup_torch, usage_errors
 
 if TYPE_CHECKING:
-    from .config import PreparedRun
+    from .pipeline.config import PreparedRun
 
 
 def prepare_measurement(method: str, dataset: str = "omniglot", ways: int = 5, shots: int = 1, queries: int = 15,
@@ -32,8 +32,8 @@ def prepare_measurement(method: str, dataset: str = "omniglot", ways: int = 5, s
                         meta_batch: int | None = None, overrides=(), data_dir=None) -> PreparedRun:
     """The run a measurement builds its method from: seed 0, 5 validation episodes, the profile's hyperparameters
     with ``overrides`` and then the training shape given here; ValueError/DataError on bad input."""
-    from .config import RunConfig
-    from .runner import prepare
+    from .pipeline.config import RunConfig
+    from .pipeline import prepare
 
     shape = {k: v for k, v in (("train_ways", train_ways), ("train_shots", train_shots),
                                ("train_queries", train_queries), ("meta_batch", meta_batch)) if v is not None}
@@ -46,12 +46,12 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
              results_dir: str | Path | None = "results", eval_group: int = 1, precision: str = "fp32",
              prefetch: int = 0, compile: bool = False) -> dict:
     """Time ``steps`` training steps and ``test_episodes`` test episodes (after ``warmup`` of each) of
-    ``prepared``'s method, with :func:`~benchmark.training.timed_step` and :func:`~benchmark.training.evaluate`;
+    ``prepared``'s method, with :func:`~benchmark.pipeline.training.timed_step` and :func:`~benchmark.pipeline.training.evaluate`;
     artefacts are cached under ``results_dir`` as in runs (None: computed, not cached). ``eval_group``: test
     episodes per ``predict_many`` call (1: one at a time; 0: the method's ``eval_group``, as runs do).
-    ``precision``: "fp32" or "bf16" (autocast, :func:`~benchmark.training.autocast`). ``prefetch``: meta-batches
-    drawn ahead by the training loop's prefetcher (:mod:`benchmark.prefetch`; 0: drawn when needed, as in the loop
-    without it). ``compile``: :func:`~benchmark.training.compile_method` first (its compilation falls in the warm-up
+    ``precision``: "fp32" or "bf16" (autocast, :func:`~benchmark.pipeline.training.autocast`). ``prefetch``: meta-batches
+    drawn ahead by the training loop's prefetcher (:mod:`benchmark.pipeline.prefetch`; 0: drawn when needed, as in the loop
+    without it). ``compile``: :func:`~benchmark.pipeline.training.compile_method` first (its compilation falls in the warm-up
     steps). Besides the step's own time (``ms_per_train_episode_*``), the wall clock per training episode from one
     step's end to the next (``ms_per_train_episode_wall_median``) includes drawing the meta-batch and moving it to
     the device, or waiting for the prefetcher: what prefetching saves shows there."""
@@ -59,11 +59,11 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
 
     import torch
 
-    from .context import make_context
-    from .episodes import EpisodeSet
-    from .machine import PeakMemory, environment, resolve_device
-    from .prefetch import prefetched
-    from .training import compile_method, draw_episodes, evaluate, seed_everything, timed_step
+    from .pipeline.method_context import make_context
+    from .pipeline.episode_sets import test_set
+    from .pipeline.machine import PeakMemory, environment, resolve_device
+    from .pipeline.prefetch import prefetched
+    from .pipeline.training import compile_method, draw_episodes, evaluate, seed_everything, timed_step
 
     dev, cfg, hp = resolve_device(device), prepared.cfg, prepared.hp
     seed_everything(cfg.seed)
@@ -83,8 +83,7 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
                 if step >= warmup:
                     times.append(r.seconds / r.tasks)
                     walls.append((t_end - t_prev) / r.tasks)
-        test = EpisodeSet(prepared.dataset, "test", cfg.ways, cfg.shots, cfg.queries, cfg.eval_seed,
-                          test_episodes + warmup, stream="test")
+        test = test_set(prepared, test_episodes + warmup)
         group = eval_group or None  # 0: as runs evaluate (group_size picks for the method and the device)
         evaluate(m, [test[i] for i in range(warmup)], dev, group=group, precision=precision)  # warm-up
         _, ttimes = evaluate(m, [test[i] for i in range(warmup, len(test))], dev, group=group, precision=precision,
@@ -125,9 +124,9 @@ def sampler_rate(prepared: PreparedRun, device: str = "cpu", episodes: int = 200
     and moving the episode to ``device``. No method is built."""
     import time
 
-    from .episodes import TaskSampler
-    from .machine import resolve_device
-    from .training import synchronize
+    from .kit.episodes import TaskSampler
+    from .pipeline.machine import resolve_device
+    from .pipeline.training import synchronize
 
     dev, cfg, hp = resolve_device(device), prepared.cfg, prepared.hp
     ways, shots = hp.train_ways or cfg.ways, hp.train_shots or cfg.shots
@@ -199,9 +198,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
-    import methods
+    from .pipeline import registry
 
-    from .config import parse_overrides
+    from .pipeline.config import parse_overrides
     from .data import DataError
 
     setup_torch(args.device, args.threads)
@@ -214,7 +213,7 @@ def _main(args) -> int:
         runs = [prepare_measurement(name, args.dataset, args.ways, shots, args.queries, args.backbone, args.profile,
                                     args.train_ways, args.train_shots, args.train_queries, args.meta_batch,
                                     overrides, args.data_dir)
-                for name in methods.resolve(",".join(args.method)) for shots in args.shots]
+                for name in registry.resolve(",".join(args.method)) for shots in args.shots]
     except (ValueError, DataError) as e:
         raise UsageError(str(e)) from None
     for prepared in runs:

@@ -28,9 +28,9 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-from benchmark.context import Context, Setting
-from benchmark.episodes import Episode
-from benchmark.profiles import check_profile
+from benchmark.kit.context import Context, Setting
+from benchmark.kit.episodes import Episode
+from benchmark.kit.profiles import check_profile
 
 __all__ = ["Context", "Hyper", "Method", "Setting"]
 
@@ -81,7 +81,7 @@ class Method(nn.Module):
     # ---- to implement
     @classmethod
     def profile_hyper(cls, profile: str, setting: Setting) -> Hyper:
-        """The hyperparameters of ``profile`` (a name of :data:`benchmark.profiles.PROFILES`, already checked)
+        """The hyperparameters of ``profile`` (a name of :data:`benchmark.kit.profiles.PROFILES`, already checked)
         for ``setting``."""
         raise NotImplementedError
 
@@ -95,7 +95,7 @@ class Method(nn.Module):
     @classmethod
     def hyper(cls, profile: str, setting: Setting) -> Hyper:
         """Hyperparameters for a profile and a setting (an unknown profile name is refused by
-        :func:`benchmark.profiles.check_profile`)."""
+        :func:`benchmark.kit.profiles.check_profile`)."""
         check_profile(profile)
         return cls.profile_hyper(profile, setting)
 

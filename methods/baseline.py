@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.episodes import Episode, keyed_rng
+from benchmark.kit.episodes import Episode, keyed_rng
 
 from .base import Context, Hyper, Method, Setting
 from .blocks import seeded_fork, train_classifier, train_image_count
@@ -178,7 +178,7 @@ class Baseline(Method):
     def __init__(self, hp: BaselineHyper, ctx: Context):
         super().__init__(hp, ctx)
         self.encoder = ctx.backbone()
-        if not ctx.restoring:  # a saved model's state replaces the pretrained weights (benchmark.models.load_run)
+        if not ctx.restoring:  # a saved model's state replaces the pretrained weights (benchmark.pipeline.models.load_run)
             self.encoder.load_state_dict(self._pretrained())
         for p in self.encoder.parameters():
             p.requires_grad_(False)

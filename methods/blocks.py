@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.backbones import channels_last
-from benchmark.episodes import Episode, TaskSampler, keyed_rng
+from benchmark.kit.backbones import channels_last
+from benchmark.kit.episodes import Episode, TaskSampler, keyed_rng
 
 
 def prototypes(z: torch.Tensor, y: torch.Tensor, ways: int) -> torch.Tensor:

@@ -70,8 +70,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from benchmark.backbones import explicit_batchnorm
-from benchmark.episodes import Episode
+from benchmark.kit.backbones import explicit_batchnorm
+from benchmark.kit.episodes import Episode
 
 from .base import Context, Hyper, Method, Setting
 from .blocks import MAMLNet

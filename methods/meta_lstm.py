@@ -73,7 +73,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from benchmark.episodes import Episode, draw_without_replacement, keyed_rng
+from benchmark.kit.episodes import Episode, draw_without_replacement, keyed_rng
 
 from .base import Context, Hyper, Method, Setting
 from .blocks import MAMLNet  # the learner: backbone + linear head, as MAML's network

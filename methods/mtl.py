@@ -83,8 +83,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.backbones import convs
-from benchmark.episodes import Episode, EpisodeSet, draw_without_replacement, keyed_rng
+from benchmark.kit.backbones import convs
+from benchmark.kit.episodes import Episode, EpisodeSet, draw_without_replacement, keyed_rng
 
 from .base import Context, Hyper, Method, Setting
 from .blocks import seeded_fork, train_classifier, train_image_count
@@ -255,7 +255,7 @@ class MTL(Method):
     def __init__(self, hp: MTLHyper, ctx: Context):
         super().__init__(hp, ctx)
         self.encoder = ctx.backbone()
-        if not ctx.restoring:  # a saved model's state replaces the pretrained weights (benchmark.models.load_run)
+        if not ctx.restoring:  # a saved model's state replaces the pretrained weights (benchmark.pipeline.models.load_run)
             self.encoder.load_state_dict(self._pretrained())
         d = math.prod(ctx.feature_shape(self.encoder))
         ways = max(self.train_shape()[0], ctx.setting.ways)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmark.episodes import Episode
+from benchmark.kit.episodes import Episode
 
 from .base import Context, EmbeddingPredict, Hyper, Setting
 from .blocks import cross_entropy, prototypes, sq_euclidean

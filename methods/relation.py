@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.episodes import Episode
+from benchmark.kit.episodes import Episode
 
 from .base import Context, EmbeddingPredict, Hyper, Setting
 

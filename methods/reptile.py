@@ -56,8 +56,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from benchmark.backbones import explicit_batchnorm
-from benchmark.episodes import Episode, keyed_rng
+from benchmark.kit.backbones import explicit_batchnorm
+from benchmark.kit.episodes import Episode, keyed_rng
 
 from .base import Context, Hyper, Method, Setting
 from .blocks import MAMLNet
@@ -169,7 +169,6 @@ class Reptile(Method):
                     batches: list[np.ndarray]) -> tuple[float, float]:
         """Train ``params`` (leaf tensors, updated in place) on the mini-batches; returns the last batch's loss and
         accuracy (before its update)."""
-        hp = self.hp
         names, tensors = list(params), tuple(params.values())
         loss_v, acc = 0.0, 0.0
         for idx in batches:

@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.episodes import Episode, keyed_rng
+from benchmark.kit.episodes import Episode, keyed_rng
 
 from .base import Context, Hyper, Method, Setting
 from .blocks import cross_entropy, prototypes, sq_euclidean

@@ -9,7 +9,6 @@ npz: written member by member as a stored (uncompressed) zip with zip64, like ``
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import zipfile
 from pathlib import Path

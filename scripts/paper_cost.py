@@ -33,11 +33,11 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="one JSON line per measurement to this file")
     a = p.parse_args(argv)
 
-    import methods
+    from benchmark.pipeline import registry
     from benchmark.speed import PAPER_MEASUREMENT_OVERRIDES, paper_projection, prepare_measurement, time_run
 
     rows, lines = [], []
-    for name in a.methods or methods.main_methods():
+    for name in a.methods or registry.main_methods():
         for shots in a.shots:
             prepared = prepare_measurement(name, shots=shots, profile="paper",
                                            overrides=PAPER_MEASUREMENT_OVERRIDES.get(name, ()))

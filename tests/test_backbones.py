@@ -3,7 +3,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from benchmark.backbones import BACKBONES, build_backbone, channels_last, convs, explicit_batchnorm, feature_shape
+from benchmark.kit.backbones import BACKBONES, build_backbone, channels_last, convs, explicit_batchnorm, feature_shape
 
 
 @pytest.mark.parametrize("name,shape,expected", [

@@ -10,10 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import methods
+
+from benchmark.pipeline import registry
 from benchmark import load_run
-from benchmark.episodes import EpisodeSet
-from benchmark.store import RunFolder
-from benchmark.runner import Interrupted, RunConfig, evaluate, run
+from benchmark.kit.episodes import EpisodeSet
+from benchmark.store.folders import RunFolder
+from benchmark.pipeline import Interrupted, RunConfig, evaluate, run
 from methods.baseline import Baseline, BaselinePlusPlus, cosine_logits, cosine_scale, sgd_update
 
 CPU = torch.device("cpu")
@@ -228,17 +230,17 @@ def test_resume_equals_uninterrupted(runs, tmp_path):
 def test_groups_names_and_run_ids():
     from benchmark.run import parser
 
-    assert methods.resolve("baselines") == ["baseline", "baseline++"]
+    assert registry.resolve("baselines") == ["baseline", "baseline++"]
     for group in ("all", "variants"):
-        assert not {"baseline", "baseline++"} & set(methods.resolve(group))
-    assert methods.resolve("all,baselines") == methods.resolve("all") + ["baseline", "baseline++"]
-    assert methods.resolve(" Baseline , baseline++ ") == ["baseline", "baseline++"]
+        assert not {"baseline", "baseline++"} & set(registry.resolve(group))
+    assert registry.resolve("all,baselines") == registry.resolve("all") + ["baseline", "baseline++"]
+    assert registry.resolve(" Baseline , baseline++ ") == ["baseline", "baseline++"]
     args = parser().parse_args(["--methods", "baseline,baseline++"])
-    assert methods.resolve(args.methods) == ["baseline", "baseline++"]
+    assert registry.resolve(args.methods) == ["baseline", "baseline++"]
     assert RunConfig("baseline++").run_id == "baseline++-omniglot-5w1s-conv4-quick-s0"
-    assert list(methods.registry())[-2:] == ["baseline", "baseline++"]  # the last family
+    assert list(registry.registry())[-2:] == ["baseline", "baseline++"]  # the last family
     with pytest.raises(ValueError, match="valid: all, variants, baselines"):
-        methods.resolve("baseline+")
+        registry.resolve("baseline+")
 
 
 def test_report_places_transfer_after_meta_learning_and_finds_published_figures(runs, tmp_path):

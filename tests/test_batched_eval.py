@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.episodes import EpisodeSet
-from benchmark.runner import RunConfig, evaluate, make_context, prepare, run
+from benchmark.kit.episodes import EpisodeSet
+from benchmark.pipeline import RunConfig, evaluate, make_context, prepare, run
 
 CPU = torch.device("cpu")
 
@@ -52,7 +52,7 @@ def test_group_size_caps_large_images():
 
     import torch
 
-    from benchmark.training import group_size
+    from benchmark.pipeline.training import group_size
 
     def episodes(ways, shots, queries, shape):
         e = SimpleNamespace(support_x=torch.zeros(ways * shots, *shape), query_x=torch.zeros(ways * queries, *shape))

@@ -5,14 +5,14 @@ import sys
 
 import pytest
 
-import methods
+from benchmark.pipeline import registry
 from benchmark.check import FAILED, PASSED, check_method
 from conftest import FIXTURES, ROOT
 
 BROKEN = FIXTURES / "methods" / "broken_methods.py"
 
 
-@pytest.mark.parametrize("name", methods.resolve("all,baselines"))
+@pytest.mark.parametrize("name", registry.resolve("all,baselines"))
 def test_every_builtin_method_passes(name, tmp_path):
     from benchmark.check import MethodChecker
 
@@ -24,14 +24,14 @@ def test_every_builtin_method_passes(name, tmp_path):
 
 @pytest.fixture
 def broken():
-    before = os.environ.get(methods.FILES_ENV)
-    methods.load_files([BROKEN])
+    before = os.environ.get(registry.FILES_ENV)
+    registry.load_files([BROKEN])
     yield
     if before is None:
-        os.environ.pop(methods.FILES_ENV, None)
+        os.environ.pop(registry.FILES_ENV, None)
     else:
-        os.environ[methods.FILES_ENV] = before
-    methods._REGISTRY = None
+        os.environ[registry.FILES_ENV] = before
+    registry._REGISTRY = None
 
 
 @pytest.mark.parametrize("name,failing", [("broken-randn", "global random state"), ("broken-many", "predict_many")])
@@ -48,7 +48,7 @@ def test_a_broken_method_fails_the_right_check(broken, tmp_path, name, failing):
 
 def test_command_line_exit_codes(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop(methods.FILES_ENV, None)
+    env.pop(registry.FILES_ENV, None)
     r = subprocess.run([sys.executable, "-m", "benchmark.check", "broken-many", "--method-file", str(BROKEN),
                         "--steps", "2", "--test-episodes", "3"], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=600)

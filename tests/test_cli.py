@@ -51,12 +51,13 @@ def test_help_imports_neither_torch_nor_the_methods(command):
 def test_catalogue_equals_the_registry():
     """The facts --help reads from the source text are the registered classes' own."""
     import methods
+    from benchmark.pipeline import registry
 
-    reg = methods.registry()
-    cat = methods.catalogue()
+    reg = registry.registry()
+    cat = registry.catalogue()
     assert [c["name"] for c in cat] == list(reg)
     for c in cat:
-        assert c == {k: getattr(reg[c["name"]], k) or None for k in methods.FACTS}, c["name"]
+        assert c == {k: getattr(reg[c["name"]], k) or None for k in registry.FACTS}, c["name"]
 
 
 @pytest.mark.parametrize("args,fragment", [
@@ -127,15 +128,17 @@ def test_set_values_check_types_and_budgets():
     import dataclasses
 
     import methods
-    from benchmark.config import PROFILES, RunConfig, build_hyper, check_value, parse_overrides
 
-    for cls in methods.registry().values():
+    from benchmark.pipeline import registry
+    from benchmark.pipeline.config import PROFILES, RunConfig, build_hyper, check_value, parse_overrides
+
+    for cls in registry.registry().values():
         for profile in PROFILES:
             for setting in (methods.Setting("omniglot", 5, 1), methods.Setting("miniimagenet", 5, 5)):
                 hp = cls.hyper(profile, setting)
                 for f in dataclasses.fields(hp):
                     check_value(cls, type(hp), f.name, getattr(hp, f.name), positive=True)
-    proto, meta_lstm, setting = methods.get("protonet"), methods.get("meta_lstm"), methods.Setting("omniglot", 5, 1)
+    proto, meta_lstm, setting = registry.get("protonet"), registry.get("meta_lstm"), methods.Setting("omniglot", 5, 1)
     over = parse_overrides(["train_steps=0", "lr=1", "train_ways=None", "train_queries=5"])
     hp = build_hyper(proto, RunConfig("protonet", profile="smoke", overrides=over), setting)
     assert (hp.train_steps, hp.lr, hp.train_ways, hp.train_queries) == (0, 1, None, 5)

@@ -80,7 +80,7 @@ def test_missing_and_corrupt_data_raise_clear_errors(tmp_path):
 
 
 def test_named_splits_default_and_run_id():
-    from benchmark.runner import RunConfig, prepare
+    from benchmark.pipeline import RunConfig, prepare
     from benchmark.data import DATASETS, resolve_split
 
     assert resolve_split("omniglot", None) == DATASETS["omniglot"].splits[0] == "vinyals"

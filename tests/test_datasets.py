@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from benchmark.data import DataError, load_cifar_fs, load_fc100, load_miniimagenet
-from benchmark.episodes import TaskSampler
+from benchmark.kit.episodes import TaskSampler
 
 
 def _split(*parts):
@@ -18,7 +18,6 @@ def _split(*parts):
 
 def _fake_cifar100(root, per_class=(4, 2)):
     """A CIFAR-100 python download with all 100 class names and a few images per class; pixel = class id."""
-    import re
 
     fs = [c for s in ("train", "val", "test") for c in _split("cifar-fs", f"{s}.txt").split()]
     fine_names = sorted(fs)

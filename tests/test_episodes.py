@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.episodes import EpisodeSet, TaskSampler, make_episode
+from benchmark.kit.episodes import EpisodeSet, TaskSampler
 
 
 def _consume_randomness(amount):

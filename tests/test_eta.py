@@ -1,11 +1,11 @@
-"""Cost-weighted time left (benchmark.eta): fake clocks and prepared runs, no training."""
+"""Cost-weighted time left (benchmark.pipeline.eta): fake clocks and prepared runs, no training."""
 import json
 from types import SimpleNamespace
 
 import pytest
 
-from benchmark.runner import RunConfig, prepare
-from benchmark.eta import DEFAULT_MS, MEASURED_MS, RunsETA, costs_for, expected_seconds, format_left, method_ms
+from benchmark.pipeline import RunConfig, prepare
+from benchmark.pipeline.eta import DEFAULT_MS, MEASURED_MS, RunsETA, costs_for, expected_seconds, format_left, method_ms
 
 
 class FakeClock:

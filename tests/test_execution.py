@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from benchmark import run as run_cli
-from benchmark.config import RunConfig
-from benchmark.execution import Execution, parse_prefetch
+from benchmark.pipeline.config import RunConfig
+from benchmark.pipeline.execution import Execution, parse_prefetch
 
 SMOKE = ["--methods", "protonet", "--shots", "1", "--profile", "smoke", "--test-episodes", "12", "--val-episodes",
          "4", "--set", "train_steps=4", "val_every=2", "train_ways=5", "train_queries=5", "--no-progress"]
@@ -116,26 +116,26 @@ def test_the_report_names_a_run_that_any_attempt_compiled(tmp_path):
 
 
 def test_warnings_of_non_deterministic_operations_are_collected_others_shown():
-    from benchmark.runner import _NondeterministicOps
+    from benchmark.pipeline.machine import NondeterministicOps
 
     names, calls = [], []
     with warnings.catch_warnings(record=True) as shown:
         warnings.simplefilter("always")
-        with _NondeterministicOps(True, names, lambda: calls.append(1)):
+        with NondeterministicOps(True, names, lambda: calls.append(1)):
             for _ in range(2):
                 warnings.warn("adaptive_avg_pool2d_backward_cuda does not have a deterministic implementation, but "
                               "you set 'torch.use_deterministic_algorithms(True, warn_only=True)'.")
             warnings.warn("something else")
-        with _NondeterministicOps(False, names, lambda: calls.append(1)):
+        with NondeterministicOps(False, names, lambda: calls.append(1)):
             warnings.warn("index_add_cuda_ does not have a deterministic implementation, but ...")
     assert names == ["adaptive_avg_pool2d_backward_cuda"] and len(calls) == 2
     assert [str(w.message) for w in shown][0] == "something else" and len(shown) == 2
 
 
 def test_methods_that_run_their_networks_functionally_compile_nothing_and_say_why():
-    import methods
+    from benchmark.pipeline import registry
 
     for name in ("maml", "reptile", "meta_lstm"):
-        assert "functional" in methods.get(name).compile_note
+        assert "functional" in registry.get(name).compile_note
     for name in ("protonet", "matching", "relation", "tadam", "mtl"):
-        assert methods.get(name).compile_note is None
+        assert registry.get(name).compile_note is None

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.files import FileLock
-from benchmark.store import RunFolder, failed_runs, finished_runs
+from benchmark.store.files import FileLock
+from benchmark.store.folders import RunFolder, failed_runs, finished_runs
 from benchmark.run import main
-from benchmark.runner import Locked, RunConfig, run
+from benchmark.pipeline import Locked, RunConfig, run
 from conftest import ROOT
 
 CPU = torch.device("cpu")
@@ -93,7 +93,7 @@ def test_a_locked_run_is_skipped_or_waited_for(tmp_path):
 
 
 def test_artefact_computed_once_when_asked_for_at_the_same_time(tmp_path):
-    from benchmark.context import ArtefactCache
+    from benchmark.pipeline.method_context import ArtefactCache
 
     calls = []
 
@@ -131,7 +131,7 @@ def test_two_commands_on_one_results_dir(tmp_path):
 
 def test_file_lock_is_released_when_its_process_dies(tmp_path):
     lock = tmp_path / "x.lock"
-    code = (f"from benchmark.files import FileLock; import os; FileLock({str(lock)!r}).acquire(); "
+    code = (f"from benchmark.store.files import FileLock; import os; FileLock({str(lock)!r}).acquire(); "
             "os._exit(0)")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True,
                    timeout=60)

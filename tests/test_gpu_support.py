@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from benchmark.machine import configure_determinism, determinism_state, environment
+from benchmark.pipeline.machine import configure_determinism, determinism_state, environment
 
 CPU = torch.device("cpu")
 
@@ -58,7 +58,7 @@ def test_group_size_on_cuda_follows_free_memory(monkeypatch):
     """The CUDA branch of group_size, with the free memory faked; the CPU rule is unchanged."""
     from types import SimpleNamespace
 
-    from benchmark.training import group_size
+    from benchmark.pipeline.execution import group_size
 
     def episodes(ways, shots, queries, shape):
         return [SimpleNamespace(support_x=torch.zeros(ways * shots, *shape),
@@ -111,10 +111,10 @@ def test_maml_vectorize_default_is_chosen_by_device():
 
 
 def test_bf16_protonet_is_close_to_fp32_on_the_same_episodes(omniglot, tmp_path):
-    from benchmark.runner import RunConfig, prepare
-    from benchmark.context import make_context
-    from benchmark.episodes import EpisodeSet
-    from benchmark.training import Trainer, autocast, evaluate, seed_everything
+    from benchmark.pipeline import RunConfig, prepare
+    from benchmark.pipeline.method_context import make_context
+    from benchmark.kit.episodes import EpisodeSet
+    from benchmark.pipeline.training import Trainer, autocast, evaluate, seed_everything
 
     over = (("train_steps", 10), ("val_every", 5), ("train_ways", 5), ("train_queries", 5))
     cfg = RunConfig("protonet", "omniglot", 5, 1, profile="smoke", val_episodes=5, overrides=over)

@@ -3,7 +3,7 @@ import pytest
 
 from benchmark.data import DATASETS, DataError, lake_split_lists, load_dataset, resolve_split
 from benchmark.data.omniglot import _lake_alphabets
-from benchmark.episodes import EpisodeSet
+from benchmark.kit.episodes import EpisodeSet
 
 
 def _chars(split):

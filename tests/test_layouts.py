@@ -14,7 +14,7 @@ from benchmark.data import DataError, DiskImages, FewShotDataset, load_cifar_fs,
 from benchmark.data import load_miniimagenet, load_tieredimagenet
 from benchmark.data.__main__ import main as check_main
 from benchmark.data.dataset import SPLITS, split_file, train_normalisation
-from benchmark.episodes import TaskSampler
+from benchmark.kit.episodes import TaskSampler
 from conftest import FIXTURES
 from fixtures import make_fixtures as mk
 

@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import methods
-from benchmark.episodes import TaskSampler
-from benchmark.runner import RunConfig, run
+
+from benchmark.pipeline import registry
+from benchmark.kit.episodes import TaskSampler
+from benchmark.pipeline import RunConfig, run
 from methods.base import Context, Setting
 from methods.maml import MAML
 from methods.reptile import Reptile
@@ -156,9 +157,9 @@ def test_reptile_non_transductive_prediction_batches_each_query_with_the_support
 
 
 def test_registry_family_and_adapted_parameters():
-    reg = methods.registry()
+    reg = registry.registry()
     assert reg["maml"].family == reg["reptile"].family == "initialization"
-    assert {"maml", "reptile"} <= set(methods.main_methods())
+    assert {"maml", "reptile"} <= set(registry.main_methods())
     m = maml()
     assert m.adapted_parameters() == m.trainable_parameters() == sum(p.numel() for p in m.net.parameters())
 

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 
 import methods
-from benchmark.runner import RunConfig, make_context, prepare, run
+
+from benchmark.pipeline import registry
+from benchmark.pipeline import RunConfig, make_context, prepare, run
 from methods.meta_lstm import MetaLSTM, preprocess
 
 CPU = torch.device("cpu")
@@ -21,8 +23,8 @@ def make(omniglot, shots: int, backbone: str = "conv4-32", **changes) -> MetaLST
 
 
 def test_registered_with_paper_defaults():
-    assert methods.get("meta_lstm") is MetaLSTM and MetaLSTM.family == "optimizer" and MetaLSTM.adapts_at_test
-    assert "meta_lstm" in methods.resolve("all")
+    assert registry.get("meta_lstm") is MetaLSTM and MetaLSTM.family == "optimizer" and MetaLSTM.adapts_at_test
+    assert "meta_lstm" in registry.resolve("all")
     one = MetaLSTM.hyper("paper", methods.Setting("miniimagenet", 5, 1))
     five = MetaLSTM.hyper("paper", methods.Setting("miniimagenet", 5, 5))
     assert (one.inner_steps, one.inner_batch, five.inner_steps, five.inner_batch) == (12, 5, 8, 25)

@@ -5,8 +5,10 @@ import pytest
 import torch
 
 import methods
-from benchmark.episodes import EpisodeSet
-from benchmark.runner import RunConfig, make_context, prepare, run
+
+from benchmark.pipeline import registry
+from benchmark.kit.episodes import EpisodeSet
+from benchmark.pipeline import RunConfig, make_context, prepare, run
 from methods.relation import RelationModule, class_maps
 
 CPU = torch.device("cpu")
@@ -29,9 +31,9 @@ def permuted(ep, perm):
 
 
 def test_registry_and_survey_facts():
-    reg = methods.registry()
-    assert {"matching", "relation", "tadam"} <= set(methods.resolve("all"))
-    assert "matching-nofce" not in methods.resolve("all") and "matching-nofce" in methods.resolve("variants")
+    reg = registry.registry()
+    assert {"matching", "relation", "tadam"} <= set(registry.resolve("all"))
+    assert "matching-nofce" not in registry.resolve("all") and "matching-nofce" in registry.resolve("variants")
     assert reg["matching-nofce"].variant_of == "matching"
     for n in NAMES:
         c = reg[n]

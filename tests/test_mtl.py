@@ -4,8 +4,10 @@ import torch
 import torch.nn.functional as F
 
 import methods
-from benchmark.backbones import build_backbone, convs
-from benchmark.runner import RunConfig, make_context, prepare, run
+
+from benchmark.pipeline import registry
+from benchmark.kit.backbones import build_backbone, convs
+from benchmark.pipeline import RunConfig, make_context, prepare, run
 from methods.mtl import MTL, ScaleShift, adapt_linear, add_scale_shift, hard_task_classes
 
 CPU = torch.device("cpu")
@@ -141,7 +143,7 @@ def test_each_variant_learns_above_chance(variant_runs, name):
         assert s["train_episodes"] == 0 and s["train_steps"] == 1 and s["trainable_params"] == 0
     else:
         assert s["train_episodes"] == hp.train_steps * hp.meta_batch
-    assert methods.get(name).variant_of == (None if name == "mtl" else "mtl")
+    assert registry.get(name).variant_of == (None if name == "mtl" else "mtl")
 
 
 def test_speed_measures_with_the_runs_artefact_cache(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-import methods
+from benchmark.pipeline import registry
 from conftest import ROOT
 
 EXAMPLE = ROOT / "examples" / "cosine-protonet"
@@ -18,7 +18,7 @@ SMOKE = ["--profile", "smoke", "--shots", "1", "--test-episodes", "5", "--val-ep
 
 
 def env(**extra):
-    e = {k: v for k, v in os.environ.items() if k != methods.FILES_ENV}
+    e = {k: v for k, v in os.environ.items() if k != registry.FILES_ENV}
     return {**e, "PYTHONPATH": str(ROOT), **extra}
 
 
@@ -39,7 +39,7 @@ def test_method_file_runs_and_records_its_origin(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env(), capture_output=True, text=True,
                        timeout=300)
     assert r.returncode != 0 and f"load it with --method-file {FILE}" in r.stderr
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env(**{methods.FILES_ENV: str(FILE)}),
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env(**{registry.FILES_ENV: str(FILE)}),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "LOADED cosine-protonet" in r.stdout, r.stderr
     r = bench("benchmark.evaluate", "--runs", str(run_dir), "--method-file", str(FILE), "--ways", "3", cwd=tmp_path)
@@ -109,14 +109,14 @@ def test_method_file_reaches_ray_workers(tmp_path):
 
 
 def test_groups_keep_all_to_the_builtin_papers(monkeypatch):
-    monkeypatch.delenv(methods.FILES_ENV, raising=False)
-    builtin_all = methods.resolve("all")
+    monkeypatch.delenv(registry.FILES_ENV, raising=False)
+    builtin_all = registry.resolve("all")
     try:
-        methods.load_files([FILE])
-        assert methods.resolve("all") == builtin_all
-        assert methods.resolve("external") == ["cosine-protonet"] == methods.external_methods()
-        assert "cosine-protonet" in methods.resolve("variants")
-        assert methods.origin("cosine-protonet")["kind"] == "file" and methods.origin("protonet") == {"kind": "builtin"}
+        registry.load_files([FILE])
+        assert registry.resolve("all") == builtin_all
+        assert registry.resolve("external") == ["cosine-protonet"] == registry.external_methods()
+        assert "cosine-protonet" in registry.resolve("variants")
+        assert registry.origin("cosine-protonet")["kind"] == "file" and registry.origin("protonet") == {"kind": "builtin"}
     finally:
-        monkeypatch.delenv(methods.FILES_ENV, raising=False)
-        methods._REGISTRY = None
+        monkeypatch.delenv(registry.FILES_ENV, raising=False)
+        registry._REGISTRY = None

@@ -1,4 +1,4 @@
-"""The background prefetcher (benchmark.prefetch): same results with it on or off, errors reach the consumer, and no
+"""The background prefetcher (benchmark.pipeline.prefetch): same results with it on or off, errors reach the consumer, and no
 thread outlives an early stop."""
 import threading
 import time
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.runner import RunConfig, prepare
-from benchmark.context import make_context
-from benchmark.episodes import EpisodeSet
-from benchmark.prefetch import Prefetcher, default_prefetch, prefetched, transfer
-from benchmark.training import Interrupted, Trainer, evaluate, seed_everything
+from benchmark.pipeline import RunConfig, prepare
+from benchmark.pipeline.method_context import make_context
+from benchmark.kit.episodes import EpisodeSet
+from benchmark.pipeline.prefetch import Prefetcher, default_prefetch, prefetched, transfer
+from benchmark.pipeline.training import Interrupted, Trainer, evaluate, seed_everything
 
 CPU = torch.device("cpu")
 

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.runner import prepare
-from benchmark.store import RunFolder, finished_runs
+from benchmark.pipeline import prepare
+from benchmark.store.folders import RunFolder, finished_runs
 from benchmark.run import main
-from benchmark.runner import RunConfig, run
+from benchmark.pipeline import RunConfig, run
 from conftest import ROOT
 
 ray = pytest.importorskip("ray")
@@ -70,7 +70,7 @@ def test_ray_gives_the_sequential_results(tmp_path, local_ray, one_thread, capsy
 
 
 def test_without_a_shared_filesystem_the_run_folder_comes_back(tmp_path, local_ray, one_thread):
-    from benchmark.executors import RayExecutor, local_results_dir
+    from benchmark.pipeline.executors import RayExecutor, local_results_dir
 
     cfg = RunConfig("protonet", shots=1, profile="smoke", test_episodes=20, val_episodes=5, overrides=TINY)
     nan = RunConfig("protonet", shots=1, profile="smoke", test_episodes=20, val_episodes=5,
@@ -99,7 +99,7 @@ def test_without_a_shared_filesystem_the_run_folder_comes_back(tmp_path, local_r
 
 
 def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path, local_ray, one_thread):
-    from benchmark.executors import RayExecutor
+    from benchmark.pipeline.executors import RayExecutor
 
     over = (("train_steps", 150), ("val_every", 10), ("train_ways", 5), ("train_queries", 5))
     cfg = RunConfig("protonet", shots=1, profile="smoke", test_episodes=20, val_episodes=5, overrides=over)
@@ -130,7 +130,7 @@ def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path, lo
 
 
 def test_mtl_pretraining_computed_once_for_variants_started_together(tmp_path, local_ray):
-    from benchmark.executors import RayExecutor
+    from benchmark.pipeline.executors import RayExecutor
 
     cfgs = [RunConfig(m, shots=1, profile="smoke", test_episodes=5, val_episodes=5) for m in ("mtl", "mtl-noht")]
     outs = RayExecutor(tmp_path, CPU, progress_lines=False).execute([prepare(c) for c in cfgs], lambda o: None)

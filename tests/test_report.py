@@ -291,24 +291,24 @@ def test_cli_subprocess_no_traceback(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ records only
 def facts(family, idea="", paper="", variant_of=None, metric_facts=None, backbone=None, adapts_at_test=False):
-    """Recorded facts as benchmark.facts.record_facts writes them (backbone: the recorded backbone_facts)."""
+    """Recorded facts as benchmark.pipeline.facts.record_facts writes them (backbone: the recorded backbone_facts)."""
     return {"method_facts": {"family": family, "idea": idea, "paper": paper, "variant_of": variant_of,
                              "adapts_at_test": adapts_at_test, "metric_facts": metric_facts},
             "backbone_facts": backbone or {"name": "conv4", "kind": "conv4", "width": 64}}
 
 
 def test_record_facts_from_the_registry_and_backbone_table():
-    import methods
-    from benchmark.facts import record_facts
+    from benchmark.pipeline import registry
+    from benchmark.pipeline.facts import record_facts
 
-    f = record_facts(methods.get("matching-nofce"), "conv4-32")
+    f = record_facts(registry.get("matching-nofce"), "conv4-32")
     mf = f["method_facts"]
     assert set(mf) == {"family", "idea", "paper", "variant_of", "adapts_at_test", "metric_facts", "origin"}
     assert mf["origin"] == {"kind": "builtin"}
     assert mf["family"] == "metric" and mf["variant_of"] == "matching" and "Vinyals" in mf["paper"]
     assert mf["adapts_at_test"] is False and mf["metric_facts"]["query embedding"] == "the same CNN (f = g)"
     assert f["backbone_facts"] == {"name": "conv4-32", "kind": "conv4", "width": 32}
-    f = record_facts(methods.get("maml"), "resnet12-narrow")
+    f = record_facts(registry.get("maml"), "resnet12-narrow")
     assert f["method_facts"]["adapts_at_test"] is True and f["method_facts"]["metric_facts"] is None
     assert f["backbone_facts"] == {"name": "resnet12-narrow", "kind": "resnet12", "widths": [32, 64, 128, 256]}
     json.dumps(f)  # goes into summary.json as it is
@@ -343,7 +343,7 @@ def test_report_package_imports_neither_methods_nor_backbones(tmp_path):
     code = ("import sys; from benchmark.report import build_report; "
             f"build_report({str(res)!r}, {str(tmp_path / 'rep')!r}); "
             "print(sorted(m for m in sys.modules if m == 'methods' or m.startswith(('methods.', 'torch')) "
-            "or m in ('benchmark.backbones', 'benchmark.facts')))")
+            "or m in ('benchmark.kit.backbones', 'benchmark.pipeline.facts')))")
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -424,7 +424,7 @@ OLD_COLUMNS = [  # the report leaderboard's columns before the budget columns: n
 
 
 def test_budget_fraction_columns_and_cells(tmp_path):
-    from benchmark.leaderboard import RUNS_LEADERBOARD_COLUMNS as LEADERBOARD_COLUMNS, runs_leaderboard as leaderboard
+    from benchmark.store.leaderboard import RUNS_LEADERBOARD_COLUMNS as LEADERBOARD_COLUMNS, runs_leaderboard as leaderboard
 
     res = tmp_path / "res"
     for seed, frac in ((0, 0.015), (1, 0.025)):

@@ -16,7 +16,7 @@ import pytest
 from scipy import stats
 
 from benchmark.report import build, main
-from benchmark.store import EvaluationFolder
+from benchmark.store.folders import EvaluationFolder
 from test_report import _acc, _holm, write_run
 
 N = 40

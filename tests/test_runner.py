@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.leaderboard import runs_leaderboard as leaderboard, write_runs_leaderboard as write_leaderboard
-from benchmark.statistics import mean_ci95
-from benchmark.store import RunFolder, finished_runs
-from benchmark.runner import Interrupted, RunConfig, run
+from benchmark.store.leaderboard import runs_leaderboard as leaderboard, write_runs_leaderboard as write_leaderboard
+from benchmark.store.statistics import mean_ci95
+from benchmark.store.folders import RunFolder, finished_runs
+from benchmark.pipeline import Interrupted, RunConfig, run
 
 CPU = torch.device("cpu")
 
@@ -103,8 +103,8 @@ def test_finished_runs_are_skipped_and_leaderboard_rebuilt(tmp_path):
 def test_a_prepared_run_is_neither_prepared_nor_resolved_again(tmp_path, monkeypatch):
     import dataclasses
 
-    import benchmark.runner as runner
-    import methods
+    import benchmark.pipeline.runner as runner
+    from benchmark.pipeline import registry
 
     over = (("train_steps", 2), ("val_every", 1), ("train_ways", 5))
     cfg = RunConfig("protonet", "omniglot", 5, 1, profile="smoke", test_episodes=5, val_episodes=3, overrides=over)
@@ -113,7 +113,7 @@ def test_a_prepared_run_is_neither_prepared_nor_resolved_again(tmp_path, monkeyp
     def fail(*args, **kwargs):
         raise AssertionError("prepared or resolved again")
 
-    for module, name in ((runner, "prepare"), (methods, "get"), (methods, "resolve")):
+    for module, name in ((runner, "prepare"), (registry, "get"), (registry, "resolve")):
         monkeypatch.setattr(module, name, fail)
     s = run(cfg, tmp_path, CPU, prepared=prepared)
     folder = RunFolder(tmp_path, cfg.run_id)

@@ -13,7 +13,7 @@ import resource
 import sys
 import time
 
-from ..cli import UsageError, existing_dir, usage_errors
+from ..cli.toolkit import UsageError, existing_dir, usage_errors
 
 
 def main(argv: list[str] | None = None) -> int:

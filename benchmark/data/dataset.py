@@ -3,7 +3,7 @@
 A :class:`FewShotDataset` holds every image of a dataset once, as uint8, and for each split (``train``, ``val``,
 ``test``) the classes it contains. A class is a list of image indices plus a rotation (a multiple of 90 degrees;
 Omniglot's Vinyals split treats each rotation of a character as its own class). Episodes are drawn from these by
-:mod:`benchmark.episodes`.
+:mod:`benchmark.kit.episodes`.
 """
 from __future__ import annotations
 
@@ -15,9 +15,12 @@ import threading
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 SPLITS = ("train", "val", "test")
 

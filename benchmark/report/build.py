@@ -3,7 +3,7 @@
 :func:`build` writes ``<out_dir>/``: ``report.md`` (figures as PNG files beside it), ``report.html`` (one
 self-contained file), the settings leaderboard ``leaderboard.csv`` (:data:`SETTINGS_LEADERBOARD`; one row per
 entry, columns :data:`~benchmark.report.entries.REPORT_LEADERBOARD_COLUMNS`; not the per-run leaderboard of the
-results directory, :mod:`benchmark.leaderboard`), ``paired.csv``, ``episode_counts.csv`` (section 5 in long form) and
+results directory, :mod:`benchmark.store.leaderboard`), ``paired.csv``, ``episode_counts.csv`` (section 5 in long form) and
 ``cross_evaluation.csv`` (section 7 in long form), and the tables for papers in LaTeX:
 ``tables.tex`` (to ``\\input``) and ``report.tex`` (a standalone document; :mod:`benchmark.report.latex`).
 
@@ -21,7 +21,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from ..files import atomic_write_bytes, atomic_write_csv, atomic_write_text
+from ..store.files import atomic_write_bytes, atomic_write_csv, atomic_write_text
 from . import latex, sections
 from .common import setting_label
 from .entries import REPORT_LEADERBOARD_COLUMNS, build_entries

@@ -20,7 +20,7 @@ from .reference import load_reference, load_survey, protocol_differences, publis
 from .stats import mean_ci95, seed_curve
 
 #: Column order of the report's settings leaderboard ``leaderboard.csv`` (one row per entry; stable: append new
-#: columns at the end only). The per-run leaderboard has :data:`benchmark.leaderboard.RUNS_LEADERBOARD_COLUMNS`.
+#: columns at the end only). The per-run leaderboard has :data:`benchmark.store.leaderboard.RUNS_LEADERBOARD_COLUMNS`.
 REPORT_LEADERBOARD_COLUMNS = [
     "method", "variant_of", "family", "overrides", "dataset", "ways", "shots", "queries", "backbone", "profile",
     "mean", "ci95", "n_episodes", "n_seeds", "seeds", "seed_sd", "rank",

@@ -1,6 +1,6 @@
 """Run folders read into :class:`Run` records, and each method's and backbone's facts as the runs recorded them.
 
-The folders are read through :class:`benchmark.store.RunFolder` and :class:`benchmark.store.EvaluationFolder`,
+The folders are read through :class:`benchmark.store.folders.RunFolder` and :class:`benchmark.store.folders.EvaluationFolder`,
 the one place that knows their layout.
 
 Nothing here imports the method registry or the backbone table: a report is built from the records alone, so a
@@ -18,7 +18,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..store import PARTIAL_SUFFIX, RunFolder, evaluation_folders, failed_runs, partial_runs, run_folders
+from ..store.compare import records_differ
+from ..store.folders import PARTIAL_SUFFIX, RunFolder, evaluation_folders, failed_runs, partial_runs, run_folders
 from .common import ENTRY_KEYS, FAMILY_ORDER, ReportError, split_key
 
 REQUIRED_FILES = RunFolder.RECORDS
@@ -180,14 +181,12 @@ def _read_results_dir(results_dir: Path, run_ids: list[str] | None, multi: bool)
 
 def same_records(a: Run, b: Run) -> bool:
     """Whether two run folders hold identical records (summary, config, per-episode test results, curve)."""
-    def canon(d: dict) -> str:  # NaN (allowed in the JSON records) equals NaN here
-        return json.dumps(d, sort_keys=True, default=str)
+    def records(r: Run) -> dict:
+        return {"summary": r.summary, "config": r.config, "curve": r.curve,
+                "episodes": pd.DataFrame({"accuracy": r.accuracy, "adapt_seconds": r.adapt_seconds}
+                                         if len(r.adapt_seconds) == len(r.accuracy) else {"accuracy": r.accuracy})}
 
-    return (canon(a.summary) == canon(b.summary) and canon(a.config) == canon(b.config)
-            and np.array_equal(a.accuracy, b.accuracy, equal_nan=True)
-            and np.array_equal(a.adapt_seconds, b.adapt_seconds, equal_nan=True)
-            and a.curve.shape == b.curve.shape and list(a.curve.columns) == list(b.curve.columns)
-            and a.curve.equals(b.curve))
+    return records_differ(records(a), records(b), full=True) is None
 
 
 def read_run(folder: RunFolder) -> Run | None:
@@ -214,10 +213,8 @@ def read_run(folder: RunFolder) -> Run | None:
     if summary.get("n_episodes") is not None and len(acc) != int(summary["n_episodes"]):
         raise ReportError(f"run folder {d} is inconsistent: {RunFolder.TEST_EPISODES} has {len(acc)} rows, "
                           f"{RunFolder.SUMMARY} says {summary['n_episodes']} episodes")
-    summary.setdefault("queries", config.get("queries", 15))
     summary["overrides"] = _overrides_text(config)
     summary["split"] = split_key(summary)
-    summary["precision"] = summary.get("precision") or config.get("precision") or "fp32"
     return Run(d, summary, config, acc,
                ep["adapt_seconds"].to_numpy(dtype=np.float64) if "adapt_seconds" in ep else np.array([]), curve)
 
@@ -250,7 +247,7 @@ class Evaluation:
 
 def load_evaluations(runs: list[Run]) -> list[Evaluation]:
     """The finished evaluations of ``runs`` (``<run>/evaluations/<eval-id>/``, read through
-    :class:`benchmark.store.EvaluationFolder`); unreadable or inconsistent records raise :class:`ReportError`.
+    :class:`benchmark.store.folders.EvaluationFolder`); unreadable or inconsistent records raise :class:`ReportError`.
     A run found with identical records in several results directories (:attr:`Run.copies`) contributes the
     evaluations of every copy; an evaluation id in two copies is read once when its records are identical there,
     and refused (:class:`ReportError`, naming both folders) otherwise."""
@@ -292,7 +289,7 @@ def _read_evaluation(f, r: Run) -> Evaluation:
 # ------------------------------------------------------------------------------------------------ facts
 @dataclass
 class MethodInfo:
-    """A method's facts as its runs recorded them (``summary.json`` ``method_facts``, see :mod:`benchmark.facts`)."""
+    """A method's facts as its runs recorded them (``summary.json`` ``method_facts``, see :mod:`benchmark.pipeline.facts`)."""
 
     name: str
     family: str

@@ -7,16 +7,16 @@
   resumes from the run's checkpoint). ``--ray-address ''`` starts a local Ray instance; ``auto`` or ``host:port``
   joins a cluster. Ray is an optional dependency (``pip install -e '.[distributed]'``).
 
-Both build one :class:`~benchmark.runner.RunJob` per run (with its placement) and execute it with the same
-function, :func:`benchmark.runner.run_job`, which returns its :class:`~benchmark.runner.Outcome`, so a run's records
+Both build one :class:`~benchmark.pipeline.runner.RunJob` per run (with its placement) and execute it with the same
+function, :func:`benchmark.pipeline.runner.run_job`, which returns its :class:`~benchmark.pipeline.runner.Outcome`, so a run's records
 are the same whichever executor ran it; only the driver (``benchmark.run``) writes the
-leaderboard and the report. The task receives the small :class:`~benchmark.config.RunConfig` and prepares the run
+leaderboard and the report. The task receives the small :class:`~benchmark.pipeline.config.RunConfig` and prepares the run
 itself (datasets are cached per worker process), never large arrays.
 
 Results directory: when the workers see the driver's results directory (one machine, or a shared filesystem; told by
 a marker file the driver writes and the task looks for) they write there directly. Otherwise the task runs under a
 local folder of its node and sends the finished (or failed) run folder back as bytes, which the driver writes
-atomically (:meth:`~benchmark.store.RunFolder.unpack`); a retry on the same node then resumes from its local
+atomically (:meth:`~benchmark.store.folders.RunFolder.unpack`); a retry on the same node then resumes from its local
 checkpoint.
 """
 from __future__ import annotations
@@ -32,10 +32,10 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from methods import FILES_ENV
 
 from .execution import Execution
-from .store import RunFolder
+from .registry import FILES_ENV
+from ..store.folders import RunFolder
 from .runner import Outcome, RunJob, failure_record, prepare, run_job
 
 __all__ = ["Outcome", "RayExecutor", "SequentialExecutor", "import_ray"]
@@ -58,7 +58,7 @@ class SequentialExecutor:
 
     def execute(self, prepared: list, on_outcome: Callable[[Outcome], None]) -> list[Outcome]:
         """Run every prepared run; ``on_outcome`` is called as each ends. Ctrl-C raises
-        :class:`~benchmark.training.Interrupted` (the run's checkpoint saved)."""
+        :class:`~benchmark.pipeline.training.Interrupted` (the run's checkpoint saved)."""
         from .machine import placement
 
         outs = []
@@ -133,12 +133,12 @@ def ray_task(cfg, results_dir: str, token: str, origin: str, data_dir, device_na
              if_locked: str, progress_lines: bool, shared: bool | None, save_model: bool = True,
              execution: Execution | None = None) -> dict:
     """The body of one Ray task: set PyTorch's threads to the run's CPUs, prepare ``cfg`` and run it with
-    :func:`~benchmark.runner.run_job`, and return its outcome, with the run folder's files when the driver's results directory is not
+    :func:`~benchmark.pipeline.runner.run_job`, and return its outcome, with the run folder's files when the driver's results directory is not
     visible here (``shared``: None detects it by the driver's marker file ``.driver-<token>``)."""
     import torch
 
     from .machine import placement
-    from .perf import tune_cpu
+    from .machine import tune_cpu
 
     tune_cpu()
     torch.set_num_threads(max(1, int(cpus)))
@@ -204,7 +204,7 @@ class RayExecutor:
     def execute(self, prepared: list, on_outcome: Callable[[Outcome], None]) -> list[Outcome]:
         """Submit every prepared run as a task, and hand each outcome to ``on_outcome`` as it arrives. Ctrl-C
         cancels the tasks (each saves its checkpoint, as a Ctrl-C in one process does) and raises
-        :class:`~benchmark.training.Interrupted`."""
+        :class:`~benchmark.pipeline.training.Interrupted`."""
         from .training import Interrupted
 
         ray = import_ray()

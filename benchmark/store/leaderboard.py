@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from .files import atomic_write_csv
-from .store import finished_runs, load_summary, runs_leaderboard_lock, runs_leaderboard_path
+from .folders import finished_runs, load_summary, runs_leaderboard_lock, runs_leaderboard_path
 
 RUNS_LEADERBOARD_COLUMNS = [
     "run_id", "method", "family", "dataset", "split", "ways", "shots", "backbone", "profile", "seed",
@@ -29,7 +29,6 @@ def runs_leaderboard(results_dir: Path) -> pd.DataFrame:
         s = load_summary(d)
         where = s.get("placement") or {}  # executor, node, cpus, gpu_fraction (older runs: none)
         row = {c: s.get(c, where.get(c)) for c in RUNS_LEADERBOARD_COLUMNS}
-        row["precision"] = row["precision"] or "fp32"  # runs older than the field ran in float32
         rows.append(row)
     df = pd.DataFrame(rows, columns=RUNS_LEADERBOARD_COLUMNS)
     return df.sort_values(["dataset", "ways", "shots", "backbone", "profile", "method", "seed"], kind="stable",

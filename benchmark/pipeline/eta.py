@@ -19,7 +19,7 @@ run by an estimate of its cost instead:
 Intended wiring in the runner (``benchmark/run.py``), which keeps its bar over runs as it is and adds the estimate
 as the bar's postfix::
 
-    from benchmark.eta import RunsETA, costs_for
+    from benchmark.pipeline.eta import RunsETA, costs_for
 
     todo = [p for p in prepared if not already_finished(p)]     # the PreparedRuns this job will execute
     eta = RunsETA(costs_for(todo, results_dir))                 # run id -> expected seconds
@@ -78,7 +78,7 @@ def finished_summaries(results_dir: str | Path | None) -> list[dict]:
     """The summaries of the finished runs under ``results_dir`` (none when it is None or absent)."""
     if results_dir is None or not Path(results_dir).is_dir():
         return []
-    from .store import RunFolder, finished_runs
+    from ..store.folders import RunFolder, finished_runs
 
     out = []
     for path in finished_runs(Path(results_dir)):

@@ -2,7 +2,7 @@
 its validations, best state and checkpoints.
 
 :func:`timed_step` and :func:`evaluate` are the one implementation of a timed training step and of an evaluation
-pass; the runner (:class:`Trainer`, :mod:`benchmark.runner`) and ``benchmark.speed`` both use them, so their
+pass; the runner (:class:`Trainer`, :mod:`benchmark.pipeline.runner`) and ``benchmark.speed`` both use them, so their
 figures measure the same thing.
 
 :class:`Trainer` meta-trains a method on training episodes drawn by index, validates every ``val_every`` steps (one
@@ -14,7 +14,7 @@ episodes are pure functions of their index and the RNG states are restored, so a
 one.
 
 For a GPU: ``prefetch`` (:class:`Trainer`, :func:`evaluate`) draws meta-batches and evaluation groups ahead on a
-background thread (:mod:`benchmark.prefetch`; 0, the default, draws them when needed), ``precision`` ("fp32", the
+background thread (:mod:`benchmark.pipeline.prefetch`; 0, the default, draws them when needed), ``precision`` ("fp32", the
 default, or "bf16": :func:`autocast`) sets the autocast of the steps and evaluations, and :func:`group_size` sizes
 evaluation groups by the free device memory on CUDA. None of them changes anything on the CPU at their defaults.
 """
@@ -29,11 +29,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .episodes import Episode, EpisodeSet, TaskSampler
-from .execution import PRECISIONS, check_precision  # noqa: F401 - PRECISIONS re-exported
-from .files import atomic_torch_save
+from ..kit.episodes import Episode, EpisodeSet, TaskSampler
+from .execution import PRECISIONS, check_precision, group_size  # noqa: F401 - PRECISIONS re-exported
+from ..store.files import atomic_torch_save
 from .prefetch import prefetched
-from .statistics import mean_ci95
+from ..store.statistics import mean_ci95
 
 
 class Interrupted(Exception):
@@ -137,60 +137,6 @@ def compile_method(method) -> list[str]:
     return sorted(mods)
 
 
-#: Most input values (images x channels x height x width) one grouped evaluation pass takes: 20 Omniglot 5-way 5-shot
-#: episodes with 15 queries (100 images of 28x28 each) fit; one 84x84 RGB episode of 80 images is 1.7 million, so
-#: such datasets are evaluated one episode at a time instead of 20, which would hold gigabytes of activations.
-EVAL_GROUP_VALUES = 2_000_000
-
-
-#: CUDA: a grouped evaluation pass may fill at most this share of the device's free memory (``torch.cuda.mem_get_info``
-#: when the evaluation starts) with activations; the rest is the safety margin (the model, the allocator's cache,
-#: another run sharing the GPU under Ray's fractional GPUs).
-EVAL_MEMORY_SHARE = 0.25
-#: CUDA: estimated bytes of activations per input value of a pass: float32 (4 bytes) x 512. A Conv-4 block's
-#: convolution, BatchNorm and ReLU outputs hold 64 channels per input channel at full resolution (3 x 64 = 192 values
-#: per value of a 1-channel image, the pooled later blocks add about a third), and a method that adapts at test time
-#: keeps them all for its backward pass; 512 rounds that up. A method can give its own as ``eval_activation_bytes``.
-EVAL_ACTIVATION_BYTES = 4 * 512
-#: CUDA: ResNet backbones (three convolutions per block, widths up to 640) hold about 4 times a Conv-4's activations.
-RESNET_ACTIVATION_SCALE = 4
-#: CUDA: most episodes one grouped pass takes (methods that group at all, ``eval_group > 1``).
-EVAL_GROUP_MAX_CUDA = 64
-
-
-def group_size(method, episodes: EpisodeSet, group: int | None = None, device: torch.device | str | None = None,
-               ) -> int:
-    """Episodes per ``predict_many`` call. Only speed and memory depend on it, never results (tested).
-
-    CPU (or no ``device``): ``group`` (default: the method's ``eval_group``), capped so that a call takes at most
-    :data:`EVAL_GROUP_VALUES` input values.
-
-    CUDA, for a method that groups (``eval_group > 1``): ``group`` (default: :data:`EVAL_GROUP_MAX_CUDA`), capped so
-    that the estimated activations of a call (input values x :data:`EVAL_ACTIVATION_BYTES`, or the method's
-    ``eval_activation_bytes``; x :data:`RESNET_ACTIVATION_SCALE` on a ResNet backbone) fill at most
-    :data:`EVAL_MEMORY_SHARE` of the device's free memory, and at most :data:`EVAL_GROUP_MAX_CUDA`. A method that
-    does not group (``eval_group == 1``: its ``predict_many`` is a loop) keeps 1.
-    """
-    own = max(1, int(getattr(method, "eval_group", 1)))
-    cuda = device is not None and torch.device(device).type == "cuda"
-    if cuda and own > 1 and len(episodes):
-        e = episodes[0]
-        values = (len(e.support_x) + len(e.query_x)) * e.support_x[0].numel()
-        per_value = getattr(method, "eval_activation_bytes", None) or EVAL_ACTIVATION_BYTES
-        backbone = str(getattr(getattr(method, "ctx", None), "backbone_name", "") or "")
-        if backbone.startswith("resnet"):
-            per_value *= RESNET_ACTIVATION_SCALE
-        free, _total = torch.cuda.mem_get_info(torch.device(device))
-        fits = int(EVAL_MEMORY_SHARE * free // max(1, values * per_value))
-        return max(1, min(int(group or EVAL_GROUP_MAX_CUDA), fits, EVAL_GROUP_MAX_CUDA))
-    group = max(1, int(group or own))
-    if group > 1 and len(episodes):
-        e = episodes[0]
-        per_episode = (len(e.support_x) + len(e.query_x)) * e.support_x[0].numel()
-        group = max(1, min(group, EVAL_GROUP_VALUES // max(1, per_episode)))
-    return group
-
-
 def evaluate(method, episodes: EpisodeSet, device: torch.device, progress=None, desc: str = "eval",
              group: int | None = None, prefetch: int = 0, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
     """Per-episode query accuracy and adaptation seconds of ``method`` on every episode of ``episodes``.
@@ -199,7 +145,7 @@ def evaluate(method, episodes: EpisodeSet, device: torch.device, progress=None, 
     ``eval_group``, capped by input size; on CUDA sized by the free device memory), which
     methods implement as fewer, larger passes with the same per-episode results as ``predict`` one at a time
     (tested); an episode's seconds are its group's time divided by the group's size.
-    ``prefetch``: groups drawn and moved to the device ahead by a background thread (:mod:`benchmark.prefetch`; 0:
+    ``prefetch``: groups drawn and moved to the device ahead by a background thread (:mod:`benchmark.pipeline.prefetch`; 0:
     none, each group is drawn when it is needed); the results are the same either way. ``precision``: the
     autocast of ``predict_many`` (:func:`autocast`).
     """
@@ -261,7 +207,7 @@ class Trainer:
     episodes, validating on ``val_set``; ``checkpoint`` is the resume file, ``config`` is stored in it, and
     ``cache_log`` (the run's artefact-cache log) is kept across resumes. ``prefetch``: training meta-batches and
     validation groups drawn (and moved to the device) that many ahead by a background thread
-    (:mod:`benchmark.prefetch`; 0: none; :func:`~benchmark.prefetch.default_prefetch` gives a device's default);
+    (:mod:`benchmark.pipeline.prefetch`; 0: none; :func:`~benchmark.pipeline.prefetch.default_prefetch` gives a device's default);
     results are the same either way. ``precision``: "fp32" or "bf16", the autocast of the training steps and the
     validations (:func:`autocast`)."""
 

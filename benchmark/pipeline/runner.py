@@ -1,13 +1,13 @@
 """Meta-train, validate, test and record one run.
 
-A run is (method, dataset, ways, shots, backbone, seed, profile). An executor (:mod:`benchmark.executors`) hands
+A run is (method, dataset, ways, shots, backbone, seed, profile). An executor (:mod:`benchmark.pipeline.executors`) hands
 each run to :func:`run_job` as a :class:`RunJob` (the prepared run, where it writes, the device, where it runs, lock
 policy, model saving, progress) and gets back an :class:`Outcome` (done, failed or skipped, and whether this call
 trained it); :func:`run` is the short form for the API and the tests. The run meta-trains the method on training
 episodes drawn by index from the run's seed, validates on a fixed episode set every ``val_every`` steps (one
 convergence-curve point each: steps, episodes seen, training seconds, validation accuracy), keeps the checkpoint with
 the best validation accuracy, tests it on the fixed test episodes and writes the run folder
-(:class:`benchmark.store.RunFolder`), with the best model as ``model.pt`` (:mod:`benchmark.models`) unless
+(:class:`benchmark.store.folders.RunFolder`), with the best model as ``model.pt`` (:mod:`benchmark.pipeline.models`) unless
 ``save_model=False``.
 
 Validation and test episodes depend on ``eval_seed`` (default 0), not on the training seed, so every method and
@@ -25,11 +25,8 @@ The process training a run holds its OS file lock (:meth:`RunFolder.lock`); anot
 run waits for it (``if_locked="wait"``, then reads the finished run) or skips it (``"skip"``: :class:`Locked`),
 so a run is never trained by two processes at once.
 
-The method class is looked up in the registry here (:func:`prepare`): the runner stands above the methods, the
-modules it uses below them. One job per module, all re-exported here: :mod:`benchmark.profiles`,
-:mod:`benchmark.config` (:class:`RunConfig`, :class:`PreparedRun`, hyperparameters), :mod:`benchmark.machine` (provenance, device, peak memory), :mod:`benchmark.context` (the
-method's context and the artefact cache), :mod:`benchmark.training` (training step, evaluation, RNG state, training
-loop and checkpoints) and :mod:`benchmark.store` (the run folder).
+The method class is looked up in the registry here (:func:`prepare`). The pipeline's public names are those of
+:mod:`benchmark.pipeline` (its face), not re-exported here.
 """
 from __future__ import annotations
 
@@ -44,25 +41,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import PreparedRun, RunConfig, build_hyper
+from .config import PreparedRun, RunConfig
 from .config import prepare as config_prepare
-from .context import ArtefactCache, make_context
-from .data import DATASETS
-from .episodes import EpisodeSet
+from .method_context import make_context
+from ..data import DATASETS
+from ..kit.episodes import EpisodeSet
 from .execution import Execution
 from .facts import record_facts
-from .machine import (PeakMemory, code_version, configure_determinism, environment, nondeterministic_op,
-                      placement as where, resolve_device)
+from .machine import (NondeterministicOps, PeakMemory, code_version, configure_determinism, environment,
+                      placement as where)
 from .models import model_payload
-from .profiles import PROFILES, Profile
-from .statistics import mean_ci95
-from .store import RunFolder
+from ..store.statistics import mean_ci95
+from ..store.folders import RunFolder, test_table
+from .episode_sets import test_set
 from .training import Interrupted, NonFiniteLoss, Trainer, compile_method, evaluate, seed_everything
-
-__all__ = ["PROFILES", "ArtefactCache", "Interrupted", "Locked", "Outcome", "PeakMemory", "PreparedRun", "Profile",
-           "Execution", "RunConfig", "RunFailed", "RunJob", "build_hyper", "code_version", "environment", "evaluate",
-           "failure_record", "make_context", "prepare", "resolve_device", "run", "run_job", "seed_everything"]
-
 
 class RunFailed(Exception):
     """A run failed (non-finite loss, or an exception) and was recorded as failed in its folder; ``record`` is what
@@ -84,11 +76,11 @@ class Locked(Exception):
 
 
 def prepare(cfg: RunConfig, data_dir: str | Path | None = None, positive: bool = False) -> PreparedRun:
-    """:func:`benchmark.config.prepare` with the method class looked up in the registry by ``cfg.method`` (ValueError
+    """:func:`benchmark.pipeline.config.prepare` with the method class looked up in the registry by ``cfg.method`` (ValueError
     for an unknown name)."""
-    import methods
+    from . import registry
 
-    return config_prepare(cfg, methods.get(cfg.method), data_dir, positive)
+    return config_prepare(cfg, registry.get(cfg.method), data_dir, positive)
 
 
 @dataclass
@@ -97,9 +89,9 @@ class RunJob:
     (``placement``, recorded in its summary), what to do when another process holds its lock (``if_locked``: "wait"
     or "skip"), whether to keep its model, progress bars (``progress(iterable, total=, desc=, initial=)``), a
     ``note(text)`` for messages, ``stop_after`` (stop after that many training steps in this call, leaving a
-    checkpoint; for tests) and how to execute it (:class:`~benchmark.execution.Execution`: prefetch depth,
+    checkpoint; for tests) and how to execute it (:class:`~benchmark.pipeline.execution.Execution`: prefetch depth,
     deterministic CUDA, compiled modules; recorded in the summary, never part of the run id). Built once by the
-    executor (:mod:`benchmark.executors`) and handed to :func:`run_job`."""
+    executor (:mod:`benchmark.pipeline.executors`) and handed to :func:`run_job`."""
 
     prepared: PreparedRun
     results_dir: Path
@@ -184,7 +176,7 @@ def run(cfg: RunConfig, results_dir: Path, device: torch.device, data_dir: str |
     :func:`run_job`.
 
     ``prepared``: ``cfg`` as :func:`prepare` returned it (else it is prepared here from ``data_dir``).
-    ``placement``: where the run runs, recorded in its summary (default: :func:`benchmark.machine.placement`, the
+    ``placement``: where the run runs, recorded in its summary (default: :func:`benchmark.pipeline.machine.placement`, the
     sequential executor); the other arguments are :class:`RunJob`'s.
     Raises :class:`RunFailed` after recording a failure, :class:`Locked` for a run another process trains when
     ``if_locked="skip"``, :class:`Interrupted` on Ctrl-C (checkpoint saved).
@@ -238,8 +230,7 @@ class _Attempt:
         cfg, folder = prepared.cfg, job.folder
         determinism = configure_determinism(device, ex.deterministic)  # before any CUDA work of the run
         folder.start()
-        test_set = EpisodeSet(prepared.dataset, "test", cfg.ways, cfg.shots, cfg.queries, cfg.eval_seed, cfg.n_test,
-                              stream="test")
+        tests = test_set(prepared)
         seed_everything(cfg.seed)
         ctx = make_context(prepared, device, job.results_dir, job.progress)
         label = f"{cfg.method} {cfg.ways}w{cfg.shots}s"
@@ -251,7 +242,7 @@ class _Attempt:
                    "deterministic_requested": ex.deterministic,
                    "deterministic": device.type != "cuda" or bool(determinism["deterministic"]),
                    "nondeterministic_ops": []}
-        watch = _NondeterministicOps(device.type == "cuda" and ex.deterministic, attempt["nondeterministic_ops"],
+        watch = NondeterministicOps(device.type == "cuda" and ex.deterministic, attempt["nondeterministic_ops"],
                                      lambda: attempt.update(deterministic=False))
         with PeakMemory(device) as mem, watch:
             method = prepared.cls(prepared.hp, ctx).to(device)
@@ -264,9 +255,9 @@ class _Attempt:
             trainer.state.setdefault("executions", []).append(attempt)
             trainer.train(job.progress, f"{label} train", job.stop_after)
             trainer.restore_best()
-            acc, secs = evaluate(method, test_set, device, job.progress, desc=f"{label} test", prefetch=prefetch,
+            acc, secs = evaluate(method, tests, device, job.progress, desc=f"{label} test", prefetch=prefetch,
                                  precision=cfg.precision)
-        config, curve, episodes, summary = _records(prepared, trainer, test_set, acc, secs, mem, device)
+        config, curve, episodes, summary = _records(prepared, trainer, tests, acc, secs, mem, device)
         summary["placement"] = job.placement
         summary["model_bytes"] = folder.write_model(model_payload(prepared, method)) if job.save_model else None
         folder.finish(config, curve, episodes, summary)
@@ -286,45 +277,9 @@ def _execution_facts(attempts: list[dict]) -> dict:
             "deterministic": all(a.get("deterministic", False) for a in attempts)}
 
 
-class _NondeterministicOps:
-    """Within the block (when ``active``: CUDA under warn-only deterministic algorithms), PyTorch's warnings about an
-    operation without a deterministic kernel are collected as they arrive, not shown: each operation once in
-    ``names`` (the list given, which a checkpoint saved meanwhile holds too), and ``on_op()`` is called. Other
-    warnings are shown as usual."""
-
-    def __init__(self, active: bool, names: list[str], on_op: Callable[[], None]):
-        self.active, self.names, self.on_op = active, names, on_op
-
-    def __enter__(self):
-        if self.active:
-            import warnings
-
-            from .machine import NONDETERMINISTIC_WARNING
-
-            self._catch = warnings.catch_warnings()
-            self._catch.__enter__()
-            warnings.filterwarnings("always", message=f".*{NONDETERMINISTIC_WARNING}")
-            shown = warnings.showwarning
-
-            def show(message, category, filename, lineno, file=None, line=None):
-                op = nondeterministic_op(message)
-                if op is None:
-                    return shown(message, category, filename, lineno, file, line)
-                if op not in self.names:
-                    self.names.append(op)
-                self.on_op()
-
-            warnings.showwarning = show
-        return self
-
-    def __exit__(self, *exc):
-        if self.active:
-            self._catch.__exit__(*exc)
-
-
-def _records(prepared: PreparedRun, trainer: Trainer, test_set: EpisodeSet, acc: np.ndarray, secs: np.ndarray,
+def _records(prepared: PreparedRun, trainer: Trainer, tests: EpisodeSet, acc: np.ndarray, secs: np.ndarray,
              mem: PeakMemory, device: torch.device) -> tuple[dict, pd.DataFrame, pd.DataFrame, dict]:
-    """The run folder's records: config, curve, test episodes and summary (:class:`~benchmark.store.RunFolder`)."""
+    """The run folder's records: config, curve, test episodes and summary (:class:`~benchmark.store.folders.RunFolder`)."""
     cfg, cls, ds, hp, state, method = (prepared.cfg, prepared.cls, prepared.dataset, prepared.hp, trainer.state,
                                        trainer.method)
     val_set = trainer.val_set
@@ -332,7 +287,7 @@ def _records(prepared: PreparedRun, trainer: Trainer, test_set: EpisodeSet, acc:
     paper_episodes = cls.paper_train_episodes(prepared.setting)
     config = {**dataclasses.asdict(cfg), "run_id": cfg.run_id, "hyperparameters": dataclasses.asdict(hp),
               "hyperparameter_class": type(hp).__name__, "train_episode_shape": list(trainer.shape),
-              "val_spec": dataclasses.asdict(val_set.spec), "test_spec": dataclasses.asdict(test_set.spec),
+              "val_spec": dataclasses.asdict(val_set.spec), "test_spec": dataclasses.asdict(tests.spec),
               "data_dir": str(prepared.data_dir) if prepared.data_dir else None}
     summary = {
         "run_id": cfg.run_id, "method": cfg.method, "family": cls.family, "dataset": cfg.dataset,
@@ -352,10 +307,10 @@ def _records(prepared: PreparedRun, trainer: Trainer, test_set: EpisodeSet, acc:
         "device": str(device), "environment": environment(device), "code_version": code_version(),
         "precision": cfg.precision, **_execution_facts(state.get("executions") or []),
         "dataset_fingerprint": ds.fingerprint, "dataset_source": ds.source,
-        "val_fingerprint": val_set.fingerprint, "test_fingerprint": test_set.fingerprint,
+        "val_fingerprint": val_set.fingerprint, "test_fingerprint": tests.fingerprint,
         "cache": trainer.cache_log, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **record_facts(cls, cfg.backbone),
     }
     curve = pd.DataFrame(state["curve"])
-    episodes = pd.DataFrame({"episode": np.arange(len(acc)), "accuracy": acc, "adapt_seconds": secs})
+    episodes = test_table(acc, secs)
     return config, curve, episodes, summary

@@ -4,8 +4,8 @@ A run is (method, dataset, ways, shots, backbone, seed, profile), plus the evalu
 overrides and numerical precision (:class:`RunConfig`; the precision enters the run id when it is not fp32). :func:`prepare` checks a configuration and builds everything a run needs before
 anything is written: the dataset, the setting and the hyperparameters of the given method class
 (:class:`PreparedRun`). This module is part of the harness core: it never imports the method registry; the caller
-looks the class up (``benchmark.runner.prepare`` does, from the run's method name). Profiles live in
-:mod:`benchmark.profiles`.
+looks the class up (``benchmark.pipeline.runner.prepare`` does, from the run's method name). Profiles live in
+:mod:`benchmark.kit.profiles`.
 
 Hyperparameter overrides (``--set FIELD=VALUE``) are checked against the field's declared type (int, float, bool,
 str, ``X | None``, tuples); with ``positive=True`` (the command line) budgets must also be positive
@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .data import FewShotDataset, load_dataset, resolve_split
-from .episodes import check_spec
+from ..data import FewShotDataset, load_dataset, resolve_split
+from ..kit.episodes import check_spec
 from .execution import check_precision
-from .profiles import PROFILES, Profile, check_profile
+from ..kit.profiles import PROFILES, Profile, check_profile
 
 __all__ = ["PROFILES", "PreparedRun", "Profile", "RunConfig", "build_hyper", "check_value", "parse_overrides",
            "prepare"]
@@ -48,7 +48,7 @@ class RunConfig:
     eval_seed: int = 0
     overrides: tuple[tuple[str, Any], ...] = ()  # hyperparameter overrides, (field, value)
     split: str = ""  # the dataset's named class split; "" is its default (benchmark.data.DATASETS)
-    precision: str = "fp32"  # "fp32" (the papers') or "bf16" (autocast; benchmark.execution.PRECISIONS)
+    precision: str = "fp32"  # "fp32" (the papers') or "bf16" (autocast; benchmark.pipeline.execution.PRECISIONS)
 
     @property
     def n_test(self) -> int:
@@ -79,7 +79,7 @@ class PreparedRun:
     cfg: RunConfig
     cls: type  # a methods.base.Method subclass
     dataset: FewShotDataset
-    setting: Any  # benchmark.context.Setting
+    setting: Any  # benchmark.kit.context.Setting
     hp: Any  # the method's Hyper dataclass
     data_dir: str | Path | None = None
 
@@ -202,8 +202,8 @@ def prepare(cfg: RunConfig, method_cls: type, data_dir: str | Path | None = None
 
     ``positive``: require positive budgets in the overrides (the command line's check).
     """
-    from .backbones import BACKBONES
-    from .context import Setting
+    from ..kit.backbones import BACKBONES
+    from ..kit.context import Setting
 
     if cfg.backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {cfg.backbone!r}; choose from {', '.join(BACKBONES)}")

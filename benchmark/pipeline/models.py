@@ -1,7 +1,7 @@
 """Trained models as artefacts: what a finished run saves (``model.pt``) and how to load it back.
 
 A finished run keeps its best-validation model in ``results/<run-id>/model.pt`` (:func:`model_payload`, written
-atomically by :class:`benchmark.store.RunFolder`; ``--no-save-model`` turns it off). The file holds the method's
+atomically by :class:`benchmark.store.folders.RunFolder`; ``--no-save-model`` turns it off). The file holds the method's
 state (``state_dict``, on the CPU) and what rebuilding it needs, nothing else: method name, hyperparameters as run,
 the training setting (dataset, ways, shots, queries), backbone, image shape, the dataset's normalisation and its
 number of training classes, and provenance (run id, split, dataset fingerprint, profile, seed, code version).
@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .store import RunFolder, model_path
+from ..store.folders import RunFolder, model_path
 
 FORMAT = 1  # model.pt layout version
 
@@ -66,7 +66,7 @@ def model_payload(prepared, method) -> dict[str, Any]:
 
 
 def read_model(run: str | Path) -> dict[str, Any]:
-    """The saved payload of ``run`` (a run folder or its ``model.pt``, :func:`benchmark.store.model_path`);
+    """The saved payload of ``run`` (a run folder or its ``model.pt``, :func:`benchmark.store.folders.model_path`);
     :class:`ModelError` when there is none."""
     path = model_path(run)
     if not path.is_file():
@@ -89,19 +89,19 @@ def info(payload: dict[str, Any]) -> dict[str, Any]:
 def rebuild(payload: dict[str, Any], device: str | torch.device = "cpu"):
     """The method of a ``model.pt`` payload, rebuilt from the registry and loaded with its state, in eval mode;
     ``method.model_info`` holds the payload's facts. Global random state is left as it was."""
-    import methods
-    from .context import Context, Setting
+    from . import registry
+    from ..kit.context import Context, Setting
 
     device = torch.device(device)
     name = payload["method"]
     try:
-        known = name in methods.registry()
-    except methods.PluginError as e:
+        known = name in registry.registry()
+    except registry.PluginError as e:
         raise ModelError(str(e)) from None
     if not known:
         raise ModelError(f"the saved model is a {name!r}, which this code's method registry does not have"
                          f"{_missing_plugin_hint(payload.get('method_origin') or {})}")
-    cls = methods.registry()[name]
+    cls = registry.registry()[name]
     setting = Setting(**payload["setting"])
     hp = cls.hyper(payload["profile"], setting)
     fields = {f.name for f in dataclasses.fields(hp)}
@@ -129,13 +129,13 @@ def rebuild(payload: dict[str, Any], device: str | torch.device = "cpu"):
 
 def _missing_plugin_hint(origin: dict) -> str:
     """How to make an external method of a saved model known again."""
-    import methods
+    from . import registry
 
     if origin.get("kind") == "entry_point":
-        return f"; it came from {methods.describe(origin)}: install that package"
+        return f"; it came from {registry.describe(origin)}: install that package"
     if origin.get("kind") == "file":
-        return (f"; it came from {methods.describe(origin)}: load it with --method-file {origin.get('path')} "
-                f"(or ${methods.FILES_ENV}, or methods.load_files in Python)")
+        return (f"; it came from {registry.describe(origin)}: load it with --method-file {origin.get('path')} "
+                f"(or ${registry.FILES_ENV}, or registry.load_files in Python)")
     return ""
 
 

@@ -2,14 +2,14 @@
 methods, profiles, backbones and datasets, for the commands that look methods up (``benchmark.run``,
 ``benchmark.evaluate``, ``benchmark.check``).
 
-``--help`` is built from the methods' source text (:func:`methods.catalogue`) and torch-free tables (profiles,
+``--help`` is built from the methods' source text (:func:`registry.catalogue`) and torch-free tables (profiles,
 backbones, datasets), so it imports neither torch nor the methods.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from .cli import UsageError
+from .toolkit import UsageError
 
 
 def add_method_files(p) -> None:
@@ -26,38 +26,38 @@ def announce_method_files(argv: list[str] | None) -> None:
     import argparse
     import os
 
-    import methods
+    from ..pipeline import registry
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--method-file", action="append", default=[])
     files = pre.parse_known_args(argv)[0].method_file
     if files:
-        known = [p for p in os.environ.get(methods.FILES_ENV, "").split(os.pathsep) if p]
-        os.environ[methods.FILES_ENV] = os.pathsep.join(dict.fromkeys(known + [str(Path(f).resolve())
+        known = [p for p in os.environ.get(registry.FILES_ENV, "").split(os.pathsep) if p]
+        os.environ[registry.FILES_ENV] = os.pathsep.join(dict.fromkeys(known + [str(Path(f).resolve())
                                                                                for f in files]))
 
 
 def load_method_files(files: list[str]) -> None:
     """Register the methods of ``--method-file`` (and ``$BENCHMARK_METHODS``); UsageError for a bad file or a
     clashing name."""
-    import methods
+    from ..pipeline import registry
 
     try:
-        methods.load_files(files)
-    except methods.PluginError as e:
+        registry.load_files(files)
+    except registry.PluginError as e:
         raise UsageError(str(e)) from None
 
 
 def catalogue_lines() -> list[str]:
     """``--help``'s lists of methods (built-in, then external), profiles, backbones and datasets, from torch-free
     sources."""
-    import methods
+    from ..pipeline import registry
 
-    from .backbone_table import BACKBONES
-    from .data import DATASETS
-    from .profiles import PROFILES
+    from ..kit.backbone_table import BACKBONES
+    from ..data import DATASETS
+    from ..kit.profiles import PROFILES
 
-    entries = methods.catalogue()
+    entries = registry.catalogue()
     lines = ["methods (built-in):"]
     for c in entries:
         if "file" in c:
@@ -65,14 +65,14 @@ def catalogue_lines() -> list[str]:
         tag = f" (variant of {c['variant_of']})" if c["variant_of"] else ""
         lines.append(f"  {c['name']:16s} {c['family']:15s} {c['idea']}{tag}")
     builtin = [c for c in entries if "file" not in c]
-    opt_in = set(methods.GROUPS.values())
+    opt_in = set(registry.GROUPS.values())
     lines.append("  all = " + ", ".join(c["name"] for c in builtin if not c["variant_of"] and c["family"] not in opt_in))
     lines += [f"  {g} = " + ", ".join(c["name"] for c in builtin if c["family"] == fam) + " (opt-in: not in all)"
-              for g, fam in methods.GROUPS.items()]
+              for g, fam in registry.GROUPS.items()]
     lines.append("  variants = all plus ablations and external methods; external = the external methods")
     files = [c for c in entries if "file" in c]
     try:
-        plugins = methods.entry_point_names()
+        plugins = registry.entry_point_names()
     except Exception:  # noqa: BLE001 - broken package metadata must not break --help
         plugins = []
     if files or plugins:

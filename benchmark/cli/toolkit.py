@@ -1,6 +1,6 @@
 """The command-line toolkit the commands share (``benchmark.run``, ``benchmark.evaluate``, ``benchmark.speed``,
 ``benchmark.check``, ``benchmark.data``): exit codes, the one-line usage error, count and folder checks, torch and
-device set-up, progress bars and notes. The commands that look methods up add :mod:`benchmark.method_cli`
+device set-up, progress bars and notes. The commands that look methods up add :mod:`benchmark.cli.methods`
 (``--method-file`` and ``--help``'s catalogue).
 
 Importing this module imports neither torch nor the methods: torch is imported by :func:`setup_torch` only once the
@@ -45,13 +45,13 @@ def existing_dir(label: str, path: str | Path | None) -> None:
 
 
 def setup_torch(device: str, threads: int | None = None):
-    """Prepare this process for PyTorch work: the allocator settings (:func:`benchmark.perf.tune_cpu`), PyTorch's CPU
+    """Prepare this process for PyTorch work: the allocator settings (:func:`benchmark.pipeline.perf.tune_cpu`), PyTorch's CPU
     threads (``threads``; None: PyTorch's default) and the device (``auto | cpu | cuda[:N]``); returns the
     ``torch.device``. UsageError for a device that is not there."""
     import torch
 
-    from .machine import resolve_device
-    from .perf import tune_cpu
+    from ..pipeline.machine import resolve_device
+    from ..pipeline.machine import tune_cpu
 
     tune_cpu()
     if threads:

@@ -8,7 +8,7 @@ so a report of old results does not change when the code changes. :func:`record_
 """
 from __future__ import annotations
 
-from .backbones import BACKBONES
+from ..kit.backbones import BACKBONES
 
 
 def method_facts(method_cls) -> dict:
@@ -20,7 +20,7 @@ def method_facts(method_cls) -> dict:
 
 
 def backbone_facts(name: str) -> dict:
-    """Kind and width of the backbone ``name`` (:data:`benchmark.backbones.BACKBONES`): ``width`` (filters) for
+    """Kind and width of the backbone ``name`` (:data:`benchmark.kit.backbones.BACKBONES`): ``width`` (filters) for
     Conv-4 kinds, ``widths`` (per stage) for ResNet kinds; only the name for an unknown one."""
     cfg = BACKBONES.get(name)
     if cfg is None:

@@ -1,7 +1,7 @@
 """Writing files safely: atomic writers (a temporary name, then ``os.replace``, so a crash leaves either the old file
 or the new one, never half of one), the OS file lock (:class:`FileLock`) and the check that a folder is writable.
 
-Names no file: what goes where is the run store's job (:mod:`benchmark.store`). Imports torch only inside
+Names no file: what goes where is the run store's job (:mod:`benchmark.store.folders`). Imports torch only inside
 :func:`atomic_torch_save`, so the report can use this module without torch.
 """
 from __future__ import annotations

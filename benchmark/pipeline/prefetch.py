@@ -1,7 +1,7 @@
 """A bounded background prefetcher: items ``f(i, device)`` for ``i`` in a range, produced in index order by one
 thread ahead of the consumer, and moved to the device.
 
-Training meta-batches and evaluation groups are pure functions of their index (:mod:`benchmark.episodes`), so
+Training meta-batches and evaluation groups are pure functions of their index (:mod:`benchmark.kit.episodes`), so
 producing them early, on another thread, cannot change them: with prefetching on or off a run computes the same
 numbers (tested in ``tests/test_prefetch.py``). What it changes is when the host work happens: drawing the indices,
 gathering and normalising the pixels and (on CUDA) the host-to-device copy overlap the consumer's step instead of
@@ -47,7 +47,7 @@ def default_prefetch(device: torch.device | str) -> int:
 
 def transfer(obj: Any, device: torch.device, non_blocking: bool = False, pin: bool = False) -> Any:
     """``obj`` with every tensor in it (directly, in a list, tuple or dict, or as a field of a dataclass such as
-    :class:`~benchmark.episodes.Episode`) moved to ``device``; other values are kept. ``pin``: pin host tensors first
+    :class:`~benchmark.kit.episodes.Episode`) moved to ``device``; other values are kept. ``pin``: pin host tensors first
     (page-locked memory, which an asynchronous copy to CUDA needs)."""
     if isinstance(obj, torch.Tensor):
         if obj.device == device:

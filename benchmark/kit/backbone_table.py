@@ -1,6 +1,6 @@
 """The backbone table: each shared backbone's name, architecture parameters and one-line description.
 
-Torch-free, so that ``--help`` lists the backbones without importing PyTorch; :mod:`benchmark.backbones` builds the
+Torch-free, so that ``--help`` lists the backbones without importing PyTorch; :mod:`benchmark.kit.backbones` builds the
 networks from it.
 """
 from __future__ import annotations

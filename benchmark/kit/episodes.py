@@ -20,7 +20,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .data import FewShotDataset
+from ..data import FewShotDataset
 
 
 def keyed_rng(*key) -> np.random.Generator:

@@ -22,11 +22,11 @@ Layout under the results directory::
     leaderboard.csv           the per-run leaderboard: one row per finished run, rebuilt from the summaries under
                               .locks/leaderboard.lock (benchmark/leaderboard.py); not the report's leaderboard.csv
 
-Every file is written to a temporary name and renamed (``os.replace``, :mod:`benchmark.files`), so a crash leaves
+Every file is written to a temporary name and renamed (``os.replace``, :mod:`benchmark.store.files`), so a crash leaves
 either the old file or the new one, never half of one. :class:`RunFolder` is the one owner of a run's folder and
 :class:`EvaluationFolder` of an evaluation's: the runner and ``benchmark.evaluate`` write through them, and
-:mod:`benchmark.models`, ``benchmark.evaluate`` and the report (:mod:`benchmark.report.records`) read through them.
-This module imports torch only inside :func:`benchmark.files.atomic_torch_save` (when a model is written), so the
+:mod:`benchmark.pipeline.models`, ``benchmark.evaluate`` and the report (:mod:`benchmark.report.records`) read through them.
+This module imports torch only inside :func:`benchmark.store.files.atomic_torch_save` (when a model is written), so the
 report can use it without torch.
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ class RunFolder:
     """The folder of one run, ``<results_dir>/<run_id>/``: created as ``<run_id>.partial/`` (which also holds the
     resume checkpoint), filled with the record files, each written atomically, and renamed into place in one step when
     the run is finished; then read back (summary, config, curve, test episodes, saved model) by the runner,
-    :mod:`benchmark.models`, ``benchmark.evaluate`` and the report."""
+    :mod:`benchmark.pipeline.models`, ``benchmark.evaluate`` and the report."""
 
     CONFIG = "config.json"
     CURVE = "curve.csv"
@@ -62,7 +62,7 @@ class RunFolder:
     CHECKPOINT = "checkpoint.pt"
     FAILED = "failed.json"  # in <run_id>.partial/: why, where and at which step the run failed
     TRACEBACK = "traceback.txt"  # in <run_id>.partial/: the traceback of a run that raised
-    MODEL = "model.pt"  # the saved model (benchmark.models)
+    MODEL = "model.pt"  # the saved model (benchmark.pipeline.models)
     EVALUATIONS = "evaluations"  # re-tests of the saved model (EvaluationFolder)
     RECORDS = (SUMMARY, TEST_EPISODES, CURVE)  # what a finished run has (config.json too, except in test fixtures)
 
@@ -175,7 +175,8 @@ class RunFolder:
         return [f for f in self.RECORDS if not (self.path / f).is_file()]
 
     def read_summary(self) -> dict:
-        return json.loads((self.path / self.SUMMARY).read_text())
+        """The run's summary, upgraded to the current fields (:func:`upgrade_summary`)."""
+        return upgrade_summary(json.loads((self.path / self.SUMMARY).read_text()), self.read_config())
 
     def read_config(self) -> dict:
         """The run's configuration; empty when the folder has none."""
@@ -191,6 +192,26 @@ class RunFolder:
 
     def read_test_episodes(self) -> pd.DataFrame:
         return pd.read_csv(self.path / self.TEST_EPISODES)
+
+
+def upgrade_summary(summary: dict, config: dict | None = None) -> dict:
+    """An older summary with the fields added since, at the value they had then (done once, when read; checkpoints
+    are upgraded likewise when loaded): ``precision`` (runs older than the field ran in float32) and ``queries``
+    (15 per class). A summary that is not a JSON object is returned as it is (the reader refuses it)."""
+    if not isinstance(summary, dict):
+        return summary
+    config = config if isinstance(config, dict) else {}
+    summary["precision"] = summary.get("precision") or config.get("precision") or "fp32"
+    summary.setdefault("queries", config.get("queries", 15))
+    return summary
+
+
+def test_table(accuracy, adapt_seconds) -> pd.DataFrame:
+    """The ``test_episodes.csv`` table of a run or an evaluation: one row per test episode (index, accuracy in
+    [0, 1], adaptation seconds)."""
+    import numpy as np
+
+    return pd.DataFrame({"episode": np.arange(len(accuracy)), "accuracy": accuracy, "adapt_seconds": adapt_seconds})
 
 
 def model_path(run: str | Path) -> Path:

@@ -1,0 +1,69 @@
+"""What the harness hands a method: the :class:`Setting` it is evaluated on and the :class:`Context` it is built with.
+
+:class:`Setting` and :class:`Context` are harness types (``methods.base`` re-exports them for method authors), so
+the harness core never imports the methods. The harness builds a run's context in one place
+(:func:`benchmark.pipeline.method_context.make_context`): the training sampler (the run's seed), the fixed validation
+episodes (``eval_seed``), the backbone factory and the services ``ctx.cached`` (an artefact cache under the results
+directory, so that e.g. MTL's pretraining is computed once and shared by all runs with the same key) and
+``ctx.progress``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from .backbones import build_backbone, feature_shape
+from .episodes import EpisodeSet, TaskSampler
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What is evaluated: dataset, ways and shots at test time (queries per class at test time too)."""
+
+    dataset: str
+    ways: int
+    shots: int
+    queries: int = 15
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset} {self.ways}-way {self.shots}-shot"
+
+
+@dataclass
+class Context:
+    """What the harness gives a method: the data it may train on, the backbone factory, and services."""
+
+    setting: Setting
+    image_shape: tuple[int, int, int]
+    backbone_name: str
+    sampler: TaskSampler
+    val_episodes: EpisodeSet
+    device: torch.device
+    seed: int
+    profile: str
+    cached: Callable[[str, dict, Callable[[], Any]], Any] = field(
+        default=lambda name, key, fn: fn())  # (name, key, compute) -> value, computed once per key by the harness
+    progress: Callable[..., Any] = field(default=None)  # (iterable=None, total=None, desc=str) -> tqdm-like
+    #: True when the method is rebuilt to load a saved model's state (:func:`benchmark.pipeline.models.load_run`): it must not
+    #: compute what that state replaces (e.g. MTL's pretraining); ``sampler`` then only knows ``n_classes`` (of the
+    #: training split) and draws nothing, and ``val_episodes`` is None.
+    restoring: bool = False
+
+    def backbone(self, *, keep_spatial: bool = False, bn_running_stats: bool = True, name: str | None = None,
+                 ) -> nn.Module:
+        """A fresh shared backbone (``name`` overrides the run's backbone, e.g. a method's own embedding)."""
+        return build_backbone(name or self.backbone_name, self.image_shape[0], keep_spatial=keep_spatial,
+                              bn_running_stats=bn_running_stats).to(self.device)
+
+    def feature_shape(self, net: nn.Module) -> tuple[int, ...]:
+        return feature_shape(net, self.image_shape)
+
+    def iterate(self, iterable: Iterable | None = None, total: int | None = None, desc: str = ""):
+        """Wrap a long loop in the harness's progress bar (a no-op bar when the harness gives none)."""
+        if self.progress is None:
+            return iterable if iterable is not None else range(total or 0)
+        return self.progress(iterable if iterable is not None else range(total or 0), total=total, desc=desc)

@@ -1,0 +1,127 @@
+"""How a run is executed, as opposed to what it is: the prefetch depth, deterministic CUDA and compiled kernels.
+
+A :class:`~benchmark.pipeline.config.RunConfig` says what a run computes (its run id depends on it); an :class:`Execution`
+says how this process computes it: none of its fields enters the run id, and each is recorded in the run's
+``summary.json`` (``execution``, and ``deterministic`` as a leaderboard column). Numerical precision is not here: a
+bf16 run computes other numbers, so ``precision`` is a field of the :class:`~benchmark.pipeline.config.RunConfig` (and of
+its run id when not fp32).
+
+* ``prefetch``: training meta-batches and evaluation groups drawn that many ahead by a background thread
+  (:mod:`benchmark.pipeline.prefetch`); None picks the device's default (:func:`benchmark.pipeline.prefetch.default_prefetch`: 0 on
+  the CPU, 2 on CUDA). Results are the same at any depth.
+* ``deterministic``: on CUDA, deterministic kernels (:func:`benchmark.pipeline.machine.configure_determinism`; the default).
+  False lets cuDNN pick fast, non-deterministic algorithms (``cudnn.benchmark``). On the CPU the kernels are
+  deterministic at a fixed number of threads either way, and nothing changes.
+* ``compile``: ``torch.compile`` the method's compilable modules (:meth:`~methods.base.Method.compile_modules`);
+  off by default (measured slower on the CPU, see the README's "Speed").
+
+Evaluation groups: :func:`group_size` sizes the groups of test episodes one ``predict_many`` call takes, by
+input size on the CPU and by free memory on CUDA (speed and memory only, never results).
+
+This module imports no PyTorch (:func:`group_size` imports it when called), so the command line can check these values before loading anything.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Numerical precisions of training and evaluation: "fp32" (float32 everywhere, the papers') or "bf16" (autocast to
+#: bfloat16: matrix products and convolutions in bfloat16, parameters, gradients and optimiser state in float32).
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` when it is one of :data:`PRECISIONS`; ValueError (one line) otherwise."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    return precision
+
+
+def parse_prefetch(text: str) -> int | None:
+    """``--prefetch``'s value: ``auto`` (None: the device's default) or a depth of 0 or more; ValueError (one line)
+    otherwise."""
+    if str(text).strip().lower() == "auto":
+        return None
+    try:
+        n = int(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"--prefetch must be auto or a number of batches (0 turns it off), not {text!r}") from None
+    if n < 0:
+        raise ValueError(f"--prefetch must be at least 0 (0 turns it off), not {n}")
+    return n
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How this process executes its runs (see the module's docstring); the defaults are the command line's."""
+
+    prefetch: int | None = None  # None: benchmark.pipeline.prefetch.default_prefetch(device)
+    deterministic: bool = True
+    compile: bool = False
+
+    def __post_init__(self):
+        if self.prefetch is not None and (not isinstance(self.prefetch, int) or self.prefetch < 0):
+            raise ValueError(f"prefetch must be None (the device's default) or at least 0, not {self.prefetch!r}")
+
+    def prefetch_for(self, device) -> int:
+        """The prefetch depth on ``device``: the one asked for, else the device's default."""
+        if self.prefetch is not None:
+            return self.prefetch
+        from .prefetch import default_prefetch
+
+        return default_prefetch(device)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation groups
+#: Most input values (images x channels x height x width) one grouped evaluation pass takes: 20 Omniglot 5-way 5-shot
+#: episodes with 15 queries (100 images of 28x28 each) fit; one 84x84 RGB episode of 80 images is 1.7 million, so
+#: such datasets are evaluated one episode at a time instead of 20, which would hold gigabytes of activations.
+EVAL_GROUP_VALUES = 2_000_000
+
+
+#: CUDA: a grouped evaluation pass may fill at most this share of the device's free memory (``torch.cuda.mem_get_info``
+#: when the evaluation starts) with activations; the rest is the safety margin (the model, the allocator's cache,
+#: another run sharing the GPU under Ray's fractional GPUs).
+EVAL_MEMORY_SHARE = 0.25
+#: CUDA: estimated bytes of activations per input value of a pass: float32 (4 bytes) x 512. A Conv-4 block's
+#: convolution, BatchNorm and ReLU outputs hold 64 channels per input channel at full resolution (3 x 64 = 192 values
+#: per value of a 1-channel image, the pooled later blocks add about a third), and a method that adapts at test time
+#: keeps them all for its backward pass; 512 rounds that up. A method can give its own as ``eval_activation_bytes``.
+EVAL_ACTIVATION_BYTES = 4 * 512
+#: CUDA: ResNet backbones (three convolutions per block, widths up to 640) hold about 4 times a Conv-4's activations.
+RESNET_ACTIVATION_SCALE = 4
+#: CUDA: most episodes one grouped pass takes (methods that group at all, ``eval_group > 1``).
+EVAL_GROUP_MAX_CUDA = 64
+
+
+def group_size(method, episodes, group: int | None = None, device=None) -> int:
+    """Episodes per ``predict_many`` call. Only speed and memory depend on it, never results (tested).
+
+    CPU (or no ``device``): ``group`` (default: the method's ``eval_group``), capped so that a call takes at most
+    :data:`EVAL_GROUP_VALUES` input values.
+
+    CUDA, for a method that groups (``eval_group > 1``): ``group`` (default: :data:`EVAL_GROUP_MAX_CUDA`), capped so
+    that the estimated activations of a call (input values x :data:`EVAL_ACTIVATION_BYTES`, or the method's
+    ``eval_activation_bytes``; x :data:`RESNET_ACTIVATION_SCALE` on a ResNet backbone) fill at most
+    :data:`EVAL_MEMORY_SHARE` of the device's free memory, and at most :data:`EVAL_GROUP_MAX_CUDA`. A method that
+    does not group (``eval_group == 1``: its ``predict_many`` is a loop) keeps 1.
+    """
+    import torch
+
+    own = max(1, int(getattr(method, "eval_group", 1)))
+    cuda = device is not None and torch.device(device).type == "cuda"
+    if cuda and own > 1 and len(episodes):
+        e = episodes[0]
+        values = (len(e.support_x) + len(e.query_x)) * e.support_x[0].numel()
+        per_value = getattr(method, "eval_activation_bytes", None) or EVAL_ACTIVATION_BYTES
+        backbone = str(getattr(getattr(method, "ctx", None), "backbone_name", "") or "")
+        if backbone.startswith("resnet"):
+            per_value *= RESNET_ACTIVATION_SCALE
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        fits = int(EVAL_MEMORY_SHARE * free // max(1, values * per_value))
+        return max(1, min(int(group or EVAL_GROUP_MAX_CUDA), fits, EVAL_GROUP_MAX_CUDA))
+    group = max(1, int(group or own))
+    if group > 1 and len(episodes):
+        e = episodes[0]
+        per_episode = (len(e.support_x) + len(e.query_x)) * e.support_x[0].numel()
+        group = max(1, min(group, EVAL_GROUP_VALUES // max(1, per_episode)))
+    return group
