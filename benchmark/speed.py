@@ -145,17 +145,6 @@ def sampler_rate(prepared: PreparedRun, device: str = "cpu", episodes: int = 200
             "episodes_per_second": len(times) / sum(times), "ms_per_episode_median": 1000 * statistics.median(times)}
 
 
-def measure(method: str, dataset: str = "omniglot", ways: int = 5, shots: int = 1, queries: int = 15,
-            backbone: str = "conv4", profile: str = "quick", device: str = "cpu", train_ways: int | None = None,
-            train_shots: int | None = None, train_queries: int | None = None, meta_batch: int | None = None,
-            steps: int = 20, warmup: int = 3, test_episodes: int = 20, overrides=(), data_dir=None,
-            results_dir: str | Path | None = "results", eval_group: int = 1, precision: str = "fp32") -> dict:
-    """:func:`prepare_measurement` then :func:`time_run`."""
-    prepared = prepare_measurement(method, dataset, ways, shots, queries, backbone, profile, train_ways, train_shots,
-                                   train_queries, meta_batch, overrides, data_dir)
-    return time_run(prepared, device, steps, warmup, test_episodes, results_dir, eval_group, precision)
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmark.speed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

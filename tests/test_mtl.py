@@ -149,13 +149,15 @@ def test_each_variant_learns_above_chance(variant_runs, name):
 def test_speed_measures_with_the_runs_artefact_cache(tmp_path, monkeypatch):
     """benchmark.speed builds its method with the runner's context factory: MTL's pretraining is cached under the
     results directory, and a second measurement (or a run with the same key) reuses it instead of pretraining."""
-    from benchmark.speed import measure
+    from benchmark.speed import prepare_measurement, time_run
 
-    tiny = dict(profile="smoke", steps=1, warmup=0, test_episodes=1, results_dir=tmp_path, meta_batch=1,
-                overrides=(("pre_epochs", 1e-5), ("pre_val_episodes", 1), ("inner_steps", 5), ("test_steps", 5),
-                           ("hard_tasks", 0)))
-    first = measure("mtl", **tiny)
+    def measure():
+        prepared = prepare_measurement("mtl", profile="smoke", meta_batch=1, overrides=(
+            ("pre_epochs", 1e-5), ("pre_val_episodes", 1), ("inner_steps", 5), ("test_steps", 5), ("hard_tasks", 0)))
+        return time_run(prepared, steps=1, warmup=0, test_episodes=1, results_dir=tmp_path)
+
+    first = measure()
     assert len(list((tmp_path / "cache").glob("mtl-pretrain-*.pt"))) == 1
     monkeypatch.setattr(MTL, "_pretrain", lambda self: pytest.fail("pretrained again"))
-    second = measure("mtl", **tiny)
+    second = measure()
     assert second["train_episode"] == first["train_episode"] and second["ms_per_test_episode_median"] > 0

@@ -4,7 +4,7 @@
 * :mod:`~benchmark.pipeline.registry`: the methods, built-in and external (the one place that imports ``methods``);
 * :mod:`~benchmark.pipeline.config`: a run's configuration, its hyperparameters and ``prepare``;
 * :mod:`~benchmark.pipeline.plan`: the frozen plan of a command line (runs, execution, executor settings);
-* :mod:`~benchmark.pipeline.episode_sets`: a run's validation and test episode sets and its test-episode table;
+* :mod:`~benchmark.pipeline.episode_sets`: a run's validation and test episode sets;
 * :mod:`~benchmark.pipeline.method_context`: the method's context and the artefact cache;
 * :mod:`~benchmark.pipeline.execution`: how a run executes (prefetch, determinism, compile, evaluation groups);
 * :mod:`~benchmark.pipeline.prefetch`: episodes drawn ahead of the step;
@@ -23,7 +23,7 @@ _LAZY = {
     "Interrupted": "training", "evaluate": "training", "seed_everything": "training", "Trainer": "training",
     "RunJob": "runner", "Outcome": "runner", "RunFailed": "runner", "Locked": "runner", "run": "runner",
     "run_job": "runner", "prepare": "runner", "failure_record": "runner",
-    "test_set": "episode_sets", "validation_set": "episode_sets", "test_table": "episode_sets",
+    "test_set": "episode_sets", "validation_set": "episode_sets",
     "load_run": "models", "ModelError": "models",
     "resolve_device": "machine",
 }
