@@ -1,26 +1,29 @@
 """python -m benchmark.gpu_check: a check of the harness on a CUDA machine, within a time budget, in one report.
 
-Parts (each catches its own failure and records it, so one failing part does not stop the others):
+Parts (each catches its own failure and records it, so one failing part does not stop the others; the summary is
+rewritten after every part, so a check cut short keeps what it measured):
 
-(a) speed: milliseconds per training episode and per test episode of every main method, 1- and 5-shot, in fp32 and
-    bf16 (every fp32 case first), and MAML with ``vectorize`` on and off (:func:`benchmark.speed.time_run`), at the
-    ``paper`` profile's training shapes, with each one's projected paper-length hours
-    (:func:`benchmark.speed.paper_projection`), under :func:`benchmark.pipeline.machine.configure_determinism`; any warning
-    about an operation without a deterministic CUDA kernel is listed;
-(b) determinism: the smoke main job (``python -m benchmark.run --methods all --profile smoke``) twice, into two
-    temporary results folders, with determinism configured; every run's per-episode test accuracies
-    (``test_episodes.csv``) must be identical;
-(c) resume: one run stopped mid-way (``stop_after``) and resumed must equal an uninterrupted one (runner API);
-(d) throughput: the quick main job under Ray with fractional GPUs (``--executor ray --gpus-per-run 0.125``) for the
-    time left, reporting runs finished per minute and the GPU's utilisation and memory (``nvidia-smi``, else
-    ``torch.cuda.utilization()``);
-(e) the summary: one markdown file (``--out``, default gpu_check.md) with every figure and each part's pass/fail.
+(a) speed: milliseconds per training episode and per test episode of every main method, 1- and 5-shot, at the
+    ``paper`` profile's training shapes (fp32 cases first, then bf16 while time is left, and MAML with
+    ``vectorize`` on and off), with each one's FLOPs per training episode (``torch.utils.flop_counter``), the share
+    of the device's peak that achieves, and its projected paper-length hours (:func:`benchmark.speed.paper_projection`),
+    under :func:`benchmark.pipeline.machine.configure_determinism`; warnings about operations without a
+    deterministic CUDA kernel are listed;
+(b) determinism: the smoke main job twice, into two results folders; every run's records must be identical
+    (:func:`benchmark.store.compare.folders_differ`);
+(c) resume: a run stopped mid-way and resumed must equal an uninterrupted one (runner API);
+(d) packing: the quick main job with ``--executor processes --workers K`` for K = 1, 2, 4, 8, each for an equal
+    window: runs finished per minute and the GPU's mean utilisation;
+(e) the quick main job ``--methods all`` on the GPU with the most workers, to the end (or the part's deadline): wall
+    clock, runs finished, utilisation;
+(f) reproduce: the ``paper`` profile of the cheapest settings by projected cost (from (a); the paper's training
+    episodes otherwise), as many as the time left allows, packed; each finished one with its published figure and
+    the difference.
 
-``--dry-run`` (or ``--device cpu``) runs the same parts at tiny sizes on the CPU (one method or two, a couple of
-steps; part (d) with the sequential executor), so the script itself is tested without a GPU. Exit code: 0 when every
-part passed, 1 otherwise.
+``--dry-run`` (or ``--device cpu``) runs the same parts at tiny sizes on the CPU, so the script itself is tested
+without a GPU. Exit code: 0 when every part passed, 1 otherwise, 2 on bad arguments.
 
-Example: python -m benchmark.gpu_check --budget-s 480 --out gpu_check.md
+Example: python -m benchmark.gpu_check --budget-s 540 --out gpu_check.md
 """
 from __future__ import annotations
 
@@ -39,12 +42,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-#: share of the budget each of parts (a), (b), (c) may take; (d) gets what is left
-SHARES = {"speed": 0.35, "determinism": 0.25, "resume": 0.10}
-TITLES = {"speed": "(a) Speed: ms per training episode / per test episode",
+#: share of the budget each part may take (time a part leaves unused carries over to the next); (f) gets the rest
+SHARES = {"speed": 0.16, "determinism": 0.14, "resume": 0.05, "packing": 0.20, "quick": 0.25}
+TITLES = {"speed": "(a) Speed: ms and FLOPs per training episode, ms per test episode, paper-profile shapes",
           "determinism": "(b) Determinism: the smoke main job twice",
           "resume": "(c) Resume: stopped mid-way and resumed = uninterrupted",
-          "throughput": "(d) Throughput: the quick main job for the time left"}
+          "packing": "(d) Packing: K worker processes on one GPU, quick profile",
+          "quick": "(e) The quick main job on one GPU",
+          "reproduce": "(f) Reproduce: paper-profile runs of the cheapest settings"}
+#: dense peak FLOP/s by device name, for the achieved share: (fp32 without tensor cores, bf16 tensor cores). The
+#: fp32 share is against the CUDA-core peak; cuDNN may run fp32 convolutions as TF32 on tensor cores (PyTorch's
+#: default, ``torch.backends.cudnn.allow_tf32``), so it can exceed what pure fp32 would allow.
+PEAKS = {"H200": (67e12, 989e12), "H100": (67e12, 989e12), "A100": (19.5e12, 312e12)}
+#: what part (a) measured, for part (f): (method, shots) -> projected paper hours of training + test
+MEASURED: dict[tuple[str, int], float] = {}
 
 
 @dataclass
@@ -74,7 +85,9 @@ class Plan:
     resume_methods: list[str]
     resume_overrides: tuple
     resume_stop: int
-    throughput_args: list[str]
+    quick_args: list[str]  # benchmark.run arguments of the packing and quick parts (the executor is added)
+    workers: list[int]  # K of the packing part; the quick part uses the last
+    reproduce_args: list[str]  # benchmark.run arguments of a reproduction, besides --methods and --shots
 
 
 def make_plan(device: str, dry: bool) -> Plan:
@@ -85,12 +98,12 @@ def make_plan(device: str, dry: bool) -> Plan:
         return Plan(device, True, ["protonet", "maml"], [1], ["fp32", "bf16"], "smoke", 1, 1, 2,
                     ["--methods", "protonet", "--shots", "1", "--profile", "smoke", *tiny],
                     ["protonet"], (("train_steps", 4), ("val_every", 2), ("train_ways", 5), ("train_queries", 5)), 3,
-                    ["--methods", "protonet", "--shots", "1", "--profile", "smoke", *tiny,
-                     "--executor", "sequential"])
+                    ["--methods", "protonet,matching", "--shots", "1", "--profile", "smoke", *tiny], [1, 2],
+                    ["--profile", "smoke", *tiny])
     return Plan(device, False, registry.main_methods(), [1, 5], ["fp32", "bf16"], "paper", 5, 2, 10,
                 ["--methods", "all", "--profile", "smoke"],
                 ["protonet", "maml"], (("train_steps", 12), ("val_every", 4)), 6,
-                ["--methods", "all", "--profile", "quick", "--executor", "ray", "--gpus-per-run", "0.125"])
+                ["--methods", "all", "--profile", "quick"], [1, 2, 4, 8], ["--profile", "paper"])
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -106,6 +119,11 @@ def _env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
+
+
+def _packed(args: list[str], workers: int) -> list[str]:
+    """``args`` run by ``workers`` processes of the processes executor (one GPU, several runs on it)."""
+    return [*args, "--executor", "processes", "--workers", str(workers)]
 
 
 def _run_until(cmd: list[str], timeout: float) -> tuple[int | None, str]:
@@ -202,9 +220,12 @@ def part_speed(plan: Plan, deadline: float, results_dir: Path) -> Part:
                       (" (MTL with a shortened pretraining); projected hours: the paper's training episodes x the "
                        "median ms per episode, and 600 test episodes, validation and pretraining left out"
                        " (`benchmark.speed.paper_projection`)" if paper else "") + ".")
+    peak = _peak(plan.device)
+    part.lines.append(f"Achieved share: FLOPs per training episode / its median time, against {peak[2]}.")
     part.lines += ["", "| method | shots | precision | variant | ms/train episode (median) | ms/test episode (median)"
-                   " | peak MB | projected paper training h | projected test h |",
-                   "|---|---|---|---|---|---|---|---|---|"]
+                   " | GFLOP/train episode | achieved TFLOP/s (share of peak) | peak MB | projected paper training h "
+                   "| projected test h |",
+                   "|---|---|---|---|---|---|---|---|---|---|---|"]
     cases = []  # every fp32 case first: the paper's precision is the one the projection needs most
     for precision in plan.precisions:
         for name in plan.speed_methods:
@@ -224,7 +245,7 @@ def part_speed(plan: Plan, deadline: float, results_dir: Path) -> Part:
                 warnings.simplefilter("always")
                 prepared = prepare_measurement(name, shots=shots, profile=plan.speed_profile, overrides=over)
                 r = time_run(prepared, plan.device, plan.speed_steps, plan.speed_warmup, plan.speed_test_episodes,
-                             results_dir, eval_group=0, precision=precision)
+                             results_dir, eval_group=0, precision=precision, flops=True)
             for w in caught:
                 text = str(w.message)
                 if "determinis" in text.lower():
@@ -233,13 +254,18 @@ def part_speed(plan: Plan, deadline: float, results_dir: Path) -> Part:
             if paper:
                 cost = paper_projection(prepared, r)
                 hours = f" {cost['projected_train_hours']:.2f} | {cost['projected_test_hours']:.3f} |"
-            part.lines.append(f"| {name} | {shots} | {precision} | {label} | {r['ms_per_train_episode_median']:.2f} "
-                              f"| {r['ms_per_test_episode_median']:.2f} | {r['peak_memory_mb']:.0f} |" +
-                              (hours or " | |"))
+                if precision == "fp32" and label in ("", "vectorize=True"):
+                    MEASURED[(name, shots)] = cost["projected_train_hours"] + cost["projected_test_hours"]
+            fl, ms = r.get("flops_per_train_episode"), r["ms_per_train_episode_median"]
+            achieved = "" if not fl else f"{fl / (ms / 1e3) / 1e12:.2f}" + (
+                f" ({100 * fl / (ms / 1e3) / peak[0 if precision == 'fp32' else 1]:.1f}%)" if peak[0] else "")
+            part.lines.append(f"| {name} | {shots} | {precision} | {label} | {ms:.2f} "
+                              f"| {r['ms_per_test_episode_median']:.2f} | {fl / 1e9 if fl else float('nan'):.2f} | "
+                              f"{achieved} | {r['peak_memory_mb']:.0f} |" + (hours or " | |"))
         except Exception as e:  # noqa: BLE001 - recorded; the other cases go on
             failures += 1
             part.lines.append(f"| {name} | {shots} | {precision} | {label} | FAILED: "
-                              f"{type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''} | | | | |")
+                              f"{type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''} | | | | | | |")
     part.lines.append("")
     if skipped:
         part.lines.append(f"{skipped} of {len(cases)} cases skipped: the part's time ran out.")
@@ -319,29 +345,146 @@ def part_resume(plan: Plan, deadline: float, work: Path) -> Part:
     return part
 
 
-def part_throughput(plan: Plan, deadline: float, work: Path) -> Part:
-    from .store.folders import finished_runs
+def _peak(device: str) -> tuple[float | None, float | None, str]:
+    """(fp32 peak, bf16 peak, in words) of ``device`` from :data:`PEAKS`; (None, None, ...) when unknown."""
+    try:
+        import torch
 
-    part = Part("throughput", TITLES["throughput"])
-    d = work / "throughput"
-    cmd = _python_run([*plan.throughput_args, "--results-dir", str(d)], plan.device, deterministic=False)
-    left = deadline - time.monotonic()
-    if left < 20 and not plan.dry:
-        part.lines.append(f"- skipped: {left:.0f} s left")
-        return part
+        name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "cpu"
+    except Exception:  # noqa: BLE001
+        name = "?"
+    for key, (fp32, bf16) in PEAKS.items():
+        if key in name:
+            return fp32, bf16, (f"the {key}'s dense peaks, {fp32 / 1e12:.0f} TFLOP/s fp32 (CUDA cores) and "
+                                f"{bf16 / 1e12:.0f} TFLOP/s bf16 (tensor cores)")
+    return None, None, f"no known peak for {name}"
+
+
+def _window(args: list[str], results_dir: Path, seconds: float, every: float) -> tuple[int | None, str, float,
+                                                                                          int, "GpuSampler"]:
+    """Run ``benchmark.run args`` into ``results_dir`` for at most ``seconds``, sampling the GPU: (exit code or None
+    when stopped, last output line, minutes, runs finished, the sampler)."""
+    from .store.folders import run_folders
+
     t0 = time.monotonic()
-    with GpuSampler(every=0.5 if plan.dry else 2.0) as sampler:
-        rc, tail = _run_until(cmd, max(5.0, deadline - time.monotonic()))
-    minutes = (time.monotonic() - t0) / 60
-    done = finished_runs(d) if d.is_dir() else []
-    part.lines += [f"- `benchmark.run {' '.join(plan.throughput_args)}`: "
+    with GpuSampler(every=every) as sampler:
+        rc, tail = _run_until(_python_run([*args, "--results-dir", str(results_dir)], _DEVICE[0],
+                                          deterministic=False), max(5.0, seconds))
+    done = sum(f.is_finished() for f in run_folders(results_dir))
+    return rc, tail, (time.monotonic() - t0) / 60, done, sampler
+
+
+_DEVICE = ["cuda"]  # the plan's device, for _window (set by main)
+
+
+def part_packing(plan: Plan, deadline: float, work: Path) -> Part:
+    part = Part("packing", TITLES["packing"])
+    part.lines += [f"`benchmark.run {' '.join(plan.quick_args)} --executor processes --workers K`, each K for an "
+                   "equal window from an empty results folder (non-deterministic kernels allowed, as a throughput "
+                   "run would).", "", "| K workers | window min | runs finished | runs per minute | GPU "
+                   "utilisation |", "|---|---|---|---|---|"]
+    rates = []
+    for n, k in enumerate(plan.workers):
+        left = deadline - time.monotonic()
+        window = left / (len(plan.workers) - n)
+        if window < 10 and not plan.dry:
+            part.lines.append(f"| {k} | skipped: {left:.0f} s left | | | |")
+            continue
+        rc, tail, minutes, done, sampler = _window(_packed(plan.quick_args, k), work / f"packing-{k}", window,
+                                                   0.5 if plan.dry else 1.0)
+        rates.append(done / max(minutes, 1e-9))
+        part.lines.append(f"| {k} | {minutes:.2f} | {done} | {rates[-1]:.2f} | {sampler.summary()} |")
+        if rc not in (None, 0) and tail:
+            part.lines.append(f"| {k} | exit code {rc}: `{tail[:200]}` | | | |")
+    part.ok = bool(rates)
+    return part
+
+
+def part_quick(plan: Plan, deadline: float, work: Path) -> Part:
+    part = Part("quick", TITLES["quick"])
+    k = plan.workers[-1]
+    args = _packed(plan.quick_args, k)
+    rc, tail, minutes, done, sampler = _window(args, work / "quick", deadline - time.monotonic(),
+                                               0.5 if plan.dry else 1.0)
+    part.lines += [f"- `benchmark.run {' '.join(args)}`: "
                    f"{'stopped at the deadline' if rc is None else f'finished (exit code {rc})'} after "
-                   f"{minutes:.1f} min",
-                   f"- runs finished: {len(done)}, i.e. {len(done) / max(minutes, 1e-9):.2f} per minute",
-                   f"- {sampler.summary()}"]
-    if tail:
+                   f"{minutes:.2f} min of wall clock; runs finished: {done}", f"- {sampler.summary()}"]
+    if rc not in (None, 0) and tail:
         part.lines.append(f"- last output line: `{tail[:300]}`")
-    part.ok = len(done) > 0
+    part.ok = rc == 0
+    return part
+
+
+def reproduction_order(methods: list[str], shots: list[int]) -> list[tuple[str, int]]:
+    """The (method, shots) settings cheapest first: by the hours part (a) projected, else by the paper's training
+    episodes (:meth:`~methods.base.Method.paper_train_episodes`)."""
+    from .kit.context import Setting
+    from .pipeline import registry
+
+    def cost(c):
+        if c in MEASURED:
+            return (0, MEASURED[c])
+        return (1, registry.get(c[0]).paper_train_episodes(Setting("omniglot", 5, c[1])) or 0)
+
+    return sorted(((m, s) for m in methods for s in shots), key=cost)
+
+
+def part_reproduce(plan: Plan, deadline: float, work: Path) -> Part:
+    from .report.reference import load_reference
+    from .store.folders import RunFolder
+
+    part = Part("reproduce", TITLES["reproduce"])
+    left = deadline - time.monotonic()
+    order = reproduction_order(plan.speed_methods, plan.speed_shots)
+    k = plan.workers[-1]
+    # as many as the time left holds, K at a time: projected hours (when measured) against the window
+    chosen, budget = [], k * left / 3600
+    for c in order:
+        need = MEASURED.get(c)
+        if need is not None and need > budget and chosen:
+            continue
+        chosen.append(c)
+        budget -= need or 0.0
+        if len(chosen) >= k or (need is None and len(chosen) >= 2):
+            break
+    part.lines.append(f"Order by projected cost: {', '.join(f'{m} {s}-shot' for m, s in order)}; started: "
+                      f"{', '.join(f'{m} {s}-shot' for m, s in chosen)} ({k} workers, {left:.0f} s left).")
+    by_shots: dict[int, list[str]] = {}
+    for m, s in chosen:
+        by_shots.setdefault(s, []).append(m)
+    d = work / "reproduce"
+    procs = []
+    for s, names in by_shots.items():
+        args = _packed(["--methods", ",".join(names), "--shots", str(s), *plan.reproduce_args,
+                        "--results-dir", str(d)], max(1, k // len(by_shots)))
+        procs.append(threading.Thread(target=_run_until, args=(_python_run(args, plan.device), max(5.0, left))))
+    with GpuSampler(every=0.5 if plan.dry else 1.0) as sampler:
+        for t in procs:
+            t.start()
+        for t in procs:
+            t.join()
+    ref = load_reference()
+    part.lines += ["", "| setting | run | accuracy | published | difference | training episodes | minutes |",
+                   "|---|---|---|---|---|---|---|"]
+    finished = 0
+    for m, s in chosen:
+        folders = [f for f in (RunFolder(d, p.name) for p in (sorted(d.iterdir()) if d.is_dir() else []))
+                   if f.run_id.startswith(f"{m}-omniglot-5w{s}s")]
+        done = [f for f in folders if f.is_finished()]
+        pub = ref[(ref.method == m) & (ref.dataset == "omniglot") & (ref.ways == 5) & (ref.shots == s)]
+        published = float(pub.accuracy.iloc[0]) if len(pub) else None
+        if not done:
+            part.lines.append(f"| {m} 5-way {s}-shot | not finished (stopped at the deadline) | | "
+                              f"{published if published is not None else 'none'} | | | |")
+            continue
+        finished += 1
+        sm = done[0].read_summary()
+        diff = f"{sm['mean'] - published:+.2f}" if published is not None else ""
+        part.lines.append(f"| {m} 5-way {s}-shot | {done[0].run_id} | {sm['mean']:.2f} ± {sm['ci95']:.2f} | "
+                          f"{published if published is not None else 'none'} | {diff} | {sm['train_episodes']} | "
+                          f"{(sm['train_seconds'] + sm.get('val_seconds', 0)) / 60:.1f} |")
+    part.lines.append(f"- {sampler.summary()}")
+    part.ok = finished > 0
     return part
 
 
@@ -375,11 +518,12 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", help="cuda[:N] (default) or cpu (the same as --dry-run)")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU, to test the script")
-    p.add_argument("--budget-s", type=float, default=480.0, help="total seconds for all parts; default 480")
+    p.add_argument("--budget-s", type=float, default=540.0, help="total seconds for all parts; default 540")
     p.add_argument("--out", default="gpu_check.md", help="markdown summary; default gpu_check.md")
     p.add_argument("--keep", default=None, help="keep the parts' results folders here (default: a temporary folder, "
                    "removed at the end)")
-    p.add_argument("--parts", default="speed,determinism,resume,throughput", help="comma list of the parts to run")
+    p.add_argument("--parts", default=",".join(TITLES), help=f"comma list of the parts to run; default "
+                   f"{','.join(TITLES)}")
     return p
 
 
@@ -393,8 +537,9 @@ def main(argv: list[str] | None = None) -> int:
     tune_cpu()
     plan = make_plan(device, dry)
     wanted = [w.strip() for w in args.parts.split(",") if w.strip()]
+    _DEVICE[0] = device
     runners = {"speed": part_speed, "determinism": part_determinism, "resume": part_resume,
-               "throughput": part_throughput}
+               "packing": part_packing, "quick": part_quick, "reproduce": part_reproduce}
     unknown = [w for w in wanted if w not in runners]
     if unknown:
         print(f"error: unknown part(s) {', '.join(unknown)}; choose from {', '.join(runners)}", file=sys.stderr)
@@ -417,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
                             traceback.format_exc(limit=-3))
             part.seconds = time.monotonic() - t0
             parts.append(part)
+            write_summary(Path(args.out), plan, parts, args.budget_s, started)  # nothing measured is lost
             print(f"{part.title}: {'PASS' if part.ok else 'FAIL' if part.ok is False else 'not run'} "
                   f"({part.seconds:.0f} s)", flush=True)
     finally:

@@ -44,7 +44,7 @@ def prepare_measurement(method: str, dataset: str = "omniglot", ways: int = 5, s
 
 def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup: int = 3, test_episodes: int = 20,
              results_dir: str | Path | None = "results", eval_group: int = 1, precision: str = "fp32",
-             prefetch: int = 0, compile: bool = False) -> dict:
+             prefetch: int = 0, compile: bool = False, flops: bool = False) -> dict:
     """Time ``steps`` training steps and ``test_episodes`` test episodes (after ``warmup`` of each) of
     ``prepared``'s method, with :func:`~benchmark.pipeline.training.timed_step` and :func:`~benchmark.pipeline.training.evaluate`;
     artefacts are cached under ``results_dir`` as in runs (None: computed, not cached). ``eval_group``: test
@@ -54,7 +54,9 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
     without it). ``compile``: :func:`~benchmark.pipeline.training.compile_method` first (its compilation falls in the warm-up
     steps). Besides the step's own time (``ms_per_train_episode_*``), the wall clock per training episode from one
     step's end to the next (``ms_per_train_episode_wall_median``) includes drawing the meta-batch and moving it to
-    the device, or waiting for the prefetcher: what prefetching saves shows there."""
+    the device, or waiting for the prefetcher: what prefetching saves shows there. ``flops``: also count the
+    floating-point operations of one more training step (forward and backward, ``torch.utils.flop_counter``), per
+    training episode (``flops_per_train_episode``; None where the counter fails)."""
     import time
 
     import torch
@@ -83,6 +85,8 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
                 if step >= warmup:
                     times.append(r.seconds / r.tasks)
                     walls.append((t_end - t_prev) / r.tasks)
+        counted = step_flops(m, draw_episodes(ctx.sampler, warmup + steps, hp.meta_batch, shape, dev),
+                             warmup + steps, dev, precision) if flops else None
         test = test_set(prepared, test_episodes + warmup)
         group = eval_group or None  # 0: as runs evaluate (group_size picks for the method and the device)
         evaluate(m, [test[i] for i in range(warmup)], dev, group=group, precision=precision)  # warm-up
@@ -96,9 +100,25 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
         "ms_per_train_episode_median": 1000 * statistics.median(times),
         "ms_per_train_episode_mean": 1000 * statistics.fmean(times),
         "ms_per_train_episode_wall_median": 1000 * statistics.median(walls),
-        "ms_per_test_episode_median": 1000 * statistics.median(ttimes),
+        "ms_per_test_episode_median": 1000 * statistics.median(ttimes), "flops_per_train_episode": counted,
         "peak_memory_mb": round(mem.mb, 1), "device_name": environment(dev)["device_name"],
     }
+
+
+def step_flops(method, episodes, step: int, device, precision: str = "fp32") -> float | None:
+    """Floating-point operations of one training step on ``episodes`` (forward and backward, as
+    ``torch.utils.flop_counter.FlopCounterMode`` counts them: matrix products and convolutions), per episode of the
+    meta-batch; None when the counter cannot follow the step (it then trains as usual)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .pipeline.training import timed_step
+
+    try:
+        with FlopCounterMode(display=False) as counter:
+            r = timed_step(method, episodes, step, device, precision)
+        return counter.get_total_flops() / max(1, r.tasks)
+    except Exception:  # noqa: BLE001 - a method whose step the counter cannot trace is measured without FLOPs
+        return None
 
 
 #: overrides of a ``paper``-profile measurement that shorten what a step's cost does not depend on: MTL's 100

@@ -2,7 +2,8 @@
 does not stop the others."""
 import benchmark.gpu_check as gc
 
-SECTIONS = ["## Verdict", "## (a) Speed", "## (b) Determinism", "## (c) Resume", "## (d) Throughput"]
+SECTIONS = ["## Verdict", "## (a) Speed", "## (b) Determinism", "## (c) Resume", "## (d) Packing", "## (e) The quick",
+            "## (f) Reproduce"]
 
 
 def test_dry_run_writes_every_section(tmp_path):
@@ -12,7 +13,7 @@ def test_dry_run_writes_every_section(tmp_path):
     for s in SECTIONS:
         assert s in text, s
     assert "Device `cpu`" in text and "dry run" in text
-    assert text.count("| PASS |") + text.count("| FAIL |") == 4  # a verdict for each part
+    assert text.count("| PASS |") + text.count("| FAIL |") == 6  # a verdict for each part
     assert "| protonet | 1 | fp32 |" in text  # the first speed case always runs
     assert rc in (0, 1)
 
@@ -31,14 +32,14 @@ def test_a_failing_part_is_recorded_and_the_others_run(tmp_path, monkeypatch):
         return part
 
     monkeypatch.setattr(gc, "part_speed", broken)
-    for name, fn in (("determinism", "part_determinism"), ("resume", "part_resume"),
-                     ("throughput", "part_throughput")):
+    for name, fn in (("determinism", "part_determinism"), ("resume", "part_resume"), ("packing", "part_packing"),
+                     ("quick", "part_quick"), ("reproduce", "part_reproduce")):
         monkeypatch.setattr(gc, fn, fine(name))
     out = tmp_path / "g.md"
     assert gc.main(["--dry-run", "--out", str(out)]) == 1
     text = out.read_text()
-    assert calls == ["speed", "determinism", "resume", "throughput"]
-    assert "RuntimeError: no kernel image" in text and text.count("| PASS |") == 3 and text.count("| FAIL |") == 1
+    assert calls == ["speed", "determinism", "resume", "packing", "quick", "reproduce"]
+    assert "RuntimeError: no kernel image" in text and text.count("| PASS |") == 5 and text.count("| FAIL |") == 1
     assert gc.main(["--dry-run", "--parts", "nosuch", "--out", str(out)]) == 2
 
 
@@ -57,5 +58,23 @@ def test_full_speed_part_measures_the_paper_profile_and_projects_its_hours(tmp_p
             if line.startswith("| protonet") or line.startswith("| mtl")}
     assert set(rows) == {"protonet", "mtl"}
     for name, episodes in (("protonet", 20_000), ("mtl", 12_000)):  # paper_train_episodes, 5-way 1-shot
-        ms, hours = float(rows[name][4]), float(rows[name][7])
+        ms, gflop, hours = float(rows[name][4]), float(rows[name][6]), float(rows[name][9])
+        assert gflop > 0.1, rows[name]  # FLOPs counted
         assert abs(hours - episodes * ms / 3.6e6) < 0.006, rows[name]
+
+
+def test_reproduction_takes_the_cheapest_settings_first(monkeypatch):
+    """Part (f) orders settings by the hours part (a) projected; settings (a) did not measure follow, by the paper's
+    training episodes."""
+    monkeypatch.setattr(gc, "MEASURED", {("maml", 1): 0.2, ("protonet", 5): 0.05, ("protonet", 1): 0.1})
+    order = gc.reproduction_order(["protonet", "maml", "reptile"], [1, 5])
+    assert order[:3] == [("protonet", 5), ("protonet", 1), ("maml", 1)]
+    rest = order[3:]
+    assert set(rest) == {("maml", 5), ("reptile", 1), ("reptile", 5)}
+    monkeypatch.setattr(gc, "MEASURED", {})
+    from benchmark.kit.context import Setting
+    from benchmark.pipeline import registry
+
+    order = gc.reproduction_order(["protonet", "maml", "reptile"], [1])
+    costs = [registry.get(m).paper_train_episodes(Setting("omniglot", 5, s)) for m, s in order]
+    assert costs == sorted(costs)
