@@ -71,11 +71,22 @@ def rng_state() -> dict:
 
 
 def set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
+    """Restore :func:`rng_state`'s states. Torch keeps every generator's state (the CPU's and each GPU's) as a CPU
+    ``ByteTensor``; states that were moved to a device on the way (a checkpoint loaded onto a GPU) are brought back to
+    the host first, since ``torch.set_rng_state``/``torch.cuda.set_rng_state_all`` refuse them there."""
+    torch.set_rng_state(s["torch"].cpu())
     np.random.set_state(s["numpy"])
     random.setstate(s["python"])
     if s.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
+        torch.cuda.set_rng_state_all([t.cpu() for t in s["cuda"]])
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint as :meth:`Trainer.save` wrote it, loaded on the host (``map_location="cpu"``) whatever the run's
+    device: the RNG states must stay CPU tensors (``torch.set_rng_state`` refuses a GPU tensor), and the module and
+    optimiser states reach the run's device when they are loaded into it (``load_state_dict`` copies into the
+    module's tensors; an optimiser casts its state to its parameters' device)."""
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 # ------------------------------------------------------------------------------------------------ one step, one pass
@@ -224,7 +235,7 @@ class Trainer:
     def resume(self) -> None:
         """Continue from the checkpoint when there is one: method, training state and RNG states."""
         if self.checkpoint.is_file():
-            ck = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
+            ck = load_checkpoint(self.checkpoint)  # on the host: see load_checkpoint
             self.method.load_training_state(ck["method"])
             self.state = upgrade_state(ck["state"])
             set_rng_state(ck["rng"])
