@@ -59,3 +59,98 @@ def test_cached_artefacts_are_read_back_on_the_host(tmp_path):
     assert [e["computed_in_this_run"] for e in cache.log] == [True, False]
     assert again["rng"].device == CPU and again["w"].device == CPU
     assert torch.equal(again["rng"], first["rng"])
+
+
+# ------------------------------------------------------------------------------------------------ 2. deferred steps
+OVER = (("train_steps", 8), ("val_every", 4), ("train_ways", 5), ("train_queries", 5))
+
+
+def deferred(monkeypatch, on: bool) -> None:
+    """Force the trainer's mode as the runner builds it: deferred (CUDA's default) or eager (the CPU's)."""
+    monkeypatch.setattr(training, "sync_every_step_default", lambda device: not on)
+
+
+def records(results, cfg):
+    d = results / cfg.run_id
+    curve = pd.read_csv(d / "curve.csv").drop(columns=["train_seconds"])  # timings differ, nothing else may
+    return curve, pd.read_csv(d / "test_episodes.csv")["accuracy"].tolist()
+
+
+def test_deferred_steps_give_the_eager_curve_metrics_results_and_resume(tmp_path, monkeypatch):
+    cfg = RunConfig("protonet", "omniglot", 5, 1, profile="smoke", test_episodes=10, val_episodes=5, overrides=OVER)
+    deferred(monkeypatch, False)
+    eager = run(cfg, tmp_path / "eager", CPU)
+    deferred(monkeypatch, True)
+    late = run(cfg, tmp_path / "deferred", CPU)
+    with pytest.raises(Interrupted):  # stopped between two validations: the pending steps go into the checkpoint
+        run(cfg, tmp_path / "resumed", CPU, stop_after=6)
+    ck = torch.load(tmp_path / "resumed" / f"{cfg.run_id}.partial" / "checkpoint.pt", weights_only=False)
+    assert ck["state"]["metric_count"] == 2 and ck["state"]["episodes"] == 6 * 5 // 5 * 1  # meta_batch 1
+    resumed = run(cfg, tmp_path / "resumed", CPU)
+    c0, a0 = records(tmp_path / "eager", cfg)
+    assert list(c0["step"]) == [4, 8] and {"train_loss", "train_acc"} <= set(c0.columns)
+    for name in ("deferred", "resumed"):
+        c, a = records(tmp_path / name, cfg)
+        pd.testing.assert_frame_equal(c, c0, check_exact=True)
+        assert a == a0
+    assert eager["mean"] == late["mean"] == resumed["mean"] and late["train_episodes"] == eager["train_episodes"]
+    assert eager["execution"]["sync_every_step"] is True and late["execution"]["sync_every_step"] is False
+    assert late["train_seconds"] > 0
+
+
+def break_protonet(monkeypatch, nan_at: int | None, raise_at: int | None = None, as_tensors: bool = False):
+    """ProtoNet whose loss is NaN at step index ``nan_at`` (0-based), which raises at ``raise_at``, and whose
+    metrics are scalar tensors when ``as_tensors`` (float64: the same numbers as the floats)."""
+    import methods.protonet as protonet
+
+    original = protonet.ProtoNet.train_step
+
+    def broken(self, episodes, step):
+        out = original(self, episodes, step)
+        if step == nan_at:
+            out["loss"] = math.nan
+        if step == raise_at:
+            raise RuntimeError(f"boom in step {step}")
+        if as_tensors:
+            out = {k: v if k == "tasks" else torch.tensor(v, dtype=torch.float64) for k, v in out.items()}
+        return out
+
+    monkeypatch.setattr(protonet.ProtoNet, "train_step", broken)
+
+
+@pytest.mark.parametrize("as_tensors,raise_at,stop_after", [(False, None, None), (True, 5, None), (True, None, 5)])
+def test_deferred_steps_fail_at_the_first_non_finite_step_keeping_the_last_good_checkpoint(
+        tmp_path, monkeypatch, as_tensors, raise_at, stop_after):
+    """NaN at the 4th step (validations after steps 3 and 6): eager stops there; deferred finds it at the next
+    validation (or at the checkpoint of an interruption, or when a later step raises) and records the same failure:
+    step 4, its metrics, the curve point of step 3, and the checkpoint of step 3 untouched."""
+    over = (("train_steps", 6), ("val_every", 3), ("train_ways", 5), ("train_queries", 5))
+    cfg = RunConfig("protonet", "omniglot", 5, 1, profile="smoke", test_episodes=10, val_episodes=5, overrides=over)
+    break_protonet(monkeypatch, nan_at=3, raise_at=raise_at, as_tensors=as_tensors)
+    seen = {}
+    for mode in (False, True):
+        deferred(monkeypatch, mode)
+        with pytest.raises(RunFailed) as e:
+            run(cfg, tmp_path / str(mode), CPU, stop_after=stop_after)
+        ck = torch.load(tmp_path / str(mode) / f"{cfg.run_id}.partial" / "checkpoint.pt", weights_only=False)
+        rec = {k: v for k, v in e.value.record.items() if k != "failed_at"}
+        rec["last_curve_point"].pop("train_seconds")  # timings differ, nothing else may
+        seen[mode] = (rec, ck)
+    (eager, ck0), (late, ck1) = seen[False], seen[True]
+    assert eager["kind"] == "non_finite_loss" and eager["step"] == 4 and eager["metrics"]["loss"] == "nan"
+    assert eager["last_curve_point"]["step"] == 3
+    assert late == eager
+    drop = lambda curve: [{k: v for k, v in r.items() if k != "train_seconds"} for r in curve]  # noqa: E731
+    assert ck1["state"]["step"] == ck0["state"]["step"] == 3
+    assert drop(ck1["state"]["curve"]) == drop(ck0["state"]["curve"])
+    for k, v in ck0["method"]["module"].items():
+        assert torch.equal(v, ck1["method"]["module"][k]), k
+
+
+def test_host_values_reads_tensors_as_floats_in_order():
+    steps = [{"loss": torch.tensor(0.1), "acc": 0.5}, {"loss": torch.tensor(float("nan")), "n": torch.tensor(3)},
+             {"loss": torch.tensor(0.25, dtype=torch.float64)}]
+    got = training._host_values(steps)
+    assert got[0] == {"loss": float(torch.tensor(0.1)), "acc": 0.5} and math.isnan(got[1]["loss"])
+    assert got[1]["n"] == 3 and got[2] == {"loss": 0.25}
+    assert training.non_finite(got[1]) and not training.non_finite(got[0])

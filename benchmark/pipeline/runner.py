@@ -251,6 +251,7 @@ class _Attempt:
                                              folder.checkpoint, dataclasses.asdict(cfg), ctx.cached.log,
                                              prefetch=prefetch, precision=cfg.precision)
             trainer.resume()
+            attempt["sync_every_step"] = trainer.sync_every_step  # False: steps read at validations (CUDA)
             attempt["from_step"] = trainer.state["step"]
             trainer.state.setdefault("executions", []).append(attempt)
             trainer.train(job.progress, f"{label} train", job.stop_after)
