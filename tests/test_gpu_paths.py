@@ -85,7 +85,7 @@ def test_deferred_steps_give_the_eager_curve_metrics_results_and_resume(tmp_path
     with pytest.raises(Interrupted):  # stopped between two validations: the pending steps go into the checkpoint
         run(cfg, tmp_path / "resumed", CPU, stop_after=6)
     ck = torch.load(tmp_path / "resumed" / f"{cfg.run_id}.partial" / "checkpoint.pt", weights_only=False)
-    assert ck["state"]["metric_count"] == 2 and ck["state"]["episodes"] == 6 * 5 // 5 * 1  # meta_batch 1
+    assert ck["state"]["metric_count"] == 2 and ck["state"]["episodes"] == 6  # meta-batches of 1
     resumed = run(cfg, tmp_path / "resumed", CPU)
     c0, a0 = records(tmp_path / "eager", cfg)
     assert list(c0["step"]) == [4, 8] and {"train_loss", "train_acc"} <= set(c0.columns)
@@ -154,3 +154,79 @@ def test_host_values_reads_tensors_as_floats_in_order():
     assert got[0] == {"loss": float(torch.tensor(0.1)), "acc": 0.5} and math.isnan(got[1]["loss"])
     assert got[1]["n"] == 3 and got[2] == {"loss": 0.25}
     assert training.non_finite(got[1]) and not training.non_finite(got[0])
+
+
+# ------------------------------------------------------------------------------------------------ 3. device episodes
+def same_episode(a, b) -> None:
+    assert a.digest() == b.digest() and a.index == b.index
+    for name in ("support_x", "support_y", "query_x", "query_y"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and x.shape == y.shape and x.is_contiguous() == y.is_contiguous(), name
+        assert torch.equal(x, y), name  # bit-identical
+
+
+@pytest.mark.parametrize("shots", [1, 5])
+def test_device_gathered_episodes_are_the_host_episodes(omniglot, shots):
+    from benchmark.kit.episodes import EpisodeSet, TaskSampler
+
+    images = omniglot.to_device(CPU)  # the device path, forced on the CPU
+    assert images.images.dtype == torch.uint8 and tuple(images.images.shape) == omniglot.images.shape
+    for split in ("train", "val", "test"):
+        host = EpisodeSet(omniglot, split, 5, shots, 3, 0, 4, stream=split)
+        dev = host.gathered_by(images)
+        assert dev.fingerprint == host.fingerprint and dev.images is images and host.images is None
+        for i in range(len(host)):
+            same_episode(host[i], dev[i])
+    a, b = TaskSampler(omniglot, "train", 3), TaskSampler(omniglot, "train", 3, images)
+    for i in range(3):
+        same_episode(a.episode(i, 20, shots, 2), b.episode(i, 20, shots, 2))
+    same_episode(a.episode(7, 5, shots, 2, stream="x", classes=[4, 1, 9, 2, 0]),
+                 b.episode(7, 5, shots, 2, stream="x", classes=[4, 1, 9, 2, 0]))
+    (xa, ya), (xb, yb) = a.batch(2, 64), b.batch(2, 64)
+    assert torch.equal(xa, xb) and torch.equal(ya, yb) and ya.dtype == yb.dtype
+
+
+def test_device_gathered_images_with_channels_rotations_and_normalisation():
+    """RGB pixels normalised by a mean and std that do not round evenly, every rotation: the table gives the host
+    path's float of every byte, bit for bit."""
+    from benchmark.data import FewShotDataset, Split
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(40, 6, 6, 3), dtype=np.uint8)
+    pixels[0] = np.arange(6 * 6 * 3).reshape(6, 6, 3) % 256
+    pixels[1] = 255 - pixels[0]
+    members = [np.arange(10 * c, 10 * c + 10) for c in range(4)]
+    split = Split([f"c{c}" for c in range(4)], members, np.array([0, 1, 2, 3]))
+    ds = FewShotDataset("rgb", pixels, {"train": split}, mean=(0.4914, 0.4822, 0.4465), std=(0.247, 0.2435, 0.2616))
+    classes, samples = np.repeat(np.arange(4), 10), np.tile(np.arange(10), 4)
+    host, dev = ds.tensor("train", classes, samples), ds.to_device(CPU).tensor("train", classes, samples)
+    assert host.shape == dev.shape == (40, 3, 6, 6) and dev.is_contiguous()
+    assert torch.equal(host, dev)
+    gray = FewShotDataset("gray", pixels[..., 0], {"train": split}, mean=(0.1307,), std=(0.3081,))
+    assert torch.equal(gray.tensor("train", classes, samples), gray.to_device(CPU).tensor("train", classes, samples))
+
+
+def test_device_gathering_is_cuda_only_and_needs_the_data_to_fit(omniglot, monkeypatch):
+    from benchmark.pipeline.prefetch import DEVICE_DATA_SHARE, gather_on_device
+
+    assert omniglot.nbytes == 32460 * 28 * 28 and not gather_on_device(omniglot, CPU)
+    fits = omniglot.nbytes / DEVICE_DATA_SHARE
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (fits, 2 * fits))
+    assert gather_on_device(omniglot, "cuda")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (fits - 1, 2 * fits))
+    assert not gather_on_device(omniglot, "cuda")
+
+
+def test_a_run_with_device_gathered_episodes_gives_the_host_results(tmp_path, monkeypatch):
+    import benchmark.pipeline.runner as runner
+
+    over = (("train_steps", 4), ("val_every", 2), ("train_ways", 5), ("train_queries", 5))
+    cfg = RunConfig("protonet", "omniglot", 5, 1, profile="smoke", test_episodes=10, val_episodes=5, overrides=over)
+    host = run(cfg, tmp_path / "host", CPU)
+    monkeypatch.setattr(runner, "gather_on_device", lambda ds, device: True)
+    dev = run(cfg, tmp_path / "dev", CPU)
+    (c0, a0), (c1, a1) = records(tmp_path / "host", cfg), records(tmp_path / "dev", cfg)
+    pd.testing.assert_frame_equal(c0, c1, check_exact=True)
+    assert a0 == a1 and host["mean"] == dev["mean"] and host["test_fingerprint"] == dev["test_fingerprint"]
+    assert host["execution"]["episodes_on_device"] is False and dev["execution"]["episodes_on_device"] is True
+    assert dev["execution"]["prefetch"] == 0

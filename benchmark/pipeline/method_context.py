@@ -59,14 +59,16 @@ class ArtefactCache:
 
 
 def make_context(prepared, device: torch.device, results_dir: str | Path | None = None,
-                 progress: Callable | None = None) -> Context:
+                 progress: Callable | None = None, images=None) -> Context:
     """The context of ``prepared``'s method: training sampler of the run's seed, the run's validation episodes
     (``cfg.n_val``, ``cfg.eval_seed``), and an :class:`ArtefactCache` under ``results_dir`` as ``ctx.cached``
-    (without ``results_dir``: artefacts are computed, not cached)."""
+    (without ``results_dir``: artefacts are computed, not cached). ``images``: the dataset's pixels on the device
+    (:class:`~benchmark.data.DeviceImages`), from which the sampler and the validation set then build their
+    episodes (the same episodes)."""
     cfg, ds = prepared.cfg, prepared.dataset
-    val_set = validation_set(prepared)
+    val_set = validation_set(prepared).gathered_by(images)
     extra = {} if results_dir is None else {
         "cached": ArtefactCache(results_dir, ds.fingerprint, cfg.backbone, cfg.seed, device)}
     return Context(setting=prepared.setting, image_shape=ds.image_shape, backbone_name=cfg.backbone,
-                           sampler=TaskSampler(ds, "train", cfg.seed), val_episodes=val_set, device=device,
+                           sampler=TaskSampler(ds, "train", cfg.seed, images), val_episodes=val_set, device=device,
                            seed=cfg.seed, profile=cfg.profile, progress=progress, **extra)
