@@ -192,14 +192,22 @@ class Method(nn.Module):
         """Accumulate into ``.grad`` the gradient of the mean over ``episodes`` of the loss of
         ``forward(episode) -> (loss, query scores)``, one backward pass per episode (so one episode's graph is alive
         at a time); returns the mean loss and query accuracy. The episodic training step of the metric methods,
-        between their ``zero_grad`` and their optimiser step."""
+        between their ``zero_grad`` and their optimiser step.
+
+        On the CPU the metrics are Python floats; on another device float64 tensors there, holding the same numbers
+        (the same float64 sums of the same float32 values), so that the step never waits for the device: the
+        trainer reads them at its next validation (:class:`benchmark.pipeline.training.Trainer`)."""
         loss_sum, acc_sum = 0.0, 0.0
         for ep in episodes:
             loss, scores = forward(ep)
             loss = loss / len(episodes)
             loss.backward()
-            loss_sum += loss.item()
-            acc_sum += self.accuracy(scores, ep.query_y) / len(episodes)
+            if loss.device.type == "cpu":
+                loss_sum += loss.item()
+                acc_sum += self.accuracy(scores, ep.query_y) / len(episodes)
+            else:
+                loss_sum = loss_sum + loss.detach().double()
+                acc_sum = acc_sum + (scores.argmax(-1) == ep.query_y).float().mean().double() / len(episodes)
         return {"loss": loss_sum, "acc": acc_sum}
 
 

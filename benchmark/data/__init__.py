@@ -35,7 +35,8 @@ from typing import Callable
 
 from .cifar import load_cifar_fs, load_fc100
 from .cub import CUB_SIZE, CUB_SPLITS, load_cub
-from .dataset import SPLITS, ConcatImages, DataError, DiskImages, FewShotDataset, Split, pixel_cache_dir
+from .dataset import (SPLITS, ConcatImages, DataError, DeviceImages, DiskImages, FewShotDataset, Split,
+                      pixel_cache_dir)
 from .miniimagenet import MINI_SIZE, load_miniimagenet
 from .tiered import TIERED_SIZE, load_tieredimagenet
 from .omniglot import (OMNIGLOT_SIZE, OMNIGLOT_SPLITS, lake_split_lists, load_omniglot, load_omniglot_dir,
@@ -134,7 +135,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, split: str | Non
     return _CACHE[key]
 
 
-__all__ = ["DATASETS", "DatasetSpec", "LOADERS", "load_dataset", "resolve_split", "DataError", "FewShotDataset", "Split", "SPLITS", "load_omniglot",
+__all__ = ["DATASETS", "DatasetSpec", "LOADERS", "load_dataset", "resolve_split", "DataError", "FewShotDataset", "DeviceImages", "Split", "SPLITS", "load_omniglot",
            "load_omniglot_dir", "load_omniglot_embedded", "OMNIGLOT_SPLITS", "lake_split_lists",
            "omniglot_resize", "OMNIGLOT_SIZE", "load_cifar_fs",
            "load_fc100", "load_miniimagenet", "MINI_SIZE", "load_tieredimagenet", "TIERED_SIZE", "load_cub", "CUB_SIZE",

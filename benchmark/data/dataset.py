@@ -121,6 +121,88 @@ class FewShotDataset:
             t = (t - mean) / std
         return t
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all its pixels as uint8 (what :meth:`to_device` copies)."""
+        return int(np.prod(self.images.shape))
+
+    def to_device(self, device) -> "DeviceImages":
+        """Its pixels copied once to ``device``, building the same float images as :meth:`tensor` there by index
+        gathers (:class:`DeviceImages`)."""
+        return DeviceImages(self, device)
+
+
+class DeviceImages:
+    """A dataset's uint8 pixels held on a device (a GPU), building the images of :meth:`FewShotDataset.tensor` there:
+    the same indices (drawn on the host, as pure functions of the episode's key), gathered from the device copy,
+    rotated like ``np.rot90`` (``torch.rot90``) and turned into floats by a lookup table, so that no pixel crosses
+    the bus after the first copy, only the indices.
+
+    The table ``[channels, 256]`` holds, for every byte value, the float the host path makes of it (scaled to
+    [0, 1], then normalised by the dataset's mean and std), computed by the host path's own operations on the CPU:
+    each output value depends only on its byte and channel, so the images are bit-identical to the host path's
+    (tested on the CPU), whatever the device's arithmetic (CUDA divides by a scalar through its reciprocal, which
+    can differ from the CPU in the last bit; a table gathered on the device cannot).
+
+    The pixels are copied in chunks (:func:`image_chunks`), so a dataset read from disk never needs all its
+    pixels in host memory at once. Index copies to CUDA go through pinned memory, asynchronously, so building an
+    episode never waits for the device."""
+
+    def __init__(self, ds: FewShotDataset, device):
+        import torch
+
+        self.ds, self.device = ds, torch.device(device)
+        images = torch.empty(tuple(int(d) for d in ds.images.shape), dtype=torch.uint8, device=self.device)
+        at = 0
+        for chunk in image_chunks(ds.images):
+            images[at:at + len(chunk)].copy_(torch.from_numpy(chunk))
+            at += len(chunk)
+        self.images = images
+        channels = ds.image_shape[0]
+        # the host path's arithmetic (FewShotDataset.tensor) on every byte value, one channel per row
+        t = torch.arange(256, dtype=torch.uint8).float().div_(255.0).view(1, 1, 1, 256).expand(1, channels, 1, 256)
+        if any(m != 0.0 for m in ds.mean) or any(s != 1.0 for s in ds.std):
+            mean = torch.tensor(ds.mean).view(1, -1, 1, 1)
+            std = torch.tensor(ds.std).view(1, -1, 1, 1)
+            t = (t - mean) / std
+        self.table = t.reshape(channels, 256).contiguous().to(self.device)
+        self._offsets = (torch.arange(channels) * 256).to(self.device)  # row of each channel in the flat table
+
+    def __repr__(self) -> str:
+        return f"DeviceImages({self.ds.name}, {tuple(self.images.shape)}, device={self.device})"
+
+    def host_to_device(self, a: np.ndarray):
+        """An int64 host array as a tensor on the device (CUDA: pinned, copied without waiting)."""
+        import torch
+
+        t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
+    def labels(self, ways: int, per: int):
+        """``[0]*per + [1]*per + ... + [ways-1]*per`` on the device (int64, as the host path's labels)."""
+        import torch
+
+        return torch.arange(ways * per, device=self.device) // per
+
+    def tensor(self, split: str, classes: np.ndarray, samples: np.ndarray):
+        """:meth:`FewShotDataset.tensor`'s images (the same float values), built on the device."""
+        import torch
+
+        sp = self.ds.splits[split]
+        idx = np.fromiter((sp.members[c][s] for c, s in zip(classes, samples)), dtype=np.int64, count=len(classes))
+        rot = np.asarray(sp.rotation[classes], dtype=np.int64)
+        both = self.host_to_device(np.stack([idx, rot]))  # one copy
+        x = self.images.index_select(0, both[0])
+        for k in (1, 2, 3):  # which rotations occur is known on the host: no kernel for those that do not
+            if (rot == k).any():
+                sel = (both[1] == k).view(-1, *([1] * (x.ndim - 1)))
+                x = torch.where(sel, torch.rot90(x, k=k, dims=(1, 2)), x)
+        if x.ndim == 3:
+            return self.table[0][x.long()].unsqueeze(1).contiguous()  # rot90 leaves x's layout permuted
+        return self.table.view(-1)[x.long() + self._offsets].permute(0, 3, 1, 2).contiguous()
+
 
 def _write_stats(path: Path, fingerprint: str | None, mean, std) -> None:
     try:

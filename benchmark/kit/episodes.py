@@ -8,9 +8,14 @@ initialisation, dropout or a method that draws more random numbers than another 
 
 Label order: the ``ways`` classes are drawn in random order and class ``i`` of the draw gets label ``i``. Support and
 query tensors are class-major: ``support_y = [0]*shots + [1]*shots + ...``.
+
+Where the pixels come from: the dataset on the host (``FewShotDataset.tensor``, the default), or a copy of its pixels
+on a device (``images``, a :class:`~benchmark.data.DeviceImages`: episodes built there from the same index draws,
+bit-identical); the draws, the episodes and the fingerprints are the same either way.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass
@@ -20,7 +25,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from ..data import FewShotDataset
+from ..data import DeviceImages, FewShotDataset
 
 
 def keyed_rng(*key) -> np.random.Generator:
@@ -139,13 +144,19 @@ def draw_indices(ds: FewShotDataset, spec: EpisodeSpec, index: int,
 
 
 def make_episode(ds: FewShotDataset, spec: EpisodeSpec, index: int,
-                 classes: Sequence[int] | None = None) -> Episode:
+                 classes: Sequence[int] | None = None, images: DeviceImages | None = None) -> Episode:
+    """Episode ``index`` of ``spec``; its tensors built from ``images`` (on its device) when given, else on the
+    host from ``ds``."""
     cls, sup, qry = draw_indices(ds, spec, index, classes)
     ways = len(cls)
-    sx = ds.tensor(spec.split, np.repeat(cls, spec.shots), sup.reshape(-1))
-    qx = ds.tensor(spec.split, np.repeat(cls, spec.queries), qry.reshape(-1))
-    sy = torch.arange(ways).repeat_interleave(spec.shots)
-    qy = torch.arange(ways).repeat_interleave(spec.queries)
+    src = ds if images is None else images
+    sx = src.tensor(spec.split, np.repeat(cls, spec.shots), sup.reshape(-1))
+    qx = src.tensor(spec.split, np.repeat(cls, spec.queries), qry.reshape(-1))
+    if images is None:
+        sy = torch.arange(ways).repeat_interleave(spec.shots)
+        qy = torch.arange(ways).repeat_interleave(spec.queries)
+    else:
+        sy, qy = images.labels(ways, spec.shots), images.labels(ways, spec.queries)
     return Episode(spec, int(index), cls, sup, qry, sx, sy, qx, qy)
 
 
@@ -164,13 +175,21 @@ def check_spec(ds: FewShotDataset, split: str, ways: int, shots: int, queries: i
 
 
 class EpisodeSet:
-    """A fixed, fingerprinted set of ``n`` episodes (validation or test): episode ``i`` is ``make_episode(spec, i)``."""
+    """A fixed, fingerprinted set of ``n`` episodes (validation or test): episode ``i`` is ``make_episode(spec, i)``;
+    ``images``: built on that device copy of the pixels (:meth:`gathered_by`)."""
 
     def __init__(self, ds: FewShotDataset, split: str, ways: int, shots: int, queries: int, seed: int, n: int,
-                 stream: str = "eval"):
+                 stream: str = "eval", images: DeviceImages | None = None):
         check_spec(ds, split, ways, shots, queries)
-        self.ds, self.n = ds, n
+        self.ds, self.n, self.images = ds, n, images
         self.spec = EpisodeSpec(ds.fingerprint, split, ways, shots, queries, seed, stream)
+
+    def gathered_by(self, images: DeviceImages | None) -> "EpisodeSet":
+        """The same set (same episodes, same fingerprint) with its episodes built from ``images`` (None: on the
+        host)."""
+        other = copy.copy(self)
+        other.images = images
+        return other
 
     def __len__(self) -> int:
         return self.n
@@ -178,7 +197,7 @@ class EpisodeSet:
     def __getitem__(self, i: int) -> Episode:
         if not 0 <= i < self.n:
             raise IndexError(i)
-        return make_episode(self.ds, self.spec, i)
+        return make_episode(self.ds, self.spec, i, images=self.images)
 
     def __iter__(self) -> Iterator[Episode]:
         return (self[i] for i in range(self.n))
@@ -199,11 +218,12 @@ class TaskSampler:
     """Training data for one run: episodes and plain classification batches, each a pure function of its index.
 
     Methods receive one in their :class:`~methods.base.Context`. Streams are separated by name, so that, for
-    example, TADAM's auxiliary batches never share random numbers with its episodes.
+    example, TADAM's auxiliary batches never share random numbers with its episodes. ``images``: episodes and
+    batches built on that device copy of the pixels (the same numbers, already on the device).
     """
 
-    def __init__(self, ds: FewShotDataset, split: str, seed: int):
-        self.ds, self.split, self.seed = ds, split, seed
+    def __init__(self, ds: FewShotDataset, split: str, seed: int, images: DeviceImages | None = None):
+        self.ds, self.split, self.seed, self.images = ds, split, seed, images
         self.n_classes = len(ds.splits[split])
 
     def spec(self, ways: int, shots: int, queries: int, stream: str = "episodes") -> EpisodeSpec:
@@ -214,7 +234,7 @@ class TaskSampler:
                 classes: Sequence[int] | None = None) -> Episode:
         """Training episode ``index`` of ``stream``; with ``classes`` given, an episode over exactly those classes
         (in that label order) with samples drawn afresh from the key."""
-        return make_episode(self.ds, self.spec(ways, shots, queries, stream), index, classes)
+        return make_episode(self.ds, self.spec(ways, shots, queries, stream), index, classes, self.images)
 
     def batch(self, index: int, size: int, stream: str = "batches") -> tuple[torch.Tensor, torch.Tensor]:
         """A standard classification batch: ``size`` images drawn uniformly from all images of the split, with
@@ -225,4 +245,6 @@ class TaskSampler:
         flat = (rng.bit_generator.random_raw(size) % np.uint64(sizes.sum())).astype(np.int64)
         cls = np.searchsorted(np.cumsum(sizes), flat, side="right")
         pos = flat - np.concatenate([[0], np.cumsum(sizes)[:-1]])[cls]
+        if self.images is not None:
+            return self.images.tensor(self.split, cls, pos), self.images.host_to_device(cls)
         return self.ds.tensor(self.split, cls, pos), torch.from_numpy(cls).long()

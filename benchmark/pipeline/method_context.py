@@ -25,7 +25,11 @@ class ArtefactCache:
 
     Computed once even when several processes (e.g. Ray workers starting MTL variants at the same time) ask for the
     same artefact: the first takes the artefact's OS file lock (``<name>-<hash>.lock`` beside it) and computes it,
-    the others wait for the lock and then read the file."""
+    the others wait for the lock and then read the file.
+
+    A stored value is read back on the host (``map_location="cpu"``), as the methods' artefacts are made (state
+    dicts of CPU tensors, loaded into modules on the run's device by ``load_state_dict``): a value that must stay on
+    the host (an RNG state) is never moved to the GPU, and a value reads the same on any device."""
 
     def __init__(self, results_dir: str | Path, dataset_fingerprint: str, backbone: str, seed: int,
                  device: torch.device):
@@ -47,7 +51,7 @@ class ArtefactCache:
                     secs = time.perf_counter() - t0
                     atomic_torch_save(path, {"value": value, "seconds": secs, "key": full})
         if not computed:
-            blob = torch.load(path, map_location=self.device, weights_only=False)
+            blob = torch.load(path, map_location="cpu", weights_only=False)
             value, secs = blob["value"], blob["seconds"]
         self.log.append({"name": name, "file": str(path.relative_to(self.results_dir)), "seconds": secs,
                          "computed_in_this_run": computed})
@@ -55,14 +59,16 @@ class ArtefactCache:
 
 
 def make_context(prepared, device: torch.device, results_dir: str | Path | None = None,
-                 progress: Callable | None = None) -> Context:
+                 progress: Callable | None = None, images=None) -> Context:
     """The context of ``prepared``'s method: training sampler of the run's seed, the run's validation episodes
     (``cfg.n_val``, ``cfg.eval_seed``), and an :class:`ArtefactCache` under ``results_dir`` as ``ctx.cached``
-    (without ``results_dir``: artefacts are computed, not cached)."""
+    (without ``results_dir``: artefacts are computed, not cached). ``images``: the dataset's pixels on the device
+    (:class:`~benchmark.data.DeviceImages`), from which the sampler and the validation set then build their
+    episodes (the same episodes)."""
     cfg, ds = prepared.cfg, prepared.dataset
-    val_set = validation_set(prepared)
+    val_set = validation_set(prepared).gathered_by(images)
     extra = {} if results_dir is None else {
         "cached": ArtefactCache(results_dir, ds.fingerprint, cfg.backbone, cfg.seed, device)}
     return Context(setting=prepared.setting, image_shape=ds.image_shape, backbone_name=cfg.backbone,
-                           sampler=TaskSampler(ds, "train", cfg.seed), val_episodes=val_set, device=device,
+                           sampler=TaskSampler(ds, "train", cfg.seed, images), val_episodes=val_set, device=device,
                            seed=cfg.seed, profile=cfg.profile, progress=progress, **extra)

@@ -7,6 +7,9 @@ numbers (tested in ``tests/test_prefetch.py``). What it changes is when the host
 gathering and normalising the pixels and (on CUDA) the host-to-device copy overlap the consumer's step instead of
 preceding it.
 
+A dataset that fits on the GPU does not come here: its episodes are built on the device (:func:`gather_on_device`,
+:class:`~benchmark.data.DeviceImages`), and the runner turns prefetching off for it.
+
 On CUDA the producer pins each host tensor (``pin_memory()``) and copies it with ``.to(device, non_blocking=True)`` on
 its own CUDA stream; the consumer's stream waits for that copy (an event recorded after it) before it uses the item,
 and each tensor is marked as used on the consumer's stream (``record_stream``) so the caching allocator does not reuse
@@ -43,6 +46,24 @@ def default_prefetch(device: torch.device | str) -> int:
     producer would only compete with the step for the same cores; 2 on CUDA, where the GPU would otherwise wait for
     the host's gathers and copies. The one place this is decided (to be confirmed by measurements on an idle GPU)."""
     return 2 if torch.device(device).type == "cuda" else 0
+
+
+#: CUDA: a dataset whose pixels (uint8) take at most this share of the device's free memory is copied to it once and
+#: its episodes are gathered there (:func:`gather_on_device`); the rest stays for the runs' models and activations.
+DEVICE_DATA_SHARE = 0.25
+
+
+def gather_on_device(ds, device: torch.device | str, share: float = DEVICE_DATA_SHARE) -> bool:
+    """Whether a run on ``device`` builds its episodes on the device from a copy of ``ds``'s pixels
+    (:class:`~benchmark.data.DeviceImages`) instead of on the host (and, with prefetching, copied over): on CUDA when
+    the pixels fit within ``share`` of the device's free memory (the embedded Omniglot's 25 MB always do); never on
+    the CPU, where the host path is the device path. The episodes are the same either way (tested); the one place
+    this is decided."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return False
+    free, _total = torch.cuda.mem_get_info(device)
+    return ds.nbytes <= share * free
 
 
 def transfer(obj: Any, device: torch.device, non_blocking: bool = False, pin: bool = False) -> Any:

@@ -51,6 +51,7 @@ from .facts import record_facts
 from .machine import (NondeterministicOps, PeakMemory, code_version, configure_determinism, environment,
                       placement as where)
 from .models import model_payload
+from .prefetch import gather_on_device
 from ..store.statistics import mean_ci95
 from ..store.folders import RunFolder, test_table
 from .episode_sets import test_set
@@ -230,15 +231,19 @@ class _Attempt:
         cfg, folder = prepared.cfg, job.folder
         determinism = configure_determinism(device, ex.deterministic)  # before any CUDA work of the run
         folder.start()
-        tests = test_set(prepared)
+        # a dataset that fits on the GPU is copied there once and its episodes are built there (the same episodes);
+        # nothing is then left to prefetch
+        images = prepared.dataset.to_device(device) if gather_on_device(prepared.dataset, device) else None
+        tests = test_set(prepared).gathered_by(images)
         seed_everything(cfg.seed)
-        ctx = make_context(prepared, device, job.results_dir, job.progress)
+        ctx = make_context(prepared, device, job.results_dir, job.progress, images)
         label = f"{cfg.method} {cfg.ways}w{cfg.shots}s"
-        prefetch = ex.prefetch_for(device)
+        prefetch = 0 if images is not None else ex.prefetch_for(device)
         # this attempt's execution, kept in the checkpoint's training state (a resumed run lists every attempt).
         # deterministic: CPU kernels are, at a fixed thread count, whatever is asked; on CUDA, when determinism is
         # configured and no operation warns that it lacks a deterministic kernel (then False, with its name)
-        attempt = {"prefetch": prefetch, "compile": ex.compile, "compiled": [],
+        attempt = {"prefetch": prefetch, "episodes_on_device": images is not None, "compile": ex.compile,
+                   "compiled": [],
                    "deterministic_requested": ex.deterministic,
                    "deterministic": device.type != "cuda" or bool(determinism["deterministic"]),
                    "nondeterministic_ops": []}
@@ -251,6 +256,7 @@ class _Attempt:
                                              folder.checkpoint, dataclasses.asdict(cfg), ctx.cached.log,
                                              prefetch=prefetch, precision=cfg.precision)
             trainer.resume()
+            attempt["sync_every_step"] = trainer.sync_every_step  # False: steps read at validations (CUDA)
             attempt["from_step"] = trainer.state["step"]
             trainer.state.setdefault("executions", []).append(attempt)
             trainer.train(job.progress, f"{label} train", job.stop_after)
@@ -266,7 +272,8 @@ class _Attempt:
 
 def _execution_facts(attempts: list[dict]) -> dict:
     """The summary's execution fields from the attempts that trained a run (a resumed run has several):
-    ``execution`` (the last attempt: prefetch depth, compiled modules, deterministic asked and in force, operations
+    ``execution`` (the last attempt: prefetch depth, episodes built on the device from its copy of the pixels,
+    compiled modules, steps read at each step or at validations, deterministic asked and in force, operations
     without a deterministic kernel), ``execution_attempts`` (all of them) and ``deterministic`` (every attempt
     was, the per-run leaderboard's column)."""
     if not attempts:

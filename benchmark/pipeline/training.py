@@ -17,6 +17,8 @@ For a GPU: ``prefetch`` (:class:`Trainer`, :func:`evaluate`) draws meta-batches 
 background thread (:mod:`benchmark.pipeline.prefetch`; 0, the default, draws them when needed), ``precision`` ("fp32", the
 default, or "bf16": :func:`autocast`) sets the autocast of the steps and evaluations, and :func:`group_size` sizes
 evaluation groups by the free device memory on CUDA. None of them changes anything on the CPU at their defaults.
+On CUDA the trainer does not wait for the GPU after each step (:func:`sync_every_step_default`): the steps' metrics,
+times (CUDA events) and non-finite check are read at each validation and checkpoint, giving the eager path's records.
 """
 from __future__ import annotations
 
@@ -71,11 +73,22 @@ def rng_state() -> dict:
 
 
 def set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
+    """Restore :func:`rng_state`'s states. Torch keeps every generator's state (the CPU's and each GPU's) as a CPU
+    ``ByteTensor``; states that were moved to a device on the way (a checkpoint loaded onto a GPU) are brought back to
+    the host first, since ``torch.set_rng_state``/``torch.cuda.set_rng_state_all`` refuse them there."""
+    torch.set_rng_state(s["torch"].cpu())
     np.random.set_state(s["numpy"])
     random.setstate(s["python"])
     if s.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
+        torch.cuda.set_rng_state_all([t.cpu() for t in s["cuda"]])
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint as :meth:`Trainer.save` wrote it, loaded on the host (``map_location="cpu"``) whatever the run's
+    device: the RNG states must stay CPU tensors (``torch.set_rng_state`` refuses a GPU tensor), and the module and
+    optimiser states reach the run's device when they are loaded into it (``load_state_dict`` copies into the
+    module's tensors; an optimiser casts its state to its parameters' device)."""
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 # ------------------------------------------------------------------------------------------------ one step, one pass
@@ -94,11 +107,24 @@ def draw_episodes(sampler: TaskSampler, step: int, meta_batch: int, shape: tuple
 
 @dataclass
 class StepResult:
-    metrics: dict  # the method's training metrics (floats), without ``tasks``
+    metrics: dict  # the method's training metrics (floats, or scalar tensors a method returned), without ``tasks``
     tasks: int  # training episodes the step consumed (the meta-batch plus any the method drew itself)
-    seconds: float
+    seconds: float | None  # None when the step's time is read later (``events``)
+    events: tuple | None = None  # deferred timing on CUDA: (start, end) CUDA events recorded around the step
+
+    def elapsed(self) -> float:
+        """The step's seconds; with ``events``, once the device has run past the end event (a synchronisation)."""
+        if self.events is None:
+            return self.seconds
+        start, end = self.events
+        return start.elapsed_time(end) / 1000.0
 
 
+def sync_every_step_default(device: torch.device | str) -> bool:
+    """Whether the trainer reads each training step's metrics and time as it ends (eager) or at the next validation
+    or checkpoint (deferred): eager on the CPU, where it costs nothing and nothing changes; deferred on CUDA, where
+    reading a value waits for the GPU to drain its queue after every step. The one place this is decided."""
+    return torch.device(device).type != "cuda"
 
 
 def autocast(device: torch.device | str, precision: str = "fp32"):
@@ -111,18 +137,31 @@ def autocast(device: torch.device | str, precision: str = "fp32"):
 
 
 def timed_step(method, episodes: list[Episode], step: int, device: torch.device, precision: str = "fp32",
-               ) -> StepResult:
+               sync: bool = True) -> StepResult:
     """One ``method.train_step`` on ``episodes``, timed (on CUDA between two synchronisations); ``precision``: see
     :func:`autocast` (the whole step runs under it: the method's forward and backward passes; its optimiser update
-    is on float32 parameters either way)."""
+    is on float32 parameters either way).
+
+    ``sync=False`` (the trainer's deferred mode, :func:`sync_every_step_default`): no synchronisation; on CUDA the
+    step is timed by two CUDA events recorded around it on the current stream (``StepResult.events``, read by
+    :meth:`StepResult.elapsed` once the device has passed them), and metrics the method returns as tensors stay on
+    the device. On the CPU, which runs the step before returning, both give the same wall-clock timing."""
     ctx = autocast(device, precision)
-    synchronize(device)
+    events = None
+    if sync:
+        synchronize(device)
+    elif device.type == "cuda":
+        events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+        events[0].record()
     t0 = time.perf_counter()
     with ctx:
         metrics = dict(method.train_step(episodes, step))
-    synchronize(device)
-    secs = time.perf_counter() - t0
-    return StepResult(metrics, int(metrics.pop("tasks", len(episodes))), secs)
+    if sync:
+        synchronize(device)
+    elif events is not None:
+        events[1].record()
+    secs = None if events is not None else time.perf_counter() - t0
+    return StepResult(metrics, int(metrics.pop("tasks", len(episodes))), secs, events)
 
 
 def compile_method(method) -> list[str]:
@@ -181,6 +220,20 @@ def evaluate(method, episodes: EpisodeSet, device: torch.device, progress=None, 
 
 
 # ------------------------------------------------------------------------------------------------ the training loop
+def _host_values(steps: list[dict]) -> list[dict]:
+    """The steps' metrics with every tensor value read as a Python number, in few transfers (one per tensor dtype
+    and device: the values are stacked there and copied once); each number is ``float(v)``'s for a floating tensor
+    (a float32 value is exact in a Python float), so accounting them gives the eager path's sums."""
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for metrics in steps:
+        for v in metrics.values():
+            if isinstance(v, torch.Tensor):
+                groups.setdefault((v.dtype, v.device), []).append(v.detach().reshape(()))
+    read = {key: iter(torch.stack(ts).cpu().tolist()) for key, ts in groups.items()}
+    return [{k: next(read[(v.dtype, v.device)]) if isinstance(v, torch.Tensor) else v for k, v in m.items()}
+            for m in steps]
+
+
 def new_state() -> dict:
     """The training state a checkpoint keeps (besides the method's): progress, timings, curve, best state, the
     training metrics summed since the last curve point (``metric_sums``: metric name -> sum over the steps since
@@ -209,22 +262,34 @@ class Trainer:
     validation groups drawn (and moved to the device) that many ahead by a background thread
     (:mod:`benchmark.pipeline.prefetch`; 0: none; :func:`~benchmark.pipeline.prefetch.default_prefetch` gives a device's default);
     results are the same either way. ``precision``: "fp32" or "bf16", the autocast of the training steps and the
-    validations (:func:`autocast`)."""
+    validations (:func:`autocast`).
+
+    ``sync_every_step`` (None: :func:`sync_every_step_default`, eager on the CPU and deferred on CUDA): eager reads
+    each step's metrics and time as the step ends and stops at a non-finite loss there. Deferred keeps the steps'
+    results as they came (metrics a method returns as tensors stay on the device; on CUDA the times are CUDA events)
+    and reads them once, at the next validation or checkpoint: they are then accounted step by step, in order, by the
+    same code as the eager path (:meth:`_account` and :func:`non_finite`), so the curve, its metrics, the first
+    non-finite step (with its metrics and the last curve point) and the checkpoints are the eager path's. A
+    non-finite loss is found before anything is validated or saved, so the checkpoint kept is the last good
+    validation's, as in the eager path; only the steps run past the bad one before that (never recorded) differ."""
 
     def __init__(self, method, hp, sampler: TaskSampler, val_set: EpisodeSet, device: torch.device,
-                 checkpoint: Path, config: dict, cache_log: list[dict], prefetch: int = 0, precision: str = "fp32"):
+                 checkpoint: Path, config: dict, cache_log: list[dict], prefetch: int = 0, precision: str = "fp32",
+                 sync_every_step: bool | None = None):
         self.method, self.hp, self.sampler, self.val_set, self.device = method, hp, sampler, val_set, device
         self.checkpoint, self.config, self.cache_log = checkpoint, config, cache_log
         self.prefetch = int(prefetch)
         autocast(device, precision)  # ValueError now on an unknown name
         self.precision = precision
+        self.sync_every_step = sync_every_step_default(device) if sync_every_step is None else bool(sync_every_step)
         self.shape = method.train_shape()
         self.state = new_state()
+        self._pending: list[tuple[int, StepResult]] = []  # deferred: (step index, result) not yet accounted
 
     def resume(self) -> None:
         """Continue from the checkpoint when there is one: method, training state and RNG states."""
         if self.checkpoint.is_file():
-            ck = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
+            ck = load_checkpoint(self.checkpoint)  # on the host: see load_checkpoint
             self.method.load_training_state(ck["method"])
             self.state = upgrade_state(ck["state"])
             set_rng_state(ck["rng"])
@@ -232,6 +297,7 @@ class Trainer:
         self.cache_log.extend(self.state.get("cache_log", []))
 
     def save(self) -> None:
+        self.settle()  # a deferred non-finite loss is raised here, before anything is written
         self.state["cache_log"] = self.cache_log
         atomic_torch_save(self.checkpoint, {"method": self.method.training_state(), "state": self.state,
                                             "rng": rng_state(), "config": self.config})
@@ -252,11 +318,12 @@ class Trainer:
             with prefetched(draw, steps, self.prefetch, self.device) as batches:
                 for done, step in enumerate(bar, 1):
                     episodes = batches.get(step)
-                    r = timed_step(self.method, episodes, step, self.device, self.precision)
-                    if non_finite(r.metrics):
-                        raise NonFiniteLoss(step + 1, {k: float(v) for k, v in r.metrics.items()},
-                                            state["curve"][-1] if state["curve"] else None)
-                    self._account(r)
+                    r = timed_step(self.method, episodes, step, self.device, self.precision,
+                                   sync=self.sync_every_step)
+                    if self.sync_every_step:
+                        self._check_and_account(step, r)
+                    else:
+                        self._pending.append((step, r))
                     state["step"] = step + 1
                     if state["step"] % self.hp.val_every == 0 or state["step"] == total:
                         self.validate(bar)
@@ -267,9 +334,43 @@ class Trainer:
             self.save()
             raise Interrupted(f"interrupted at step {state['step']} of {total}; "
                               "run the same command again to resume") from None
+        except (Interrupted, NonFiniteLoss):
+            raise
+        except Exception as e:
+            self._settle_after(e)  # a deferred non-finite loss before the error is the run's failure
+            raise
         finally:
             if hasattr(bar, "close"):
                 bar.close()
+
+    def _check_and_account(self, step: int, r: StepResult) -> None:
+        """Stop at a non-finite loss (:class:`NonFiniteLoss`, naming step ``step + 1``), else account the step."""
+        if non_finite(r.metrics):
+            raise NonFiniteLoss(step + 1, {k: float(v) for k, v in r.metrics.items()},
+                                self.state["curve"][-1] if self.state["curve"] else None)
+        self._account(r)
+
+    def settle(self) -> None:
+        """Deferred mode: read the steps run since the last validation or checkpoint (one synchronisation) and
+        account them in order as the eager path does, raising :class:`NonFiniteLoss` at the first non-finite loss.
+        Nothing to do in the eager mode."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        synchronize(self.device)
+        values = _host_values([r.metrics for _, r in pending])
+        for (step, r), metrics in zip(pending, values):
+            self._check_and_account(step, StepResult(metrics, r.tasks, r.elapsed()))
+
+    def _settle_after(self, error: Exception) -> None:
+        """After a step raised: a deferred non-finite loss before it is raised instead (the eager path would have
+        stopped there); nothing else of the pending steps is needed (the run fails)."""
+        try:
+            self.settle()
+        except NonFiniteLoss as bad:
+            raise bad from error
+        except Exception:  # noqa: BLE001 - the device may be unusable after the error; the error itself is raised
+            pass
 
     def _account(self, r: StepResult) -> None:
         state = self.state
@@ -282,6 +383,7 @@ class Trainer:
     def validate(self, bar=None) -> None:
         """One curve point: validation accuracy now, and the mean training metrics since the last point; keeps the
         best state, then saves the checkpoint."""
+        self.settle()  # deferred steps are accounted (or a non-finite loss raised) before the point is made
         state = self.state
         t1 = time.perf_counter()
         acc, _ = evaluate(self.method, self.val_set, self.device, prefetch=self.prefetch,
