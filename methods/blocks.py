@@ -4,6 +4,10 @@
   TADAM);
 * ``MAMLNet``: a backbone followed by a linear classifier, run functionally by the gradient-based methods (MAML,
   Reptile, and the Meta-LSTM's learner);
+* batched test-time adaptation (several test episodes adapted in one vectorised pass, ``torch.func.vmap`` over
+  per-episode parameter copies): ``resolve_batched_adaptation`` (the per-device default), ``shape_groups`` (episodes
+  of one shape, which can be stacked), ``stack_episodes``, ``episode_copies`` (one copy of each tensor per episode)
+  and ``gather_batches`` (each episode's own mini-batch of its support set);
 * the classifier pretraining of the transfer methods (MTL and its ``pretrain-only`` variant, Baseline and
   Baseline++): ``train_image_count`` (epochs are counted in images of the training split), ``seeded_fork`` (the
   pretraining's own seeded torch RNG, so that computing or reusing a cached pretraining leaves the run's later random
@@ -13,7 +17,9 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +56,52 @@ class MAMLNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(channels_last(x, restride_single_channel=True)).flatten(1))
 
+
+# ------------------------------------------------------------------------------------------------ batched adaptation
+def resolve_batched_adaptation(hp, device: torch.device) -> bool:
+    """``hp.batched_adaptation`` when set, else the device's default: vectorised on CUDA (one kernel launch per layer
+    for a whole group of test episodes instead of one per episode: the GPU was idle ~89% of the time adapting one
+    episode at a time, issue 28), looped elsewhere (the CPU path and its numbers stay those of ``predict``). The value
+    is written back into ``hp``, so a run's recorded hyperparameters say which path ran (as MAML's ``vectorize``)."""
+    if hp.batched_adaptation is None:
+        hp.batched_adaptation = torch.device(device).type == "cuda"
+    return bool(hp.batched_adaptation)
+
+
+#: test episodes one batched ``predict_many`` call adapts together on the CPU (tests force the batched path there);
+#: on CUDA the harness sizes groups by free memory (``benchmark.pipeline.execution.group_size``)
+BATCHED_EVAL_GROUP = 8
+
+
+def shape_groups(episodes: Sequence[Episode]) -> list[list[int]]:
+    """Indices of ``episodes`` grouped by shape (ways, support size, query size, image shape), in first-seen order:
+    the episodes of one group can be stacked along a new leading dimension."""
+    groups: dict[tuple, list[int]] = {}
+    for i, ep in enumerate(episodes):
+        key = (ep.ways, tuple(ep.support_x.shape), tuple(ep.query_x.shape))
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def stack_episodes(episodes: Sequence[Episode], *fields: str) -> list[torch.Tensor]:
+    """``torch.stack`` of each named field over the episodes (``[G, ...]``), one tensor per field."""
+    return [torch.stack([getattr(ep, f) for ep in episodes]) for f in fields]
+
+
+def episode_copies(tensors: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    """``n`` independent copies of each tensor stacked along a new leading dimension (``[n, *shape]``, detached):
+    per-episode parameters or optimiser states that start equal and then evolve separately."""
+    return {k: v.detach().unsqueeze(0).expand(n, *v.shape).clone() for k, v in tensors.items()}
+
+
+def gather_batches(x: torch.Tensor, y: torch.Tensor, indices: Sequence[np.ndarray]) -> tuple[torch.Tensor,
+                                                                                             torch.Tensor]:
+    """Episode ``g``'s mini-batch ``x[g, indices[g]]``, ``y[g, indices[g]]`` for every ``g``, from stacked support
+    sets ``x`` ``[G, n, ...]`` and labels ``y`` ``[G, n]``; all index arrays have one length ``b``
+    (-> ``[G, b, ...]``, ``[G, b]``)."""
+    idx = torch.as_tensor(np.stack(indices), device=x.device)
+    rows = torch.arange(len(indices), device=x.device).unsqueeze(1)
+    return x[rows, idx], y[rows, idx]
 
 
 # ------------------------------------------------------------------------------------------------ pretraining
