@@ -138,12 +138,12 @@ class MethodChecker:
             where = self.workdir / label
             if stop_after is not None:
                 try:
-                    run(self.cfg, where, self.device, prepared=self.prepared, stop_after=stop_after)
+                    run(self.prepared, where, self.device, stop_after=stop_after)
                 except Interrupted:
                     pass
                 else:
                     raise CheckFailed(f"the run did not stop after {stop_after} of {self.steps} steps")
-            run(self.cfg, where, self.device, prepared=self.prepared)
+            run(self.prepared, where, self.device)
             folder = RunFolder(where, self.cfg.run_id)
             self._runs[label] = {"folder": folder, **read_records(folder)}
         return self._runs[label]

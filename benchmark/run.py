@@ -5,8 +5,9 @@ ones resume from their last checkpoint, so re-running a command is always safe. 
 folder per run, with its best model as model.pt, plus the per-run leaderboard.csv) and the report to
 --reports-dir/<--report-name>/.
 
-Runs execute one after another in this process (--executor sequential, the default) or as Ray tasks
-(--executor ray; pip install -e '.[distributed]'). A run that fails (loss NaN or infinite, or an exception) is
+Runs execute one after another in this process (--executor sequential, the default), packed in worker processes
+on this machine (--executor processes --workers N) or as Ray tasks (--executor ray; pip install -e
+'.[distributed]'). A run that fails (loss NaN or infinite, or an exception) is
 recorded as failed in its folder and the others go on; re-running the command retries only failed and unfinished
 runs. A run being trained by another process (a second command on the same results directory) is waited for, or
 skipped with --if-locked skip. Exit codes: 0 all runs finished, 1 some failed, 2 bad input, 130 Ctrl-C, 143
@@ -22,7 +23,8 @@ import time
 from pathlib import Path
 
 from .cli.toolkit import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, UsageError, at_least,
-                  existing_dir, note, progress_factory, setup_torch, usage_errors)
+                          existing_dir, gpu_share, note, progress_factory, setup_torch, usage_errors, whole_number)
+from .pipeline.plan import RAY_INIT_TIMEOUT_S, RAY_PROBE_TIMEOUT_S
 from .cli.methods import add_method_files, announce_method_files, catalogue_lines, load_method_files
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TERMINATED", "EXIT_USAGE", "UsageError", "main", "parser",
@@ -35,6 +37,7 @@ def _epilog() -> str:
         "examples:\n  python -m benchmark.run --methods all\n"
         "  python -m benchmark.run --methods protonet,maml --shots 1 --seeds 0 1 2 --profile smoke\n"
         "  python -m benchmark.run --methods protonet --set train_steps=2000 lr=5e-4\n"
+        "  python -m benchmark.run --methods all --executor processes --workers 2   # runs in parallel, one machine\n"
         "  python -m benchmark.run --methods all --executor ray --cpus-per-run 1   # runs in parallel (Ray)"
         "\n  python -m benchmark.run --methods protonet,maml --split lake\n"
         "re-test the saved models (results/<run-id>/model.pt) without re-training:\n"
@@ -68,8 +71,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="override hyperparameters of every selected method, e.g. --set train_steps=500")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]; default: auto (CUDA when present)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch in this process; default: "
-                   "PyTorch's (Ray tasks use --cpus-per-run)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch in this process (with "
+                   "--executor processes: in each worker); default: PyTorch's (processes: the cores divided by "
+                   "--workers; Ray tasks use --cpus-per-run)")
     p.add_argument("--results-dir", default="results", help="where runs are written; default: results")
     p.add_argument("--reports-dir", default="reports", help="where reports are written; default: reports")
     p.add_argument("--report-name", default="latest", help="report folder name; default: latest")
@@ -92,43 +96,58 @@ def parser() -> argparse.ArgumentParser:
                    help="torch.compile each method's compilable modules (not MAML, Reptile or the Meta-LSTM, which "
                    "run their networks functionally); off by default: measured slower on the CPU")
     g = p.add_argument_group("executing the runs")
-    g.add_argument("--executor", choices=("sequential", "ray"), default="sequential",
-                   help="sequential: one run after another in this process (the default); ray: each run as a Ray "
-                   "task, in parallel (needs pip install -e '.[distributed]')")
+    g.add_argument("--executor", choices=("sequential", "processes", "ray"), default="sequential",
+                   help="sequential: one run after another in this process (the default); processes: the runs "
+                   "packed in --workers processes on this machine (no Ray needed); ray: each run as a Ray task, in "
+                   "parallel, on this machine or a cluster (needs pip install -e '.[distributed]')")
+    g.add_argument("--workers", default=None, metavar="N",
+                   help="processes: worker processes (runs at once), each with the cores divided by N as PyTorch "
+                   "threads and, on CUDA, one of the visible GPUs in turn (several workers share a GPU); default: 2")
     g.add_argument("--ray-address", default="", help="Ray cluster to join: empty starts a local Ray instance on "
-                   "this machine (the default), 'auto' or HOST:PORT joins a running one (ray start --head)")
+                   "this machine (the default), 'auto' or HOST:PORT joins a running one (ray start --head); a "
+                   f"HOST:PORT that accepts no connection within {RAY_PROBE_TIMEOUT_S:g} s, or a cluster Ray cannot "
+                   f"join within {RAY_INIT_TIMEOUT_S:g} s, is refused (exit 2)")
     g.add_argument("--cpus-per-run", type=int, default=1, help="Ray: CPUs reserved per run, also PyTorch's threads "
                    "in it; default: 1")
-    g.add_argument("--gpus-per-run", type=float, default=None, help="Ray: GPUs per run, fractions allowed (0.25: "
-                   "four runs share a GPU); default: 1 when --device resolves to CUDA, else 0")
-    g.add_argument("--max-retries", type=int, default=3, help="Ray: times a run whose worker died is retried (from "
-                   "its checkpoint); default: 3")
+    g.add_argument("--gpus-per-run", type=float, default=None, help="Ray: GPUs per run, a fraction up to 1 (0.25: "
+                   "four runs share a GPU) or a whole number; refused when the cluster has no GPU; default: 1 when "
+                   "--device resolves to CUDA, else 0")
+    g.add_argument("--max-retries", type=int, default=3, help="Ray and processes: times a run whose worker process "
+                   "died is started again (from its checkpoint); default: 3")
     g.add_argument("--if-locked", choices=("wait", "skip"), default="wait",
                    help="a run another process is training: wait for it (default) or skip it with a note")
     return p
 
 
-def plan(args) -> tuple[list, object]:
-    """Validate everything up front; returns (prepared runs, device), each run prepared once
-    (:class:`~benchmark.pipeline.config.PreparedRun`, with its ``cfg``). Raises UsageError with one clear line."""
-    _check_counts(args)
+def plan(args):
+    """Validate everything up front; returns the command's frozen :class:`~benchmark.pipeline.plan.Plan` (the
+    prepared runs, each prepared once, the results folder, device, execution, executor and its settings), which the
+    rest of the command reads instead of ``args``. Raises UsageError with one clear line."""
+    from .pipeline.plan import Plan
+
+    prefetch, workers = _check_counts(args)
     load_method_files(args.method_file)
     device = setup_torch(args.device, args.threads)
-    _check_executor(args, device)
-    prepared = _prepare_runs(args)
+    settings = _executor_settings(args, device, workers)
+    runs = _prepare_runs(args)
+    results_dir = Path(args.results_dir)
     from .store.files import check_writable
+    from .pipeline.execution import Execution
 
     try:
-        check_writable(Path(args.results_dir))
+        check_writable(results_dir)
     except OSError as e:
         raise UsageError(str(e)) from None
-    return prepared, device
+    return Plan(runs, results_dir, device, Execution(prefetch, not args.no_deterministic, args.compile),
+                args.executor, settings, args.if_locked, not args.no_save_model, not args.no_progress,
+                None if args.no_report else Path(args.reports_dir) / args.report_name)
 
 
-def _check_counts(args) -> None:
-    """The numbers and folders of the command line (before anything is loaded)."""
+def _check_counts(args) -> tuple[int | None, int | None]:
+    """The numbers and folders of the command line (before anything is loaded); returns the prefetch depth (None:
+    the device's default) and the number of workers (None: not the process pool)."""
     at_least("--cpus-per-run", args.cpus_per_run)
-    at_least("--gpus-per-run", args.gpus_per_run, low=0)
+    gpu_share("--gpus-per-run", args.gpus_per_run)
     at_least("--max-retries", args.max_retries, low=0)
     at_least("--ways", args.ways)
     at_least("--shots", args.shots)
@@ -136,42 +155,44 @@ def _check_counts(args) -> None:
     at_least("--test-episodes", args.test_episodes)
     at_least("--val-episodes", args.val_episodes)
     existing_dir("--data-dir", args.data_dir)
+    workers = whole_number("--workers", args.workers)
+    if workers is not None and args.executor != "processes":
+        raise UsageError("--workers is for --executor processes (Ray: --cpus-per-run)")
     from .pipeline.execution import check_precision, parse_prefetch
 
     try:
         check_precision(args.precision)
-        args.prefetch_depth = parse_prefetch(args.prefetch)
+        return parse_prefetch(args.prefetch), workers
     except ValueError as e:
         msg = str(e)
         raise UsageError(msg if msg.startswith("--") else f"--precision: {msg}") from None
 
 
-def execution(args):
-    """The :class:`~benchmark.pipeline.execution.Execution` of the command line (after :func:`_check_counts`)."""
-    from .pipeline.execution import Execution
+def _executor_settings(args, device, workers: int | None):
+    """The executor's settings (None for the sequential executor): Ray is installed when asked for, its address
+    answers, and its GPU share agrees with the device (``--gpus-per-run``'s default: 1 on CUDA, else 0)."""
+    from .pipeline.plan import ProcessSettings, RaySettings
 
-    return Execution(prefetch=getattr(args, "prefetch_depth", None), deterministic=not args.no_deterministic,
-                     compile=args.compile)
-
-
-def _check_executor(args, device) -> None:
-    """Ray is installed when asked for, and its GPU share agrees with the device (``--gpus-per-run``'s default: 1
-    on CUDA, else 0)."""
+    if args.executor == "processes":
+        return ProcessSettings(workers or 2, args.threads, args.max_retries)
     if args.executor != "ray":
-        return
-    from .pipeline.executors import RAY_MISSING
+        return None
+    from .pipeline.executors import RAY_MISSING, ClusterError, check_ray_address
 
     try:
         import ray  # noqa: F401
     except ImportError:
         raise UsageError(RAY_MISSING) from None
-    if args.gpus_per_run is None:
-        args.gpus_per_run = 1.0 if device.type == "cuda" else 0.0
-    if device.type == "cuda" and args.gpus_per_run == 0:
-        raise UsageError("--device is CUDA but --gpus-per-run is 0; give each run a share of a GPU "
-                         "(e.g. --gpus-per-run 0.25) or use --device cpu")
-    if device.type == "cpu" and args.gpus_per_run > 0:
+    gpus = args.gpus_per_run
+    if gpus is None:
+        gpus = 1.0 if device.type == "cuda" else 0.0
+    if device.type == "cpu" and gpus > 0:
         raise UsageError("--gpus-per-run needs --device cuda (or auto on a machine with a GPU)")
+    try:
+        check_ray_address(args.ray_address)
+    except ClusterError as e:
+        raise UsageError(str(e)) from None
+    return RaySettings(args.ray_address, args.cpus_per_run, gpus, args.max_retries)
 
 
 def _prepare_runs(args) -> list:
@@ -202,15 +223,16 @@ def _prepare_runs(args) -> list:
     return prepared
 
 
-def _executor(args, device, progress):
-    from .pipeline.executors import RayExecutor, SequentialExecutor
+def _executor(plan, progress):
+    """The executor of ``plan`` (``progress``: the sequential executor's bars)."""
+    from .pipeline.executors import ProcessExecutor, RayExecutor, SequentialExecutor
 
-    if args.executor == "ray":
-        return RayExecutor(Path(args.results_dir), device, args.ray_address, args.cpus_per_run, args.gpus_per_run,
-                           args.max_retries, args.if_locked, progress_lines=not args.no_progress, note=note,
-                           save_model=not args.no_save_model, execution=execution(args))
-    return SequentialExecutor(Path(args.results_dir), device, progress, args.if_locked, note,
-                              save_model=not args.no_save_model, execution=execution(args))
+    template = plan.template()
+    if plan.executor == "ray":
+        return RayExecutor(template, plan.settings, progress_lines=plan.progress, note=note)
+    if plan.executor == "processes":
+        return ProcessExecutor(template, plan.settings, progress_lines=plan.progress, note=note)
+    return SequentialExecutor(template, progress, note)
 
 
 def _announce(o) -> None:
@@ -227,7 +249,7 @@ def _announce(o) -> None:
         note(f"{o.run_id}: {o.note}")
 
 
-def _execute(executor, prepared, args) -> tuple[list | None, int | None]:
+def _execute(executor, plan) -> tuple[list | None, int | None]:
     """Carry out the runs with the run-level progress bar; (outcomes, None), or (None, exit code) when Ctrl-C or
     SIGTERM stopped them (checkpoints kept, leaderboard written)."""
     from tqdm import tqdm
@@ -236,12 +258,12 @@ def _execute(executor, prepared, args) -> tuple[list | None, int | None]:
     from .pipeline.training import Interrupted
 
     from .pipeline.eta import RunsETA, costs_for
+    from .pipeline.executors import ClusterError
     from .store.folders import RunFolder
 
-    results_dir = Path(args.results_dir)
-    todo = [p for p in prepared if not RunFolder(results_dir, p.cfg.run_id).is_finished()]
-    eta = RunsETA(costs_for(todo, results_dir))  # time left weighted by each run's expected cost (benchmark.pipeline.eta)
-    outer = tqdm(total=len(prepared), desc="runs", unit="run", disable=args.no_progress or len(prepared) < 2,
+    todo = [p for p in plan.runs if not RunFolder(plan.results_dir, p.cfg.run_id).is_finished()]
+    eta = RunsETA(costs_for(todo, plan.results_dir))  # time left weighted by each run's expected cost (pipeline.eta)
+    outer = tqdm(total=len(plan.runs), desc="runs", unit="run", disable=not plan.progress or len(plan.runs) < 2,
                  file=sys.stderr, dynamic_ncols=True,
                  bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")  # no tqdm mean-based ETA
 
@@ -262,23 +284,25 @@ def _execute(executor, prepared, args) -> tuple[list | None, int | None]:
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        return executor.execute(prepared, on_outcome), None
+        return executor.execute(list(plan.runs), on_outcome), None
+    except ClusterError as e:  # Ray cannot take the runs; nothing was submitted
+        raise UsageError(str(e)) from None
     except (Interrupted, KeyboardInterrupt) as e:
         outer.close()
         print(f"\n{e or 'interrupted; run the same command again to resume'}", file=sys.stderr)
-        write_runs_leaderboard(Path(args.results_dir))
+        write_runs_leaderboard(plan.results_dir)
         return None, EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
         outer.close()
 
 
-def _summarise(outcomes, prepared, executor, args, seconds: float) -> int:
+def _summarise(outcomes, plan, executor, seconds: float) -> int:
     """The closing lines (runs done, skipped, failed), the leaderboard and the report; the exit code."""
     from .store.leaderboard import write_runs_leaderboard
     from .store.folders import runs_leaderboard_path
 
-    results_dir = Path(args.results_dir)
+    results_dir = plan.results_dir
     done = [o for o in outcomes if o.status == "done"]
     failed = [o for o in outcomes if o.status == "failed"]
     skipped = [o for o in outcomes if o.status == "skipped"]
@@ -293,11 +317,10 @@ def _summarise(outcomes, prepared, executor, args, seconds: float) -> int:
               "them):", file=sys.stderr)
         for o in failed:
             print(f"  {o.run_id}: {o.failure['reason']}", file=sys.stderr)
-    if not args.no_report and done:
+    if plan.report_dir is not None and done:
         from .report import build_report
 
-        out = build_report(results_dir, Path(args.reports_dir) / args.report_name,
-                           run_ids=[p.cfg.run_id for p in prepared])
+        out = build_report(results_dir, plan.report_dir, run_ids=plan.run_ids)
         print(f"report: {out}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
 
@@ -309,13 +332,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
-    prepared, device = plan(args)
-    executor = _executor(args, device, progress_factory(args.no_progress))
+    the_plan = plan(args)
+    executor = _executor(the_plan, progress_factory(not the_plan.progress))
     t0 = time.time()
-    outcomes, code = _execute(executor, prepared, args)
+    outcomes, code = _execute(executor, the_plan)
     if outcomes is None:
         return code
-    return _summarise(outcomes, prepared, executor, args, time.time() - t0)
+    return _summarise(outcomes, the_plan, executor, time.time() - t0)
 
 
 if __name__ == "__main__":

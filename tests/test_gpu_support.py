@@ -114,7 +114,7 @@ def test_bf16_protonet_is_close_to_fp32_on_the_same_episodes(omniglot, tmp_path)
     from benchmark.pipeline import RunConfig, prepare
     from benchmark.pipeline.method_context import make_context
     from benchmark.kit.episodes import EpisodeSet
-    from benchmark.pipeline.training import Trainer, autocast, evaluate, seed_everything
+    from benchmark.pipeline.training import Checkpointing, Trainer, autocast, evaluate, seed_everything
 
     over = (("train_steps", 10), ("val_every", 5), ("train_ways", 5), ("train_queries", 5))
     cfg = RunConfig("protonet", "omniglot", 5, 1, profile="smoke", val_episodes=5, overrides=over)
@@ -125,8 +125,7 @@ def test_bf16_protonet_is_close_to_fp32_on_the_same_episodes(omniglot, tmp_path)
         seed_everything(0)
         ctx = make_context(prepared, CPU)
         m = prepared.cls(prepared.hp, ctx)
-        t = Trainer(m, prepared.hp, ctx.sampler, ctx.val_episodes, CPU, tmp_path / f"{precision}.pt", {}, [],
-                    precision=precision)
+        t = Trainer(m, prepared.hp, ctx, Checkpointing(tmp_path / f"{precision}.pt"), precision=precision)
         t.train()
         t.restore_best()
         acc, _ = evaluate(m, test, CPU, precision=precision)

@@ -14,7 +14,8 @@ import torch
 from benchmark.pipeline import prepare
 from benchmark.store.folders import RunFolder, finished_runs
 from benchmark.run import main
-from benchmark.pipeline import RunConfig, run
+from benchmark.pipeline import JobTemplate, RunConfig, run
+from benchmark.pipeline.plan import RaySettings
 from conftest import ROOT
 
 ray = pytest.importorskip("ray")
@@ -76,7 +77,7 @@ def test_without_a_shared_filesystem_the_run_folder_comes_back(tmp_path, local_r
     nan = RunConfig("protonet", shots=1, profile="smoke", test_episodes=20, val_episodes=5,
                     overrides=TINY + (("lr", 1e30),))  # the loss becomes NaN at step 2
     res = tmp_path / "driver"
-    outs = RayExecutor(res, CPU, shared=False, progress_lines=False).execute([prepare(cfg), prepare(nan)],
+    outs = RayExecutor(JobTemplate(res, CPU), RaySettings(shared=False), progress_lines=False).execute([prepare(cfg), prepare(nan)],
                                                                               lambda o: None)
     outs = sorted(outs, key=lambda o: o.run_id != cfg.run_id)
     assert [o.status for o in outs] == ["done", "failed"]  # a failed task does not sink the other
@@ -118,7 +119,7 @@ def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path, lo
 
     watcher = threading.Thread(target=kill_after_first_checkpoint)
     watcher.start()
-    outs = RayExecutor(res, CPU, max_retries=2, progress_lines=False).execute([prepare(cfg)], lambda o: None)
+    outs = RayExecutor(JobTemplate(res, CPU), RaySettings(max_retries=2), progress_lines=False).execute([prepare(cfg)], lambda o: None)
     watcher.join()
     assert killed and [o.status for o in outs] == ["done"]
     s = outs[0].summary
@@ -133,7 +134,7 @@ def test_mtl_pretraining_computed_once_for_variants_started_together(tmp_path, l
     from benchmark.pipeline.executors import RayExecutor
 
     cfgs = [RunConfig(m, shots=1, profile="smoke", test_episodes=5, val_episodes=5) for m in ("mtl", "mtl-noht")]
-    outs = RayExecutor(tmp_path, CPU, progress_lines=False).execute([prepare(c) for c in cfgs], lambda o: None)
+    outs = RayExecutor(JobTemplate(tmp_path, CPU), progress_lines=False).execute([prepare(c) for c in cfgs], lambda o: None)
     assert [o.status for o in outs] == ["done", "done"]
     pids = {o.summary["placement"]["pid"] for o in outs}
     uses = [u for o in outs for u in o.summary["cache"]]

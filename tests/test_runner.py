@@ -115,10 +115,12 @@ def test_a_prepared_run_is_neither_prepared_nor_resolved_again(tmp_path, monkeyp
 
     for module, name in ((runner, "prepare"), (registry, "get"), (registry, "resolve")):
         monkeypatch.setattr(module, name, fail)
-    s = run(cfg, tmp_path, CPU, prepared=prepared)
+    s = run(prepared, tmp_path, CPU)
     folder = RunFolder(tmp_path, cfg.run_id)
     assert folder.is_finished() and folder.read_summary()["test_fingerprint"] == s["test_fingerprint"]
     assert folder.read_config()["run_id"] == cfg.run_id and len(folder.read_test_episodes()) == 5
     assert folder.read_curve()["step"].tolist() == [1, 2] and not folder.partial.exists()
-    with pytest.raises(ValueError, match="prepared run"):
+    with pytest.raises(TypeError, match="first argument"):  # one source of the configuration: the prepared run's
         run(dataclasses.replace(cfg, seed=1), tmp_path, CPU, prepared=prepared)
+    with pytest.raises(TypeError, match="no_such_option"):
+        run(prepared, tmp_path / "other", CPU, no_such_option=1)

@@ -38,6 +38,35 @@ def at_least(label: str, values: int | Iterable[int] | None, low: int = 1) -> No
             raise UsageError(f"{label} must be {'at least 1' if low == 1 else f'{low} or more'} (got {v})")
 
 
+def gpu_share(label: str, value: float | None) -> None:
+    """UsageError naming ``label`` (e.g. ``--gpus-per-run``) unless ``value`` (None: unset) is a share of GPUs Ray
+    accepts for a task: above 0, a fraction up to 1 (at most 4 decimals: Ray's unit is 0.0001) or a whole number."""
+    if value is None:
+        return
+    import math
+
+    if not math.isfinite(value) or value <= 0:
+        raise UsageError(f"{label} must be greater than 0 (got {value:g}); leave it out for no GPU")
+    if value > 1 and value != int(value):
+        raise UsageError(f"{label} above 1 must be a whole number of GPUs (got {value:g}); fractions are for "
+                         "sharing one GPU: 0.5, 0.25, ...")
+    if abs(value * 10_000 - round(value * 10_000)) > 1e-6:
+        raise UsageError(f"{label} is a share of a GPU in steps of 0.0001, Ray's unit (got {value!r})")
+
+
+def whole_number(label: str, text: str | None, low: int = 1) -> int | None:
+    """``text`` (a flag's value as typed; None: unset) as an int of at least ``low``; UsageError in one line
+    naming ``label`` otherwise."""
+    if text is None:
+        return None
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise UsageError(f"{label} must be a whole number (got {text!r})") from None
+    at_least(label, value, low)
+    return value
+
+
 def existing_dir(label: str, path: str | Path | None) -> None:
     """UsageError when a folder given as ``label`` (e.g. ``--data-dir``) is not one."""
     if path is not None and not Path(path).is_dir():

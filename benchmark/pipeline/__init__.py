@@ -10,7 +10,7 @@
 * :mod:`~benchmark.pipeline.prefetch`: episodes drawn ahead of the step;
 * :mod:`~benchmark.pipeline.training`: the training step, evaluation, RNG state, the training loop and checkpoints;
 * :mod:`~benchmark.pipeline.runner`: one run, end to end (:class:`RunJob` in, :class:`Outcome` out);
-* :mod:`~benchmark.pipeline.executors`: the sequential and Ray executors;
+* :mod:`~benchmark.pipeline.executors`: the sequential, process-pool and Ray executors;
 * :mod:`~benchmark.pipeline.models`, :mod:`~benchmark.pipeline.facts`, :mod:`~benchmark.pipeline.eta`,
   :mod:`~benchmark.pipeline.machine`: saved models, method facts, the ETA and the machine (provenance, device,
   determinism, memory, CPU tuning).
@@ -21,7 +21,9 @@ _LAZY = {
     "Execution": "execution",
     "make_context": "method_context", "ArtefactCache": "method_context",
     "Interrupted": "training", "evaluate": "training", "seed_everything": "training", "Trainer": "training",
-    "RunJob": "runner", "Outcome": "runner", "RunFailed": "runner", "Locked": "runner", "run": "runner",
+    "RunJob": "runner", "JobTemplate": "runner", "Checkpointing": "training",
+    "Plan": "plan", "RaySettings": "plan", "ProcessSettings": "plan",
+    "Outcome": "runner", "RunFailed": "runner", "Locked": "runner", "run": "runner",
     "run_job": "runner", "prepare": "runner", "failure_record": "runner",
     "test_set": "episode_sets", "validation_set": "episode_sets",
     "load_run": "models", "ModelError": "models",

@@ -1,14 +1,14 @@
 """Meta-train, validate, test and record one run.
 
-A run is (method, dataset, ways, shots, backbone, seed, profile). An executor (:mod:`benchmark.pipeline.executors`) hands
-each run to :func:`run_job` as a :class:`RunJob` (the prepared run, where it writes, the device, where it runs, lock
-policy, model saving, progress) and gets back an :class:`Outcome` (done, failed or skipped, and whether this call
-trained it); :func:`run` is the short form for the API and the tests. The run meta-trains the method on training
-episodes drawn by index from the run's seed, validates on a fixed episode set every ``val_every`` steps (one
-convergence-curve point each: steps, episodes seen, training seconds, validation accuracy), keeps the checkpoint with
-the best validation accuracy, tests it on the fixed test episodes and writes the run folder
-(:class:`benchmark.store.folders.RunFolder`), with the best model as ``model.pt`` (:mod:`benchmark.pipeline.models`) unless
-``save_model=False``.
+A run is (method, dataset, ways, shots, backbone, seed, profile). An executor (:mod:`benchmark.pipeline.executors`)
+hands each run to :func:`run_job` as a :class:`RunJob` (the prepared run, the command's :class:`JobTemplate`: where
+it writes, the device, lock policy, model saving, execution; where it runs, progress) and gets back an
+:class:`Outcome` (done, failed or skipped, and whether this call trained it); :func:`run` is the short form for the
+API and the tests. The run meta-trains the method on training episodes drawn by index from the run's seed, validates
+on a fixed episode set every ``val_every`` steps (one convergence-curve point each: steps, episodes seen, training
+seconds, validation accuracy), keeps the checkpoint with the best validation accuracy, tests it on the fixed test
+episodes and writes the run folder (:class:`benchmark.store.folders.RunFolder`), with the best model as ``model.pt``
+(:mod:`benchmark.pipeline.models`) unless ``save_model=False``.
 
 Validation and test episodes depend on ``eval_seed`` (default 0), not on the training seed, so every method and
 every seed of a setting is tested on the same episodes, which their fingerprint proves.
@@ -55,7 +55,7 @@ from .prefetch import gather_on_device
 from ..store.statistics import mean_ci95
 from ..store.folders import RunFolder, test_table
 from .episode_sets import test_set
-from .training import Interrupted, NonFiniteLoss, Trainer, compile_method, evaluate, seed_everything
+from .training import Checkpointing, Interrupted, NonFiniteLoss, Trainer, compile_method, evaluate, seed_everything
 
 class RunFailed(Exception):
     """A run failed (non-finite loss, or an exception) and was recorded as failed in its folder; ``record`` is what
@@ -84,26 +84,42 @@ def prepare(cfg: RunConfig, data_dir: str | Path | None = None, positive: bool =
     return config_prepare(cfg, registry.get(cfg.method), data_dir, positive)
 
 
-@dataclass
-class RunJob:
-    """One run's job, everything carrying it out needs: the prepared run, where it writes, the device, where it runs
-    (``placement``, recorded in its summary), what to do when another process holds its lock (``if_locked``: "wait"
-    or "skip"), whether to keep its model, progress bars (``progress(iterable, total=, desc=, initial=)``), a
-    ``note(text)`` for messages, ``stop_after`` (stop after that many training steps in this call, leaving a
-    checkpoint; for tests) and how to execute it (:class:`~benchmark.pipeline.execution.Execution`: prefetch depth,
-    deterministic CUDA, compiled modules; recorded in the summary, never part of the run id). Built once by the
-    executor (:mod:`benchmark.pipeline.executors`) and handed to :func:`run_job`."""
+@dataclass(frozen=True)
+class JobTemplate:
+    """What every run of a command shares: where runs are written (``results_dir``), the device, what to do when
+    another process holds a run's lock (``if_locked``: "wait" or "skip"), whether to keep each run's model, how to
+    execute it (:class:`~benchmark.pipeline.execution.Execution`: prefetch depth, deterministic CUDA, compiled
+    modules; recorded in the summary, never part of the run id) and ``stop_after`` (stop after that many training
+    steps in this call, leaving a checkpoint; for tests). Small and picklable: a worker process (a Ray task, a process
+    of ``--executor processes``) receives it with the run's configuration, and sets its own ``device`` and
+    ``results_dir`` with :func:`dataclasses.replace`."""
 
-    prepared: PreparedRun
     results_dir: Path
     device: torch.device
-    placement: dict
     if_locked: str = "wait"
     save_model: bool = True
+    execution: Execution = dataclasses.field(default_factory=Execution)
+    stop_after: int | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "results_dir", Path(self.results_dir))
+        if self.if_locked not in ("wait", "skip"):
+            raise ValueError(f"if_locked must be 'wait' or 'skip', not {self.if_locked!r}")
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """One run's job, everything carrying it out needs: the prepared run (its ``cfg`` is the run's one
+    configuration), the command's :class:`JobTemplate`, where the run runs (``placement``, recorded in its summary),
+    progress bars (``progress(iterable, total=, desc=, initial=)``) and a ``note(text)`` for messages. An executor
+    (:mod:`benchmark.pipeline.executors`) builds one with ``prepared=None`` per process and fills it per run with
+    ``dataclasses.replace(job, prepared=...)``; :func:`run_job` carries it out."""
+
+    prepared: PreparedRun | None
+    template: JobTemplate
+    placement: dict
     progress: Callable | None = None
     note: Callable[[str], None] | None = None
-    stop_after: int | None = None
-    execution: Execution = dataclasses.field(default_factory=Execution)
 
     @property
     def cfg(self) -> RunConfig:
@@ -111,7 +127,7 @@ class RunJob:
 
     @property
     def folder(self) -> RunFolder:
-        return RunFolder(self.results_dir, self.cfg.run_id)
+        return RunFolder(self.template.results_dir, self.cfg.run_id)
 
 
 @dataclass
@@ -147,7 +163,7 @@ def run_job(job: RunJob) -> Outcome:
     lock = folder.lock()
     if not lock.acquire(wait=False):
         holder = lock.holder()
-        if job.if_locked == "skip":
+        if job.template.if_locked == "skip":
             return Outcome(run_id, "skipped", note=str(Locked(run_id, holder)))
         if job.note is not None:
             job.note(f"{run_id} is being trained by another process (pid {holder.get('pid', '?')} on "
@@ -168,27 +184,34 @@ def run_job(job: RunJob) -> Outcome:
         lock.release()
 
 
-def run(cfg: RunConfig, results_dir: Path, device: torch.device, data_dir: str | Path | None = None,
-        progress: Callable | None = None, stop_after: int | None = None,
-        prepared: PreparedRun | None = None, placement: dict | None = None, if_locked: str = "wait",
-        note: Callable[[str], None] | None = None, save_model: bool = True,
-        execution: Execution | None = None) -> dict:
-    """Run (or resume, or skip when finished) one configuration; returns its summary. The API's short form of
+#: :func:`run`'s keywords that are :class:`RunJob` fields rather than :class:`JobTemplate` fields
+_JOB_KEYWORDS = ("placement", "progress", "note")
+
+
+def run(what: RunConfig | PreparedRun, results_dir: str | Path, device: torch.device,
+        data_dir: str | Path | None = None, **options) -> dict:
+    """Run (or resume, or skip when finished) one run; returns its summary. The API's short form of
     :func:`run_job`.
 
-    ``prepared``: ``cfg`` as :func:`prepare` returned it (else it is prepared here from ``data_dir``).
-    ``placement``: where the run runs, recorded in its summary (default: :func:`benchmark.pipeline.machine.placement`, the
-    sequential executor); the other arguments are :class:`RunJob`'s.
+    ``what``: a :class:`RunConfig` (prepared here from ``data_dir``) or a :class:`PreparedRun` as :func:`prepare`
+    returned it (used as it is: the run's one configuration is its ``cfg``). ``options``: the other fields of
+    :class:`JobTemplate` (``if_locked``, ``save_model``, ``execution``, ``stop_after``) and of :class:`RunJob`
+    (``progress``, ``note``, ``placement``: default :func:`benchmark.pipeline.machine.placement`, the sequential
+    executor's); TypeError for another keyword.
     Raises :class:`RunFailed` after recording a failure, :class:`Locked` for a run another process trains when
     ``if_locked="skip"``, :class:`Interrupted` on Ctrl-C (checkpoint saved).
     """
-    if prepared is not None and prepared.cfg != cfg:
-        raise ValueError(f"the prepared run is {prepared.cfg.run_id}, not {cfg.run_id}")
+    if "prepared" in options:
+        raise TypeError("run() takes the PreparedRun as its first argument, not as prepared=")
+    job_options = {k: options.pop(k) for k in _JOB_KEYWORDS if k in options}
+    template = JobTemplate(Path(results_dir), device, **options)  # TypeError names an unknown keyword
+    cfg = what.cfg if isinstance(what, PreparedRun) else what
     folder = RunFolder(results_dir, cfg.run_id)
     if folder.is_finished():  # without preparing it
         return folder.read_summary()
-    job = RunJob(prepared or prepare(cfg, data_dir), Path(results_dir), device, placement or where(device),
-                 if_locked, save_model, progress, note, stop_after, execution or Execution())
+    prepared = what if isinstance(what, PreparedRun) else prepare(what, data_dir)
+    job = RunJob(prepared, template, job_options.get("placement") or where(device), job_options.get("progress"),
+                 job_options.get("note"))
     out = run_job(job)
     if out.status == "failed":
         raise RunFailed(cfg.run_id, out.failure)
@@ -227,8 +250,8 @@ class _Attempt:
         raise RunFailed(job.cfg.run_id, record)
 
     def _train_and_test(self) -> dict:
-        job, prepared, device, ex = self.job, self.job.prepared, self.job.device, self.job.execution
-        cfg, folder = prepared.cfg, job.folder
+        job, prepared, t = self.job, self.job.prepared, self.job.template
+        device, ex, cfg, folder = t.device, t.execution, prepared.cfg, job.folder
         determinism = configure_determinism(device, ex.deterministic)  # before any CUDA work of the run
         folder.start()
         # a dataset that fits on the GPU is copied there once and its episodes are built there (the same episodes);
@@ -236,7 +259,7 @@ class _Attempt:
         images = prepared.dataset.to_device(device) if gather_on_device(prepared.dataset, device) else None
         tests = test_set(prepared).gathered_by(images)
         seed_everything(cfg.seed)
-        ctx = make_context(prepared, device, job.results_dir, job.progress, images)
+        ctx = make_context(prepared, device, t.results_dir, job.progress, images)
         label = f"{cfg.method} {cfg.ways}w{cfg.shots}s"
         prefetch = 0 if images is not None else ex.prefetch_for(device)
         # this attempt's execution, kept in the checkpoint's training state (a resumed run lists every attempt).
@@ -252,20 +275,19 @@ class _Attempt:
         with PeakMemory(device) as mem, watch:
             method = prepared.cls(prepared.hp, ctx).to(device)
             attempt["compiled"] = compile_method(method) if ex.compile else []
-            self.trainer = trainer = Trainer(method, prepared.hp, ctx.sampler, ctx.val_episodes, device,
-                                             folder.checkpoint, dataclasses.asdict(cfg), ctx.cached.log,
-                                             prefetch=prefetch, precision=cfg.precision)
+            self.trainer = trainer = Trainer(method, prepared.hp, ctx, Checkpointing(
+                folder.checkpoint, dataclasses.asdict(cfg), ctx.cached.log), prefetch, cfg.precision)
             trainer.resume()
             attempt["sync_every_step"] = trainer.sync_every_step  # False: steps read at validations (CUDA)
             attempt["from_step"] = trainer.state["step"]
             trainer.state.setdefault("executions", []).append(attempt)
-            trainer.train(job.progress, f"{label} train", job.stop_after)
+            trainer.train(job.progress, f"{label} train", t.stop_after)
             trainer.restore_best()
             acc, secs = evaluate(method, tests, device, job.progress, desc=f"{label} test", prefetch=prefetch,
                                  precision=cfg.precision)
         config, curve, episodes, summary = _records(prepared, trainer, tests, acc, secs, mem, device)
         summary["placement"] = job.placement
-        summary["model_bytes"] = folder.write_model(model_payload(prepared, method)) if job.save_model else None
+        summary["model_bytes"] = folder.write_model(model_payload(prepared, method)) if t.save_model else None
         folder.finish(config, curve, episodes, summary)
         return summary
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -255,14 +255,25 @@ def upgrade_state(state: dict) -> dict:
     return state
 
 
+@dataclass
+class Checkpointing:
+    """Where a :class:`Trainer` writes its checkpoint (``path``, the resume file) and what the checkpoint keeps
+    besides the training state: the run's ``config`` (stored in it) and the run's artefact-cache log (``cache_log``,
+    a list the trainer extends on resume, so it is kept across resumes)."""
+
+    path: Path
+    config: dict = field(default_factory=dict)
+    cache_log: list = field(default_factory=list)
+
+
 class Trainer:
-    """Meta-trains ``method`` under ``hp`` (``train_steps``, ``meta_batch``, ``val_every``) on ``sampler``'s
-    episodes, validating on ``val_set``; ``checkpoint`` is the resume file, ``config`` is stored in it, and
-    ``cache_log`` (the run's artefact-cache log) is kept across resumes. ``prefetch``: training meta-batches and
-    validation groups drawn (and moved to the device) that many ahead by a background thread
-    (:mod:`benchmark.pipeline.prefetch`; 0: none; :func:`~benchmark.pipeline.prefetch.default_prefetch` gives a device's default);
-    results are the same either way. ``precision``: "fp32" or "bf16", the autocast of the training steps and the
-    validations (:func:`autocast`).
+    """Meta-trains ``method`` under ``hp`` (``train_steps``, ``meta_batch``, ``val_every``) on the training episodes
+    of ``ctx`` (the method's :class:`~benchmark.kit.context.Context`: ``ctx.sampler``), validating on
+    ``ctx.val_episodes``, on ``ctx.device``; ``checkpoint`` says where it resumes from and saves to
+    (:class:`Checkpointing`). ``prefetch``: training meta-batches and validation groups drawn (and moved to the
+    device) that many ahead by a background thread (:mod:`benchmark.pipeline.prefetch`; 0: none;
+    :func:`~benchmark.pipeline.prefetch.default_prefetch` gives a device's default); results are the same either way.
+    ``precision``: "fp32" or "bf16", the autocast of the training steps and the validations (:func:`autocast`).
 
     ``sync_every_step`` (None: :func:`sync_every_step_default`, eager on the CPU and deferred on CUDA): eager reads
     each step's metrics and time as the step ends and stops at a non-finite loss there. Deferred keeps the steps'
@@ -273,15 +284,15 @@ class Trainer:
     non-finite loss is found before anything is validated or saved, so the checkpoint kept is the last good
     validation's, as in the eager path; only the steps run past the bad one before that (never recorded) differ."""
 
-    def __init__(self, method, hp, sampler: TaskSampler, val_set: EpisodeSet, device: torch.device,
-                 checkpoint: Path, config: dict, cache_log: list[dict], prefetch: int = 0, precision: str = "fp32",
+    def __init__(self, method, hp, ctx, checkpoint: Checkpointing, prefetch: int = 0, precision: str = "fp32",
                  sync_every_step: bool | None = None):
-        self.method, self.hp, self.sampler, self.val_set, self.device = method, hp, sampler, val_set, device
-        self.checkpoint, self.config, self.cache_log = checkpoint, config, cache_log
+        self.method, self.hp, self.sampler, self.val_set = method, hp, ctx.sampler, ctx.val_episodes
+        self.device = ctx.device
+        self.checkpoint, self.config, self.cache_log = checkpoint.path, checkpoint.config, checkpoint.cache_log
         self.prefetch = int(prefetch)
-        autocast(device, precision)  # ValueError now on an unknown name
+        autocast(self.device, precision)  # ValueError now on an unknown name
         self.precision = precision
-        self.sync_every_step = sync_every_step_default(device) if sync_every_step is None else bool(sync_every_step)
+        self.sync_every_step = sync_every_step_default(self.device) if sync_every_step is None else bool(sync_every_step)
         self.shape = method.train_shape()
         self.state = new_state()
         self._pending: list[tuple[int, StepResult]] = []  # deferred: (step index, result) not yet accounted
