@@ -312,7 +312,7 @@ class TrainingSampler:
     """The training data a method gets (``ctx.sampler``): episodes and classification batches of its run's training
     split, and nothing else (no dataset, no other split: validation is the harness's job).
 
-    The harness owns it and counts what the method draws through it (``episodes_drawn``, ``images_drawn``): a run's
+    The harness owns it and counts what the method draws through it (``episodes_drawn``, ``batches_drawn``, ``images_drawn``): a run's
     recorded training episodes are the meta-batches the harness hands ``train_step`` plus the episodes counted here,
     never a number the method reports.
     """
@@ -323,7 +323,7 @@ class TrainingSampler:
         self.split, self.seed, self.n_classes = split, seed, len(view.splits[split])
         #: images of the training split: one epoch of classifier pretraining is this many images
         self.n_images = sum(len(m) for m in view.splits[split].members)
-        self.episodes_drawn, self.images_drawn = 0, 0
+        self.episodes_drawn, self.batches_drawn, self.images_drawn = 0, 0, 0
 
     def spec(self, ways: int, shots: int, queries: int, stream: str = "episodes") -> EpisodeSpec:
         return self._inner.spec(ways, shots, queries, stream)
@@ -338,6 +338,7 @@ class TrainingSampler:
     def batch(self, index: int, size: int, stream: str = "batches") -> tuple[torch.Tensor, torch.Tensor]:
         """A classification batch of the training split (see :meth:`TaskSampler.batch`); its images are counted."""
         out = self._inner.batch(index, size, stream)
+        self.batches_drawn += 1
         self.images_drawn += size
         return out
 
