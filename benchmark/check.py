@@ -16,6 +16,19 @@ checks the method contract (:mod:`methods.base`), one line per check:
 * resume: a run stopped mid-way and resumed equals an uninterrupted one;
 * saved model: the saved ``model.pt`` reloads (:func:`benchmark.pipeline.models.load_run`) and predicts the run's test
   episodes with the same per-episode accuracies;
+* query labels: ``predict`` and ``predict_many`` classify test episodes that carry no query labels (reading
+  ``episode.query_y`` fails it);
+* training split: building the method and training it reach nothing beyond the run's training split (no dataset, no
+  validation or test split through ``ctx.sampler``);
+* training budget: the training episodes a step consumes (the meta-batch plus those drawn through ``ctx.sampler``,
+  counted by the harness) do not exceed ``tasks_per_step`` (the paper budget's unit), a ``tasks`` metric a method
+  still reports matches the count, and the step takes at most one ``torch.optim`` optimiser step per training
+  episode or classification batch it drew (every update is paid for by counted data); its FLOPs per training
+  episode are shown;
+* transduction: a query scored alone (with the support set) gets the logits it gets among the other queries, and
+  reordering the queries reorders the logits; a method whose logits depend on the other queries is transductive,
+  which is a fact (recorded with every run), and a failure only when the method does not declare it
+  (``transductive = True`` or ``is_transductive``); logits that do not follow the queries' order fail;
 * hyperparameter sources (a warning, not a failure): each field the method's ``Hyper`` adds carries a comment
   citing its source.
 
@@ -113,15 +126,19 @@ class MethodChecker:
         return self.cls(self.prepared.hp, ctx).to(self.device), ctx
 
     def _train(self, method, ctx, steps: int, before_step: Callable[[int], None] | None = None) -> list[dict]:
-        from .pipeline.training import draw_episodes
-
         out = []
         for step in range(steps):
             if before_step is not None:
                 before_step(step)
-            eps = draw_episodes(ctx.sampler, step, self.prepared.hp.meta_batch, method.train_shape(), self.device)
-            out.append(dict(method.train_step(eps, step)))
+            out.append(dict(method.train_step(self._meta_batch(method, ctx, step), step)))
         return out
+
+    def _meta_batch(self, method, ctx, step: int) -> list:
+        """The meta-batch the harness hands ``method`` at ``step`` (none for a method that meta-trains on none)."""
+        from .pipeline.training import draw_episodes, meta_batch_size
+
+        return draw_episodes(ctx.sampler, step, meta_batch_size(method, self.prepared.hp), method.train_shape(),
+                             self.device)
 
     def _test_set(self):
         from .pipeline.episode_sets import test_set
@@ -174,7 +191,7 @@ class MethodChecker:
             raise CheckFailed(f"train_step returned non-finite {', '.join(bad)}")
         ep = self._test_set()[0]
         with torch.set_grad_enabled(method.adapts_at_test):
-            logits = method.predict(ep)
+            logits = method.predict(ep.hidden())
         want = (len(ep.query_y), ep.ways)
         if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != want:
             got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
@@ -201,7 +218,7 @@ class MethodChecker:
             before = states()
             self._train_one(method, ctx, step)
             touched.update(f"train_step ({n})" for n in same(before, states()))
-        ep = self._test_set()[0]
+        ep = self._test_set()[0].hidden()
         before = states()
         with torch.set_grad_enabled(method.adapts_at_test):
             method.predict(ep)
@@ -230,9 +247,7 @@ class MethodChecker:
                 "and predict leave them untouched")
 
     def _train_one(self, method, ctx, step: int) -> None:
-        from .pipeline.training import draw_episodes
-
-        eps = draw_episodes(ctx.sampler, step, self.prepared.hp.meta_batch, method.train_shape(), self.device)
+        eps = self._meta_batch(method, ctx, step)
         ctx.sampler._log.append(("step", step, (), (), b"".join(e.digest() for e in eps)))
         method.train_step(eps, step)
 
@@ -243,7 +258,7 @@ class MethodChecker:
         self._train(method, ctx, min(2, self.steps))
         test = self._test_set()
         n = min(len(test), max(2, int(getattr(method, "eval_group", 1)), 4))
-        eps = [test[i] for i in range(n)]
+        eps = [test[i].hidden() for i in range(n)]
         with torch.set_grad_enabled(method.adapts_at_test):
             one = [method.predict(e) for e in eps]
             many = method.predict_many(eps)
@@ -255,6 +270,119 @@ class MethodChecker:
                 raise CheckFailed(f"predict_many differs from predict on episode {i} of the group "
                                   f"(largest difference {worst:.3g}; shapes {list(a.shape)} / {list(b.shape)})")
         return f"the same logits as predict on a group of {n} episodes (tolerance 1e-4)"
+
+    def check_query_labels(self) -> str:
+        import torch
+
+        from .kit.episodes import QueryLabelsHidden
+
+        method, ctx = self._fresh()
+        self._train(method, ctx, 1)
+        test = self._test_set()
+        eps = [test[i].hidden() for i in range(min(2, len(test)))]
+        try:
+            with torch.set_grad_enabled(method.adapts_at_test):
+                method.predict(eps[0])
+                method.predict_many(eps)
+        except QueryLabelsHidden:
+            raise CheckFailed("predict reads the query labels (episode.query_y) of test episodes: evaluation "
+                              "episodes carry none (the harness scores the logits); classify from the support set "
+                              "and the query images") from None
+        return "predict and predict_many classify test episodes without their query labels"
+
+    def check_training_split(self) -> str:
+        from .kit.episodes import OutsideTrainingSplit
+
+        try:
+            method, ctx = self._fresh()
+            self._train(method, ctx, self.steps)
+        except OutsideTrainingSplit as e:
+            raise CheckFailed(f"reaches beyond its training split through ctx.sampler ({e})") from None
+        return (f"built and trained {self.steps} steps on its training split only "
+                f"({ctx.sampler.episodes_drawn} episodes, {ctx.sampler.images_drawn} batch images drawn through "
+                "ctx.sampler)")
+
+    def check_training_budget(self) -> str:
+        from pathlib import Path as _Path
+
+        from .pipeline.training import Trainer
+
+        method, ctx = self._fresh()
+        hp = self.prepared.hp
+        declared = self.cls.tasks_per_step(hp)
+        trainer = Trainer(method, hp, ctx.sampler, self._val_set(), self.device, _Path(self.workdir) / "budget.pt",
+                          {}, [])
+        flops = None
+        for step in range(self.steps):
+            batches = ctx.sampler.batches_drawn
+            eps = self._meta_batch(method, ctx, step)
+            try:
+                r = trainer.step(eps, step)
+            except ValueError as e:
+                if "reports tasks=" in str(e):
+                    raise CheckFailed(str(e)) from None
+                raise
+            if r.flops is not None:
+                flops, updates = r.flops, r.optimizer_steps
+                paid = r.tasks + ctx.sampler.batches_drawn - batches
+                if updates > paid:
+                    raise CheckFailed(f"takes {updates} optimiser steps in one train_step on {r.tasks} training "
+                                      f"episode(s) and {paid - r.tasks} batch(es): at most one update per episode or "
+                                      f"batch drawn ({flops / max(r.tasks, 1):.3g} FLOPs per training episode); "
+                                      "train longer with more episodes instead")
+            if r.tasks > declared:
+                raise CheckFailed(f"consumes {r.tasks} training episodes per step ({len(eps)} handed over, "
+                                  f"{r.tasks - len(eps)} drawn through ctx.sampler) but tasks_per_step declares "
+                                  f"{declared}: its budget fraction would be understated {r.tasks / max(declared, 1):.3g}"
+                                  "x; declare them in tasks_per_step")
+        per = trainer.state["flops"]
+        per_ep = (f"{per['flops'] / per['episodes']:.3g} FLOPs per training episode" if per and per["episodes"]
+                  else "no training episode")
+        return (f"{trainer.state['episodes']} training episodes in {self.steps} steps (tasks_per_step {declared}), "
+                f"{per['optimizer_steps'] if per else 0} optimiser step(s) on the first; {per_ep}")
+
+    def check_transduction(self) -> str:
+        import torch
+
+        from .kit.episodes import Episode
+
+        method, ctx = self._fresh()
+        self._train(method, ctx, min(2, self.steps))
+        ep = self._test_set()[0]
+        n = len(ep.query_y)
+        declared = self.cls.is_transductive(self.prepared.hp)
+
+        def logits(order) -> torch.Tensor:
+            sub = Episode(ep.spec, ep.index, ep.classes, ep.support_idx, ep.query_idx, ep.support_x, ep.support_y,
+                          ep.query_x[order], ep.query_y[order])
+            with torch.set_grad_enabled(method.adapts_at_test):
+                return method.predict(sub.hidden()).detach()
+
+        full = logits(torch.arange(n))
+        rev = torch.arange(n - 1, -1, -1)
+        reordered = logits(rev)
+        moved = (reordered - full[rev]).abs().max().item()
+        alone = {i: logits(torch.tensor([i])) for i in sorted({0, n // 2, n - 1})}
+        change = max((alone[i][0] - full[i]).abs().max().item() for i in alone)
+        tol = 1e-4 * max(1.0, full.abs().max().item())
+        if moved > tol and change <= tol:
+            raise CheckFailed(f"the logits do not follow the queries when they are reordered (largest difference "
+                              f"{moved:.3g}) although each query alone gets its own: predict uses the queries' "
+                              "positions (e.g. their class-major order), not their images")
+        if change > tol and not declared:
+            raise CheckFailed(f"transductive: a query's logits change by up to {change:.3g} when it is scored alone "
+                              "instead of among the other queries (it uses the other queries), and the method does "
+                              "not declare it: set transductive = True (it is recorded with every run)")
+        if change > tol:
+            return (f"transductive (declared): a query's logits change by up to {change:.3g} when it is scored alone")
+        note = " (declared transductive, not measured so on this episode)" if declared else ""
+        return (f"not transductive{note}: {len(alone)} queries scored alone get the logits they get among all {n}; "
+                "reordered queries get reordered logits")
+
+    def _val_set(self):
+        from .pipeline.episode_sets import validation_set
+
+        return validation_set(self.prepared)
 
     def check_same_seed(self) -> str:
         a, b = self._run("run-a"), self._run("run-b")
@@ -317,34 +445,38 @@ class MethodChecker:
         return f"all {len(own)} fields of {self.cls.Hyper.__name__} carry a source comment"
 
     CHECKS = (("profiles", "check_profiles", FAILED), ("logits", "check_logits", FAILED),
+              ("query labels", "check_query_labels", FAILED), ("training split", "check_training_split", FAILED),
+              ("training budget", "check_training_budget", FAILED), ("transduction", "check_transduction", FAILED),
               ("global random state", "check_global_random_state", FAILED),
               ("predict_many", "check_predict_many", FAILED), ("same seed", "check_same_seed", FAILED),
               ("resume", "check_resume", FAILED), ("saved model", "check_saved_model", FAILED),
               ("hyperparameter sources", "check_sources", WARNING))
 
-    def run(self) -> list[Check]:
-        out = []
-        for name, fn, on_fail in self.CHECKS:
-            self.note(f"{self.name}: {name} ...")
-            try:
-                out.append(Check(name, PASSED, getattr(self, fn)()))
-            except CheckFailed as e:
-                out.append(Check(name, on_fail, str(e)))
-            except Exception as e:  # noqa: BLE001 - the method raised: that is the verdict
-                where = traceback.extract_tb(e.__traceback__)[-1]
-                out.append(Check(name, FAILED, f"raised {type(e).__name__}: "
-                                 f"{str(e).splitlines()[0] if str(e) else ''} ({Path(where.filename).name}:"
-                                 f"{where.lineno})"))
-        return out
+    def run(self, only: list[str] | None = None) -> list[Check]:
+        """The verdicts of every check (``only``: of the checks of those names)."""
+        return [self.verdict(name, fn, on_fail) for name, fn, on_fail in self.CHECKS if only is None or name in only]
+
+    def verdict(self, name: str, fn: str, on_fail: str) -> Check:
+        self.note(f"{self.name}: {name} ...")
+        try:
+            return Check(name, PASSED, getattr(self, fn)())
+        except CheckFailed as e:
+            return Check(name, on_fail, str(e))
+        except Exception as e:  # noqa: BLE001 - the method raised: that is the verdict
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            return Check(name, FAILED, f"raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                         f"({Path(where.filename).name}:{where.lineno})")
 
 
 def check_method(name: str, steps: int = 4, test_episodes: int = 8, shots: int = 1,
-                 workdir: str | Path | None = None, note: Callable[[str], None] | None = None) -> list[Check]:
-    """The checks of method ``name`` (a registry name), in ``workdir`` (default: a temporary folder, removed)."""
+                 workdir: str | Path | None = None, note: Callable[[str], None] | None = None,
+                 only: list[str] | None = None) -> list[Check]:
+    """The checks of method ``name`` (a registry name), in ``workdir`` (default: a temporary folder, removed);
+    ``only``: just the checks of those names."""
     if workdir is not None:
-        return MethodChecker(name, Path(workdir), steps, test_episodes, shots, note).run()
+        return MethodChecker(name, Path(workdir), steps, test_episodes, shots, note).run(only)
     with tempfile.TemporaryDirectory(prefix="fewshot-check-") as tmp:
-        return MethodChecker(name, Path(tmp), steps, test_episodes, shots, note).run()
+        return MethodChecker(name, Path(tmp), steps, test_episodes, shots, note).run(only)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -10,10 +10,19 @@ A method is an ``nn.Module`` subclass of :class:`Method` with
   (called through ``hyper``, which refuses an unknown profile name);
 * ``__init__(hp, ctx)``: build networks (through ``ctx.backbone``) and optimisers;
 * ``train_step(episodes, step)``: one meta-training step on a meta-batch of episodes, including the optimiser
-  update; returns metrics (floats; ``tasks`` counts extra episodes it drew itself, e.g. MTL's hard tasks);
+  update (at most one optimiser step per training episode the step consumes); returns metrics (floats);
 * ``predict(episode)``: adapt to the episode's support set and return query logits ``[n_query, ways]``
   (a metric method that scores an episode from its images' embeddings subclasses :class:`EmbeddingPredict` and
   implements ``score(episode, z=None)`` instead: ``predict`` and a grouped ``predict_many`` come with it).
+
+What a method sees. Training episodes carry all their labels. Validation and test episodes reach ``predict`` and
+``predict_many`` as :class:`~benchmark.kit.episodes.QueryHidden` views: support images and labels, query images,
+no query labels (reading ``query_y`` raises); the harness scores the logits. ``ctx.sampler`` gives the run's
+training split only (episodes, batches, ``n_classes``, ``n_images``; no dataset, no other split) and the harness
+counts every episode drawn through it: a run's training episodes are the meta-batches the harness hands
+``train_step`` plus those, and must not exceed :meth:`Method.tasks_per_step` (the paper budget's unit). A method
+that uses the other queries of an episode to score a query declares ``transductive = True`` (or overrides
+:meth:`Method.is_transductive`); ``benchmark.check`` measures it and records it with every run.
 
 A method draws any further training data from ``ctx.sampler`` (a pure function of its index, never global random
 state), reports long preparations through ``ctx.progress`` and caches expensive artefacts with ``ctx.cached``. It
@@ -73,6 +82,12 @@ class Method(nn.Module):
     origin: ClassVar[dict] = {"kind": "builtin"}
     #: why ``--compile`` compiles nothing of this method (None: it compiles :meth:`compile_modules`)
     compile_note: ClassVar[str | None] = None
+    #: False for a method that meta-trains on no episode (e.g. the transfer baselines, whose training stage is
+    #: classifier pretraining): the harness then hands ``train_step`` an empty meta-batch and counts no episode
+    meta_trains: ClassVar[bool] = True
+    #: a query's logits depend on the episode's other queries (e.g. BatchNorm with the query batch's statistics):
+    #: recorded with every run (``transductive``); ``benchmark.check`` fails a method that is and does not say so
+    transductive: ClassVar[bool] = False
 
     def __init__(self, hp: Hyper, ctx: Context):
         super().__init__()
@@ -103,6 +118,12 @@ class Method(nn.Module):
     def tasks_per_step(cls, hp: Hyper) -> int:
         """Training episodes (tasks) one ``train_step`` consumes under ``hp`` (methods that draw more override)."""
         return hp.meta_batch
+
+    @classmethod
+    def is_transductive(cls, hp: Hyper) -> bool:
+        """Whether the method is transductive under ``hp`` (default: the class's ``transductive``; a method where it
+        is a hyperparameter, e.g. Reptile's, overrides this)."""
+        return bool(cls.transductive)
 
     @classmethod
     def paper_train_episodes(cls, setting: Setting) -> int:

@@ -171,6 +171,8 @@ class Baseline(Method):
         # fewer passes the new classifier stays near its random initialisation: lr 0.01, damped momentum)
         return BaselineHyper(pre_epochs=100 * 16 / n_img)
 
+    meta_trains = False  # the training stage is classifier pretraining (batches of images), no episode
+
     @classmethod
     def tasks_per_step(cls, hp: BaselineHyper) -> int:
         return 0  # no training episodes: the budget is the pretraining's images (no budget_fraction)
@@ -213,7 +215,7 @@ class Baseline(Method):
             return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
 
     def train_step(self, episodes: list[Episode], step: int) -> dict[str, float]:
-        return {"tasks": 0}  # nothing is meta-trained
+        return {}  # nothing is meta-trained (meta_trains: the harness hands no episode)
 
     # ------------------------------------------------------------------------------------------- fine-tuning stage
     def _head_init(self, ways: int, gen: torch.Generator) -> list[torch.Tensor]:

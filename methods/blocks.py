@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.kit.backbones import channels_last
-from benchmark.kit.episodes import Episode, TaskSampler, keyed_rng
+from benchmark.kit.episodes import Episode, TrainingSampler, keyed_rng
 
 
 def prototypes(z: torch.Tensor, y: torch.Tensor, ways: int) -> torch.Tensor:
@@ -105,9 +105,9 @@ def gather_batches(x: torch.Tensor, y: torch.Tensor, indices: Sequence[np.ndarra
 
 
 # ------------------------------------------------------------------------------------------------ pretraining
-def train_image_count(sampler: TaskSampler) -> int:
+def train_image_count(sampler: TrainingSampler) -> int:
     """Images of the sampler's split (training split): one epoch of classifier pretraining is this many images."""
-    return sum(len(m) for m in sampler.ds.splits[sampler.split].members)
+    return sampler.n_images
 
 
 @contextmanager

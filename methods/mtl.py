@@ -50,7 +50,8 @@ Decisions where the paper (and the code) leave things open:
   natural extension of the paper's "ranking the class-level accuracies instead of fixing a threshold". Samples come
   from ``ctx.sampler.episode(s * hard_tasks + j, ..., stream="mtl-hard", classes=...)``: a hard task is a pure
   function of the seed, the step and the failure classes. Defaults: ``meta_batch = 10``, ``hard_tasks = 2`` (one
-  hard task per five ordinary ones). ``tasks`` reported to the runner counts ordinary + hard tasks.
+  hard task per five ordinary ones). The harness counts ordinary + hard tasks (the hard ones are drawn through
+  ``ctx.sampler``, which counts them).
 * **Pretraining meta-validation** uses its own fixed episodes (5-way 1-shot, 15 queries, validation split, the
   run's evaluation seed, stream ``mtl-pretrain-val``), not ``ctx.val_episodes``: those depend on the run's shots,
   which would make a backbone shared across settings depend on which setting computed it first.
@@ -84,7 +85,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.kit.backbones import convs
-from benchmark.kit.episodes import Episode, EpisodeSet, draw_without_replacement, keyed_rng
+from benchmark.kit.episodes import Episode, draw_without_replacement, keyed_rng
 
 from .base import Context, Hyper, Method, Setting
 from .blocks import seeded_fork, train_classifier, train_image_count
@@ -285,7 +286,7 @@ class MTL(Method):
         keys = ("pre_epochs", "pre_batch", "pre_lr", "pre_momentum", "pre_weight_decay", "pre_step_epochs",
                 "pre_gamma", "pre_val_every", "pre_val_episodes", "pre_val_steps", "pre_val_lr")
         out = {k: asdict(hp)[k] for k in keys}
-        out.update(version=1, head="linear", val="5-way 1-shot 15q", eval_seed=self.ctx.val_episodes.spec.seed)
+        out.update(version=1, head="linear", val="5-way 1-shot 15q", eval_seed=self.ctx.eval_seed)
         return out
 
     def _pretrained(self) -> dict:
@@ -302,9 +303,6 @@ class MTL(Method):
         iters = max(1, round(hp.pre_epochs * per_epoch))
         drop = max(1, round(hp.pre_step_epochs * per_epoch))
         val_every = max(1, round(hp.pre_val_every * per_epoch))
-        val_ds = ctx.val_episodes.ds
-        val = EpisodeSet(val_ds, "val", 5, 1, 15, ctx.val_episodes.spec.seed, hp.pre_val_episodes,
-                         stream="mtl-pretrain-val")
         net = ctx.backbone()
         d = math.prod(ctx.feature_shape(net))
         head = nn.Linear(d, sampler.n_classes).to(ctx.device)
@@ -315,7 +313,7 @@ class MTL(Method):
 
         def validate(it: int) -> None:
             if (it + 1) % val_every == 0 or it + 1 == iters:
-                acc = self._pre_validate(net, val)
+                acc = self._pre_validate(net)
                 if acc > best["acc"]:
                     best.update(acc=acc, state={k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
 
@@ -324,19 +322,21 @@ class MTL(Method):
         return best["state"]
 
     @torch.no_grad()
-    def _pre_validate(self, net: nn.Module, val: EpisodeSet) -> float:
-        """Mean query accuracy of a classifier fine-tuned on frozen features (code: ``preval_forward``)."""
+    def _pre_validate(self, net: nn.Module) -> float:
+        """Mean query accuracy of a classifier fine-tuned on frozen features (code: ``preval_forward``) on
+        ``pre_val_episodes`` 5-way 1-shot validation episodes, scored by the harness (``ctx.val_accuracy``)."""
         net.eval()
-        hp, accs = self.hp, []
-        for ep in val:
-            ep = ep.to(self.ctx.device)
+        hp = self.hp
+
+        def predict(ep) -> torch.Tensor:
             zs, zq = net(ep.support_x), net(ep.query_x)
             w = torch.empty(ep.ways, zs.shape[1], device=zs.device)
             nn.init.kaiming_normal_(w)
             w, b = adapt_linear(w, torch.zeros(ep.ways, device=zs.device), zs, ep.support_y, hp.pre_val_steps,
                                 hp.pre_val_lr)
-            accs.append((F.linear(zq, w, b).argmax(-1) == ep.query_y).float().mean().item())
-        return float(np.mean(accs))
+            return F.linear(zq, w, b)
+
+        return self.ctx.val_accuracy(predict, 5, 1, 15, hp.pre_val_episodes, "mtl-pretrain-val")
 
     # ------------------------------------------------------------------------------------------- phase 2
     def _meta_update(self, ep: Episode) -> tuple[float, float, np.ndarray]:
@@ -369,7 +369,7 @@ class MTL(Method):
 
     def train_step(self, episodes: list[Episode], step: int) -> dict[str, float]:
         if self.mode == "none":
-            return {"tasks": 0}  # "update theta" baseline: nothing is meta-trained
+            return {}  # "update theta" baseline: nothing is meta-trained (meta_trains: the harness hands no episode)
         self.train()
         losses, accs, rankings = [], [], []
         for ep in episodes:
@@ -378,14 +378,11 @@ class MTL(Method):
             accs.append(acc)
             rankings.append(ranking)
         out = {"loss": float(np.mean(losses)), "acc": float(np.mean(accs))}
-        n_hard = 0
         if self.hp.hard_tasks > 0:
             hard = self.hard_episodes(rankings, step)
             res = [self._meta_update(ep) for ep in hard]
             out["hard_loss"] = float(np.mean([r[0] for r in res]))
             out["hard_acc"] = float(np.mean([r[1] for r in res]))
-            n_hard = len(hard)
-        out["tasks"] = len(episodes) + n_hard
         return out
 
     # ------------------------------------------------------------------------------------------- phase 3
@@ -438,3 +435,4 @@ class PretrainOnly(MTL):
     idea = "MTL ablation: pretrained frozen features, classifier fine-tuned per episode, no meta-training"
     mode = "none"
     use_ht = False
+    meta_trains = False

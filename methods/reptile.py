@@ -281,6 +281,12 @@ class Reptile(Method):
                 out.append(functional_call(self.net, params, (xb.flatten(0, 1),)).view(xb.shape[0], n + 1, -1)[:, n])
         return torch.cat(out)
 
+    @classmethod
+    def is_transductive(cls, hp: ReptileHyper) -> bool:
+        """Transductive exactly when ``hp.transductive`` (all queries in one BatchNorm batch); measured by
+        ``benchmark.check``."""
+        return bool(hp.transductive)
+
     def predict(self, episode: Episode) -> torch.Tensor:
         self.eval()  # BatchNorm keeps using batch statistics (no running averages exist)
         return self.classify(self.adapt(episode), episode.support_x, episode.query_x)

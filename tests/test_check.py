@@ -10,6 +10,7 @@ from benchmark.check import FAILED, PASSED, check_method
 from conftest import FIXTURES, ROOT
 
 BROKEN = FIXTURES / "methods" / "broken_methods.py"
+UNFAIR = FIXTURES / "methods" / "unfair_methods.py"
 
 
 @pytest.mark.parametrize("name", registry.resolve("all,baselines"))
@@ -56,10 +57,46 @@ def test_command_line_exit_codes(tmp_path):
     lines = r.stdout.splitlines()
     assert lines[0].startswith("broken-many (file ") and "sha256" in lines[0]
     assert any(line.strip().startswith("FAILED   predict_many:") for line in lines)
-    assert sum(line.strip().startswith("PASSED") for line in lines) == 7  # the seven other checks
+    assert sum(line.strip().startswith("PASSED") for line in lines) == 11  # the eleven other checks
     r = subprocess.run([sys.executable, "-m", "benchmark.check", "nonesuch"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error: unknown method 'nonesuch'")
     r = subprocess.run([sys.executable, "-m", "benchmark.check", "protonet", "--steps", "1"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--steps must be 2 or more" in r.stderr
+
+
+@pytest.fixture
+def unfair():
+    before = os.environ.get(registry.FILES_ENV)
+    registry.load_files([UNFAIR])
+    yield
+    if before is None:
+        os.environ.pop(registry.FILES_ENV, None)
+    else:
+        os.environ[registry.FILES_ENV] = before
+    registry._REGISTRY = None
+
+
+@pytest.mark.parametrize("name,failing,says", [
+    ("unfair-labels", "query labels", "predict reads the query labels (episode.query_y) of test episodes"),
+    ("unfair-extra", "training budget", "consumes 10 training episodes per step (1 handed over, 9 drawn through "
+                                        "ctx.sampler) but tasks_per_step declares 1"),
+    ("unfair-ten-steps", "training budget", "takes 10 optimiser steps in one train_step on 1 training episode(s)"),
+    ("unfair-test-split", "training split", "reaches beyond its training split through ctx.sampler (the training "
+                                            "sampler has no 'ds'"),
+    ("unfair-transductive", "transduction", "transductive: a query's logits change by up to"),
+])
+def test_an_unfair_method_fails_with_one_line_saying_what_it_did(unfair, tmp_path, name, failing, says):
+    """Issue 27's five unfair methods passed every check; each now fails the check of what it did."""
+    (check,) = check_method(name, steps=2, test_episodes=2, workdir=tmp_path, only=[failing])
+    assert check.status == FAILED and check.detail.startswith(says), check.line()
+    assert "\n" not in check.line()
+
+
+@pytest.mark.parametrize("name", ["protonet", "mtl"])
+def test_fair_play_checks_pass_a_builtin(name, tmp_path):
+    """The four fair-play checks pass built-ins (the full parametrisation above runs them on every built-in)."""
+    checks = check_method(name, steps=2, test_episodes=2, workdir=tmp_path,
+                          only=["query labels", "training split", "training budget", "transduction"])
+    assert [c.status for c in checks] == [PASSED] * 4, [c.line() for c in checks]

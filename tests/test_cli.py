@@ -50,7 +50,6 @@ def test_help_imports_neither_torch_nor_the_methods(command):
 
 def test_catalogue_equals_the_registry():
     """The facts --help reads from the source text are the registered classes' own."""
-    import methods
     from benchmark.pipeline import registry
 
     reg = registry.registry()

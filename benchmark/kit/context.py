@@ -2,10 +2,12 @@
 
 :class:`Setting` and :class:`Context` are harness types (``methods.base`` re-exports them for method authors), so
 the harness core never imports the methods. The harness builds a run's context in one place
-(:func:`benchmark.pipeline.method_context.make_context`): the training sampler (the run's seed), the fixed validation
-episodes (``eval_seed``), the backbone factory and the services ``ctx.cached`` (an artefact cache under the results
-directory, so that e.g. MTL's pretraining is computed once and shared by all runs with the same key) and
-``ctx.progress``.
+(:func:`benchmark.pipeline.method_context.make_context`): the training sampler (the run's seed, its training split
+only, counted by the harness: :class:`~benchmark.kit.episodes.TrainingSampler`), the evaluation seed, the backbone
+factory and the services ``ctx.cached`` (an artefact cache under the results directory, so that e.g. MTL's
+pretraining is computed once and shared by all runs with the same key), ``ctx.val_accuracy`` (the harness scores a
+method's own validation, e.g. MTL's pretraining checkpoints, on label-hidden validation episodes) and
+``ctx.progress``. A method reaches no validation or test data and no query label of either.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import torch
 from torch import nn
 
 from .backbones import build_backbone, feature_shape
-from .episodes import EpisodeSet, TaskSampler
+from .episodes import TrainingSampler
 
 
 @dataclass(frozen=True)
@@ -40,18 +42,27 @@ class Context:
     setting: Setting
     image_shape: tuple[int, int, int]
     backbone_name: str
-    sampler: TaskSampler
-    val_episodes: EpisodeSet
+    sampler: TrainingSampler
+    eval_seed: int | None
     device: torch.device
     seed: int
     profile: str
     cached: Callable[[str, dict, Callable[[], Any]], Any] = field(
         default=lambda name, key, fn: fn())  # (name, key, compute) -> value, computed once per key by the harness
     progress: Callable[..., Any] = field(default=None)  # (iterable=None, total=None, desc=str) -> tqdm-like
+    #: ``val_accuracy(predict, ways, shots, queries, n, stream)``: the mean query accuracy of ``predict`` (a
+    #: label-hidden :class:`~benchmark.kit.episodes.QueryHidden` episode on ``device`` -> query logits) on ``n``
+    #: validation episodes of that shape keyed by ``eval_seed`` and ``stream``, scored by the harness
+    val_accuracy: Callable[..., float] | None = None
     #: True when the method is rebuilt to load a saved model's state (:func:`benchmark.pipeline.models.load_run`): it must not
     #: compute what that state replaces (e.g. MTL's pretraining); ``sampler`` then only knows ``n_classes`` (of the
-    #: training split) and draws nothing, and ``val_episodes`` is None.
+    #: training split) and draws nothing, and ``eval_seed`` and ``val_accuracy`` are None.
     restoring: bool = False
+
+    @property
+    def val_episodes(self):
+        raise AttributeError("a method gets no validation episodes: validation is the harness's job (it validates "
+                             "every val_every steps); score a method's own checkpoints with ctx.val_accuracy")
 
     def backbone(self, *, keep_spatial: bool = False, bn_running_stats: bool = True, name: str | None = None,
                  ) -> nn.Module:

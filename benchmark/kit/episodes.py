@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import dataclasses
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -123,6 +124,54 @@ class Episode:
             h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
         return h.digest()
 
+    def hidden(self) -> "QueryHidden":
+        """This episode as methods see it at evaluation: the support set with its labels, the query images without
+        theirs (:class:`QueryHidden`)."""
+        return QueryHidden(self)
+
+
+class QueryLabelsHidden(AttributeError):
+    """Raised when a method reads the query labels of an evaluation episode (:class:`QueryHidden`)."""
+
+
+class QueryHidden:
+    """A validation or test episode as ``predict``/``predict_many`` receive it: support images and labels, query
+    images, and no query labels. ``query_y`` and ``query_idx`` (whose rows are the classes) raise
+    :class:`QueryLabelsHidden`; the harness scores the returned logits against the labels itself.
+
+    Queries keep the class-major order of :class:`Episode` (so that every method's numbers stay what they were);
+    ``benchmark.check`` fails a method whose logits do not follow its queries when they are reordered."""
+
+    def __init__(self, episode: Episode):
+        self._episode = episode
+        self.spec, self.index, self.classes = episode.spec, episode.index, episode.classes
+        self.support_idx, self.support_x, self.support_y = episode.support_idx, episode.support_x, episode.support_y
+        self.query_x = episode.query_x
+
+    @property
+    def query_y(self):
+        raise QueryLabelsHidden("the query labels of a validation or test episode are hidden: predict from the "
+                                "support set and the query images (the harness scores the logits)")
+
+    query_idx = query_y
+
+    @property
+    def ways(self) -> int:
+        return len(self.classes)
+
+    @property
+    def shots(self) -> int:
+        return self.support_idx.shape[1]
+
+    def to(self, device: torch.device | str) -> "QueryHidden":
+        return self if self.support_x.device == torch.device(device) else QueryHidden(self._episode.to(device))
+
+    def digest(self) -> bytes:
+        return self._episode.digest()
+
+    def hidden(self) -> "QueryHidden":
+        return self
+
 
 def draw_indices(ds: FewShotDataset, spec: EpisodeSpec, index: int,
                  classes: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -214,6 +263,37 @@ class EpisodeSet:
         return h.hexdigest()
 
 
+class OutsideTrainingSplit(AttributeError):
+    """Raised when a method asks its :class:`TrainingSampler` for anything beyond its run's training split."""
+
+
+class _SplitImages:
+    """The images of one split's members only: indexing any other image raises :class:`OutsideTrainingSplit`."""
+
+    def __init__(self, images, members: list[np.ndarray]):
+        self._images = images
+        self._allowed = np.zeros(len(images), dtype=bool)
+        for m in members:
+            self._allowed[np.asarray(m, dtype=np.int64)] = True
+        self.shape, self.ndim = images.shape, images.ndim
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def __getitem__(self, idx):
+        if not self._allowed[idx].all():
+            raise OutsideTrainingSplit("an image outside the training split was asked for")
+        return self._images[idx]
+
+
+def split_only(ds: FewShotDataset, split: str) -> FewShotDataset:
+    """``ds`` restricted to ``split``: the same name, fingerprint (so the same episodes) and normalisation, one split,
+    and pixels served for that split's images only."""
+    sp = ds.splits[split]
+    return dataclasses.replace(ds, images=_SplitImages(ds.images, sp.members), splits={split: sp}, info={},
+                               _fingerprint=ds.fingerprint)
+
+
 class TaskSampler:
     """Training data for one run: episodes and plain classification batches, each a pure function of its index.
 
@@ -248,3 +328,48 @@ class TaskSampler:
         if self.images is not None:
             return self.images.tensor(self.split, cls, pos), self.images.host_to_device(cls)
         return self.ds.tensor(self.split, cls, pos), torch.from_numpy(cls).long()
+
+
+class TrainingSampler:
+    """The training data a method gets (``ctx.sampler``): episodes and classification batches of its run's training
+    split, and nothing else (no dataset, no other split: validation is the harness's job).
+
+    The harness owns it and counts what the method draws through it (``episodes_drawn``, ``batches_drawn``, ``images_drawn``): a run's
+    recorded training episodes are the meta-batches the harness hands ``train_step`` plus the episodes counted here,
+    never a number the method reports.
+    """
+
+    def __init__(self, ds: FewShotDataset, seed: int, split: str = "train", images: DeviceImages | None = None):
+        view = split_only(ds, split)
+        self._inner = TaskSampler(view, split, seed, images)  # images: the pixels on the device (the same episodes)
+        self.split, self.seed, self.n_classes = split, seed, len(view.splits[split])
+        #: images of the training split: one epoch of classifier pretraining is this many images
+        self.n_images = sum(len(m) for m in view.splits[split].members)
+        self.episodes_drawn, self.batches_drawn, self.images_drawn = 0, 0, 0
+
+    def spec(self, ways: int, shots: int, queries: int, stream: str = "episodes") -> EpisodeSpec:
+        return self._inner.spec(ways, shots, queries, stream)
+
+    def episode(self, index: int, ways: int, shots: int, queries: int, stream: str = "episodes",
+                classes: Sequence[int] | None = None) -> Episode:
+        """Training episode ``index`` of ``stream`` (see :meth:`TaskSampler.episode`); counted."""
+        ep = self._inner.episode(index, ways, shots, queries, stream, classes)
+        self.episodes_drawn += 1
+        return ep
+
+    def batch(self, index: int, size: int, stream: str = "batches") -> tuple[torch.Tensor, torch.Tensor]:
+        """A classification batch of the training split (see :meth:`TaskSampler.batch`); its images are counted."""
+        out = self._inner.batch(index, size, stream)
+        self.batches_drawn += 1
+        self.images_drawn += size
+        return out
+
+    def __getattr__(self, name: str):
+        raise OutsideTrainingSplit(f"the training sampler has no {name!r}: a method gets its run's {self.split} "
+                                   "split only (episode, batch, spec, n_classes, n_images), no dataset and no other "
+                                   "split; validation and testing are the harness's job")
+
+
+def uncounted(sampler) -> TaskSampler:
+    """The harness's own view of a training sampler: its meta-batches are counted by the harness, not here."""
+    return sampler._inner if isinstance(sampler, TrainingSampler) else sampler

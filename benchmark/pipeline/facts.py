@@ -3,7 +3,8 @@
 The report (:mod:`benchmark.report`) reads these instead of importing today's method registry or backbone table,
 so a report of old results does not change when the code changes. :func:`record_facts` gives::
 
-    {"method_facts": {"family", "idea", "paper", "variant_of", "adapts_at_test", "metric_facts", "origin"},
+    {"method_facts": {"family", "idea", "paper", "variant_of", "adapts_at_test", "metric_facts", "origin",
+                      "transductive" (under the run's hyperparameters)},
      "backbone_facts": {"name", "kind", "width" (conv4 kinds) or "widths" (resnet kinds)}}
 """
 from __future__ import annotations
@@ -30,6 +31,10 @@ def backbone_facts(name: str) -> dict:
     return {"name": name, "kind": cfg.kind, "widths": [int(w) for w in cfg.widths]}
 
 
-def record_facts(method_cls, backbone_name: str) -> dict:
-    """``{"method_facts": ..., "backbone_facts": ...}`` for a run's summary (see the module docstring)."""
-    return {"method_facts": method_facts(method_cls), "backbone_facts": backbone_facts(backbone_name)}
+def record_facts(method_cls, backbone_name: str, hp=None) -> dict:
+    """``{"method_facts": ..., "backbone_facts": ...}`` for a run's summary (see the module docstring); with the
+    run's hyperparameters ``hp``, ``method_facts`` also says whether the method is ``transductive`` under them."""
+    facts = method_facts(method_cls)
+    if hp is not None:
+        facts["transductive"] = bool(method_cls.is_transductive(hp))
+    return {"method_facts": facts, "backbone_facts": backbone_facts(backbone_name)}

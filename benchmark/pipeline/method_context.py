@@ -9,19 +9,22 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from ..kit.context import Context
-from ..kit.episodes import TaskSampler
+from ..kit.episodes import EpisodeSet, TrainingSampler
 from ..store.files import FileLock, atomic_torch_save
 from ..store.folders import artefact_dir
-from .episode_sets import validation_set
 
 
 class ArtefactCache:
     """``cache(name, key, compute)``: the value of ``compute()``, stored once per (name, key, dataset, backbone,
     seed) under ``<results_dir>/cache/`` with the seconds it took. ``log`` lists each use for the run's summary:
     name, file (relative to the results directory), seconds, computed_in_this_run.
+
+    ``sampler``: the run's :class:`~benchmark.kit.episodes.TrainingSampler`, whose batch images drawn while
+    computing an artefact are logged with it (``images``; stored in the artefact, so a reused one reports them too).
 
     Computed once even when several processes (e.g. Ray workers starting MTL variants at the same time) ask for the
     same artefact: the first takes the artefact's OS file lock (``<name>-<hash>.lock`` beside it) and computes it,
@@ -32,8 +35,8 @@ class ArtefactCache:
     the host (an RNG state) is never moved to the GPU, and a value reads the same on any device."""
 
     def __init__(self, results_dir: str | Path, dataset_fingerprint: str, backbone: str, seed: int,
-                 device: torch.device):
-        self.results_dir, self.device = Path(results_dir), device
+                 device: torch.device, sampler: TrainingSampler | None = None):
+        self.results_dir, self.device, self.sampler = Path(results_dir), device, sampler
         self.scope = {"dataset": dataset_fingerprint, "backbone": backbone, "seed": seed}
         self.log: list[dict] = []
 
@@ -41,34 +44,59 @@ class ArtefactCache:
         full = {"name": name, "key": key, **self.scope}
         h = hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()[:16]
         path = artefact_dir(self.results_dir) / f"{name}-{h}.pt"
-        computed = False
+        computed, images = False, None
         if not path.is_file():
             with FileLock(path.with_suffix(".lock")):
                 if not path.is_file():  # not computed by the process that held the lock before us
                     computed = True
+                    drawn = self.sampler.images_drawn if self.sampler is not None else None
                     t0 = time.perf_counter()
                     value = fn()
                     secs = time.perf_counter() - t0
-                    atomic_torch_save(path, {"value": value, "seconds": secs, "key": full})
+                    if drawn is not None:
+                        images = self.sampler.images_drawn - drawn
+                    atomic_torch_save(path, {"value": value, "seconds": secs, "key": full, "images": images})
         if not computed:
             blob = torch.load(path, map_location="cpu", weights_only=False)
-            value, secs = blob["value"], blob["seconds"]
+            value, secs, images = blob["value"], blob["seconds"], blob.get("images")
         self.log.append({"name": name, "file": str(path.relative_to(self.results_dir)), "seconds": secs,
-                         "computed_in_this_run": computed})
+                         "computed_in_this_run": computed, "images": images})
         return value
+
+
+class ValAccuracy:
+    """``ctx.val_accuracy``: the harness scores a method's own validation (e.g. MTL's pretraining checkpoints) on
+    fixed validation episodes it hands the method without query labels (:class:`~benchmark.kit.episodes.QueryHidden`).
+    ``busy`` is True while it runs (``benchmark.check`` tells the harness's reads of the validation split from the
+    method's)."""
+
+    def __init__(self, ds, eval_seed: int, device: torch.device):
+        self._ds, self.eval_seed, self.device, self.busy = ds, eval_seed, device, False
+
+    def __call__(self, predict: Callable, ways: int, shots: int, queries: int, n: int, stream: str) -> float:
+        self.busy = True
+        try:
+            accs = []
+            for ep in EpisodeSet(self._ds, "val", ways, shots, queries, self.eval_seed, n, stream=stream):
+                ep = ep.to(self.device)
+                accs.append((predict(ep.hidden()).argmax(-1) == ep.query_y).float().mean().item())
+            return float(np.mean(accs))
+        finally:
+            self.busy = False
 
 
 def make_context(prepared, device: torch.device, results_dir: str | Path | None = None,
                  progress: Callable | None = None, images=None) -> Context:
-    """The context of ``prepared``'s method: training sampler of the run's seed, the run's validation episodes
-    (``cfg.n_val``, ``cfg.eval_seed``), and an :class:`ArtefactCache` under ``results_dir`` as ``ctx.cached``
-    (without ``results_dir``: artefacts are computed, not cached). ``images``: the dataset's pixels on the device
-    (:class:`~benchmark.data.DeviceImages`), from which the sampler and the validation set then build their
-    episodes (the same episodes)."""
+    """The context of ``prepared``'s method: the training sampler of the run's seed (training split only, counted:
+    :class:`~benchmark.kit.episodes.TrainingSampler`), the run's ``eval_seed`` and validation scoring service
+    (:class:`ValAccuracy`), and an :class:`ArtefactCache` under ``results_dir`` as ``ctx.cached`` (without
+    ``results_dir``: artefacts are computed, not cached). The harness's own validation episodes are
+    :func:`~benchmark.pipeline.episode_sets.validation_set`'s, never the method's. ``images``: the dataset's pixels on the device
+    (:class:`~benchmark.data.DeviceImages`), from which the sampler then builds its episodes (the same episodes)."""
     cfg, ds = prepared.cfg, prepared.dataset
-    val_set = validation_set(prepared).gathered_by(images)
+    sampler = TrainingSampler(ds, cfg.seed, images=images)
     extra = {} if results_dir is None else {
-        "cached": ArtefactCache(results_dir, ds.fingerprint, cfg.backbone, cfg.seed, device)}
+        "cached": ArtefactCache(results_dir, ds.fingerprint, cfg.backbone, cfg.seed, device, sampler)}
     return Context(setting=prepared.setting, image_shape=ds.image_shape, backbone_name=cfg.backbone,
-                           sampler=TaskSampler(ds, "train", cfg.seed, images), val_episodes=val_set, device=device,
-                           seed=cfg.seed, profile=cfg.profile, progress=progress, **extra)
+                   sampler=sampler, eval_seed=cfg.eval_seed, device=device, seed=cfg.seed, profile=cfg.profile,
+                   progress=progress, val_accuracy=ValAccuracy(ds, cfg.eval_seed, device), **extra)

@@ -112,7 +112,7 @@ def rebuild(payload: dict[str, Any], device: str | torch.device = "cpu"):
                          f"({payload.get('code_version')})")
     hp = dataclasses.replace(hp, **payload["hyperparameters"])
     ctx = Context(setting=setting, image_shape=tuple(payload["image_shape"]), backbone_name=payload["backbone"],
-                  sampler=RestoredSampler(int(payload["train_classes"])), val_episodes=None, device=device,
+                  sampler=RestoredSampler(int(payload["train_classes"])), eval_seed=None, device=device,
                   seed=int(payload["seed"]), profile=payload["profile"], restoring=True)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         method = cls(hp, ctx).to(device)

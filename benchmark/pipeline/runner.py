@@ -54,7 +54,7 @@ from .models import model_payload
 from .prefetch import gather_on_device
 from ..store.statistics import mean_ci95
 from ..store.folders import RunFolder, test_table
-from .episode_sets import test_set
+from .episode_sets import test_set, validation_set
 from .training import Checkpointing, Interrupted, NonFiniteLoss, Trainer, compile_method, evaluate, seed_everything
 
 class RunFailed(Exception):
@@ -275,8 +275,9 @@ class _Attempt:
         with PeakMemory(device) as mem, watch:
             method = prepared.cls(prepared.hp, ctx).to(device)
             attempt["compiled"] = compile_method(method) if ex.compile else []
-            self.trainer = trainer = Trainer(method, prepared.hp, ctx, Checkpointing(
-                folder.checkpoint, dataclasses.asdict(cfg), ctx.cached.log), prefetch, cfg.precision)
+            self.trainer = trainer = Trainer(method, prepared.hp, ctx, validation_set(prepared).gathered_by(images),
+                                             Checkpointing(folder.checkpoint, dataclasses.asdict(cfg),
+                                                           ctx.cached.log), prefetch, cfg.precision)
             trainer.resume()
             attempt["sync_every_step"] = trainer.sync_every_step  # False: steps read at validations (CUDA)
             attempt["from_step"] = trainer.state["step"]
@@ -306,6 +307,17 @@ def _execution_facts(attempts: list[dict]) -> dict:
             "deterministic": all(a.get("deterministic", False) for a in attempts)}
 
 
+def _compute_facts(flops: dict | None) -> dict:
+    """The summary's compute fields from the training state's ``flops`` (counted on one step, the first the run
+    trained): ``flops_per_train_episode`` (forward and backward FLOPs of that step over the training episodes it
+    consumed; None when it consumed none, e.g. the transfer baselines, or for a checkpoint older than the count) and
+    ``flops_counted_step``."""
+    if not flops:
+        return {"flops_per_train_episode": None, "flops_counted_step": None}
+    per = flops["flops"] / flops["episodes"] if flops.get("episodes") else None
+    return {"flops_per_train_episode": per, "flops_counted_step": flops["step"]}
+
+
 def _records(prepared: PreparedRun, trainer: Trainer, tests: EpisodeSet, acc: np.ndarray, secs: np.ndarray,
              mem: PeakMemory, device: torch.device) -> tuple[dict, pd.DataFrame, pd.DataFrame, dict]:
     """The run folder's records: config, curve, test episodes and summary (:class:`~benchmark.store.folders.RunFolder`)."""
@@ -323,7 +335,8 @@ def _records(prepared: PreparedRun, trainer: Trainer, tests: EpisodeSet, acc: np
         "split": ds.split_name, "default_split": DATASETS[cfg.dataset].default_split,
         "ways": cfg.ways, "shots": cfg.shots, "backbone": cfg.backbone, "profile": cfg.profile, "seed": cfg.seed,
         "mean": 100 * mean, "ci95": 100 * ci, "n_episodes": len(acc), "queries": cfg.queries,
-        "train_steps": state["step"], "train_episodes": state["episodes"],
+        "train_steps": state["step"], "train_episodes": state["episodes"], "train_images": state.get("images"),
+        **_compute_facts(state.get("flops")), "transductive": cls.is_transductive(hp),
         "train_seconds": state["train_seconds"], "val_seconds": state["val_seconds"],
         "ms_per_train_episode": 1000 * state["train_seconds"] / max(state["episodes"], 1),
         "ms_per_test_episode": 1000 * float(np.mean(secs)),
@@ -338,7 +351,7 @@ def _records(prepared: PreparedRun, trainer: Trainer, tests: EpisodeSet, acc: np
         "dataset_fingerprint": ds.fingerprint, "dataset_source": ds.source,
         "val_fingerprint": val_set.fingerprint, "test_fingerprint": tests.fingerprint,
         "cache": trainer.cache_log, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **record_facts(cls, cfg.backbone),
+        **record_facts(cls, cfg.backbone, hp),
     }
     curve = pd.DataFrame(state["curve"])
     episodes = test_table(acc, secs)

@@ -22,6 +22,8 @@ times (CUDA events) and non-finite check are read at each validation and checkpo
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import random
 import time
 from dataclasses import dataclass, field
@@ -31,7 +33,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..kit.episodes import Episode, EpisodeSet, TaskSampler
+from ..kit.episodes import Episode, EpisodeSet, TaskSampler, uncounted
 from .execution import PRECISIONS, check_precision, group_size  # noqa: F401 - PRECISIONS re-exported
 from ..store.files import atomic_torch_save
 from .prefetch import prefetched
@@ -100,17 +102,29 @@ def synchronize(device: torch.device) -> None:
 
 def draw_episodes(sampler: TaskSampler, step: int, meta_batch: int, shape: tuple[int, int, int],
                   device: torch.device) -> list[Episode]:
-    """The meta-batch of training step ``step``: episodes ``step * meta_batch + j`` of shape (ways, shots, queries)."""
+    """The meta-batch of training step ``step``: episodes ``step * meta_batch + j`` of shape (ways, shots, queries).
+    Drawn by the harness (not counted by a :class:`~benchmark.kit.episodes.TrainingSampler`: the harness counts the
+    meta-batch it hands the method)."""
     ways, shots, queries = shape
-    return [sampler.episode(step * meta_batch + j, ways, shots, queries).to(device) for j in range(meta_batch)]
+    source = uncounted(sampler)
+    return [source.episode(step * meta_batch + j, ways, shots, queries).to(device) for j in range(meta_batch)]
+
+
+def meta_batch_size(method, hp) -> int:
+    """Episodes the harness hands ``method.train_step`` per step: ``hp.meta_batch``, or none for a method that
+    meta-trains on no episode (:attr:`~methods.base.Method.meta_trains` False, e.g. the transfer baselines)."""
+    return hp.meta_batch if getattr(method, "meta_trains", True) else 0
 
 
 @dataclass
 class StepResult:
     metrics: dict  # the method's training metrics (floats, or scalar tensors a method returned), without ``tasks``
-    tasks: int  # training episodes the step consumed (the meta-batch plus any the method drew itself)
+    tasks: int  # training episodes the step consumed, counted by the harness (set by the caller; see :class:`Trainer`)
     seconds: float | None  # None when the step's time is read later (``events``)
     events: tuple | None = None  # deferred timing on CUDA: (start, end) CUDA events recorded around the step
+    reported_tasks: int | None = None  # a ``tasks`` metric the method still returns (old contract), else None
+    flops: int | None = None  # forward+backward FLOPs of the step when counted (``count_flops``)
+    optimizer_steps: int | None = None  # ``torch.optim`` optimiser steps the step took, when counted
 
     def elapsed(self) -> float:
         """The step's seconds; with ``events``, once the device has run past the end event (a synchronisation)."""
@@ -127,6 +141,26 @@ def sync_every_step_default(device: torch.device | str) -> bool:
     return torch.device(device).type != "cuda"
 
 
+class OptimizerSteps:
+    """Counts ``torch.optim`` optimiser steps while active (a global post-step hook), e.g. over one training step."""
+
+    def __init__(self):
+        self.n, self._handle = 0, None
+
+    def _hook(self, *args) -> None:
+        self.n += 1
+
+    def __enter__(self) -> "OptimizerSteps":
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self._handle = register_optimizer_step_post_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+
+
 def autocast(device: torch.device | str, precision: str = "fp32"):
     """The autocast context of ``precision``: with "bf16", ``torch.autocast(device_type, dtype=torch.bfloat16)``
     (matrix products and convolutions in bfloat16, reductions such as the losses in float32, parameters, gradients
@@ -137,16 +171,28 @@ def autocast(device: torch.device | str, precision: str = "fp32"):
 
 
 def timed_step(method, episodes: list[Episode], step: int, device: torch.device, precision: str = "fp32",
-               sync: bool = True) -> StepResult:
+               sync: bool = True, count_flops: bool = False) -> StepResult:
     """One ``method.train_step`` on ``episodes``, timed (on CUDA between two synchronisations); ``precision``: see
     :func:`autocast` (the whole step runs under it: the method's forward and backward passes; its optimiser update
-    is on float32 parameters either way).
+    is on float32 parameters either way). ``tasks`` is the meta-batch's size here (the :class:`Trainer` adds the
+    episodes the method drew through its counting sampler); a ``tasks`` metric a method still returns (the old
+    contract) is taken out of the metrics into ``reported_tasks``, never counted.
 
     ``sync=False`` (the trainer's deferred mode, :func:`sync_every_step_default`): no synchronisation; on CUDA the
     step is timed by two CUDA events recorded around it on the current stream (``StepResult.events``, read by
     :meth:`StepResult.elapsed` once the device has passed them), and metrics the method returns as tensors stay on
-    the device. On the CPU, which runs the step before returning, both give the same wall-clock timing."""
+    the device. On the CPU, which runs the step before returning, both give the same wall-clock timing.
+
+    ``count_flops``: also count the step's FLOPs (forward and backward: ``torch.utils.flop_counter.FlopCounterMode``,
+    which observes the operations without changing their results) and its ``torch.optim`` optimiser steps; its time
+    then includes the counter's overhead."""
     ctx = autocast(device, precision)
+    if count_flops:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter, opt_steps = FlopCounterMode(display=False), OptimizerSteps()
+    else:
+        counter = opt_steps = contextlib.nullcontext()
     events = None
     if sync:
         synchronize(device)
@@ -154,14 +200,16 @@ def timed_step(method, episodes: list[Episode], step: int, device: torch.device,
         events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
         events[0].record()
     t0 = time.perf_counter()
-    with ctx:
+    with counter, opt_steps, ctx:
         metrics = dict(method.train_step(episodes, step))
     if sync:
         synchronize(device)
     elif events is not None:
         events[1].record()
     secs = None if events is not None else time.perf_counter() - t0
-    return StepResult(metrics, int(metrics.pop("tasks", len(episodes))), secs, events)
+    reported = metrics.pop("tasks", None)
+    return StepResult(metrics, len(episodes), secs, events, None if reported is None else int(reported),
+                      counter.get_total_flops() if count_flops else None, opt_steps.n if count_flops else None)
 
 
 def compile_method(method) -> list[str]:
@@ -179,6 +227,9 @@ def compile_method(method) -> list[str]:
 def evaluate(method, episodes: EpisodeSet, device: torch.device, progress=None, desc: str = "eval",
              group: int | None = None, prefetch: int = 0, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
     """Per-episode query accuracy and adaptation seconds of ``method`` on every episode of ``episodes``.
+
+    The method gets each episode without its query labels (:class:`~benchmark.kit.episodes.QueryHidden`); the
+    accuracy is scored here.
 
     Episodes go to ``method.predict_many`` in groups of :func:`group_size` (``group``, default the method's
     ``eval_group``, capped by input size; on CUDA sized by the free device memory), which
@@ -206,7 +257,7 @@ def evaluate(method, episodes: EpisodeSet, device: torch.device, progress=None, 
                 eps = groups.get(start)
                 t0 = time.perf_counter()
                 with torch.set_grad_enabled(method.adapts_at_test), cast:
-                    logits = method.predict_many(eps)
+                    logits = method.predict_many([ep.hidden() for ep in eps])  # no query labels
                 synchronize(device)
                 secs[start:start + len(eps)] = (time.perf_counter() - t0) / len(eps)
                 for i, ep, lg in zip(idx, eps, logits):
@@ -237,9 +288,12 @@ def _host_values(steps: list[dict]) -> list[dict]:
 def new_state() -> dict:
     """The training state a checkpoint keeps (besides the method's): progress, timings, curve, best state, the
     training metrics summed since the last curve point (``metric_sums``: metric name -> sum over the steps since
-    then; ``metric_count``: those steps), and the cache log."""
+    then; ``metric_count``: those steps), the cache log, the classification-batch images the method drew through
+    its sampler in its training steps (``images``) and the compute counted on one step (``flops``: step, FLOPs,
+    episodes, optimiser steps; None until counted)."""
     return {"step": 0, "episodes": 0, "train_seconds": 0.0, "val_seconds": 0.0, "curve": [], "best_acc": -1.0,
-            "best_step": 0, "best_state": None, "metric_sums": {}, "metric_count": 0, "cache_log": []}
+            "best_step": 0, "best_state": None, "metric_sums": {}, "metric_count": 0, "cache_log": [], "images": 0,
+            "flops": None}
 
 
 #: training-state keys renamed since checkpoints were first written: old name -> new name
@@ -252,6 +306,8 @@ def upgrade_state(state: dict) -> dict:
         if old in state:
             value = state.pop(old)
             state.setdefault(new, value)
+    state.setdefault("images", 0)  # checkpoints written before the harness counted images and FLOPs
+    state.setdefault("flops", None)
     return state
 
 
@@ -269,7 +325,7 @@ class Checkpointing:
 class Trainer:
     """Meta-trains ``method`` under ``hp`` (``train_steps``, ``meta_batch``, ``val_every``) on the training episodes
     of ``ctx`` (the method's :class:`~benchmark.kit.context.Context`: ``ctx.sampler``), validating on
-    ``ctx.val_episodes``, on ``ctx.device``; ``checkpoint`` says where it resumes from and saves to
+    ``val_set`` (the harness's validation episodes, never the method's), on ``ctx.device``; ``checkpoint`` says where it resumes from and saves to
     (:class:`Checkpointing`). ``prefetch``: training meta-batches and validation groups drawn (and moved to the
     device) that many ahead by a background thread (:mod:`benchmark.pipeline.prefetch`; 0: none;
     :func:`~benchmark.pipeline.prefetch.default_prefetch` gives a device's default); results are the same either way.
@@ -284,9 +340,10 @@ class Trainer:
     non-finite loss is found before anything is validated or saved, so the checkpoint kept is the last good
     validation's, as in the eager path; only the steps run past the bad one before that (never recorded) differ."""
 
-    def __init__(self, method, hp, ctx, checkpoint: Checkpointing, prefetch: int = 0, precision: str = "fp32",
+    def __init__(self, method, hp, ctx, val_set: EpisodeSet, checkpoint: Checkpointing, prefetch: int = 0,
+                 precision: str = "fp32",
                  sync_every_step: bool | None = None):
-        self.method, self.hp, self.sampler, self.val_set = method, hp, ctx.sampler, ctx.val_episodes
+        self.method, self.hp, self.sampler, self.val_set = method, hp, ctx.sampler, val_set
         self.device = ctx.device
         self.checkpoint, self.config, self.cache_log = checkpoint.path, checkpoint.config, checkpoint.cache_log
         self.prefetch = int(prefetch)
@@ -294,8 +351,14 @@ class Trainer:
         self.precision = precision
         self.sync_every_step = sync_every_step_default(self.device) if sync_every_step is None else bool(sync_every_step)
         self.shape = method.train_shape()
+        self.meta_batch = meta_batch_size(method, hp)
         self.state = new_state()
         self._pending: list[tuple[int, StepResult]] = []  # deferred: (step index, result) not yet accounted
+        self._drawn_in_init = getattr(self.sampler, "episodes_drawn", 0)  # episodes the method drew while being built
+
+    def _drawn(self) -> tuple[int, int]:
+        """(episodes, images) the method has drawn through its counting sampler so far (0 for a plain sampler)."""
+        return getattr(self.sampler, "episodes_drawn", 0), getattr(self.sampler, "images_drawn", 0)
 
     def resume(self) -> None:
         """Continue from the checkpoint when there is one: method, training state and RNG states."""
@@ -305,6 +368,8 @@ class Trainer:
             self.state = upgrade_state(ck["state"])
             set_rng_state(ck["rng"])
             self.state.setdefault("resumed_at", []).append(self.state["step"])  # provenance: where it resumed
+        else:
+            self.state["episodes"] += self._drawn_in_init
         self.cache_log.extend(self.state.get("cache_log", []))
 
     def save(self) -> None:
@@ -323,14 +388,13 @@ class Trainer:
             steps = range(state["step"], min(total, state["step"] + max(1, stop_after)))
 
         def draw(step: int, dev: torch.device) -> list[Episode]:
-            return draw_episodes(self.sampler, step, self.hp.meta_batch, self.shape, dev)
+            return draw_episodes(self.sampler, step, self.meta_batch, self.shape, dev)
 
         try:
             with prefetched(draw, steps, self.prefetch, self.device) as batches:
                 for done, step in enumerate(bar, 1):
                     episodes = batches.get(step)
-                    r = timed_step(self.method, episodes, step, self.device, self.precision,
-                                   sync=self.sync_every_step)
+                    r = self.step(episodes, step)
                     if self.sync_every_step:
                         self._check_and_account(step, r)
                     else:
@@ -371,7 +435,8 @@ class Trainer:
         synchronize(self.device)
         values = _host_values([r.metrics for _, r in pending])
         for (step, r), metrics in zip(pending, values):
-            self._check_and_account(step, StepResult(metrics, r.tasks, r.elapsed()))
+            self._check_and_account(step, dataclasses.replace(r, metrics=metrics, seconds=r.elapsed(),
+                                                                  events=None))
 
     def _settle_after(self, error: Exception) -> None:
         """After a step raised: a deferred non-finite loss before it is raised instead (the eager path would have
@@ -382,6 +447,27 @@ class Trainer:
             raise bad from error
         except Exception:  # noqa: BLE001 - the device may be unusable after the error; the error itself is raised
             pass
+
+    def step(self, episodes: list[Episode], step: int) -> StepResult:
+        """One timed training step; ``tasks``: the meta-batch handed over plus the episodes the method drew through
+        its counting sampler during the step. The first step a run trains also counts its FLOPs and optimiser steps
+        (kept in the training state). A ``tasks`` metric the method reports that differs from the count is an
+        error."""
+        state = self.state
+        before = self._drawn()
+        r = timed_step(self.method, episodes, step, self.device, self.precision, sync=self.sync_every_step,
+                       count_flops=state["flops"] is None)
+        after = self._drawn()
+        r.tasks = len(episodes) + after[0] - before[0]
+        state["images"] += after[1] - before[1]
+        if r.reported_tasks is not None and r.reported_tasks != r.tasks:
+            raise ValueError(f"{self.method.name}'s train_step reports tasks={r.reported_tasks}, but the step "
+                             f"consumed {r.tasks} training episodes ({len(episodes)} handed over, {r.tasks - len(episodes)} "
+                             "drawn through ctx.sampler); the harness counts them itself: drop 'tasks'")
+        if r.flops is not None:
+            state["flops"] = {"step": step, "flops": int(r.flops), "episodes": r.tasks,
+                              "optimizer_steps": r.optimizer_steps}
+        return r
 
     def _account(self, r: StepResult) -> None:
         state = self.state
