@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .cli.toolkit import EXIT_FAILED, EXIT_OK, UsageError, at_least, setup_torch, usage_errors
+from .cli.toolkit import EXIT_FAILED, EXIT_OK, Parser, UsageError, at_least, setup_torch, usage_errors
 from .cli.methods import add_method_files, announce_method_files, load_method_files
 from .store.compare import first_difference, read_records, records_differ
 
@@ -480,7 +480,7 @@ def check_method(name: str, steps: int = 4, test_episodes: int = 8, shots: int =
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmark.check", description=__doc__,
+    p = Parser(prog="python -m benchmark.check", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="examples:\n  python -m benchmark.check protonet\n"
                                        "  python -m benchmark.check all\n"
@@ -491,8 +491,25 @@ def parser() -> argparse.ArgumentParser:
                    "be stopped and resumed); default: 4")
     p.add_argument("--test-episodes", type=int, default=8, help="test episodes of each run; default: 8")
     p.add_argument("--shots", type=int, default=1, help="shots of the 5-way setting; default: 1")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch; default: PyTorch's")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch, at least 1; default: "
+                   "PyTorch's")
     return p
+
+
+def _check_settings(names: list[str], args) -> None:
+    """Each method's run configuration as :class:`MethodChecker` builds it is valid (e.g. ``--shots`` within what the
+    embedded Omniglot's classes hold): one line and exit 2 before any check runs, as ``benchmark.run`` does."""
+    from .data import DataError
+    from .pipeline import prepare
+    from .pipeline.config import RunConfig
+
+    over = (("train_steps", args.steps), ("val_every", max(1, args.steps // 2)))
+    for name in names:
+        try:
+            prepare(RunConfig(name, "omniglot", 5, args.shots, profile="smoke", test_episodes=args.test_episodes,
+                              val_episodes=2, overrides=over))
+        except (ValueError, DataError) as e:
+            raise UsageError(f"{name}: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -513,6 +530,7 @@ def _main(args) -> int:
         names = registry.resolve(",".join(args.methods))
     except ValueError as e:
         raise UsageError(str(e)) from None
+    _check_settings(names, args)
     failed = 0
     for name in names:
         o = registry.origin(name)

@@ -10,7 +10,9 @@ Every combination of --ways x --shots is one evaluation. Results go next to the 
 an evaluation whose episodes (their fingerprint) were already tested is skipped. Everything is checked before
 anything is computed: a target dataset whose image shape differs from the model's, or a number of ways the model's
 classifier cannot take (MAML, Reptile and Meta-LSTM have one output per trained class), prints one line and exits
-with code 2. `python -m benchmark.report` then lists the evaluations in its cross-evaluation table.
+with code 2, as does any bad input (a value of the wrong type or out of range: counts and --threads at least 1,
+--eval-seed 0 or more) and a run folder whose records are damaged or foreign (the file is named: delete that folder
+and re-run it). `python -m benchmark.report` then lists the evaluations in its cross-evaluation table.
 """
 from __future__ import annotations
 
@@ -21,14 +23,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli.toolkit import EXIT_USAGE, UsageError, at_least, existing_dir, progress_factory, setup_torch, usage_errors
+from .cli.toolkit import (EXIT_USAGE, Parser, UsageError, at_least, existing_dir, progress_factory, setup_torch,
+                          usage_errors)
 from .cli.methods import add_method_files, announce_method_files, load_method_files
 
 __all__ = ["EXIT_USAGE", "EvaluationJob", "UsageError", "eval_id", "main", "parser", "plan", "record", "evaluate_job"]
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m benchmark.evaluate", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
@@ -54,7 +57,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--test-episodes", type=int, default=None, help="test episodes; default: the run's number")
     p.add_argument("--eval-seed", type=int, default=0, help="seed of the test episodes; default: 0 (benchmark.run's)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]; default: auto (CUDA when present)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch; default: PyTorch's")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch, at least 1; default: "
+                   "PyTorch's")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
@@ -85,11 +89,15 @@ def eval_id(dataset: str, split: str, default_split: str, ways: int, shots: int,
     return f"{data}-{ways}w{shots}s-{fingerprint[:12]}"
 
 
+#: The fields of an evaluation record the command prints.
+EVALUATION_KEYS = ("run_id", "mean", "ci95", "n_episodes", "ms_per_test_episode")
+
+
 def _select(args) -> list[Path]:
     """The run folders to evaluate (finished, with a saved model)."""
     from .pipeline import registry
 
-    from .store.folders import RunFolder, run_folders
+    from .store.folders import RecordError, RunFolder, run_folders
 
     wanted = None
     if args.methods is not None:
@@ -111,8 +119,12 @@ def _select(args) -> list[Path]:
         if not Path(args.results_dir).is_dir():
             raise UsageError(f"results directory {args.results_dir} does not exist; give --runs or --results-dir")
         dirs = [f.path for f in run_folders(Path(args.results_dir)) if f.is_finished() and f.has_model()]
+    try:
+        summaries = {d: RunFolder.from_path(d).read_summary() for d in dirs}  # damaged: refused
+    except RecordError as e:
+        raise UsageError(str(e)) from None
     if wanted is not None:
-        dirs = [d for d in dirs if RunFolder.from_path(d).read_summary().get("method") in wanted]
+        dirs = [d for d in dirs if summaries[d]["method"] in wanted]
     if not dirs:
         raise UsageError("no finished run with a saved model (model.pt) selected" +
                          ("" if args.runs else f" under {args.results_dir}") +
@@ -127,12 +139,14 @@ def plan(args) -> tuple[list[EvaluationJob], object]:
     from .pipeline.episode_sets import episode_set
     from .pipeline.models import ModelError, read_model, rebuild
     from .store.files import check_writable
-    from .store.folders import EvaluationFolder, RunFolder
+    from .store.folders import EvaluationFolder, RecordError, RunFolder, evaluation_folders
 
     at_least("--ways", args.ways)
     at_least("--shots", args.shots)
     at_least("--queries", args.queries)
     at_least("--test-episodes", args.test_episodes)
+    at_least("--eval-seed", args.eval_seed, low=0)
+    at_least("--threads", args.threads)
     existing_dir("--data-dir", args.data_dir)
     load_method_files(args.method_file)
     device = setup_torch(args.device, args.threads)
@@ -142,7 +156,12 @@ def plan(args) -> tuple[list[EvaluationJob], object]:
     jobs = []
     for d in _select(args):
         folder = RunFolder(d.parent, d.name)
-        summary, config = folder.read_summary(), folder.read_config()
+        try:
+            summary, config = folder.read_summary(), folder.read_config()
+            for f in evaluation_folders(d):
+                f.read_record(need=EVALUATION_KEYS)  # a damaged earlier evaluation: refused before any work
+        except RecordError as e:
+            raise UsageError(str(e)) from None
         try:
             payload = read_model(d)
             method = rebuild(payload, device)
@@ -233,7 +252,7 @@ def evaluate_job(job: EvaluationJob, device, progress=None) -> dict:
     from .store.folders import test_table
 
     if job.folder.is_finished():
-        return job.folder.read_record()
+        return job.folder.read_record(need=EVALUATION_KEYS)
     t0 = time.perf_counter()
     acc, secs = evaluate(job.method, job.episodes, device, progress, desc=f"{job.summary['method']} {job.label}",
                          precision=job.summary["precision"])  # the run's precision

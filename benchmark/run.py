@@ -8,10 +8,20 @@ folder per run, with its best model as model.pt, plus the per-run leaderboard.cs
 Runs execute one after another in this process (--executor sequential, the default), packed in worker processes
 on this machine (--executor processes --workers N) or as Ray tasks (--executor ray; pip install -e
 '.[distributed]'). A run that fails (loss NaN or infinite, or an exception) is
-recorded as failed in its folder and the others go on; re-running the command retries only failed and unfinished
-runs. A run being trained by another process (a second command on the same results directory) is waited for, or
-skipped with --if-locked skip. Exit codes: 0 all runs finished, 1 some failed, 2 bad input, 130 Ctrl-C, 143
-SIGTERM (kill, SLURM preemption; handled like Ctrl-C: checkpoints kept, the same command resumes).
+recorded as failed in its folder and the others go on (a failure that cannot even be recorded, e.g. on a full disk,
+is said in one line at the end; the run stays unfinished); re-running the command retries only failed and
+unfinished runs. A run being trained by another process (a second command on the same results directory) is waited
+for, or skipped with --if-locked skip. The report is of every finished run in --results-dir (not only this
+command's), built under a lock: two commands on one results directory never interleave their report files, and the
+one that finishes last writes the report of every run either made. A finished run whose summary is at chance
+(100/ways %, a finite loss: diverged?) is flagged (at_chance in summary.json, a note in the report).
+
+Bad input prints one line and exits with code 2 before anything is written: a value of the wrong type or out of
+range (--threads and every count at least 1, seeds 0 or more), an empty or '.' --report-name, a --results-dir or
+--reports-dir that is not a folder or not writable, a damaged record of a finished run in --results-dir (its file
+named: delete that run's folder to re-run it; it is refused, never retrained over). Exit codes: 0 all runs finished,
+1 some failed, 2 bad input, 130 Ctrl-C, 143 SIGTERM (kill, SLURM preemption; handled like Ctrl-C: checkpoints kept,
+the same command resumes).
 """
 from __future__ import annotations
 
@@ -22,8 +32,9 @@ import sys
 import time
 from pathlib import Path
 
-from .cli.toolkit import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, UsageError, at_least,
-                          existing_dir, gpu_share, note, progress_factory, setup_torch, usage_errors, whole_number)
+from .cli.toolkit import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, Parser, UsageError,
+                          at_least, existing_dir, folder_name, gpu_share, note, progress_factory, setup_torch,
+                          usage_errors, whole_number, writable_dir)
 from .pipeline.plan import RAY_INIT_TIMEOUT_S, RAY_PROBE_TIMEOUT_S
 from .cli.methods import add_method_files, announce_method_files, catalogue_lines, load_method_files
 
@@ -45,7 +56,7 @@ def _epilog() -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m benchmark.run", description=__doc__, epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", default="all", help="comma list of method names, 'all' (one per paper) or "
@@ -61,22 +72,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=int, default=15, help="query examples per class in validation and test "
                    "episodes; default: 15")
     p.add_argument("--backbone", default="conv4", help="shared backbone for every method; default: conv4")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (initialisation and training "
-                   "episodes); default: 0")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds, 0 or more (initialisation and "
+                   "training episodes); default: 0")
     p.add_argument("--eval-seed", type=int, default=0, help="seed of the fixed validation/test episodes, shared by "
-                   "all runs; default: 0")
+                   "all runs, 0 or more; default: 0")
     p.add_argument("--profile", default="quick", help="smoke | quick | paper; default: quick")
     p.add_argument("--test-episodes", type=int, default=None, help="test episodes; default: the profile's (600)")
     p.add_argument("--val-episodes", type=int, default=None, help="validation episodes; default: the profile's")
     p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="override hyperparameters of every selected method, e.g. --set train_steps=500")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]; default: auto (CUDA when present)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch in this process (with "
-                   "--executor processes: in each worker); default: PyTorch's (processes: the cores divided by "
-                   "--workers; Ray tasks use --cpus-per-run)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch in this process, at least 1 "
+                   "(0 is refused; with --executor processes: in each worker); default: PyTorch's (processes: the "
+                   "cores divided by --workers; Ray tasks use --cpus-per-run)")
     p.add_argument("--results-dir", default="results", help="where runs are written; default: results")
-    p.add_argument("--reports-dir", default="reports", help="where reports are written; default: reports")
-    p.add_argument("--report-name", default="latest", help="report folder name; default: latest")
+    p.add_argument("--reports-dir", default="reports", help="where reports are written (checked writable before "
+                   "any run starts); default: reports")
+    p.add_argument("--report-name", default="latest", help="report folder name (not empty); the report is of every "
+                   "finished run in --results-dir, so two commands on one results directory share it and the one "
+                   "finishing last includes the runs of both; default: latest")
     p.add_argument("--no-report", action="store_true", help="do not build the report at the end")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars and per-run progress lines")
     p.add_argument("--no-save-model", action="store_true", help="do not keep each finished run's best model "
@@ -131,6 +145,10 @@ def plan(args):
     settings = _executor_settings(args, device, workers)
     runs = _prepare_runs(args)
     results_dir = Path(args.results_dir)
+    _check_records(results_dir)
+    if not args.no_report:
+        writable_dir("--reports-dir", Path(args.reports_dir))
+        writable_dir("--report-name", Path(args.reports_dir) / args.report_name)
     from .store.files import check_writable
     from .pipeline.execution import Execution
 
@@ -143,12 +161,32 @@ def plan(args):
                 None if args.no_report else Path(args.reports_dir) / args.report_name)
 
 
+def _check_records(results_dir: Path) -> None:
+    """Every finished run in ``results_dir`` has readable records (its summary feeds the per-run leaderboard and the
+    report, and a finished run is never retrained): a damaged or foreign one is refused, naming the file and the fix
+    (delete that folder to re-run the run), before any work."""
+    from .store.folders import RecordError, run_folders
+
+    if results_dir.is_file():
+        raise UsageError(f"--results-dir {results_dir} is a file, not a folder; choose another with --results-dir")
+    for folder in run_folders(results_dir):
+        try:
+            if folder.is_finished():
+                folder.check_finished()
+        except RecordError as e:
+            raise UsageError(str(e)) from None
+
+
 def _check_counts(args) -> tuple[int | None, int | None]:
     """The numbers and folders of the command line (before anything is loaded); returns the prefetch depth (None:
     the device's default) and the number of workers (None: not the process pool)."""
     at_least("--cpus-per-run", args.cpus_per_run)
     gpu_share("--gpus-per-run", args.gpus_per_run)
     at_least("--max-retries", args.max_retries, low=0)
+    at_least("--seeds", args.seeds, low=0)
+    at_least("--eval-seed", args.eval_seed, low=0)
+    at_least("--threads", args.threads)
+    folder_name("--report-name", args.report_name)
     at_least("--ways", args.ways)
     at_least("--shots", args.shots)
     at_least("--queries", args.queries)
@@ -240,13 +278,20 @@ def _announce(o) -> None:
     if o.status == "done":
         s = o.summary
         size = f", model {s['model_bytes'] / 1e6:.2f} MB" if s.get("model_bytes") else ""
+        train = (f"{s['train_episodes']} training episodes, {s['train_seconds']:.0f} s training"
+                 if isinstance(s.get("train_seconds"), (int, float)) else "training not recorded")
         note(f"{o.run_id}: {s['mean']:.2f} +- {s['ci95']:.2f} % over {s['n_episodes']} test episodes "
-             f"({s['train_episodes']} training episodes, {s['train_seconds']:.0f} s training{size}"
-             f"{'' if o.trained else '; finished before, not re-run'})")
+             f"({train}{size}{'' if o.trained else '; finished before, not re-run'})"
+             f"{'; at chance: diverged?' if s.get('at_chance') else ''}")
     elif o.status == "failed":
-        note(f"{o.run_id}: FAILED: {o.failure['reason']}")
+        note(f"{o.run_id}: FAILED: {o.failure['reason']}{_unrecorded(o)}")
     else:
         note(f"{o.run_id}: {o.note}")
+
+
+def _unrecorded(o) -> str:
+    why = (o.failure or {}).get("unrecorded")
+    return f" (the failure could not be recorded: {why})" if why else ""
 
 
 def _execute(executor, plan) -> tuple[list | None, int | None]:
@@ -306,9 +351,15 @@ def _summarise(outcomes, plan, executor, seconds: float) -> int:
     done = [o for o in outcomes if o.status == "done"]
     failed = [o for o in outcomes if o.status == "failed"]
     skipped = [o for o in outcomes if o.status == "skipped"]
-    board = write_runs_leaderboard(results_dir)
-    print(f"{len(done)} runs done in {seconds:.0f} s ({executor.name} executor); leaderboard: "
-          f"{runs_leaderboard_path(results_dir)} ({len(board)} runs)", file=sys.stderr)
+    try:
+        board = write_runs_leaderboard(results_dir)
+        where = f"leaderboard: {runs_leaderboard_path(results_dir)} ({len(board)} runs)"
+    except (OSError, ValueError) as e:  # a full disk, or a run's summary damaged since the command started
+        where = f"leaderboard NOT written: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        failed_writes = True
+    else:
+        failed_writes = False
+    print(f"{len(done)} runs done in {seconds:.0f} s ({executor.name} executor); {where}", file=sys.stderr)
     if skipped:
         print(f"{len(skipped)} run(s) skipped, being trained by another process: "
               f"{', '.join(o.run_id for o in skipped)}", file=sys.stderr)
@@ -316,13 +367,32 @@ def _summarise(outcomes, plan, executor, seconds: float) -> int:
         print(f"{len(failed)} run(s) failed (records in <run-id>.partial/failed.json; the same command retries "
               "them):", file=sys.stderr)
         for o in failed:
-            print(f"  {o.run_id}: {o.failure['reason']}", file=sys.stderr)
+            print(f"  {o.run_id}: {o.failure['reason']}{_unrecorded(o)}", file=sys.stderr)
     if plan.report_dir is not None and done:
-        from .report import build_report
+        failed_writes |= not _report(results_dir, plan.report_dir)
+    unrecorded = [o for o in failed if o.failure.get("unrecorded")]
+    if unrecorded:
+        print(f"error: {len(unrecorded)} failure(s) could not be recorded (first: {unrecorded[0].failure['unrecorded']})"
+              "; those runs stay unfinished: free space in (or fix) the results directory and re-run the same "
+              "command", file=sys.stderr)
+    return EXIT_FAILED if failed or failed_writes else EXIT_OK
 
-        out = build_report(results_dir, plan.report_dir, run_ids=plan.run_ids)
-        print(f"report: {out}", file=sys.stderr)
-    return EXIT_FAILED if failed else EXIT_OK
+
+def _report(results_dir: Path, report_dir: Path) -> bool:
+    """Build the report of every finished run in the results directory under its report lock (two commands on one
+    results directory never interleave report files, and the later one reports the runs of both); one line, and
+    False, when it cannot be written (a full disk, a record damaged since the command started)."""
+    from .report import ReportError, build_report
+    from .store.folders import report_lock
+
+    try:
+        with report_lock(results_dir):
+            out = build_report(results_dir, report_dir)
+    except (ReportError, OSError) as e:
+        print(f"error: report NOT written: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return False
+    print(f"report: {out}", file=sys.stderr)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

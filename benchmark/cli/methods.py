@@ -28,9 +28,16 @@ def announce_method_files(argv: list[str] | None) -> None:
 
     from ..pipeline import registry
 
-    pre = argparse.ArgumentParser(add_help=False)
+    class _Quiet(argparse.ArgumentParser):
+        def error(self, message):  # the command's own parser reports it, in one line
+            raise ValueError(message)
+
+    pre = _Quiet(add_help=False)
     pre.add_argument("--method-file", action="append", default=[])
-    files = pre.parse_known_args(argv)[0].method_file
+    try:
+        files = pre.parse_known_args(argv)[0].method_file
+    except ValueError:
+        return
     if files:
         known = [p for p in os.environ.get(registry.FILES_ENV, "").split(os.pathsep) if p]
         os.environ[registry.FILES_ENV] = os.pathsep.join(dict.fromkeys(known + [str(Path(f).resolve())

@@ -1,6 +1,7 @@
 """The command-line toolkit the commands share (``benchmark.run``, ``benchmark.evaluate``, ``benchmark.speed``,
-``benchmark.check``, ``benchmark.data``): exit codes, the one-line usage error, count and folder checks, torch and
-device set-up, progress bars and notes. The commands that look methods up add :mod:`benchmark.cli.methods`
+``benchmark.check``, ``benchmark.report``, ``benchmark.data``): exit codes, the one parser (:class:`Parser`, whose
+errors are one line), the one-line usage error, count, name and folder checks, torch and device set-up, progress bars
+and notes. The commands that look methods up add :mod:`benchmark.cli.methods`
 (``--method-file`` and ``--help``'s catalogue).
 
 Importing this module imports neither torch nor the methods: torch is imported by :func:`setup_torch` only once the
@@ -8,7 +9,10 @@ arguments have been parsed.
 """
 from __future__ import annotations
 
+import argparse
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -17,6 +21,16 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 1
 
 class UsageError(Exception):
     """Bad input: the command prints ``error: <message>`` (one line) on stderr and exits with :data:`EXIT_USAGE`."""
+
+
+class Parser(argparse.ArgumentParser):
+    """The argument parser of every command: argparse's own errors (a value of the wrong type, an unknown choice, a
+    missing value or argument, an unknown option) print ONE line, ``<prog>: error: <message>``, on stderr and exit
+    with :data:`EXIT_USAGE`, without argparse's usage dump (``--help`` shows the usage)."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {' '.join(str(message).split())}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
 
 
 def usage_errors(body: Callable[[], int]) -> int:
@@ -29,11 +43,11 @@ def usage_errors(body: Callable[[], int]) -> int:
 
 
 def at_least(label: str, values: int | Iterable[int] | None, low: int = 1) -> None:
-    """UsageError naming ``label`` (e.g. ``--ways``) when a value (an int, a list of them, or None: unset) is below
+    """UsageError naming ``label`` (e.g. ``--ways``) when a value (a number, a list of them, or None: unset) is below
     ``low``."""
     if values is None:
         return
-    for v in [values] if isinstance(values, int) else values:
+    for v in [values] if isinstance(values, (int, float)) else values:
         if v < low:
             raise UsageError(f"{label} must be {'at least 1' if low == 1 else f'{low} or more'} (got {v})")
 
@@ -73,10 +87,46 @@ def existing_dir(label: str, path: str | Path | None) -> None:
         raise UsageError(f"{label} {path} does not exist or is not a folder")
 
 
+def folder_name(label: str, name: str) -> None:
+    """UsageError when ``name`` (e.g. ``--report-name``) cannot name a folder inside another: empty or blank, ``.``
+    or ``..`` (which would write into the parent folder itself or above it), or an absolute path."""
+    parts = Path(name).parts if name.strip() else ()
+    if not parts or Path(name).is_absolute() or any(p in (".", "..") for p in parts) or name != name.strip():
+        raise UsageError(f"{label} must name a folder (not empty, blank, '.', '..', absolute or padded with spaces; "
+                         f"got {name!r})")
+
+
+def writable_dir(label: str, path: str | Path) -> None:
+    """UsageError, before any work and without creating anything, when files cannot be written into the folder
+    ``path`` given as ``label`` (e.g. ``--reports-dir``): it is not a folder, or it (or, when it does not exist yet,
+    the nearest existing folder above it, where it would be created) is not writable. Probed by creating and removing
+    a temporary file, so that permissions, read-only file systems and root are all judged as a real write would be."""
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.is_symlink():  # a dangling link: creating the folder would fail
+            raise UsageError(f"{label} {path}: {probe} is a broken symbolic link")
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        where = "" if probe == path else f" ({probe} is a file, so {path} cannot be created)"
+        raise UsageError(f"{label} {path} is not a folder{where}; give a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise UsageError(f"{label} {path} is not writable ({e.strerror or e}"
+                         f"{'' if probe == path else f' in {probe}, where it would be created'}); give another")
+
+
 def setup_torch(device: str, threads: int | None = None):
     """Prepare this process for PyTorch work: the allocator settings (:func:`benchmark.pipeline.perf.tune_cpu`), PyTorch's CPU
-    threads (``threads``; None: PyTorch's default) and the device (``auto | cpu | cuda[:N]``); returns the
-    ``torch.device``. UsageError for a device that is not there."""
+    threads (``threads``: at least 1; None: PyTorch's default) and the device (``auto | cpu | cuda[:N]``); returns the
+    ``torch.device``. UsageError for a device that is not there or a thread count below 1 (checked before torch is
+    imported; 0 is refused rather than read as "the default": omit ``--threads`` for that)."""
+    at_least("--threads", threads)
     import torch
 
     from ..pipeline.machine import resolve_device

@@ -83,7 +83,7 @@ def finished_summaries(results_dir: str | Path | None) -> list[dict]:
     out = []
     for path in finished_runs(Path(results_dir)):
         try:
-            out.append(RunFolder(path.parent, path.name).read_summary())
+            out.append(RunFolder(path.parent, path.name).read_summary(need=()))  # whatever fields it has
         except (OSError, ValueError):  # a summary being written or damaged: not a figure to go by
             continue
     return out

@@ -263,8 +263,11 @@ def catalogue() -> list[dict[str, str | None]]:
             found[facts["name"]] = facts
     out = [found[n] for n in sorted(found, key=lambda n: _order(found[n]))]
     for path in _env_files():
-        if path.is_file():
-            out += sorted(({**f, "file": str(path)} for f in source_facts(path)), key=lambda f: f["name"])
+        try:
+            facts = source_facts(path) if path.is_file() else []
+        except (OSError, SyntaxError, ValueError):  # unreadable or not Python: load_files says so, in one line
+            continue
+        out += sorted(({**f, "file": str(path)} for f in facts), key=lambda f: f["name"])
     return out
 
 

@@ -52,7 +52,7 @@ from .machine import (NondeterministicOps, PeakMemory, code_version, configure_d
                       placement as where)
 from .models import model_payload
 from .prefetch import gather_on_device
-from ..store.statistics import mean_ci95
+from ..store.statistics import at_chance, mean_ci95
 from ..store.folders import RunFolder, test_table
 from .episode_sets import test_set, validation_set
 from .training import Checkpointing, Interrupted, NonFiniteLoss, Trainer, compile_method, evaluate, seed_everything
@@ -153,10 +153,24 @@ def failure_record(kind: str, reason: str, placement: dict, step: int | None = N
             "placement": placement, "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+def _one_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}".strip().splitlines()[0]
+
+
 def run_job(job: RunJob) -> Outcome:
     """Run (or resume, or read back when finished) one job. A failure (recorded in the run's folder) and a run
     locked by another process (``if_locked="skip"``) are outcomes, not exceptions; Ctrl-C raises
-    :class:`Interrupted` after the checkpoint is saved."""
+    :class:`Interrupted` after the checkpoint is saved. A failure that cannot even be recorded (the disk is full:
+    :meth:`RunFolder.fail` or the run's lock raise OSError) is a failed outcome whose record has ``unrecorded`` (why
+    not): the run stays unfinished, never taken as finished, and the same command retries it."""
+    try:
+        return _run_job(job)
+    except OSError as e:
+        record = failure_record("exception", _one_line(e), job.placement)
+        return Outcome(job.cfg.run_id, "failed", failure={**record, "unrecorded": _one_line(e)})
+
+
+def _run_job(job: RunJob) -> Outcome:
     run_id, folder = job.cfg.run_id, job.folder
     if folder.is_finished():
         return Outcome(run_id, "done", summary=folder.read_summary())
@@ -246,7 +260,10 @@ class _Attempt:
             record = failure_record("exception", f"{type(e).__name__}: {e}".strip().splitlines()[0], job.placement,
                                     state.get("step"), state["curve"][-1] if state.get("curve") else None)
             tb = traceback.format_exc()
-        job.folder.fail(record, tb)
+        try:
+            job.folder.fail(record, tb)
+        except OSError as e:  # even the failure cannot be written (disk full): said in the outcome, the sweep goes on
+            record = {**record, "unrecorded": _one_line(e)}
         raise RunFailed(job.cfg.run_id, record)
 
     def _train_and_test(self) -> dict:
@@ -335,6 +352,7 @@ def _records(prepared: PreparedRun, trainer: Trainer, tests: EpisodeSet, acc: np
         "split": ds.split_name, "default_split": DATASETS[cfg.dataset].default_split,
         "ways": cfg.ways, "shots": cfg.shots, "backbone": cfg.backbone, "profile": cfg.profile, "seed": cfg.seed,
         "mean": 100 * mean, "ci95": 100 * ci, "n_episodes": len(acc), "queries": cfg.queries,
+        "at_chance": at_chance(acc, cfg.ways),  # finite loss, test accuracy at 100/ways: diverged? (the report notes it)
         "train_steps": state["step"], "train_episodes": state["episodes"], "train_images": state.get("images"),
         **_compute_facts(state.get("flops")), "transductive": cls.is_transductive(hp),
         "train_seconds": state["train_seconds"], "val_seconds": state["val_seconds"],

@@ -23,7 +23,7 @@ import pandas as pd
 
 from ..store.files import atomic_write_bytes, atomic_write_csv, atomic_write_text
 from . import latex, sections
-from .common import setting_label
+from .common import ReportError, norm_dataset, setting_label
 from .entries import REPORT_LEADERBOARD_COLUMNS, build_entries
 from .records import load_evaluations, load_runs, results_dirs
 from .render import Doc, to_html, to_markdown
@@ -52,6 +52,10 @@ def build(results_dir: Path | Sequence[Path], out_dir: Path, run_ids: list[str] 
     thr = thresholds if isinstance(thresholds, dict) else parse_thresholds(thresholds)
     loaded = load_runs(dirs[0] if len(dirs) == 1 else dirs, run_ids)
     runs = loaded.runs
+    unknown = sorted(set(thr) - {"*"} - {norm_dataset(r["dataset"]) for r in runs})
+    if unknown:  # a typo in --thresholds DATASET:... would otherwise be ignored silently
+        raise ReportError(f"--thresholds names {', '.join(unknown)}, which no run in the report has (datasets: "
+                          f"{', '.join(sorted({str(r['dataset']) for r in runs}))}); drop it or fix its name")
     entries = build_entries(runs)
     evaluations = load_evaluations(runs)
     stats = paired_statistics(entries, alpha)

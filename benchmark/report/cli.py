@@ -19,9 +19,11 @@ Sections: 1 the survey's Table 1 mirrored (measured vs published), 2 the metric 
 3 paired statistics and ranks, 4 convergence, 5 episode counts to accuracy thresholds, 6 cost, 7 cross-evaluation
 of saved models, 8 provenance.
 
-Errors (no finished runs, incomplete run folders, a run id with different records in two results directories,
-paired comparisons refused because test-episode fingerprints differ) print one line and exit with code 2; with
-refused pairs the report is still written and says why.
+Errors (bad input: a value of the wrong type, an --alpha outside (0, 1), an empty or '.' --name, a --reports-dir
+that is not a writable folder, --thresholds for a dataset none of the runs has; no finished runs, incomplete or
+damaged run folders (the file named: delete that folder and re-run it), a run id with different records in two
+results directories, paired comparisons refused because test-episode fingerprints differ) print one line and exit
+with code 2, before anything is written; with refused pairs the report is still written and says why.
 """
 from __future__ import annotations
 
@@ -29,27 +31,34 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..cli.toolkit import Parser, UsageError, folder_name, writable_dir
 from .build import ALPHA, build
 from .common import ReportError
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmark.report", description=__doc__,
+    p = Parser(prog="python -m benchmark.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results-dir", nargs="+", action="extend", default=None, metavar="DIR",
                    help="where the runs are: one results directory, or several (--results-dir A B, or the option "
                         "repeated) for one report from all their runs; default: results")
     p.add_argument("--reports-dir", default="reports", help="where reports go; default: reports")
-    p.add_argument("--name", default="latest", help="report folder name; default: latest")
+    p.add_argument("--name", default="latest", help="report folder name (not empty); default: latest")
     p.add_argument("--thresholds", nargs="+", default=None, metavar="T",
                    help="accuracy thresholds in %% for the episode-count table: numbers for every dataset "
-                        "(e.g. 50 80 90 95) and/or DATASET:50,80,90; default: omniglot 50 80 90 95, other "
-                        "datasets 40 50 60 70")
+                        "(e.g. 50 80 90 95) and/or DATASET:50,80,90 (a DATASET none of the runs has is refused); "
+                        "default: omniglot 50 80 90 95, other datasets 40 50 60 70")
     p.add_argument("--alpha", type=float, default=ALPHA, help="family-wise significance level; default: 0.05")
     args = p.parse_args(argv)
     try:
         if not 0 < args.alpha < 1:
             raise ReportError(f"--alpha must lie in (0, 1), got {args.alpha:g}")
+        try:
+            folder_name("--name", args.name)
+            writable_dir("--reports-dir", Path(args.reports_dir))
+            writable_dir("--name", Path(args.reports_dir) / args.name)
+        except UsageError as e:
+            raise ReportError(str(e)) from None
         dirs = [Path(d) for d in (args.results_dir or ["results"])]
         res = build(dirs[0] if len(dirs) == 1 else dirs, Path(args.reports_dir) / args.name, thresholds=args.thresholds,
                     alpha=args.alpha)

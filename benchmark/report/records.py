@@ -19,7 +19,9 @@ import numpy as np
 import pandas as pd
 
 from ..store.compare import records_differ
-from ..store.folders import PARTIAL_SUFFIX, RunFolder, evaluation_folders, failed_runs, partial_runs, run_folders
+from ..store.folders import (PARTIAL_SUFFIX, RecordError, RunFolder, evaluation_folders, failed_runs, partial_runs,
+                             run_folders)
+from ..store.statistics import at_chance
 from .common import ENTRY_KEYS, FAMILY_ORDER, ReportError, split_key
 
 REQUIRED_FILES = RunFolder.RECORDS
@@ -117,7 +119,18 @@ def load_runs(results_dir: Path | Sequence[Path], run_ids: list[str] | None = No
         raise ReportError(f"no finished runs in {where}{extra}; run python -m benchmark.run first")
     runs = _latest_per_seed(runs, notes)
     note = facts_note(runs)
-    return Runs(runs, notes + ([note] if note else []) + execution_notes(runs), failed, dirs)
+    return Runs(runs, notes + ([note] if note else []) + execution_notes(runs) + chance_notes(runs), failed, dirs)
+
+
+def chance_notes(runs: list[Run]) -> list[str]:
+    """A note per run whose test accuracy is at chance (100/ways) though its loss stayed finite: ``at_chance`` in
+    its summary, or for runs older than the field, its per-episode accuracies (:func:`~benchmark.store.statistics.
+    at_chance`)."""
+    flagged = [r for r in runs if (r["at_chance"] if r["at_chance"] is not None
+                                   else at_chance(r.accuracy / 100, r["ways"]))]
+    return [f"Run {r.path.name} is at chance ({r['mean']:.2f} ± {r['ci95']:.2f} %, chance {100 / r['ways']:.2f} % "
+            f"with {r['ways']} ways) with a finite training loss: at chance: diverged?"
+            for r in sorted(flagged, key=lambda r: r.path.name)]
 
 
 def execution_notes(runs: list[Run]) -> list[str]:
@@ -161,7 +174,10 @@ def _read_results_dir(results_dir: Path, run_ids: list[str] | None, multi: bool)
     where = f" in {results_dir}" if multi else ""
     notes = []
     every_failed = failed_runs(results_dir)
-    failed = [f.read_failure() for f in every_failed if run_ids is None or f.run_id in run_ids]
+    try:
+        failed = [f.read_failure() for f in every_failed if run_ids is None or f.run_id in run_ids]
+    except RecordError as e:
+        raise ReportError(str(e)) from None
     failed_names = {f"{f.run_id}{PARTIAL_SUFFIX}" for f in every_failed}
     partial = [p for p in partial_runs(results_dir) if p not in failed_names]
     for r in failed:
@@ -202,6 +218,8 @@ def read_run(folder: RunFolder) -> Run | None:
     try:
         summary, config = folder.read_summary(), folder.read_config()
         ep, curve = folder.read_test_episodes(), folder.read_curve()
+    except RecordError as e:
+        raise ReportError(str(e)) from None
     except (OSError, ValueError, pd.errors.ParserError) as e:
         raise ReportError(f"cannot read the records of {d}: {str(e).splitlines()[0] if str(e) else e!r}") from None
     need = ("method", "dataset", "ways", "shots", "backbone", "profile", "seed", "test_fingerprint")
@@ -273,6 +291,8 @@ def load_evaluations(runs: list[Run]) -> list[Evaluation]:
 def _read_evaluation(f, r: Run) -> Evaluation:
     try:
         rec, ep = f.read_record(), f.read_test_episodes()
+    except RecordError as e:
+        raise ReportError(str(e)) from None
     except (OSError, ValueError, pd.errors.ParserError) as e:
         raise ReportError(f"cannot read the evaluation {f.path}: "
                           f"{str(e).splitlines()[0] if str(e) else e!r}") from None

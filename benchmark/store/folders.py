@@ -17,6 +17,7 @@ Layout under the results directory::
         failed.json           a run that failed: reason, step, last metrics, where it ran (absent while it runs)
         traceback.txt         the traceback of a run that raised
     .locks/<run-id>.lock      OS file lock (fcntl.flock) held by the process training the run; holds its pid and host
+    .locks/report.lock        held while a benchmark.run command builds the report of the results directory
     cache/                    artefacts shared between runs (e.g. MTL's pretrained backbone), with their cost
                               (:func:`artefact_dir`; benchmark/context.py)
     leaderboard.csv           the per-run leaderboard: one row per finished run, rebuilt from the summaries under
@@ -47,6 +48,39 @@ ARTEFACT_DIR = "cache"  # artefacts shared between runs, under the results direc
 PARTIAL_SUFFIX = ".partial"  # <run-id>.partial/: a run in progress
 LOCK_DIR = ".locks"  # OS file locks of runs being trained and of the per-run leaderboard, under the results directory
 RUNS_LEADERBOARD_LOCK = "leaderboard.lock"  # in .locks/: held while the per-run leaderboard is rebuilt
+REPORT_LOCK = "report.lock"  # in .locks/: held while benchmark.run builds the report of the results directory
+
+
+class RecordError(ValueError):
+    """A record file that cannot be what it claims to be: unreadable, not JSON (junk, truncated, empty), not a JSON
+    object (a list, a number), or lacking a field every such record has. Its message is one line naming the file and
+    what to do (delete the folder and re-run), for every command that reads records."""
+
+
+#: The fields every ``summary.json`` benchmark.run has written since its first version: a summary without one of
+#: them is not a run summary (a foreign or damaged file).
+SUMMARY_KEYS = ("run_id", "method", "dataset", "ways", "shots", "mean", "ci95", "n_episodes")
+
+
+def read_json_record(path: Path, what: str, fix: str, need: tuple[str, ...] = ()) -> dict:
+    """The JSON object in ``path`` (a record file: ``what`` names it, e.g. "run summary"); :class:`RecordError` (one
+    line: the file, what is wrong with it, then ``fix``) when it cannot be read, is not JSON (junk, truncated, empty),
+    is not an object (a list, a number) or lacks a field of ``need``."""
+    try:
+        obj = json.loads(Path(path).read_text())
+        problem = None if isinstance(obj, dict) else f"holds a JSON {type(obj).__name__}, not a {what}"
+    except UnicodeDecodeError:
+        problem = "is not text"
+    except json.JSONDecodeError as e:
+        problem = "is empty" if not e.doc.strip() else f"is not valid JSON ({e.msg} at line {e.lineno})"
+    except OSError as e:
+        problem = f"cannot be read ({e.strerror or e})"
+    if problem is None:
+        lacking = [k for k in need if k not in obj]
+        problem = f"lacks {', '.join(lacking)}, so it is not a {what}" if lacking else None
+    if problem is not None:
+        raise RecordError(f"{path} {problem}: {fix}")
+    return obj
 
 
 class RunFolder:
@@ -129,7 +163,9 @@ class RunFolder:
         return not self.is_finished() and (self.partial / self.FAILED).is_file()
 
     def read_failure(self) -> dict:
-        return json.loads((self.partial / self.FAILED).read_text())
+        """The failure record (:class:`RecordError` when it is damaged)."""
+        return read_json_record(self.partial / self.FAILED, "failure record",
+                                f"delete {self.partial} to retry the run from scratch", ("run_id",))
 
     # ---- moving a run between machines without a shared filesystem
     def pack(self, finished: bool = True) -> dict[str, bytes]:
@@ -174,14 +210,29 @@ class RunFolder:
         """The record files (:attr:`RECORDS`) the finished folder lacks."""
         return [f for f in self.RECORDS if not (self.path / f).is_file()]
 
-    def read_summary(self) -> dict:
-        """The run's summary, upgraded to the current fields (:func:`upgrade_summary`)."""
-        return upgrade_summary(json.loads((self.path / self.SUMMARY).read_text()), self.read_config())
+    def _fix(self) -> str:
+        return f"delete the folder {self.path} and re-run it (the same benchmark.run command)"
+
+    def read_summary(self, need: tuple[str, ...] = SUMMARY_KEYS) -> dict:
+        """The run's summary, upgraded to the current fields (:func:`upgrade_summary`). :class:`RecordError` (one line
+        naming the file and the fix) when it is damaged or foreign: not a JSON object, or without a field of ``need``
+        (default :data:`SUMMARY_KEYS`), or when its ``config.json`` is damaged."""
+        summary = read_json_record(self.path / self.SUMMARY, "run summary", self._fix(), need)
+        return upgrade_summary(summary, self.read_config())
 
     def read_config(self) -> dict:
-        """The run's configuration; empty when the folder has none."""
+        """The run's configuration; empty when the folder has none; :class:`RecordError` when it is damaged (not a
+        JSON object)."""
         f = self.path / self.CONFIG
-        return json.loads(f.read_text()) if f.is_file() else {}
+        return read_json_record(f, "run configuration", self._fix()) if f.is_file() else {}
+
+    def check_finished(self) -> None:
+        """:class:`RecordError` unless the finished run's records can be read: a valid summary and configuration, and
+        every record file (:meth:`missing`)."""
+        self.read_summary()
+        missing = self.missing()
+        if missing:
+            raise RecordError(f"{self.path} lacks {', '.join(missing)}, so it is not a finished run: {self._fix()}")
 
     def read_curve(self) -> pd.DataFrame:
         """The convergence curve; an empty frame when it has no points."""
@@ -230,6 +281,13 @@ def runs_leaderboard_path(results_dir: str | Path) -> Path:
     return Path(results_dir) / RUNS_LEADERBOARD
 
 
+def report_lock(results_dir: str | Path) -> FileLock:
+    """The lock a ``benchmark.run`` command holds while it builds the report of ``results_dir``
+    (``<results_dir>/.locks/report.lock``), so that two commands on one results directory never interleave their
+    report files."""
+    return FileLock(Path(results_dir) / LOCK_DIR / REPORT_LOCK)
+
+
 def runs_leaderboard_lock(results_dir: str | Path) -> FileLock:
     """The lock held while the per-run leaderboard is rebuilt, ``<results_dir>/.locks/leaderboard.lock``."""
     return FileLock(Path(results_dir) / LOCK_DIR / RUNS_LEADERBOARD_LOCK)
@@ -265,7 +323,7 @@ def finished_runs(results_dir: Path) -> list[Path]:
 
 
 def load_summary(run_dir: Path) -> dict:
-    """The summary of the finished run in ``run_dir``."""
+    """The summary of the finished run in ``run_dir`` (:class:`RecordError` when it is damaged)."""
     return RunFolder(run_dir.parent, run_dir.name).read_summary()
 
 
@@ -299,8 +357,11 @@ class EvaluationFolder:
             shutil.rmtree(self.path)
         os.replace(self.partial, self.path)
 
-    def read_record(self) -> dict:
-        return json.loads((self.path / self.RECORD).read_text())
+    def read_record(self, need: tuple[str, ...] = ()) -> dict:
+        """The evaluation's record; :class:`RecordError` when it is damaged (not a JSON object) or lacks a field of
+        ``need``."""
+        return read_json_record(self.path / self.RECORD, "evaluation record",
+                                f"delete the folder {self.path} and run benchmark.evaluate again", need)
 
     def read_test_episodes(self) -> pd.DataFrame:
         return pd.read_csv(self.path / self.TEST_EPISODES)
