@@ -71,7 +71,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch in this process; default: "
                    "PyTorch's (Ray tasks use --cpus-per-run)")
     p.add_argument("--results-dir", default="results", help="where runs are written; default: results")
-    p.add_argument("--reports-dir", default="reports", help="where reports are written; default: reports")
+    p.add_argument("--reports-dir", default=None, help="where reports are written; default: reports beside the "
+                   "results directory (<results-dir>/../reports; results -> reports)")
     p.add_argument("--report-name", default="latest", help="report folder name; default: latest")
     p.add_argument("--no-report", action="store_true", help="do not build the report at the end")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars and per-run progress lines")
@@ -296,7 +297,8 @@ def _summarise(outcomes, prepared, executor, args, seconds: float) -> int:
     if not args.no_report and done:
         from .report import build_report
 
-        out = build_report(results_dir, Path(args.reports_dir) / args.report_name,
+        reports = Path(args.reports_dir) if args.reports_dir else Path(results_dir).parent / "reports"
+        out = build_report(results_dir, reports / args.report_name,
                            run_ids=[p.cfg.run_id for p in prepared])
         print(f"report: {out}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
