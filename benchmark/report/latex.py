@@ -376,7 +376,8 @@ def report_tex(tables: str, intro: str) -> str:
              "\\expandafter\\ifx\\csname @notprerr\\endcsname\\documentclass\n"
              "  \\def\\FewShotReportStandalone{0}%\n\\else\n  \\def\\FewShotReportStandalone{1}%\n\\fi\n")
     pre = ("\\ifnum\\FewShotReportStandalone=1\n"
-           "\\documentclass[a4paper,10pt]{article}\n\\usepackage[T1]{fontenc}\n\\usepackage{lmodern}\n"
+           "\\documentclass[a4paper,10pt]{article}\n\\usepackage[T1]{fontenc}\n"
+           "\\IfFileExists{lmodern.sty}{\\usepackage{lmodern}}{}% Type 1 fonts (Debian: apt-get install lmodern)\n"
            "\\usepackage[utf8]{inputenc}\n"
            f"\\usepackage{{{','.join(REQUIRED_PACKAGES)}}}\n"
            "\\usepackage[margin=2cm]{geometry}\n\\ifdefined\\extrafloats\\extrafloats{200}\\fi\n"
