@@ -86,8 +86,9 @@ def parser() -> argparse.ArgumentParser:
                    "(0 is refused; with --executor processes: in each worker); default: PyTorch's (processes: the "
                    "cores divided by --workers; Ray tasks use --cpus-per-run)")
     p.add_argument("--results-dir", default="results", help="where runs are written; default: results")
-    p.add_argument("--reports-dir", default="reports", help="where reports are written (checked writable before "
-                   "any run starts); default: reports")
+    p.add_argument("--reports-dir", default=None, help="where reports are written (checked writable before any run "
+                   "starts); default: reports beside the results directory (<results-dir>/../reports; results -> "
+                   "reports)")
     p.add_argument("--report-name", default="latest", help="report folder name (not empty); the report is of every "
                    "finished run in --results-dir, so two commands on one results directory share it and the one "
                    "finishing last includes the runs of both; default: latest")
@@ -146,9 +147,10 @@ def plan(args):
     runs = _prepare_runs(args)
     results_dir = Path(args.results_dir)
     _check_records(results_dir)
+    reports_dir = Path(args.reports_dir) if args.reports_dir else results_dir.parent / "reports"
     if not args.no_report:
-        writable_dir("--reports-dir", Path(args.reports_dir))
-        writable_dir("--report-name", Path(args.reports_dir) / args.report_name)
+        writable_dir("--reports-dir", reports_dir)
+        writable_dir("--report-name", reports_dir / args.report_name)
     from .store.files import check_writable
     from .pipeline.execution import Execution
 
@@ -158,7 +160,7 @@ def plan(args):
         raise UsageError(str(e)) from None
     return Plan(runs, results_dir, device, Execution(prefetch, not args.no_deterministic, args.compile),
                 args.executor, settings, args.if_locked, not args.no_save_model, not args.no_progress,
-                None if args.no_report else Path(args.reports_dir) / args.report_name)
+                None if args.no_report else reports_dir / args.report_name)
 
 
 def _check_records(results_dir: Path) -> None:

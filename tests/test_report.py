@@ -163,7 +163,7 @@ def test_published_comparison_protocol_and_ablation(synthetic):
     assert noht["published"] == 60.2 and "without HT" in noht["published_source"] and noht["variant_of"] == "mtl"
     assert board.loc[("mtl", "miniimagenet", 1)]["published"] == 61.2
     md = path.read_text()
-    assert "pub. 98.80 [" in md and "†" in md and "mtl-noht (variant of mtl)" in md
+    assert "| 98.80 [" in md and "†" in md and "mtl-noht (variant of mtl)" in md
     assert "omniglot 5-way 1-shot" in md and "ProtoNets paper (Snell et al. 2017) Table 1" in md
 
 
@@ -372,7 +372,8 @@ def test_report_describes_methods_and_backbones_by_recorded_facts(tmp_path):
     assert "backbone: paper conv4 with 64 filters, ours conv4 (32 filters)" in pn["protocol_differences"]
     md = (tmp_path / "rep/report.md").read_text()
     table2 = md.split('id="table2"')[1].split('id="paired"')[0]
-    assert "| newnet | Someone et al. 2031 | sparse codes | sparse codes | L1 | recorded, not registered |" in table2
+    assert "| newnet | Someone et al. 2031 | conv4 | sparse codes | sparse codes | L1 | recorded, not registered |" \
+        in table2
     assert "bignet (variant of newnet)" in table2 and "a bigger new idea" in md
     assert "Registered methods without runs" not in md
     assert not any("predate" in n for n in res_b.notes)
@@ -408,7 +409,7 @@ def test_old_runs_without_recorded_facts_still_report(tmp_path, capsys):
     assert "backbone: paper conv4 with 64 filters, ours conv4-32 (32 filters)" in rel["protocol_differences"]
     assert pd.isna(board.loc[("protonet", "conv4")]["budget_fraction"])
     table2 = md.split('id="table2"')[1].split('id="paired"')[0]
-    assert "| matching | — | — | — | — | — |" in table2  # no recorded metric facts, no paper
+    assert "| matching [1] | — | conv4 | — | — | — | — |" in table2  # no recorded facts, no paper; the survey note
     assert "| protonet | Snell et al. |" in table2
 
 
@@ -434,17 +435,19 @@ def test_budget_fraction_columns_and_cells(tmp_path):
     build_report(res, tmp_path / "rep")
     board = pd.read_csv(tmp_path / "rep/leaderboard.csv").set_index("method")
     assert REPORT_LEADERBOARD_COLUMNS == OLD_COLUMNS + ["paper_train_episodes", "budget_fraction", "split",
-                                                        "precision", "deterministic"]
+                                                        "precision", "deterministic", "eval_seed",
+                                                        "peak_memory_increase_mb"]
     assert board.loc["protonet", "paper_train_episodes"] == 20000
     assert board.loc["protonet", "budget_fraction"] == pytest.approx(0.02)
     assert pd.isna(board.loc["maml", "paper_train_episodes"]) and pd.isna(board.loc["maml", "budget_fraction"])
     md = (tmp_path / "rep/report.md").read_text()
     row = next(l for l in md.splitlines() if l.startswith("| metric-based | protonet |"))
-    assert "budget 2.0% of the paper's" in row
-    assert "budget" not in next(l for l in md.splitlines() if "| maml |" in l)
+    assert "| 2.0% |" in row  # the budget sub-column
+    assert "%" not in next(l for l in md.splitlines() if "| maml |" in l).split("not run")[-1]
+    assert "Not comparable with published figures: 2.0%" in md  # the banner
     # the per-run leaderboard of the results store: columns appended at the end (budget, where a run ran, how)
-    assert LEADERBOARD_COLUMNS[-6:] == ["code_version", "budget_fraction", "executor", "node", "precision",
-                                        "deterministic"]
+    assert LEADERBOARD_COLUMNS[-7:] == ["code_version", "budget_fraction", "executor", "node", "precision",
+                                        "deterministic", "eval_seed"]
     runs = leaderboard(res).set_index(["method", "seed"])
     assert runs.loc[("protonet", 1), "budget_fraction"] == 0.025 and pd.isna(runs.loc[("maml", 0), "budget_fraction"])
     assert runs["executor"].isna().all()  # runs recorded without a placement (older runs)

@@ -52,7 +52,11 @@ def test_methods_import_only_the_kit():
 
 
 def test_the_report_imports_only_the_store():
-    assert breaches(sorted((ROOT / "benchmark" / "report").glob("*.py")), REPORT_ALLOWED) == []
+    """The report reads records through the store; its command module (``python -m benchmark.report``) also uses
+    the commands' one-line errors (the toolkit, which imports nothing of the harness at module level)."""
+    report = sorted((ROOT / "benchmark" / "report").glob("*.py"))
+    assert breaches([p for p in report if p.name != "cli.py"], REPORT_ALLOWED) == []
+    assert breaches([p for p in report if p.name == "cli.py"], REPORT_ALLOWED + ("benchmark.cli.toolkit",)) == []
 
 
 def test_the_kit_reaches_only_the_data_and_the_store_nothing_above_it():

@@ -167,10 +167,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 class PeakMemory:
-    """Peak memory during a block: resident set size of the process (CPU), or allocated CUDA memory."""
+    """Peak memory during a block: resident set size of the process (CPU), or allocated CUDA memory.
+
+    ``mb`` is the peak itself; on the CPU it includes whatever the process held when the block began (earlier runs
+    of the same job, imported libraries), so it rises with a run's place in the job. ``increase_mb`` is the peak
+    minus the level when the block began (resident set on the CPU, allocated CUDA memory on a GPU): what the run
+    itself added, comparable between runs of one job and of different jobs."""
 
     def __init__(self, device: torch.device):
-        self.device, self.peak_bytes = device, 0
+        self.device, self.peak_bytes, self.start_bytes = device, 0, 0
         self._stop = threading.Event()
 
     @staticmethod
@@ -190,8 +195,9 @@ class PeakMemory:
     def __enter__(self):
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.start_bytes = torch.cuda.memory_allocated(self.device)
         else:
-            self.peak_bytes = self._rss()
+            self.peak_bytes = self.start_bytes = self._rss()
             self._thread = threading.Thread(target=self._poll, daemon=True)
             self._thread.start()
         return self
@@ -207,6 +213,10 @@ class PeakMemory:
     @property
     def mb(self) -> float:
         return self.peak_bytes / 2 ** 20
+
+    @property
+    def increase_mb(self) -> float:
+        return max(self.peak_bytes - self.start_bytes, 0) / 2 ** 20
 
 
 def placement(device: torch.device, executor: str = "sequential", **extra: Any) -> dict[str, Any]:

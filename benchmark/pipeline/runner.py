@@ -363,6 +363,8 @@ def _records(prepared: PreparedRun, trainer: Trainer, tests: EpisodeSet, acc: np
         "paper_train_episodes": paper_episodes,
         "budget_fraction": state["episodes"] / paper_episodes if paper_episodes else None,
         "peak_memory_mb": mem.mb, "memory_kind": "cuda_allocated" if device.type == "cuda" else "process_rss",
+        # the peak minus the level when the run began (memory_kind's measure): independent of the run's place in a job
+        "peak_memory_increase_mb": mem.increase_mb,
         "trainable_params": method.trainable_parameters(), "adapted_params": method.adapted_parameters(),
         "device": str(device), "environment": environment(device), "code_version": code_version(),
         "precision": cfg.precision, **_execution_facts(state.get("executions") or []),

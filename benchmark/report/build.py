@@ -13,6 +13,7 @@ refused).
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -22,15 +23,20 @@ from typing import Sequence
 import pandas as pd
 
 from ..store.files import atomic_write_bytes, atomic_write_csv, atomic_write_text
+from ..store.leaderboard import integer_column
 from . import latex, sections
-from .common import ReportError, norm_dataset, setting_label
+from .common import LEGACY_DEFAULT_SPLITS, ReportError, norm_dataset, setting_label
 from .entries import REPORT_LEADERBOARD_COLUMNS, build_entries
 from .records import load_evaluations, load_runs, results_dirs
 from .render import Doc, to_html, to_markdown
+from .sections import _percent
 from .tables import paired_statistics, parse_thresholds
 
 ALPHA = 0.05
 SETTINGS_LEADERBOARD = "leaderboard.csv"  # the report's leaderboard: one row per entry (settings aggregated over seeds)
+#: Columns of the report's leaderboard written as integers (not ``80.0``) where every value is whole
+INTEGER_COLUMNS = ["ways", "shots", "queries", "n_episodes", "n_seeds", "rank", "train_episodes",
+                   "paper_train_episodes", "trainable_params", "adapted_params", "eval_seed"]
 
 
 @dataclass
@@ -63,17 +69,19 @@ def build(results_dir: Path | Sequence[Path], out_dir: Path, run_ids: list[str] 
     settings = list(dict.fromkeys(setting_label(e.key["dataset"], e.key["ways"], e.key["shots"], e.key["split"])
                                   for e in entries))
     meths = list(dict.fromkeys(e.label for e in entries))
-    doc = Doc("Few-shot benchmark report")
+    profiles = list(dict.fromkeys(e.key["profile"] for e in entries))
+    episodes = sorted({int(e.row["n_episodes"]) for e in entries})
+    eps_text = "/".join(f"{n:,}" for n in episodes)
+    doc = Doc(f"Few-shot benchmark report: {'/'.join(profiles)} profile, {eps_text} test episodes")
     where = ", ".join(f"`{d}`" for d in dirs)
-    doc.p(f"{len(runs)} runs from {where}: {len(meths)} method(s) ({', '.join(meths)}) on "
-          f"{', '.join(settings)}. Built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from the run records "
-          "alone (nothing re-run). Accuracies in %: mean over test episodes of the seed-averaged per-episode "
-          "accuracy ± 95% CI (1.96 sd/√n over episodes).")
-    doc.ul([f"[{t}](#{a})" for t, a in (
-        ("1. Survey Table 1 mirror", "table1"), ("2. Metric-based methods", "table2"),
-        ("3. Paired statistics and ranks", "paired"), ("4. Convergence", "convergence"),
-        ("5. Episode counts", "episodes"), ("6. Cost", "cost"), ("7. Cross-evaluation", "cross"),
-        ("8. Provenance", "provenance"))])
+    doc.p(f"**Profile {', '.join(profiles)}; {eps_text} test episodes per setting.** {len(runs)} runs from {where}: "
+          f"{len(meths)} method(s) ({', '.join(meths)}) on {', '.join(settings)}. Built "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from the run records alone (nothing re-run). "
+          "Accuracies in %: mean over test episodes of the seed-averaged per-episode accuracy ± 95% CI (1.96 "
+          "sd/√n over episodes).")
+    banner = budget_banner(entries)
+    if banner:
+        doc.banner(banner)
     notes = list(loaded.notes)
     refusal_summary = [s for st in stats for s in st.refusals]
     if notes or refusal_summary:
@@ -92,33 +100,86 @@ def build(results_dir: Path | Sequence[Path], out_dir: Path, run_ids: list[str] 
           "aggregated over seeds; schema in the README), `paired.csv` (every paired test), `episode_counts.csv` "
           "(section 5 in long form), `cross_evaluation.csv` (section 7 in long form), "
           "the figures as PNG files, `report.html` (this report in one "
-          "self-contained file), and the Table 1 mirror and the leaderboard as LaTeX tables: `tables.tex` (to "
-          "`\\input` into a paper loading booktabs and graphicx) and `report.tex` (the same tables "
-          "as a document of its own).")
+          "self-contained file), and the Table 1 mirror and the leaderboard as LaTeX tables: `tables.tex` "
+          "(`table` floats, to `\\input` into a one-column paper loading booktabs and graphicx), `tables-wide.tex` "
+          "(the same as `table*` floats spanning both columns of a two-column paper) and `report.tex` (the same "
+          "tables as a document of its own).")
 
-    board = pd.DataFrame([e.row for e in entries])[REPORT_LEADERBOARD_COLUMNS]
+    defaults = default_splits(runs, evaluations)
+    board = _named_splits(pd.DataFrame([e.row for e in entries])[REPORT_LEADERBOARD_COLUMNS], defaults)
+    for c in INTEGER_COLUMNS:
+        board[c] = integer_column(board[c])
+    paired_df = _named_splits(paired_df, defaults)
+    counts = _named_splits(counts, defaults)
+    cross = _named_splits(cross, defaults)
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("convergence-*.png"):
         old.unlink()
     for name, png in doc.images.items():
         atomic_write_bytes(out_dir / name, png)
     atomic_write_csv(out_dir / SETTINGS_LEADERBOARD,
-                     board.round({c: 4 for c in board.columns if c != "budget_fraction"}))
+                     board.round({c: 4 for c in board.columns if c != "budget_fraction" and c not in INTEGER_COLUMNS}))
     atomic_write_csv(out_dir / "paired.csv", paired_df)
     atomic_write_csv(out_dir / "episode_counts.csv", counts)
     atomic_write_csv(out_dir / "cross_evaluation.csv", cross.round(4))
     atomic_write_text(out_dir / "report.html", to_html(doc))
     tables = latex.tables_tex(entries, stats, alpha)
     atomic_write_text(out_dir / "tables.tex", tables)
-    intro = (f"{len(runs)} runs from " + ", ".join(r"\texttt{" + latex.escape(d) + "}" for d in dirs)
+    atomic_write_text(out_dir / "tables-wide.tex", latex.tables_tex(entries, stats, alpha, wide=True))
+    intro = (f"\\textbf{{Profile {latex.escape(', '.join(profiles))}; {eps_text} test episodes per setting.}} "
+             + (latex.inline(banner) + " " if banner else "") + f"{len(runs)} runs from "
+             + ", ".join(r"\texttt{" + latex.escape(d) + "}" for d in dirs)
              + ", built from the run records alone; the full report (paired tests, convergence, episode counts, "
              "cost, cross-evaluation, provenance) is report.md / report.html beside this file.")
     atomic_write_text(out_dir / "report.tex", latex.report_tex(tables, intro))
     md = out_dir / "report.md"
     atomic_write_text(md, to_markdown(doc))
     _readable(out_dir, [*doc.images, SETTINGS_LEADERBOARD, "paired.csv", "episode_counts.csv",
-                        "cross_evaluation.csv", "report.html", "report.md", "tables.tex", "report.tex"])
+                        "cross_evaluation.csv", "report.html", "report.md", "tables.tex", "tables-wide.tex",
+                        "report.tex"])
     return BuildResult(md, out_dir / "report.html", board, notes, refusals, out_dir / "report.tex")
+
+
+def budget_banner(entries) -> str | None:
+    """The warning at the top of a report whose runs trained on less than the paper's budget (or whose profile is
+    not ``paper`` where no budget was recorded); None when every run trained on the paper's budget."""
+    fracs = [e.row["budget_fraction"] for e in entries if not math.isnan(e.row["budget_fraction"])]
+    short = [f for f in fracs if f < 0.995]
+    unknown = sorted({e.key["profile"] for e in entries if math.isnan(e.row["budget_fraction"])
+                      and e.key["profile"] != "paper"})
+    if not short and not unknown:
+        return None
+    parts = []
+    if short:
+        lo, hi = min(short), max(short)
+        share = _percent(lo) if _percent(lo) == _percent(hi) else f"{_percent(lo)}–{_percent(hi)}"
+        parts.append(f"{share} of the paper's training")
+    if unknown:
+        parts.append(f"profile {', '.join(unknown)} with no recorded budget")
+    return (f"**Not comparable with published figures: {'; '.join(parts)}** (meta-training episodes as a share of "
+            "what each method's `paper` profile trains on). The measured accuracies show how the methods compare "
+            "on these episodes at this budget, not what they reach at the papers' budgets.")
+
+
+def _named_splits(df: pd.DataFrame, defaults: dict[str, str],
+                  pairs=(("dataset", "split"), ("trained_dataset", "trained_split"))) -> pd.DataFrame:
+    """The report's CSVs name every split, the dataset's default one included (as the run records and the per-run
+    leaderboard do); inside the report an empty split means the default (:func:`~.common.split_key`)."""
+    df = df.copy()
+    for ds, sp in pairs:
+        if ds in df.columns and sp in df.columns and len(df):
+            blank = df[sp].fillna("").astype(str) == ""
+            df.loc[blank, sp] = df.loc[blank, ds].map(lambda d: defaults.get(str(d), "")).fillna("")
+    return df
+
+
+def default_splits(runs, evaluations) -> dict[str, str]:
+    """Each dataset's default split name as the records give it (older records: :data:`LEGACY_DEFAULT_SPLITS`)."""
+    out = dict(LEGACY_DEFAULT_SPLITS)
+    for r in [*runs, *evaluations]:
+        if r["dataset"] and r["default_split"]:
+            out[r["dataset"]] = r["default_split"]
+    return out
 
 
 def _readable(folder: Path, names: list[str]) -> None:

@@ -36,13 +36,21 @@ from .build import ALPHA, build
 from .common import ReportError
 
 
+def default_reports_dir(results_dir: Path) -> Path:
+    """Where a report goes without --reports-dir: ``reports`` beside the results directory (``/x/results`` ->
+    ``/x/reports``; ``results`` -> ``reports`` in the current directory, as before)."""
+    return Path(results_dir).parent / "reports"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="python -m benchmark.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results-dir", nargs="+", action="extend", default=None, metavar="DIR",
                    help="where the runs are: one results directory, or several (--results-dir A B, or the option "
                         "repeated) for one report from all their runs; default: results")
-    p.add_argument("--reports-dir", default="reports", help="where reports go; default: reports")
+    p.add_argument("--reports-dir", default=None,
+                   help="where reports go; default: reports beside the (first) results directory, i.e. "
+                        "<results-dir>/../reports (results -> reports)")
     p.add_argument("--name", default="latest", help="report folder name (not empty); default: latest")
     p.add_argument("--thresholds", nargs="+", default=None, metavar="T",
                    help="accuracy thresholds in %% for the episode-count table: numbers for every dataset "
@@ -53,14 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not 0 < args.alpha < 1:
             raise ReportError(f"--alpha must lie in (0, 1), got {args.alpha:g}")
+        dirs = [Path(d) for d in (args.results_dir or ["results"])]
+        reports = Path(args.reports_dir) if args.reports_dir else default_reports_dir(dirs[0])
         try:
             folder_name("--name", args.name)
-            writable_dir("--reports-dir", Path(args.reports_dir))
-            writable_dir("--name", Path(args.reports_dir) / args.name)
+            writable_dir("--reports-dir", reports)
+            writable_dir("--name", reports / args.name)
         except UsageError as e:
             raise ReportError(str(e)) from None
-        dirs = [Path(d) for d in (args.results_dir or ["results"])]
-        res = build(dirs[0] if len(dirs) == 1 else dirs, Path(args.reports_dir) / args.name, thresholds=args.thresholds,
+        res = build(dirs[0] if len(dirs) == 1 else dirs, reports / args.name, thresholds=args.thresholds,
                     alpha=args.alpha)
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)

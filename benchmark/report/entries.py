@@ -29,6 +29,7 @@ REPORT_LEADERBOARD_COLUMNS = [
     "trainable_params", "adapted_params", "shared_seconds",
     "device", "test_fingerprint", "dataset_fingerprint", "code_version", "run_ids",
     "paper_train_episodes", "budget_fraction", "split", "precision", "deterministic",
+    "eval_seed", "peak_memory_increase_mb",
 ]
 
 
@@ -117,6 +118,9 @@ def build_entries(runs: list[Run]) -> list[Entry]:
             "peak_memory_mb": max((float(r["peak_memory_mb"]) for r in rs if r["peak_memory_mb"] is not None),
                                   default=math.nan),
             "memory_kind": _join(r["memory_kind"] for r in rs),
+            # the run's own memory (peak minus the level when it began; runs older than the record: NaN)
+            "peak_memory_increase_mb": max((float(r["peak_memory_increase_mb"]) for r in rs
+                                            if _number(r["peak_memory_increase_mb"]) is not None), default=math.nan),
             "trainable_params": _join(r["trainable_params"] for r in rs),
             "adapted_params": _join(r["adapted_params"] for r in rs),
             "shared_seconds": sum(caches.values()) if caches else 0.0,
@@ -125,6 +129,8 @@ def build_entries(runs: list[Run]) -> list[Entry]:
             "code_version": _join(r["code_version"] for r in rs), "run_ids": " ".join(r.path.name for r in rs),
             "paper_train_episodes": avg("paper_train_episodes"), "budget_fraction": avg("budget_fraction"),
             "split": key["split"], "precision": key["precision"],
+            # the seed of the test episodes (with the fingerprint, what regenerates them); config, default 0
+            "eval_seed": _join(r.config.get("eval_seed", 0) for r in rs),
             # True: every run deterministic; False: at least one was not (the report's notes say why); "" unknown
             # (runs older than the record)
             "deterministic": (False if any(r["deterministic"] is False for r in rs) else

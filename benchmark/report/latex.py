@@ -40,10 +40,11 @@ import re
 
 import pandas as pd
 
-from .common import FAMILY_LABEL, setting_label, short
+from .common import FAMILY_LABEL, short
 from .entries import Entry
-from .reference import load_survey
-from .sections import PUBLISHED_FOOTER, STAT_TEST, _setting_title, _slug, budget_text, published_note
+from .reference import load_reference, load_survey, published_figure, survey_figure
+from .sections import (PUBLISHED_FOOTER, STAT_TEST, _percent, _setting_title, _slug, _source_note, _st,
+                       published_note, table1_blocks, table1_rows, table1_settings)
 
 __all__ = ["escape", "significant_winners", "tables_tex", "report_tex", "REQUIRED_PACKAGES"]
 
@@ -134,7 +135,11 @@ class _Notes:
         return self.texts.setdefault(text, len(self.texts) + 1)
 
     def lines(self) -> list[str]:
-        return [r"\textsuperscript{" + str(n) + "}~" + inline(t) for t, n in self.texts.items()]
+        """The notes as one run-in paragraph (one line of the float's notes), so that a table with many notes
+        stays short enough for a page."""
+        if not self.texts:
+            return []
+        return ["; ".join(r"\textsuperscript{" + str(n) + "}~" + inline(t) for t, n in self.texts.items()) + "."]
 
 
 def _legend(alpha: float) -> str:
@@ -145,13 +150,18 @@ def _legend(alpha: float) -> str:
             "footnote says which).")
 
 
-def _float(caption: str, label: str, colspec: str, body: list[str], foot: list[str]) -> str:
-    lines = [r"\begin{table}[htbp]", r"\centering", r"\caption{" + caption + "}", r"\label{" + label + "}",
+def _float(caption: str, label: str, colspec: str, body: list[str], foot: list[str], wide: bool = False) -> str:
+    """One float: ``table`` (a column's width) or, ``wide``, ``table*`` (both columns of a two-column paper). The
+    tables are laid out to fit at ``\\footnotesize`` (no scaling); a table wider than the text would still be
+    shrunk to fit by the ``\\resizebox`` guard, which leaves narrower ones alone."""
+    env = "table*" if wide else "table"
+    lines = [r"\begin{" + env + "}[htbp]", r"\centering", r"\footnotesize", r"\setlength{\tabcolsep}{4pt}",
+             r"\caption{" + caption + "}", r"\label{" + label + "}",
              r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%",
              r"\begin{tabular}{" + colspec + "}", *body, r"\end{tabular}}", r"\par\smallskip",
-             r"\begin{minipage}{\linewidth}\footnotesize\raggedright"]
+             r"\begin{minipage}{\linewidth}\scriptsize\raggedright"]
     lines += [f + r"\par" for f in foot]
-    lines += [r"\end{minipage}", r"\end{table}", ""]
+    lines += [r"\end{minipage}", r"\end{" + env + "}", ""]
     return "\n".join(lines)
 
 
@@ -170,10 +180,6 @@ def _measured(e: Entry, notes: _Notes, winners: dict, several_fps: bool) -> str:
     if winners.get(e.setting) == e.label:
         cell = _bold(cell)
     marks = []
-    if not math.isnan(r["budget_fraction"]) and r["budget_fraction"] < 0.995:
-        marks.append(notes.mark(f"Ours: {budget_text(r['budget_fraction'])} (meta-training episodes as a share of "
-                                "what the method's `paper` profile trains on): a gap to the published figure on a "
-                                "small budget is expected."))
     if several_fps:
         marks.append(notes.mark(f"Tested on the episodes with fingerprint {short(e.key['test_fingerprint'])} "
                                 f"({r['n_episodes']} episodes); entries of this setting on other episodes are not "
@@ -204,50 +210,106 @@ def _method(e: Entry) -> str:
                               if e.info.variant_of else "")
 
 
-def table1_tables(entries: list[Entry], stats, alpha: float, survey: pd.DataFrame | None = None) -> list[str]:
-    """The Table 1 mirror: one LaTeX table per backbone x profile x test queries (see the module docstring)."""
+#: Settings per Table 1 float: a column's width holds two (one dataset's 1- and 5-shot), a two-column paper's full
+#: width (``table*``) the survey's four
+SETTINGS_PER_TABLE = {False: 2, True: 4}
+
+
+def _budget_note(es: list[Entry]) -> str | None:
+    """One note for the whole table on the training budget of its runs (not one per cell)."""
+    fr = [e.row["budget_fraction"] for e in es if not math.isnan(e.row["budget_fraction"])]
+    short = [f for f in fr if f < 0.995]
+    if not short:
+        return None
+    lo, hi = min(short), max(short)
+    share = _percent(lo) if _percent(lo) == _percent(hi) else f"{_percent(lo)}--{_percent(hi)}"
+    return (f"Ours: trained on {share} of the meta-training episodes of each method's `paper` profile (per entry: "
+            "`budget_fraction` in leaderboard.csv); not comparable with the published figures, and a gap to them "
+            "is expected.")
+
+
+def table1_tables(entries: list[Entry], stats, alpha: float, survey: pd.DataFrame | None = None,
+                  wide: bool = False) -> list[str]:
+    """The Table 1 mirror: per backbone x profile x test queries, the survey's rows in its order and its settings
+    (then any other setting run), two columns per setting (Ours, Published), at most
+    :data:`SETTINGS_PER_TABLE` settings per float (``wide``: ``table*`` floats for a two-column paper)."""
     survey = load_survey() if survey is None else survey
+    ref = load_reference()
     winners = significant_winners(stats)
     n_fps = {st.setting: len(st.groups) for st in stats}
-    blocks: dict[tuple, list[Entry]] = {}
-    for e in entries:
-        blocks.setdefault((e.key["backbone"], e.key["profile"], e.key["queries"]), []).append(e)
     out = []
-    for (backbone, profile, queries), es in blocks.items():
-        settings = list(dict.fromkeys((e.key["dataset"], e.key["ways"], e.key["shots"], e.key["split"]) for e in es))
-        labels = list(dict.fromkeys(e.label for e in sorted(es, key=lambda e: (e.info.order, e.label))))
-        first = {lab: next(e for e in es if e.label == lab) for lab in labels}
-        notes = _Notes()
-        head1 = ["", ""] + [r"\multicolumn{2}{c}{" + escape(setting_label(*st)) + "}" for st in settings]
-        rules = " ".join(f"\\cmidrule(lr){{{3 + 2 * i}-{4 + 2 * i}}}" for i in range(len(settings)))
-        head2 = ["Family", "Method"] + ["Ours", "Published"] * len(settings)
-        body = [r"\toprule", _row(head1), rules, _row(head2), r"\midrule"]
-        prev_fam = None
-        for fam_cell, lab in _family_rows(labels, first):
-            if fam_cell and prev_fam is not None:
-                body.append(r"\midrule")
-            prev_fam = fam_cell or prev_fam
-            cells = [fam_cell, _method(first[lab])]
-            for st in settings:
-                here = [e for e in es if e.label == lab
-                        and (e.key["dataset"], e.key["ways"], e.key["shots"], e.key["split"]) == st]
-                if not here:
-                    cells += ["---", "---"]
-                    continue
-                cells.append(_stack([_measured(e, notes, winners, n_fps.get(e.setting, 1) > 1) for e in here]))
-                cells.append(_stack([_published(e, notes, survey) for e in here]))
-            body.append(_row(cells))
-        body.append(r"\bottomrule")
-        caption = (f"Survey Table 1 mirror: measured (ours) vs published accuracy (\\%), backbone {escape(backbone)}, "
-                   f"profile {escape(profile)}, {int(queries)} test queries per class.")
-        foot = [_legend(alpha) + " ---: not run (Ours) or no published figure (Published)."] + notes.lines() + \
-            [inline(PUBLISHED_FOOTER)]
-        out.append(_float(caption, _label(f"tab:fewshot-table1-{backbone}-{profile}-q{queries}"),
-                          "@{}ll" + "cc" * len(settings) + "@{}", body, foot))
+    for (backbone, profile, queries), es in table1_blocks(entries).items():
+        settings = table1_settings(es, survey)
+        rows = table1_rows(es, survey)
+        k = SETTINGS_PER_TABLE[wide]
+        chunks = [settings[i:i + k] for i in range(0, len(settings), k)]
+        episodes = "/".join(f"{n:,}" for n in sorted({int(e.row["n_episodes"]) for e in es}))
+        for part, chunk in enumerate(chunks, 1):
+            notes = _Notes()
+            n = 1 + 2 * len(chunk)
+            groups: list[list] = []
+            for st in chunk:
+                name = st[0] + (f" ({st[3]} split)" if st[3] else "")
+                if groups and groups[-1][0] == name:
+                    groups[-1][1] += 1
+                else:
+                    groups.append([name, 1])
+            head0 = [""] + [r"\multicolumn{" + str(2 * c) + "}{c}{" + escape(g) + "}" for g, c in groups]
+            head1 = [""] + [r"\multicolumn{2}{c}{" + f"{int(st[1])}-way {int(st[2])}-shot" + "}" for st in chunk]
+            rules = " ".join(f"\\cmidrule(lr){{{2 + 2 * i}-{3 + 2 * i}}}" for i in range(len(chunk)))
+            body = [r"\toprule", _row(head0), _row(head1), rules, _row(["Method"] + ["Ours", "Published"] * len(chunk)),
+                    r"\midrule"]
+            prev = None
+            for kind, name, res in rows:
+                fam = res[0].info.family if res else survey.loc[survey["method"] == name, "family"].iloc[0]
+                if fam != prev:
+                    if prev is not None:
+                        body.append(r"\midrule")
+                    body.append(r"\multicolumn{" + str(n) + r"}{@{}l}{\textit{"
+                                + escape(FAMILY_LABEL.get(fam, fam or "family not transcribed")) + "}}" + r" \\")
+                    prev = fam
+                if res:
+                    e0 = res[0]
+                    cells = [(r"\quad " if e0.info.variant_of else "") + escape(e0.label)]
+                else:
+                    cells = [escape(name)]
+                for st in chunk:
+                    here = [e for e in res if _st(e) == st]
+                    if not res:
+                        fig = survey_figure(survey, name, st[0], st[1], st[2]) if not st[3] else None
+                        cells += ["n.r.", "---" if fig is None else
+                                  f"{fig:.2f}" + _sup([notes.mark("survey Table 1")])]
+                    elif not here:
+                        pub = None if st[3] else published_figure(
+                            ref, survey, res[0].info, st[0], st[1], st[2],
+                            [r.config.get("hyperparameters") for r in res[0].runs])
+                        cells += ["n.r.", "---" if pub is None else
+                                  f"{pub['accuracy']:.2f}" + ("" if math.isnan(pub["ci95"]) else
+                                                              f" $\\pm$ {pub['ci95']:.2f}")
+                                  + _sup([notes.mark(_source_note(pub))])]
+                    else:
+                        cells.append(_stack([_measured(e, notes, winners, n_fps.get(e.setting, 1) > 1)
+                                             for e in here]))
+                        cells.append(_stack([_published(e, notes, survey) for e in here]))
+                body.append(_row(cells))
+            body.append(r"\bottomrule")
+            of = f" (part {part} of {len(chunks)})" if len(chunks) > 1 else ""
+            caption = (f"Survey Table 1 mirror{of}: measured (ours) vs published accuracy (\\%); profile "
+                       f"\\textbf{{{escape(profile)}}}, backbone {escape(backbone)}, {int(queries)} test queries per "
+                       f"class, {episodes} test episodes.")
+            budget = _budget_note(es)
+            foot = [_legend(alpha) + " n.r.: not run in this report (the published figure is shown; "
+                    "benchmark/reference/README.md names the survey's methods this project does not implement); "
+                    "---: no figure." + (" " + inline(budget) if budget else "")] \
+                + notes.lines() + [inline(PUBLISHED_FOOTER)]
+            out.append(_float(caption, _label(f"tab:fewshot-table1-{backbone}-{profile}-q{queries}"
+                                              + (f"-{part}" if len(chunks) > 1 else "")),
+                              "@{}l" + "cc" * len(chunk) + "@{}", body, foot, wide))
     return out
 
 
-def leaderboard_tables(entries: list[Entry], stats, alpha: float, survey: pd.DataFrame | None = None) -> list[str]:
+def leaderboard_tables(entries: list[Entry], stats, alpha: float, survey: pd.DataFrame | None = None,
+                       wide: bool = False) -> list[str]:
     """The leaderboard: one LaTeX table per setting (see the module docstring)."""
     survey = load_survey() if survey is None else survey
     winners = significant_winners(stats)
@@ -260,7 +322,7 @@ def leaderboard_tables(entries: list[Entry], stats, alpha: float, survey: pd.Dat
         st = by_setting.get(setting)
         several = st is not None and len(st.groups) > 1
         notes = _Notes()
-        head = ["Method", "Family", r"Accuracy (\%)", "Seed sd", "Seeds", "Test episodes", "Rank",
+        head = ["Method", "Family", r"Accuracy (\%)", "Seed sd", "Seeds", "Episodes", "Rank",
                 r"Published (\%)", r"$\Delta$"]
         body = [r"\toprule", _row(head), r"\midrule"]
         for e in es:
@@ -276,6 +338,9 @@ def leaderboard_tables(entries: list[Entry], stats, alpha: float, survey: pd.Dat
                 "---" if math.isnan(r["difference"]) else
                 f"${r['difference']:+.2f}$" + ("" if r["published_comparable"] else r"\dag")]))
         body.append(r"\bottomrule")
+        budget = _budget_note(es)
+        if budget:
+            notes.mark(budget)
         for msg in (st.refusals if st is not None else []):
             notes.mark(f"Refused: {msg}.")
         caption = f"Leaderboard: {escape(_setting_title(setting))}."
@@ -283,18 +348,23 @@ def leaderboard_tables(entries: list[Entry], stats, alpha: float, survey: pd.Dat
                 r"share rank 1); $\Delta$: ours $-$ published, percentage points. Seed sd: sd of the per-seed "
                 "means (--- for one seed)."] + notes.lines() + [inline(PUBLISHED_FOOTER)]
         out.append(_float(caption, _label(f"tab:fewshot-leaderboard-{_slug(setting)}"), "@{}llccccccc@{}", body,
-                          foot))
+                          foot, wide))
     return out
 
 
-def tables_tex(entries: list[Entry], stats, alpha: float) -> str:
-    r"""``tables.tex``: the Table 1 mirror and the leaderboard, only ``table`` floats (for ``\input``)."""
+def tables_tex(entries: list[Entry], stats, alpha: float, wide: bool = False) -> str:
+    r"""``tables.tex``: the Table 1 mirror and the leaderboard, only ``table`` floats (for ``\input`` into a
+    one-column paper); ``wide``: ``tables-wide.tex``, the same as ``table*`` floats for a two-column paper."""
     survey = load_survey()
-    head = ["% Few-shot benchmark report: tables (python -m benchmark.report, from the run records alone).",
-            f"% For a paper: \\input{{tables.tex}} with \\usepackage{{{','.join(REQUIRED_PACKAGES)}}} in its preamble; "
-            "report.tex is the standalone document.", ""]
-    parts = [r"% ---- Survey Table 1 mirror", *table1_tables(entries, stats, alpha, survey),
-             r"% ---- Leaderboard", *leaderboard_tables(entries, stats, alpha, survey)]
+    name, env = ("tables-wide.tex", "table* floats, for a two-column paper") if wide else \
+        ("tables.tex", "table floats, for a one-column paper")
+    head = [f"% Few-shot benchmark report: tables as {env} (python -m benchmark.report, from the run records "
+            "alone).",
+            f"% For a paper: \\input{{{name}}} with \\usepackage{{{','.join(REQUIRED_PACKAGES)}}} in its preamble; "
+            "tables.tex: one-column papers, tables-wide.tex: two-column papers; report.tex is the standalone "
+            "document.", ""]
+    parts = [r"% ---- Survey Table 1 mirror", *table1_tables(entries, stats, alpha, survey, wide),
+             r"% ---- Leaderboard", *leaderboard_tables(entries, stats, alpha, survey, wide)]
     return "\n".join(head + parts)
 
 
@@ -306,9 +376,11 @@ def report_tex(tables: str, intro: str) -> str:
              "\\expandafter\\ifx\\csname @notprerr\\endcsname\\documentclass\n"
              "  \\def\\FewShotReportStandalone{0}%\n\\else\n  \\def\\FewShotReportStandalone{1}%\n\\fi\n")
     pre = ("\\ifnum\\FewShotReportStandalone=1\n"
-           "\\documentclass[a4paper,10pt]{article}\n\\usepackage[T1]{fontenc}\n\\usepackage[utf8]{inputenc}\n"
+           "\\documentclass[a4paper,10pt]{article}\n\\usepackage[T1]{fontenc}\n"
+           "\\IfFileExists{lmodern.sty}{\\usepackage{lmodern}}{}% Type 1 fonts (Debian: apt-get install lmodern)\n"
+           "\\usepackage[utf8]{inputenc}\n"
            f"\\usepackage{{{','.join(REQUIRED_PACKAGES)}}}\n"
-           "\\usepackage[landscape,margin=1.5cm]{geometry}\n\\ifdefined\\extrafloats\\extrafloats{200}\\fi\n"
+           "\\usepackage[margin=2cm]{geometry}\n\\ifdefined\\extrafloats\\extrafloats{200}\\fi\n"
            "\\begin{document}\n\\section*{Few-shot benchmark report: tables}\n" + intro + "\n\\fi\n")
     end = "\\csname\\ifnum\\FewShotReportStandalone=1 @firstofone\\else @gobble\\fi\\endcsname{\\end{document}}\n"
     return guard + pre + "\n" + tables + "\n" + end

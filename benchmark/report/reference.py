@@ -34,8 +34,38 @@ def load_reference() -> pd.DataFrame:
 
 
 def load_survey() -> pd.DataFrame:
+    """The survey's Table 1 (``survey_table1.csv``): its rows in the survey's order; ``family`` and ``idea`` are
+    empty strings where not transcribed."""
     with _ref_file("survey_table1.csv").open("r") as f:
-        return pd.read_csv(f)
+        df = pd.read_csv(f, dtype={"family": str, "idea": str})
+    df["family"] = df["family"].fillna("")
+    df["idea"] = df["idea"].fillna("")
+    return df
+
+
+def load_survey_table2() -> pd.DataFrame:
+    """The survey's Table 2 additions (``survey_table2.csv``): method, strengths, shortcomings, note (empty strings
+    where not transcribed); an empty frame when the file is absent (an older copy of the reference)."""
+    cols = ["method", "strengths", "shortcomings", "note"]
+    try:
+        with _ref_file("survey_table2.csv").open("r") as f:
+            df = pd.read_csv(f, dtype=str)
+    except FileNotFoundError:
+        return pd.DataFrame(columns=cols)
+    return df.reindex(columns=cols).fillna("")
+
+
+_SURVEY_COLUMN = re.compile(r"^([a-z0-9]+)_(\d+)w(\d+)s$")
+
+
+def survey_settings(survey: pd.DataFrame) -> list[tuple[str, int, int, str]]:
+    """The survey's setting columns, in its order, as (dataset, ways, shots, split) with the default split ("")."""
+    out = []
+    for c in survey.columns:
+        m = _SURVEY_COLUMN.match(c)
+        if m:
+            out.append((m.group(1), int(m.group(2)), int(m.group(3)), ""))
+    return out
 
 
 def survey_figure(survey: pd.DataFrame, method: str, dataset: str, ways: int, shots: int) -> float | None:

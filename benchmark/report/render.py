@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-__all__ = ["Doc", "to_markdown", "to_html", "markdown_table", "convergence_png"]
+__all__ = ["Doc", "to_markdown", "to_html", "markdown_table", "convergence_png", "band_kind", "style_of"]
 
 
 @dataclass
@@ -35,6 +35,10 @@ class Doc:
     def table(self, df: pd.DataFrame, notes: list[str] | None = None):
         self.blocks.append(("table", df, list(notes or [])))
 
+    def banner(self, text: str):
+        """A warning the reader cannot miss (a boxed paragraph in HTML, a quoted one in Markdown)."""
+        self.blocks.append(("banner", text))
+
     def img(self, name: str, png: bytes, alt: str):
         self.images[name] = png
         self.blocks.append(("img", name, alt))
@@ -47,10 +51,20 @@ def _md_cell(v) -> str:
     return str(v).replace("|", "\\|").replace("\n", " ")
 
 
+def column_names(df: pd.DataFrame) -> list[str]:
+    """Flat column names: a two-level header (a setting over its sub-columns) as "setting: sub", or "sub" alone
+    under an empty group."""
+    if isinstance(df.columns, pd.MultiIndex):
+        return [": ".join(str(p) for p in c if str(p)) for c in df.columns]
+    return [str(c) for c in df.columns]
+
+
 def markdown_table(df: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table of ``df`` (cells as text; ``|`` escaped; NaN as an em dash)."""
-    head = "| " + " | ".join(_md_cell(c) for c in df.columns) + " |"
-    sep = "|" + "|".join(" ---: " if pd.api.types.is_numeric_dtype(df[c]) else " --- " for c in df.columns) + "|"
+    """A GitHub-flavoured Markdown table of ``df`` (cells as text; ``|`` escaped; NaN as an em dash; a two-level
+    header flattened, :func:`column_names`)."""
+    head = "| " + " | ".join(_md_cell(c) for c in column_names(df)) + " |"
+    sep = "|" + "|".join(" ---: " if pd.api.types.is_numeric_dtype(df.iloc[:, i]) else " --- "
+                         for i in range(df.shape[1])) + "|"
     rows = ["| " + " | ".join(_md_cell(v) for v in r) + " |" for r in df.itertuples(index=False)]
     return "\n".join([head, sep, *rows])
 
@@ -62,6 +76,8 @@ def to_markdown(doc: Doc) -> str:
             out += ([f'<a id="{b[3]}"></a>', ""] if b[3] else []) + [f"{'#' * b[1]} {b[2]}", ""]
         elif b[0] == "p":
             out += [b[1], ""]
+        elif b[0] == "banner":
+            out += [f"> ⚠ {b[1]}", ""]
         elif b[0] == "ul":
             out += [f"- {it}" for it in b[1]] + [""]
         elif b[0] == "table":
@@ -88,6 +104,8 @@ table.tbl{border-collapse:collapse;font-size:.86em;min-width:40%}
 table.tbl th{background:#eef2f7;text-align:left;padding:6px 9px;border:1px solid #d0d7de;vertical-align:bottom}
 table.tbl td{padding:5px 9px;border:1px solid #d0d7de;vertical-align:top}
 table.tbl tr:nth-child(even) td{background:#f8fafc}
+table.tbl th.grp{text-align:center}
+.banner{border:2px solid #bf8700;background:#fff8c5;padding:.6em .9em;border-radius:6px;margin:1em 0}
 .notes{font-size:.8em;color:#57606a;margin:.2em 0 1em}
 .notes p{margin:.15em 0}
 figure{margin:.8em 0}
@@ -100,8 +118,27 @@ def _inline(text: str) -> str:
     s = html.escape(text, quote=False)
     s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
     s = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", s)
+    s = re.sub(r"(?<![\w*])\*([^*\s][^*]*?)\*(?![\w*])", r"<em>\1</em>", s)
     s = re.sub(r"\[([^\]]+)\]\(#([A-Za-z0-9_-]+)\)", r'<a href="#\2">\1</a>', s)
     return s
+
+
+def _html_table(df: pd.DataFrame) -> str:
+    """``df`` as an HTML table; a two-level header as two header rows, each group spanning its sub-columns."""
+    if not isinstance(df.columns, pd.MultiIndex):
+        return df.to_html(index=False, escape=True, na_rep="—", border=0, classes="tbl", justify="left")
+    groups: list[list] = []
+    for top, sub in df.columns:
+        if groups and groups[-1][0] == top and top:
+            groups[-1][1] += 1
+        else:
+            groups.append([top, 1])
+    head1 = "".join(f'<th colspan="{n}" class="grp">{html.escape(str(t))}</th>' if t else "<th></th>" * n
+                    for t, n in groups)
+    head2 = "".join(f"<th>{html.escape(str(sub))}</th>" for _, sub in df.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_md_cell(v))}</td>" for v in r) + "</tr>"
+                   for r in df.itertuples(index=False))
+    return f'<table class="tbl"><thead><tr>{head1}</tr><tr>{head2}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def to_html(doc: Doc) -> str:
@@ -115,10 +152,12 @@ def to_html(doc: Doc) -> str:
             parts.append(f"<h{b[1]}{anchor}>{_inline(b[2])}</h{b[1]}>")
         elif b[0] == "p":
             parts.append(f"<p>{_inline(b[1])}</p>")
+        elif b[0] == "banner":
+            parts.append(f'<div class="banner">⚠ {_inline(b[1])}</div>')
         elif b[0] == "ul":
             parts.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b[1]) + "</ul>")
         elif b[0] == "table":
-            t = b[1].to_html(index=False, escape=True, na_rep="—", border=0, classes="tbl", justify="left")
+            t = _html_table(b[1])
             parts.append(f'<div class="tw">{t}</div>')
             if b[2]:
                 parts.append('<div class="notes">' + "".join(f"<p>{_inline(n)}</p>" for n in b[2]) + "</div>")
@@ -131,13 +170,37 @@ def to_html(doc: Doc) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ figures
+#: Okabe & Ito's colour-blind-safe palette (black last: the chance line is grey)
+OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
+
+
+def style_of(i: int) -> tuple[str, str]:
+    """(colour, marker) of the i-th series: unique pairs for up to 24 series (8 colours x 12 markers, both
+    cycling), so neighbours in a legend differ in colour and marker."""
+    return OKABE_ITO[i % len(OKABE_ITO)], MARKERS[i % len(MARKERS)]
+
+
+def band_kind(series: list[dict]) -> str:
+    """The one kind of band a convergence figure draws for every line: "sd" (± 1 sd of the validation accuracy over
+    seeds) when every series with points has several seeds, else "ci" (the mean of the runs' own 95% CIs over
+    validation episodes), so that a figure never mixes the two."""
+    counts = [int(s["curve"]["n_seeds"].min()) for s in series if len(s["curve"]) and "n_seeds" in s["curve"]]
+    return "sd" if counts and min(counts) > 1 else "ci"
+
+
+BAND_LABEL = {"sd": "band: ± 1 sd over seeds", "ci": "band: 95% CI over validation episodes (mean over seeds)"}
+
+
 def convergence_png(series: list[dict], x: str, title: str, xlabel: str, chance: float | None = None) -> bytes:
     """A PNG of validation accuracy against ``x`` (log scale) for each series: {label, curve (seed_curve frame),
-    dashed}; the band is +-1 sd over seeds, or the run's 95% CI over validation episodes for a single seed."""
+    dashed}; one colour and marker per series (:func:`style_of`), the legend outside the axes and naming the band
+    (:func:`band_kind`, the same kind for every line), major tick labels only."""
     import seaborn as sns
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     frames = []
     for s in series:
@@ -145,30 +208,38 @@ def convergence_png(series: list[dict], x: str, title: str, xlabel: str, chance:
         c = c[c[x] > 0] if len(c) else c
         if len(c):
             frames.append(c.assign(method=s["label"]))
-    colours = sns.color_palette("colorblind" if len(series) <= 10 else "husl", max(len(series), 1))
-    palette = dict(zip([s["label"] for s in series], colours))
+    band = band_kind(series)
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
-        fig = Figure(figsize=(8.0, 4.6), dpi=110)
+        fig = Figure(figsize=(9.6, 4.6), dpi=110)
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
         if frames:
             df = pd.concat(frames, ignore_index=True)
-            for s in series:
+            for i, s in enumerate(series):
                 c = df[df["method"] == s["label"]]
                 if not len(c):
                     continue
-                colour = palette[s["label"]]
-                ax.plot(c[x], c["val_acc"], marker="o", markersize=3.5, linewidth=1.6, color=colour,
+                colour, marker = style_of(i)
+                ax.plot(c[x], c["val_acc"], marker=marker, markersize=5, linewidth=1.6, color=colour,
                         linestyle="--" if s.get("dashed") else "-", label=s["label"])
-                half = c["val_sd"].where(c["n_seeds"] > 1, c["val_ci95"]).fillna(0.0)
-                ax.fill_between(c[x], c["val_acc"] - half, c["val_acc"] + half, color=colour, alpha=0.18,
+                half = (c["val_sd"] if band == "sd" else c["val_ci95"]).fillna(0.0)
+                ax.fill_between(c[x], c["val_acc"] - half, c["val_acc"] + half, color=colour, alpha=0.15,
                                 linewidth=0)
             ax.set_xscale("log")
-            plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}")
-            ax.xaxis.set_major_formatter(plain)
             lo, hi = float(df[x].min()), float(df[x].max())
-            ax.xaxis.set_minor_formatter(plain if hi / max(lo, 1e-12) < 30 else NullFormatter())
-            ax.legend(title=None, fontsize=8, loc="lower right")
+            # major ticks at 1, 2, 5 x 10^k over short ranges (more within one decade, else each decade), labelled;
+            # minor ticks unlabelled,
+            # so that no two labels meet ("90100")
+            ratio = hi / max(lo, 1e-12)
+            subs = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0) if ratio < 10 else (1.0, 2.0, 5.0) if ratio < 300 else (1.0,)
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            handles, labels = ax.get_legend_handles_labels()
+            handles.append(Patch(color="0.6", alpha=0.4))
+            labels.append(BAND_LABEL[band])
+            ax.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
+                      frameon=False)
         else:
             ax.text(0.5, 0.5, "no validation points", ha="center", va="center", transform=ax.transAxes)
         if chance is not None:
@@ -178,5 +249,5 @@ def convergence_png(series: list[dict], x: str, title: str, xlabel: str, chance:
         ax.set_title(title, fontsize=10)
         fig.tight_layout()
         buf = io.BytesIO()
-        fig.savefig(buf, format="png")
+        fig.savefig(buf, format="png", bbox_inches="tight")
     return buf.getvalue()

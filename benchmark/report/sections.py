@@ -9,10 +9,11 @@ import re
 
 import pandas as pd
 
-from .common import FAMILY_LABEL, SETTING_KEYS, setting_label, short
+from .common import FAMILY_LABEL, FAMILY_ORDER, SETTING_KEYS, norm_dataset, setting_label, short
 from .entries import Entry
-from .reference import load_survey, survey_figure
-from .render import Doc, convergence_png
+from .reference import (load_reference, load_survey, load_survey_table2, published_figure, survey_figure,
+                        survey_settings)
+from .render import BAND_LABEL, Doc, band_kind, convergence_png
 from .tables import FINAL_FRACTION, cross_evaluation as cross_table, episode_counts as count_episodes, shared_artefacts
 
 STAT_TEST = "two-sided paired t-test (scipy.stats.ttest_rel) on per-episode accuracy"
@@ -81,70 +82,176 @@ def _by_setting(entries: list[Entry]) -> dict[tuple, list[Entry]]:
 
 
 # ------------------------------------------------------------------------------------------------ sections
-def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
-    doc.h(2, "1. Survey Table 1 mirror: measured vs published", "table1")
-    doc.p("Rows: methods grouped by family (variants beneath their method); columns: the settings that were run. "
-          "Each cell: **measured** mean accuracy ± 95% CI over test episodes (with several seeds also the sd of the "
-          "per-seed means), then the **published** figure with its footnote (source), then **Δ** = measured − "
-          "published, in percentage points. **†** marks a published figure obtained under another protocol "
-          "(different backbone, test queries per class, test-episode count or a hyperparameter the reference "
-          "records, such as Matching Networks' FCE, as the footnote says): its Δ is shown for information, not as a "
-          "like-for-like comparison. Variants are compared only with the published ablation figure of the same name "
-          "where the reference notes give one (e.g. MTL without HT), or with a figure of their main method whose "
-          "recorded hyperparameters they ran with (e.g. `matching-nofce` with Matching Networks' Omniglot figures, "
-          "published without FCE). **budget** is the run's meta-training episodes as a share of what the method's "
-          "`paper` profile trains on for that setting (mean over seeds; absent for runs that predate the record): "
-          "a gap to the published figure on a small budget is expected, not a defect.")
-    survey = load_survey()
+def _block_title(backbone, profile, queries, n_episodes) -> str:
+    eps = "/".join(f"{n:,}" for n in n_episodes)
+    return (f"Backbone {backbone}, profile {profile}, {queries} test queries per class, {eps} test episodes per "
+            "setting")
+
+
+def table1_blocks(entries: list[Entry]) -> dict[tuple, list[Entry]]:
+    """The entries by (backbone, profile, test queries): one Table 1 per block."""
     blocks: dict[tuple, list[Entry]] = {}
     for e in entries:
         blocks.setdefault((e.key["backbone"], e.key["profile"], e.key["queries"]), []).append(e)
-    for (backbone, profile, queries), es in blocks.items():
-        if len(blocks) > 1:
-            doc.h(3, f"Backbone {backbone}, profile {profile}, {queries} test queries per class")
-        settings = list(dict.fromkeys((e.key["dataset"], e.key["ways"], e.key["shots"], e.key["split"]) for e in es))
-        labels = list(dict.fromkeys(e.label for e in sorted(es, key=lambda e: (e.info.order, e.label))))
+    return blocks
+
+
+def _st(e: Entry) -> tuple:
+    return (e.key["dataset"], e.key["ways"], e.key["shots"], e.key["split"])
+
+
+def table1_settings(es: list[Entry], survey: pd.DataFrame) -> list[tuple]:
+    """The columns of one Table 1: the survey's settings always (in its order), then the other settings run. A
+    survey column is (survey dataset key, ways, shots, ""); a run setting with the same normalised dataset and
+    the default split takes its place."""
+    cols = list(survey_settings(survey))
+    run = list(dict.fromkeys(_st(e) for e in es))
+    for st in run:
+        same = [i for i, c in enumerate(cols) if c[3] == "" and st[3] == "" and norm_dataset(c[0]) ==
+                norm_dataset(st[0]) and (int(c[1]), int(c[2])) == (int(st[1]), int(st[2]))]
+        if same:
+            cols[same[0]] = st
+        elif st not in cols:
+            cols.append(st)
+    return cols
+
+
+def table1_rows(es: list[Entry], survey: pd.DataFrame) -> list[tuple[str, str, list[Entry]]]:
+    """The rows of one Table 1 as (kind, name, entries of the row's label): the survey's rows in its order within
+    each family ("survey"; entries empty for a method not benchmarked), each followed by its variants, then the
+    methods run that the survey's table does not have ("run"); families in :data:`FAMILY_ORDER`, the survey's
+    rows whose family is not transcribed last."""
+    labels = list(dict.fromkeys(e.label for e in sorted(es, key=lambda e: (e.info.order, e.label))))
+    by_label = {lab: [e for e in es if e.label == lab] for lab in labels}
+    surveyed = {norm_dataset(m): m for m in survey["method"]}
+    fam_of = {m: f for m, f in zip(survey["method"], survey["family"])}
+    rows, used = [], set()
+
+    def labels_of(method: str, variants: bool) -> list[str]:
+        return [lab for lab in labels if lab not in used and (
+            norm_dataset(by_label[lab][0].info.variant_of or "") == norm_dataset(method) if variants
+            else norm_dataset(by_label[lab][0].key["method"]) == norm_dataset(method))]
+
+    families = list(FAMILY_ORDER) + sorted({e.info.family or "" for e in es} - set(FAMILY_ORDER) - {""}) + [""]
+    for fam in families:
+        for m in [m for m in survey["method"] if (fam_of[m] or "") == fam]:
+            own = labels_of(m, False)
+            if not own:
+                rows.append(("survey", m, []))
+            for lab in own + labels_of(m, True):
+                used.add(lab)
+                rows.append(("survey" if lab in own else "run", lab, by_label[lab]))
+        for lab in labels:
+            info = by_label[lab][0].info
+            if lab not in used and (info.family or "") == fam and norm_dataset(info.variant_of or info.name) \
+                    not in surveyed:
+                used.add(lab)
+                rows.append(("run", lab, by_label[lab]))
+    for lab in labels:  # anything left (e.g. a variant of a surveyed method in another family)
+        if lab not in used:
+            rows.append(("run", lab, by_label[lab]))
+    return rows
+
+
+def _published_cell(pub: dict | None, notes: dict, note: str, comparable: bool = True) -> str:
+    if not pub:
+        return "—"
+    n = notes.setdefault(note, len(notes) + 1)
+    txt = f"{pub['accuracy']:.2f}"
+    if not math.isnan(pub["ci95"]):
+        txt += f" ± {pub['ci95']:.2f}"
+    return txt + f" [{n}]" + ("" if comparable else "†")
+
+
+def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
+    doc.h(2, "1. Survey Table 1 mirror: measured vs published", "table1")
+    doc.p("Rows: the survey's Table 1 in its order, within the survey's families (metric-based, initialization-based, "
+          "optimizer-based), each method's variants beneath it, then the methods run that the survey's table does "
+          "not have; a method of the survey's table without runs in this report is listed as *not in this report* "
+          "(`benchmark/reference/README.md` names those this project does not implement). Columns: the "
+          "survey's four settings always (miniImageNet and Omniglot, 5-way 1- and 5-shot), then any other setting "
+          "run; a setting a method did not run shows *not run* beside its published figure. Per setting: "
+          "**measured** mean accuracy ± 95% CI over test episodes (with several seeds also the sd of the per-seed "
+          "means), **published** with its footnote (source), **Δ** = measured − published in percentage points, "
+          "and **budget**: the run's meta-training episodes as a share of what the method's `paper` profile trains "
+          "on for that setting (mean over seeds; — for runs that predate the record). A gap to the published figure "
+          "on a small budget is expected, not a defect. **†** marks a published figure obtained under another "
+          "protocol (different backbone, test queries per class, test-episode count or a hyperparameter the "
+          "reference records, such as Matching Networks' FCE, as the footnote says): its Δ is for information, "
+          "not a like-for-like comparison. Variants are compared only with the published ablation figure of the "
+          "same name where the reference notes give one (e.g. MTL without HT), or with a figure of their main "
+          "method whose recorded hyperparameters they ran with (e.g. `matching-nofce` with Matching Networks' "
+          "Omniglot figures, published without FCE). *Idea (survey)*: the survey's idea column, summarised in "
+          "English in `survey_table1.csv` (not a verbatim translation); *Description (this project)*: the one-line "
+          "idea each method class declares.")
+    survey = load_survey()
+    ref = load_reference()
+    for (backbone, profile, queries), es in table1_blocks(entries).items():
+        doc.h(3, _block_title(backbone, profile, queries, sorted({int(e.row["n_episodes"]) for e in es})))
+        settings = table1_settings(es, survey)
         notes: dict[str, int] = {}
         rows = []
-        for label in labels:
-            first = next(e for e in es if e.label == label)
-            info = first.info
-            idea = info.idea
-            if info.variant_of is None:
-                srow = survey[survey["method"] == info.name]
-                if len(srow):
-                    idea = srow.iloc[0]["idea"]
-            row = {"Family": FAMILY_LABEL.get(info.family, info.family or "—"), "Method": _method_cell(first),
-                   "Idea": idea or "—"}
+        survey_idea = {m: i for m, i in zip(survey["method"], survey["idea"])}
+        for kind, name, res in table1_rows(es, survey):
+            if res:
+                first = res[0]
+                info = first.info
+                fam = FAMILY_LABEL.get(info.family, info.family or "—")
+                idea = survey_idea.get(info.name, "") if kind == "survey" and not info.variant_of else ""
+                row = {("", "Family"): fam, ("", "Method"): _method_cell(first),
+                       ("", "Idea (survey)"): idea or ("—" if kind == "survey" else "not in the survey's table"),
+                       ("", "Description (this project)"): info.idea or "—"}
+            else:
+                srow = survey[survey["method"] == name].iloc[0]
+                row = {("", "Family"): FAMILY_LABEL.get(srow["family"], srow["family"] or "not transcribed"),
+                       ("", "Method"): f"{name} (not in this report)",
+                       ("", "Idea (survey)"): srow["idea"] or "not transcribed",
+                       ("", "Description (this project)"): "—"}
             for st in settings:
-                cells = []
-                for e in es:
-                    if e.label != label or (e.key["dataset"], e.key["ways"], e.key["shots"], e.key["split"]) != st:
-                        continue
+                col = setting_label(*st)
+                here = [e for e in res if _st(e) == st]
+                cells = {"measured": [], "published": [], "Δ": [], "budget": []}
+                if not res:
+                    fig = survey_figure(survey, name, st[0], st[1], st[2]) if not st[3] else None
+                    pub = {"accuracy": fig, "ci95": math.nan} if fig is not None else None
+                    cells["measured"].append("not run")
+                    cells["published"].append(_published_cell(pub, notes, "survey Table 1"))
+                elif not here:
+                    pub = None if st[3] else published_figure(
+                        ref, survey, res[0].info, st[0], st[1], st[2], [r.config.get("hyperparameters")
+                                                                        for r in res[0].runs])
+                    cells["measured"].append("not run")
+                    cells["published"].append(_published_cell(pub, notes, _source_note(pub) if pub else ""))
+                for e in here:
                     r, pub = e.row, e.row["_published"]
                     txt = f"{r['mean']:.2f} ± {r['ci95']:.2f}"
                     if r["n_seeds"] > 1:
                         txt += f" ({r['n_seeds']} seeds, sd {r['seed_sd']:.2f})"
-                    if pub:
-                        n = notes.setdefault(published_note(e, survey), len(notes) + 1)
-                        mark = "" if r["published_comparable"] else "†"
-                        ptxt = f"{pub['accuracy']:.2f}"
-                        if not math.isnan(pub["ci95"]):
-                            ptxt += f" ± {pub['ci95']:.2f}"
-                        txt += f" · pub. {ptxt} [{n}]{mark} · Δ {r['difference']:+.2f}{mark}"
-                    else:
-                        txt += " · pub. —"
-                    if not math.isnan(r["budget_fraction"]):
-                        txt += f" · {budget_text(r['budget_fraction'])}"
-                    if len([x for x in es if x.label == label and (x.key['dataset'], x.key['ways'],
-                                                                   x.key['shots'], x.key['split']) == st]) > 1:
+                    if len(here) > 1:
                         txt += f" (episodes {short(e.key['test_fingerprint'], 8)})"
-                    cells.append(txt)
-                row[setting_label(*st)] = "; ".join(cells) if cells else "not run"
+                    cells["measured"].append(txt)
+                    mark = "" if not pub or r["published_comparable"] else "†"
+                    cells["published"].append(_published_cell(pub, notes, published_note(e, survey) if pub else "",
+                                                              not mark))
+                    cells["Δ"].append(f"{r['difference']:+.2f}{mark}" if pub else "—")
+                    cells["budget"].append(_percent(r["budget_fraction"]) if not math.isnan(r["budget_fraction"])
+                                           else "—")
+                for sub, vals in cells.items():
+                    row[(col, sub)] = "; ".join(vals) if vals else "—"
             rows.append(row)
         foot = [f"[{n}] {t}" for t, n in sorted(notes.items(), key=lambda kv: kv[1])]
         foot.append(PUBLISHED_FOOTER)
-        doc.table(pd.DataFrame(rows), foot)
+        df = pd.DataFrame(rows)
+        df.columns = pd.MultiIndex.from_tuples(df.columns)
+        doc.table(df, foot)
+
+
+def _source_note(pub: dict) -> str:
+    """The footnote of a published figure shown for a setting not run (no protocol comparison: nothing ran)."""
+    note = pub["source"] + (f"; note: {pub['note']}" if pub.get("note") else "")
+    if pub.get("hyperparameters"):
+        note += "; published with " + ", ".join(f"{k}={v}" for k, v in pub["hyperparameters"].items())
+    return note
 
 
 #: The closing footnote of the Table 1 mirror (also under the LaTeX tables).
@@ -188,21 +295,51 @@ _FACT_KEYS = [("support embedding", "Support embedding"), ("query embedding", "Q
 def metric_methods(doc: Doc, entries: list[Entry]) -> None:
     doc.h(2, "2. Metric-based methods (survey Table 2)", "table2")
     infos = sorted({e.info.name: e.info for e in entries if e.info.family == "metric"}.values(), key=lambda i: i.order)
+    t2 = load_survey_table2()
+    survey2 = {norm_dataset(m): r for m, r in zip(t2["method"], t2.to_dict("records"))}
+    backbones: dict[str, list[str]] = {}
+    for e in entries:
+        backbones.setdefault(e.info.name, [])
+        if e.key["backbone"] not in backbones[e.info.name]:
+            backbones[e.info.name].append(e.key["backbone"])
+    notes: dict[str, int] = {}
     rows = []
+
+    def survey_cells(name: str) -> dict:
+        s2 = survey2.get(norm_dataset(name), {})
+        return {"Strengths (survey)": s2.get("strengths") or ("not transcribed" if s2 else "—"),
+                "Shortcomings (survey)": s2.get("shortcomings") or ("not transcribed" if s2 else "—")}
+
     for info in infos:
         facts = {re.sub(r"[_\s]+", " ", str(k)).strip().lower(): v for k, v in (info.metric_facts or {}).items()}
-        row = {"Method": info.name + (f" (variant of {info.variant_of})" if info.variant_of else ""),
-               "Paper": info.paper or "—"}
+        name = info.name + (f" (variant of {info.variant_of})" if info.variant_of else "")
+        note = (survey2.get(norm_dataset(info.name)) or {}).get("note")
+        if note:
+            name += f" [{notes.setdefault(note, len(notes) + 1)}]"
+        row = {"Method": name, "Paper": info.paper or "—", "Backbone (ran)": ", ".join(backbones[info.name])}
         for k, col in _FACT_KEYS:
             row[col] = facts.pop(k, "—")
         for k, v in facts.items():
             row[k.capitalize()] = v
+        row.update(survey_cells(info.name) if not info.variant_of else {"Strengths (survey)": "—",
+                                                                          "Shortcomings (survey)": "—"})
         rows.append(row)
-    if rows:
+    ran = {norm_dataset(i.name) for i in infos}
+    for m in t2["method"]:
+        if norm_dataset(m) not in ran:
+            rows.append({"Method": f"{m} (not in this report)", "Paper": "—", "Backbone (ran)": "—",
+                         **{col: "—" for _, col in _FACT_KEYS}, **survey_cells(m)})
+    if infos:
         doc.p("The metric-based methods of this report, from the `metric_facts` their runs recorded (each method "
               "class declares them): how support and query examples are embedded, the distance or similarity, and "
-              "what distinguishes the method; — where the runs recorded none (runs that predate recorded facts).")
-        doc.table(pd.DataFrame(rows).fillna("—"))
+              "what distinguishes the method; — where the runs recorded none (runs that predate recorded facts). "
+              "*Backbone (ran)*: the backbones of this report's runs. *Strengths* and *shortcomings* are the "
+              "survey's Table 2 columns (`benchmark/reference/survey_table2.csv`; *not transcribed* where that "
+              "file does not hold the survey's text yet); the survey's rows for methods without runs in this report "
+              "are listed as *not in this report*. A numbered note marks where this table follows the original paper "
+              "against the survey's.")
+        foot = [f"[{n}] {t}" for t, n in notes.items()]
+        doc.table(pd.DataFrame(rows).fillna("—"), foot)
     else:
         doc.p("No metric-based method in this report.")
 
@@ -262,18 +399,21 @@ def convergence(doc: Doc, entries: list[Entry]) -> None:
     doc.h(2, "4. Convergence", "convergence")
     doc.p("Validation accuracy against meta-training episodes (tasks) and against training seconds (validation "
           "time excluded), both on a log scale; one line per method (mean over seeds, aligned on the training "
-          "step), band ± 1 sd over seeds (for a single seed: the run's 95% CI over validation episodes); "
-          "dashed lines are variants, the dotted line is chance.")
+          "step), each with its own colour and marker (colour-blind-safe palette); dashed lines are variants, the "
+          "dotted line is chance. Each figure draws one kind of band for every line, named in its legend and "
+          "caption: ± 1 sd over seeds when every method of the setting ran several seeds, else the 95% CI over "
+          "validation episodes (the mean of the runs' own CIs).")
     for setting, es in _by_setting(entries).items():
         d = dict(zip(SETTING_KEYS, setting))
         doc.h(3, _setting_title(setting))
         series = [{"label": e.label, "curve": e.curve, "dashed": bool(e.info.variant_of)} for e in es]
         title = _setting_title(setting)
+        band = BAND_LABEL[band_kind(series)]
         for x, xl, tag in (("episodes", "meta-training episodes (log scale)", "episodes"),
                            ("train_seconds", "training seconds (log scale)", "seconds")):
             png = convergence_png(series, x, title, xl, chance=100.0 / int(d["ways"]))
             doc.img(f"convergence-{tag}-{_slug(setting)}.png", png,
-                    f"Validation accuracy vs {tag}, {title}")
+                    f"Validation accuracy vs {tag}, {title}; {band}")
 
 
 def episode_counts(doc: Doc, entries: list[Entry], thresholds) -> pd.DataFrame:
@@ -281,7 +421,8 @@ def episode_counts(doc: Doc, entries: list[Entry], thresholds) -> pd.DataFrame:
     counts = count_episodes(entries, thresholds)
     doc.p(f"Meta-training episodes (tasks, as each method counts them) and training seconds until the seed-averaged "
           f"validation curve first reaches each accuracy, and {FINAL_FRACTION:.0%} of the method's own final "
-          "validation accuracy. Resolution: one validation interval (column *validated every*); the figures are the "
+          "validation accuracy, both in meta-training episodes (tasks). Resolution: one validation interval (column "
+          "*validated every*, in episodes); the figures are the "
           "first validation point at or above the target. **not reached** means no validation point reached it "
           "(the best accuracy is given). Thresholds are configurable (`--thresholds`).")
     for setting, es in _by_setting(entries).items():
@@ -302,7 +443,7 @@ def episode_counts(doc: Doc, entries: list[Entry], thresholds) -> pd.DataFrame:
                                 else f"not reached (best {_f(r.best_val_acc, 1)}%)")
             if len(c):
                 row["Final val. acc (%)"] = _f(c["final_val_acc"].iloc[0])
-                row["Validated every (steps)"] = _int(c["val_every_steps"].iloc[0])
+                row["Validated every (episodes)"] = _int(c["val_every_episodes"].iloc[0])
                 row["Seeds"] = int(c["n_seeds"].iloc[0])
             rows.append(row)
         doc.table(pd.DataFrame(rows).fillna("—"))
@@ -312,9 +453,13 @@ def episode_counts(doc: Doc, entries: list[Entry], thresholds) -> pd.DataFrame:
 def cost(doc: Doc, entries: list[Entry], runs) -> None:
     doc.h(2, "6. Cost", "cost")
     doc.p("Means over seeds. Training time excludes validation and shared artefacts (listed once below); "
-          "ms per test episode is adaptation plus prediction; peak memory is the process's resident set (CPU) or "
-          "peak allocated CUDA memory, maximum over seeds; *adapted per task* counts the parameters changed by "
-          "test-time adaptation (gradient-based methods; — for methods that do not adapt).")
+          "ms per test episode is adaptation plus prediction. *Memory added by the run*: the run's peak minus the "
+          "level when it began (resident set of the process on the CPU, allocated CUDA memory on a GPU), maximum "
+          "over seeds: what the run itself needed, independent of its place in the job (— for runs that predate "
+          "the record). *Peak memory*: the peak itself, which on the CPU includes what the process already held "
+          "(earlier runs of the same job, libraries), so it rises with a run's place in the job and does not rank "
+          "methods. *Adapted per task* counts the parameters changed by test-time adaptation (gradient-based "
+          "methods; — for methods that do not adapt).")
     for setting, es in _by_setting(entries).items():
         doc.h(3, _setting_title(setting))
         rows = []
@@ -325,6 +470,9 @@ def cost(doc: Doc, entries: list[Entry], runs) -> None:
                          "Training time": _secs(r["train_seconds"]),
                          "ms / training episode": _f(r["ms_per_train_episode"], 1),
                          "ms / test episode": _f(r["ms_per_test_episode"], 1),
+                         "Memory added by the run (MB)": (f"{_f(r['peak_memory_increase_mb'], 0)} "
+                                                          f"({_memory_label(r['memory_kind'])})"
+                                                          if not math.isnan(r["peak_memory_increase_mb"]) else "—"),
                          "Peak memory (MB)": f"{_f(r['peak_memory_mb'], 0)} ({r['memory_kind'] or '?'})",
                          "Trainable parameters": _int(r["trainable_params"]) if str(r["trainable_params"]).isdigit()
                          else r["trainable_params"],
@@ -341,6 +489,11 @@ def cost(doc: Doc, entries: list[Entry], runs) -> None:
         doc.table(t, ["Computed once and reused from the results cache; not included in any run's training time."])
     else:
         doc.p("None: no run used a cached artefact.")
+
+
+def _memory_label(kind: str) -> str:
+    return {"process_rss": "resident set increase", "cuda_allocated": "CUDA allocated increase"}.get(
+        kind, f"{kind or '?'} increase")
 
 
 def cross_evaluation(doc: Doc, entries: list[Entry], evaluations, alpha: float) -> pd.DataFrame:

@@ -98,6 +98,8 @@ def episode_counts(entries: list[Entry], thresholds: dict[str, tuple[float, ...]
         targets = [(f"{t:g}%", t) for t in thresholds_for(thresholds, e.key["dataset"])]
         targets.append((f"{FINAL_FRACTION:.0%} of final", FINAL_FRACTION * final))
         resolution = int(c["step"].diff().min()) if len(c) > 1 else (int(c["step"].iloc[0]) if len(c) else 0)
+        every_ep = float(c["episodes"].diff().min()) if len(c) > 1 else (float(c["episodes"].iloc[0]) if len(c)
+                                                                           else 0.0)
         for name, thr in targets:
             hit = first_reaching(c, thr) if not math.isnan(thr) else None
             rows.append({**{k: e.key[k] for k in SETTING_KEYS}, "method": e.label, "target": name,
@@ -106,7 +108,7 @@ def episode_counts(entries: list[Entry], thresholds: dict[str, tuple[float, ...]
                          "train_seconds": hit["train_seconds"] if hit else math.nan,
                          "step": hit["step"] if hit else math.nan, "val_acc_at": hit["val_acc"] if hit else math.nan,
                          "best_val_acc": best, "final_val_acc": final, "n_seeds": len(e.runs),
-                         "val_every_steps": resolution})
+                         "val_every_steps": resolution, "val_every_episodes": every_ep})
     return pd.DataFrame(rows)
 
 
