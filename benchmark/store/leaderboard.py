@@ -19,7 +19,18 @@ RUNS_LEADERBOARD_COLUMNS = [
     "mean", "ci95", "n_episodes", "train_episodes", "train_seconds", "ms_per_train_episode",
     "ms_per_test_episode", "peak_memory_mb", "trainable_params", "adapted_params", "device",
     "test_fingerprint", "code_version", "budget_fraction", "executor", "node", "precision", "deterministic",
+    "flops_per_train_episode", "transductive", "origin",
 ]
+
+
+def origin_label(origin: dict | None) -> str:
+    """A run's method origin in one cell: ``built-in``, the package of an entry point, or a method file's path."""
+    o = origin or {"kind": "builtin"}
+    if o.get("kind") == "entry_point":
+        return f"package {o.get('package')} {o.get('version')}"
+    if o.get("kind") == "file":
+        return f"file {o.get('path')}"
+    return "built-in"
 
 
 def runs_leaderboard(results_dir: Path) -> pd.DataFrame:
@@ -29,6 +40,7 @@ def runs_leaderboard(results_dir: Path) -> pd.DataFrame:
         s = load_summary(d)
         where = s.get("placement") or {}  # executor, node, cpus, gpu_fraction (older runs: none)
         row = {c: s.get(c, where.get(c)) for c in RUNS_LEADERBOARD_COLUMNS}
+        row["origin"] = origin_label((s.get("method_facts") or {}).get("origin"))
         rows.append(row)
     df = pd.DataFrame(rows, columns=RUNS_LEADERBOARD_COLUMNS)
     return df.sort_values(["dataset", "ways", "shots", "backbone", "profile", "method", "seed"], kind="stable",
