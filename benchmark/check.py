@@ -312,7 +312,7 @@ class MethodChecker:
         declared = self.cls.tasks_per_step(hp)
         trainer = Trainer(method, hp, ctx.sampler, self._val_set(), self.device, _Path(self.workdir) / "budget.pt",
                           {}, [])
-        flops = None
+        flops, total = None, 0
         for step in range(self.steps):
             batches = ctx.sampler.batches_drawn
             eps = self._meta_batch(method, ctx, step)
@@ -322,6 +322,7 @@ class MethodChecker:
                 if "reports tasks=" in str(e):
                     raise CheckFailed(str(e)) from None
                 raise
+            total += r.tasks
             if r.flops is not None:
                 flops, updates = r.flops, r.optimizer_steps
                 paid = r.tasks + ctx.sampler.batches_drawn - batches
@@ -338,7 +339,7 @@ class MethodChecker:
         per = trainer.state["flops"]
         per_ep = (f"{per['flops'] / per['episodes']:.3g} FLOPs per training episode" if per and per["episodes"]
                   else "no training episode")
-        return (f"{trainer.state['episodes']} training episodes in {self.steps} steps (tasks_per_step {declared}), "
+        return (f"{total} training episodes in {self.steps} steps (tasks_per_step {declared}), "
                 f"{per['optimizer_steps'] if per else 0} optimiser step(s) on the first; {per_ep}")
 
     def check_transduction(self) -> str:

@@ -109,6 +109,8 @@ class MAML(Method):
     paper = "Finn, Abbeel & Levine. Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks. ICML 2017"
     Hyper = MAMLHyper
     adapts_at_test = True
+    #: measured by benchmark.check: BatchNorm uses the query batch's statistics at test time (no running averages)
+    transductive = True
     fixed_head = True  # the head has one output per class: re-tested only with the trained ways
 
     @classmethod

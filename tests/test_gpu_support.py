@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from benchmark.pipeline.episode_sets import validation_set
 from benchmark.pipeline.machine import configure_determinism, determinism_state, environment
 
 CPU = torch.device("cpu")
@@ -125,7 +126,7 @@ def test_bf16_protonet_is_close_to_fp32_on_the_same_episodes(omniglot, tmp_path)
         seed_everything(0)
         ctx = make_context(prepared, CPU)
         m = prepared.cls(prepared.hp, ctx)
-        t = Trainer(m, prepared.hp, ctx, Checkpointing(tmp_path / f"{precision}.pt"), precision=precision)
+        t = Trainer(m, prepared.hp, ctx, validation_set(prepared), Checkpointing(tmp_path / f"{precision}.pt"), precision=precision)
         t.train()
         t.restore_best()
         acc, _ = evaluate(m, test, CPU, precision=precision)

@@ -97,7 +97,7 @@ def test_shapes_training_and_prediction(omniglot, shots):
     for k, v in m.named_parameters():
         if v.requires_grad:
             assert not torch.equal(v, before[k]), k  # every meta-parameter, c_0 included, gets a meta-gradient
-    ep = m.ctx.val_episodes[0]
+    ep = m.ctx.sampler.episode(0, m.ctx.setting.ways, m.ctx.setting.shots, 15, stream="test").hidden()
     with torch.enable_grad():
         logits = m.predict(ep)
     assert logits.shape == (5 * 4, 5) and torch.isfinite(logits).all()

@@ -98,7 +98,7 @@ def test_meta_training_moves_ss_and_theta_but_not_frozen_weights(tiny):
     assert any(not torch.equal(c.modulator.scale, s) for (_, c), s in zip(convs(tiny.encoder), scale))
     assert any(not torch.equal(c.modulator.shift, s) for (_, c), s in zip(convs(tiny.encoder), shift))
     assert not torch.equal(tiny.theta_w, theta)
-    logits = tiny.predict(tiny.ctx.val_episodes[0])
+    logits = tiny.predict(tiny.ctx.sampler.episode(0, 5, tiny.ctx.setting.shots, 15, stream="test").hidden())
     assert logits.shape == (75, 5) and torch.isfinite(logits).all()
     assert tiny.adapted_parameters() == 5 * 64 + 5
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from benchmark.pipeline import RunConfig, prepare
+from benchmark.pipeline.episode_sets import validation_set
 from benchmark.pipeline.method_context import make_context
 from benchmark.kit.episodes import EpisodeSet
 from benchmark.pipeline.prefetch import Prefetcher, default_prefetch, prefetched, transfer
@@ -29,7 +30,7 @@ def train_and_test(cfg: RunConfig, checkpoint, prefetch: int, stop_after=None):
     seed_everything(cfg.seed)
     ctx = make_context(prepared, CPU)
     method = prepared.cls(prepared.hp, ctx).to(CPU)
-    trainer = Trainer(method, prepared.hp, ctx, Checkpointing(checkpoint), prefetch=prefetch)
+    trainer = Trainer(method, prepared.hp, ctx, validation_set(prepared), Checkpointing(checkpoint), prefetch=prefetch)
     trainer.resume()
     trainer.train(stop_after=stop_after)
     trainer.restore_best()
@@ -125,7 +126,7 @@ def test_ctrl_c_in_a_training_step_stops_the_prefetcher(omniglot, tmp_path):
         return real(episodes, s)
 
     method.train_step = step
-    trainer = Trainer(method, prepared.hp, ctx, Checkpointing(tmp_path / "ck.pt"), prefetch=2)
+    trainer = Trainer(method, prepared.hp, ctx, validation_set(prepared), Checkpointing(tmp_path / "ck.pt"), prefetch=2)
     with pytest.raises(Interrupted, match="interrupted at step 2"):
         trainer.train()
     assert (tmp_path / "ck.pt").is_file() and not prefetch_threads()

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import hashlib
 import importlib.util
 import os
+import re
 import sys
 
 import methods
@@ -67,12 +68,37 @@ def _classes(module) -> list:
             if issubclass(c, Method) and c.__module__ == module.__name__ and c.name]
 
 
+#: what a method name may be (README, "Your method on identical terms"): lower case, starting with a letter or digit,
+#: then letters, digits and ``_ + . -`` (no comma or space: ``--methods`` takes a comma list)
+NAME_RULE = re.compile(r"[a-z0-9][a-z0-9_+.-]*")
+
+
 def _add(found: dict, cls, origin: dict) -> None:
+    if not isinstance(cls.name, str) or not NAME_RULE.fullmatch(cls.name):
+        raise PluginError(f"method name {cls.name!r} of {describe(origin)} is not allowed: names are lower case "
+                          "(letters, digits, '_', '+', '.', '-'; e.g. "
+                          f"{re.sub(r'[^a-z0-9_+.-]+', '-', str(cls.name).lower()).strip('-') or 'my-method'!r}), "
+                          "as --methods selects them")
     if cls.name in found:
         raise PluginError(f"method name {cls.name!r} is registered twice: by {describe(found[cls.name].origin)} and "
-                          f"by {describe(origin)}; rename one (its class's name attribute)")
+                          f"by {describe(origin)}; rename one (its class's name attribute){_same_code_hint(found[cls.name], origin)}")
     cls.origin = origin
     found[cls.name] = cls
+
+
+def _same_code_hint(existing, origin: dict) -> str:
+    """When an installed package's method is given again as a file with the same contents: say to uninstall it."""
+    first = existing.origin
+    if first.get("kind") != "entry_point" or origin.get("kind") != "file":
+        return ""
+    try:
+        same = hashlib.sha256(Path(inspect.getsourcefile(existing)).read_bytes()).hexdigest() == origin.get("sha256")
+    except (OSError, TypeError):
+        same = False
+    if not same:
+        return ""
+    return (f"; the file is the installed package {first.get('package')}'s module: uninstall the package "
+            f"(pip uninstall {first.get('package')}) to work on the file, or drop --method-file to use the package")
 
 
 def registry() -> dict[str, type[Method]]:

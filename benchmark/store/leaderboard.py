@@ -20,10 +20,21 @@ RUNS_LEADERBOARD_COLUMNS = [
     "ms_per_test_episode", "peak_memory_mb", "trainable_params", "adapted_params", "device",
     "test_fingerprint", "code_version", "budget_fraction", "executor", "node", "precision", "deterministic",
     "eval_seed",
+    "flops_per_train_episode", "transductive", "origin",
 ]
 #: Columns written as integers (counts, seeds), not as floats such as ``80.0``; empty where a run lacks the field.
 INTEGER_COLUMNS = ["ways", "shots", "seed", "n_episodes", "train_episodes", "trainable_params", "adapted_params",
                    "eval_seed"]
+
+
+def origin_label(origin: dict | None) -> str:
+    """A run's method origin in one cell: ``built-in``, the package of an entry point, or a method file's path."""
+    o = origin or {"kind": "builtin"}
+    if o.get("kind") == "entry_point":
+        return f"package {o.get('package')} {o.get('version')}"
+    if o.get("kind") == "file":
+        return f"file {o.get('path')}"
+    return "built-in"
 
 
 def runs_leaderboard(results_dir: Path) -> pd.DataFrame:
@@ -35,6 +46,7 @@ def runs_leaderboard(results_dir: Path) -> pd.DataFrame:
         row = {c: s.get(c, where.get(c)) for c in RUNS_LEADERBOARD_COLUMNS}
         if row["eval_seed"] is None:  # the seed of the test (and validation) episodes: in the run's config
             row["eval_seed"] = _config(d).get("eval_seed", 0)
+        row["origin"] = origin_label((s.get("method_facts") or {}).get("origin"))
         rows.append(row)
     df = pd.DataFrame(rows, columns=RUNS_LEADERBOARD_COLUMNS)
     for c in INTEGER_COLUMNS:
