@@ -43,7 +43,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 #: share of the budget each part may take (time a part leaves unused carries over to the next); (f) gets the rest
-SHARES = {"speed": 0.16, "determinism": 0.14, "resume": 0.05, "packing": 0.20, "quick": 0.25}
+SHARES = {"speed": 0.18, "determinism": 0.12, "resume": 0.05, "packing": 0.20, "quick": 0.25}
 TITLES = {"speed": "(a) Speed: ms and FLOPs per training episode, ms per test episode, paper-profile shapes",
           "determinism": "(b) Determinism: the smoke main job twice",
           "resume": "(c) Resume: stopped mid-way and resumed = uninterrupted",
@@ -396,7 +396,7 @@ def part_packing(plan: Plan, deadline: float, work: Path) -> Part:
         part.lines.append(f"| {k} | {minutes:.2f} | {done} | {rates[-1]:.2f} | {sampler.summary()} |")
         if rc not in (None, 0) and tail:
             part.lines.append(f"| {k} | exit code {rc}: `{tail[:200]}` | | | |")
-    part.ok = bool(rates)
+    part.ok = any(r > 0 for r in rates)  # some run finished in some window
     return part
 
 
