@@ -49,3 +49,15 @@ def test_reptile_batched_adaptation_equals_one_at_a_time(omniglot, shots, iters)
         a = m.predict(ep)
         torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
         assert torch.equal(a.argmax(-1), b.argmax(-1))
+
+
+@pytest.mark.parametrize("shots", [1, 5])
+def test_maml_batched_adaptation_equals_one_at_a_time(omniglot, shots):
+    m = trained64("maml", shots, batched_adaptation=True)
+    assert m.eval_group > 1 and m.hp.test_inner_steps == 3
+    eps = episodes64(omniglot, shots, 3)
+    many = m.predict_many(eps)
+    for ep, b in zip(eps, many):
+        a = m.predict(ep)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
+        assert torch.equal(a.argmax(-1), b.argmax(-1))
