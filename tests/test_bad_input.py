@@ -77,6 +77,7 @@ VALUES = [  # (command, argv, fragment of the one line)
 @pytest.mark.parametrize("command,argv,fragment", VALUES, ids=[f"{c}:{' '.join(a)}" for c, a, _ in VALUES])
 def test_bad_values(tmp_path, monkeypatch, capsys, command, argv, fragment):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BENCHMARK_METHODS", "")  # restored after the test (--method-file cases set it)
     extra = {"run": ["--results-dir", "res", "--reports-dir", "rep"] + ([] if "--profile" in argv else
                                                                       ["--profile", "smoke"]),
              "report": ["--reports-dir", "rep"] + ([] if "--results-dir" in argv else ["--results-dir", "res"])}
