@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli.toolkit import (EXIT_USAGE, Parser, UsageError, at_least, existing_dir, progress_factory, setup_torch,
+from .cli.toolkit import (EXIT_USAGE, Parser, UsageError, at_least, existing_dir, note, progress_factory, setup_torch,
                           usage_errors)
 from .cli.methods import add_method_files, announce_method_files, load_method_files
 
@@ -168,6 +168,9 @@ def plan(args) -> tuple[list[EvaluationJob], object]:
         except ModelError as e:
             raise UsageError(str(e)) from None
         run_id = summary["run_id"]
+        changed = origin_changed(payload.get("method_origin") or {}, type(method).origin)
+        if changed:
+            note(f"warning: {run_id}: {changed}")
         own = args.dataset in (None, summary["dataset"])
         dataset = summary["dataset"] if args.dataset is None else args.dataset
         try:
@@ -218,6 +221,20 @@ def _shape(s) -> str:
     return f"{c}-channel {h}x{w}"
 
 
+def origin_changed(trained: dict, now: dict) -> str | None:
+    """Why the method evaluated now is not the code the run was trained with, in words (None when it is, or when
+    it cannot be told): a method file whose SHA-256 differs from the one the run recorded, or another package
+    version."""
+    if trained.get("kind") == "file" and now.get("kind") == "file" and trained.get("sha256") != now.get("sha256"):
+        return (f"the method file {now.get('path')} (sha256 {str(now.get('sha256'))[:12]}) is not the one the run was "
+                f"trained with (sha256 {str(trained.get('sha256'))[:12]}); the evaluation records which it used")
+    if trained.get("kind") == "entry_point" and now.get("kind") == "entry_point" and \
+            trained.get("version") != now.get("version"):
+        return (f"the method's package is {now.get('package')} {now.get('version')}, the run was trained with "
+                f"{trained.get('version')}; the evaluation records which it used")
+    return None
+
+
 def record(job: EvaluationJob, acc, secs, seconds: float, device) -> dict:
     """``evaluation.json`` of a finished evaluation."""
     from .data import DATASETS
@@ -242,6 +259,7 @@ def record(job: EvaluationJob, acc, secs, seconds: float, device) -> dict:
         "ms_per_test_episode": 1000 * float(acc.size and secs.mean()), "seconds": seconds,
         "device": str(device), "environment": environment(device), "code_version": code_version(),
         "model_code_version": payload.get("code_version"), "test_classes_seen_in_training": job.seen,
+        "method_origin": dict(type(job.method).origin), "trained_method_origin": payload.get("method_origin"),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

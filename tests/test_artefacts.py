@@ -131,9 +131,9 @@ def test_report_cross_evaluation_pairs_only_same_episodes(trained, tmp_path):
     run(lake, trained, torch.device("cpu"))
     res = build(trained, tmp_path / "rep")
     board = res.leaderboard.set_index(["method", "split"])
-    assert ("protonet", "lake") in board.index and ("protonet", "") in board.index
+    assert ("protonet", "lake") in board.index and ("protonet", "vinyals") in board.index
     assert pd.isna(board.loc[("protonet", "lake"), "published"])  # published figures are for the Vinyals split
-    assert not pd.isna(board.loc[("protonet", ""), "published"])
+    assert not pd.isna(board.loc[("protonet", "vinyals"), "published"])
     cross = pd.read_csv(tmp_path / "rep" / "cross_evaluation.csv", keep_default_na=False)
     assert "cross_evaluation.csv" in (tmp_path / "rep" / "report.md").read_text()
     for fp, g in cross.groupby("test_fingerprint"):
@@ -142,7 +142,7 @@ def test_report_cross_evaluation_pairs_only_same_episodes(trained, tmp_path):
             assert not tied or set(tied.split("; ")) <= rows  # paired only with rows on the same episodes
     own = cross[cross["n_episodes"] == 4]
     assert set(own["kind"]) == {"own test"} and len(own) == 2 and len(set(own["test_fingerprint"])) == 1
-    three = cross[(cross["n_episodes"] == 3) & (cross["ways"] == 5) & (cross["split"] == "")]
+    three = cross[(cross["n_episodes"] == 3) & (cross["ways"] == 5) & (cross["split"] == "vinyals")]
     assert len(three) == 2 and set(three["kind"]) == {"evaluation"}
     assert set(three["test_fingerprint"]) != set(own["test_fingerprint"])
     lake_col = cross[cross["split"] == "lake"]

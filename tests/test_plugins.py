@@ -120,3 +120,16 @@ def test_groups_keep_all_to_the_builtin_papers(monkeypatch):
     finally:
         monkeypatch.delenv(registry.FILES_ENV, raising=False)
         registry._REGISTRY = None
+
+
+def test_evaluate_warns_when_the_method_file_changed():
+    """benchmark.evaluate names a method file that is not the one the run was trained with (its SHA-256), and a
+    package of another version; the same file says nothing."""
+    from benchmark.evaluate import origin_changed
+
+    trained = {"kind": "file", "path": "/x/m.py", "sha256": "a" * 64}
+    assert origin_changed(trained, dict(trained)) is None
+    assert "is not the one the run was trained with" in origin_changed(trained, {**trained, "sha256": "b" * 64})
+    pkg = {"kind": "entry_point", "package": "p", "version": "1.0"}
+    assert origin_changed(pkg, dict(pkg)) is None and "1.1" in origin_changed(pkg, {**pkg, "version": "1.1"})
+    assert origin_changed({"kind": "builtin"}, {"kind": "builtin"}) is None
