@@ -50,8 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .cli.toolkit import EXIT_FAILED, EXIT_OK, Parser, UsageError, at_least, setup_torch, usage_errors
 from .cli.methods import add_method_files, announce_method_files, load_method_files
+from .cli.toolkit import EXIT_FAILED, EXIT_OK, Parser, UsageError, at_least, setup_torch, usage_errors
 from .store.compare import first_difference, read_records, records_differ
 
 PASSED, FAILED, WARNING = "passed", "failed", "warning"
@@ -100,8 +100,8 @@ class MethodChecker:
                  note: Callable[[str], None] | None = None):
         import torch
 
-        from .pipeline.config import RunConfig
         from .pipeline import prepare
+        from .pipeline.config import RunConfig
 
         self.name, self.workdir, self.steps, self.shots = name, Path(workdir), steps, shots
         self.note = note or (lambda text: None)
@@ -147,9 +147,9 @@ class MethodChecker:
 
     def _run(self, label: str, stop_after: int | None = None) -> dict:
         """A run through the harness in its own results directory (``stop_after``: interrupt, then resume)."""
-        from .store.folders import RunFolder
         from .pipeline import run
         from .pipeline.training import Interrupted
+        from .store.folders import RunFolder
 
         if label not in self._runs:
             where = self.workdir / label

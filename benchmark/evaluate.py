@@ -23,9 +23,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli.toolkit import (EXIT_USAGE, Parser, UsageError, at_least, existing_dir, note, progress_factory, setup_torch,
-                          usage_errors)
 from .cli.methods import add_method_files, announce_method_files, load_method_files
+from .cli.toolkit import (
+    EXIT_USAGE,
+    Parser,
+    UsageError,
+    at_least,
+    existing_dir,
+    note,
+    progress_factory,
+    setup_torch,
+    usage_errors,
+)
 
 __all__ = ["EXIT_USAGE", "EvaluationJob", "UsageError", "eval_id", "main", "parser", "plan", "record", "evaluate_job"]
 
@@ -96,7 +105,6 @@ EVALUATION_KEYS = ("run_id", "mean", "ci95", "n_episodes", "ms_per_test_episode"
 def _select(args) -> list[Path]:
     """The run folders to evaluate (finished, with a saved model)."""
     from .pipeline import registry
-
     from .store.folders import RecordError, RunFolder, run_folders
 
     wanted = None
@@ -239,8 +247,8 @@ def record(job: EvaluationJob, acc, secs, seconds: float, device) -> dict:
     """``evaluation.json`` of a finished evaluation."""
     from .data import DATASETS
     from .pipeline.machine import code_version, environment
-    from .store.statistics import mean_ci95
     from .store.folders import RunFolder
+    from .store.statistics import mean_ci95
 
     s, ds, spec, payload = job.summary, job.dataset, job.episodes.spec, job.payload
     mean, ci = mean_ci95(acc)

@@ -312,10 +312,10 @@ def part_determinism(plan: Plan, deadline: float, work: Path) -> Part:
 
 
 def part_resume(plan: Plan, deadline: float, work: Path) -> Part:
+    from .pipeline import Interrupted, RunConfig, run
+    from .pipeline.machine import configure_determinism, resolve_device
     from .store.compare import folders_differ
     from .store.folders import RunFolder
-    from .pipeline.machine import configure_determinism, resolve_device
-    from .pipeline import Interrupted, RunConfig, run
 
     part = Part("resume", TITLES["resume"])
     device = resolve_device(plan.device)

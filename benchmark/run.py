@@ -32,11 +32,27 @@ import sys
 import time
 from pathlib import Path
 
-from .cli.toolkit import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, Parser, UsageError,
-                          at_least, existing_dir, folder_name, gpu_share, note, progress_factory, setup_torch,
-                          usage_errors, whole_number, writable_dir)
-from .pipeline.plan import RAY_INIT_TIMEOUT_S, RAY_PROBE_TIMEOUT_S
 from .cli.methods import add_method_files, announce_method_files, catalogue_lines, load_method_files
+from .cli.toolkit import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    Parser,
+    UsageError,
+    at_least,
+    existing_dir,
+    folder_name,
+    gpu_share,
+    note,
+    progress_factory,
+    setup_torch,
+    usage_errors,
+    whole_number,
+    writable_dir,
+)
+from .pipeline.plan import RAY_INIT_TIMEOUT_S, RAY_PROBE_TIMEOUT_S
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TERMINATED", "EXIT_USAGE", "UsageError", "main", "parser",
            "plan"]
@@ -151,8 +167,8 @@ def plan(args):
     if not args.no_report:
         writable_dir("--reports-dir", reports_dir)
         writable_dir("--report-name", reports_dir / args.report_name)
-    from .store.files import check_writable
     from .pipeline.execution import Execution
+    from .store.files import check_writable
 
     try:
         check_writable(results_dir)
@@ -237,10 +253,9 @@ def _executor_settings(args, device, workers: int | None):
 
 def _prepare_runs(args) -> list:
     """One prepared run per (method, ways, shots, seed), methods looked up in the registry."""
-    from .pipeline import registry
-
-    from .pipeline.config import RunConfig, parse_overrides, prepare
     from .data import DataError, resolve_split
+    from .pipeline import registry
+    from .pipeline.config import RunConfig, parse_overrides, prepare
 
     try:
         names = registry.resolve(args.methods)
@@ -301,12 +316,11 @@ def _execute(executor, plan) -> tuple[list | None, int | None]:
     SIGTERM stopped them (checkpoints kept, leaderboard written)."""
     from tqdm import tqdm
 
-    from .store.leaderboard import write_runs_leaderboard
-    from .pipeline.training import Interrupted
-
     from .pipeline.eta import RunsETA, costs_for
     from .pipeline.executors import ClusterError
+    from .pipeline.training import Interrupted
     from .store.folders import RunFolder
+    from .store.leaderboard import write_runs_leaderboard
 
     todo = [p for p in plan.runs if not RunFolder(plan.results_dir, p.cfg.run_id).is_finished()]
     eta = RunsETA(costs_for(todo, plan.results_dir))  # time left weighted by each run's expected cost (pipeline.eta)
@@ -346,8 +360,8 @@ def _execute(executor, plan) -> tuple[list | None, int | None]:
 
 def _summarise(outcomes, plan, executor, seconds: float) -> int:
     """The closing lines (runs done, skipped, failed), the leaderboard and the report; the exit code."""
-    from .store.leaderboard import write_runs_leaderboard
     from .store.folders import runs_leaderboard_path
+    from .store.leaderboard import write_runs_leaderboard
 
     results_dir = plan.results_dir
     done = [o for o in outcomes if o.status == "done"]

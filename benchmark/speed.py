@@ -32,8 +32,8 @@ def prepare_measurement(method: str, dataset: str = "omniglot", ways: int = 5, s
                         meta_batch: int | None = None, overrides=(), data_dir=None) -> PreparedRun:
     """The run a measurement builds its method from: seed 0, 5 validation episodes, the profile's hyperparameters
     with ``overrides`` and then the training shape given here; ValueError/DataError on bad input."""
-    from .pipeline.config import RunConfig
     from .pipeline import prepare
+    from .pipeline.config import RunConfig
 
     shape = {k: v for k, v in (("train_ways", train_ways), ("train_shots", train_shots),
                                ("train_queries", train_queries), ("meta_batch", meta_batch)) if v is not None}
@@ -61,9 +61,9 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
 
     import torch
 
-    from .pipeline.method_context import make_context
     from .pipeline.episode_sets import test_set
     from .pipeline.machine import PeakMemory, environment, resolve_device
+    from .pipeline.method_context import make_context
     from .pipeline.prefetch import prefetched
     from .pipeline.training import compile_method, draw_episodes, evaluate, seed_everything, timed_step
 
@@ -207,10 +207,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
-    from .pipeline import registry
-
-    from .pipeline.config import parse_overrides
     from .data import DataError
+    from .pipeline import registry
+    from .pipeline.config import parse_overrides
 
     setup_torch(args.device, args.threads)
     at_least("--steps", args.steps)

@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
-
 import torch
 import torch.nn.functional as F
 from torch import nn

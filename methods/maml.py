@@ -74,7 +74,14 @@ from benchmark.kit.backbones import explicit_batchnorm
 from benchmark.kit.episodes import Episode
 
 from .base import Context, Hyper, Method, Setting
-from .blocks import BATCHED_EVAL_GROUP, MAMLNet, episode_copies, resolve_batched_adaptation, shape_groups, stack_episodes
+from .blocks import (
+    BATCHED_EVAL_GROUP,
+    MAMLNet,
+    episode_copies,
+    resolve_batched_adaptation,
+    shape_groups,
+    stack_episodes,
+)
 
 
 @dataclass

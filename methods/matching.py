@@ -53,7 +53,6 @@ from benchmark.kit.episodes import Episode
 
 from .base import Context, EmbeddingPredict, Hyper, Setting
 
-
 SIMILARITIES = ("cosine-support", "cosine", "euclidean")
 
 

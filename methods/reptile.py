@@ -69,8 +69,15 @@ from benchmark.kit.backbones import explicit_batchnorm
 from benchmark.kit.episodes import Episode, keyed_rng
 
 from .base import Context, Hyper, Method, Setting
-from .blocks import (BATCHED_EVAL_GROUP, MAMLNet, episode_copies, gather_batches, resolve_batched_adaptation,
-                     shape_groups, stack_episodes)
+from .blocks import (
+    BATCHED_EVAL_GROUP,
+    MAMLNet,
+    episode_copies,
+    gather_batches,
+    resolve_batched_adaptation,
+    shape_groups,
+    stack_episodes,
+)
 
 
 @dataclass

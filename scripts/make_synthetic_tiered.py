@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from benchmark.data.dataset import SPLITS, split_file  # noqa: E402
 from fixtures.make_fixtures import TIERED_SUPERS, png_bytes, py2_pickle  # noqa: E402
+
+from benchmark.data.dataset import SPLITS, split_file  # noqa: E402
 
 SIZES = {"train": 448_695, "val": 124_261, "test": 206_209}
 

@@ -8,11 +8,11 @@ import torch
 
 from benchmark import Episode, load_run
 from benchmark.data import load_dataset
-from benchmark.kit.episodes import EpisodeSet
 from benchmark.evaluate import main as evaluate_main
-from benchmark.store.folders import EvaluationFolder, RunFolder, evaluation_folders
+from benchmark.kit.episodes import EpisodeSet
 from benchmark.pipeline import RunConfig, run
 from benchmark.pipeline.training import evaluate
+from benchmark.store.folders import EvaluationFolder, RunFolder, evaluation_folders
 
 TINY = (("train_steps", 2), ("val_every", 1))
 

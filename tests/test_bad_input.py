@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 
 from benchmark import check, evaluate, run
 from benchmark.report import cli as report
-from conftest import ROOT
 
 COMMANDS = {"run": run.main, "evaluate": evaluate.main, "check": check.main, "report": report.main}
 
@@ -144,8 +144,8 @@ def test_reports_dir_unusable(tmp_path, monkeypatch, capsys, where, command):
 
 
 def test_unknown_thresholds_dataset(tmp_path, monkeypatch, capsys):
-    from test_report import write_run
     import numpy as np
+    from test_report import write_run
 
     write_run(tmp_path / "res", "protonet", "metric", acc=np.full(5, 0.8), fp="a" * 64)
     code, err = call("report", ["--results-dir", str(tmp_path / "res"), "--reports-dir", str(tmp_path / "rep"),
@@ -155,8 +155,9 @@ def test_unknown_thresholds_dataset(tmp_path, monkeypatch, capsys):
 
 
 def test_at_chance():
-    from benchmark.store.statistics import at_chance
     import numpy as np
+
+    from benchmark.store.statistics import at_chance
 
     assert at_chance(np.full(50, 0.2), 5) and at_chance(np.full(50, 0.05), 20)
     assert not at_chance(np.full(50, 0.3), 5) and not at_chance(np.r_[np.full(25, 0.1), np.full(25, 0.3)], 5)

@@ -10,12 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import methods
-
-from benchmark.pipeline import registry
 from benchmark import load_run
 from benchmark.kit.episodes import EpisodeSet
+from benchmark.pipeline import Interrupted, RunConfig, evaluate, registry, run
 from benchmark.store.folders import RunFolder
-from benchmark.pipeline import Interrupted, RunConfig, evaluate, run
 from methods.baseline import Baseline, BaselinePlusPlus, cosine_logits, cosine_scale, sgd_update
 
 CPU = torch.device("cpu")
@@ -245,8 +243,8 @@ def test_groups_names_and_run_ids():
 
 def test_report_places_transfer_after_meta_learning_and_finds_published_figures(runs, tmp_path):
     from benchmark.report.build import build_report
-    from benchmark.report.reference import load_reference, load_survey, published_figure
     from benchmark.report.records import MethodInfo
+    from benchmark.report.reference import load_reference, load_survey, published_figure
 
     root, _ = runs
     run(RunConfig("protonet", "omniglot", 5, 1, profile="smoke", test_episodes=50, val_episodes=5,

@@ -4,10 +4,10 @@ import subprocess
 import sys
 
 import pytest
-
-from benchmark.pipeline import registry
-from benchmark.check import FAILED, PASSED, check_method
 from conftest import FIXTURES, ROOT
+
+from benchmark.check import FAILED, PASSED, check_method
+from benchmark.pipeline import registry
 
 BROKEN = FIXTURES / "methods" / "broken_methods.py"
 UNFAIR = FIXTURES / "methods" / "unfair_methods.py"

@@ -4,7 +4,6 @@ import sys
 
 import pandas as pd
 import pytest
-
 from conftest import ROOT
 
 
@@ -127,7 +126,6 @@ def test_set_values_check_types_and_budgets():
     import dataclasses
 
     import methods
-
     from benchmark.pipeline import registry
     from benchmark.pipeline.config import PROFILES, RunConfig, build_hyper, check_value, parse_overrides
 

@@ -3,9 +3,9 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import FIXTURES
 
 from benchmark.data import DataError, load_dataset, load_omniglot_dir
-from conftest import FIXTURES
 
 FIX = FIXTURES / "omniglot"
 FIX_SPLITS = {
@@ -80,8 +80,8 @@ def test_missing_and_corrupt_data_raise_clear_errors(tmp_path):
 
 
 def test_named_splits_default_and_run_id():
-    from benchmark.pipeline import RunConfig, prepare
     from benchmark.data import DATASETS, resolve_split
+    from benchmark.pipeline import RunConfig, prepare
 
     assert resolve_split("omniglot", None) == DATASETS["omniglot"].splits[0] == "vinyals"
     assert load_dataset("omniglot").split_name == "vinyals"

@@ -11,12 +11,12 @@ import time
 import pandas as pd
 import pytest
 import torch
+from conftest import ROOT
 
+from benchmark.pipeline import Locked, RunConfig, run
+from benchmark.run import main
 from benchmark.store.files import FileLock
 from benchmark.store.folders import RunFolder, failed_runs, finished_runs
-from benchmark.run import main
-from benchmark.pipeline import Locked, RunConfig, run
-from conftest import ROOT
 
 CPU = torch.device("cpu")
 TINY = ["--profile", "smoke", "--test-episodes", "10", "--val-episodes", "5", "--set", "train_steps=6", "val_every=3",

@@ -112,9 +112,9 @@ def test_maml_vectorize_default_is_chosen_by_device():
 
 
 def test_bf16_protonet_is_close_to_fp32_on_the_same_episodes(omniglot, tmp_path):
+    from benchmark.kit.episodes import EpisodeSet
     from benchmark.pipeline import RunConfig, prepare
     from benchmark.pipeline.method_context import make_context
-    from benchmark.kit.episodes import EpisodeSet
     from benchmark.pipeline.training import Checkpointing, Trainer, autocast, evaluate, seed_everything
 
     over = (("train_steps", 10), ("val_every", 5), ("train_ways", 5), ("train_queries", 5))

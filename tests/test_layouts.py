@@ -9,14 +9,22 @@ from contextlib import redirect_stderr, redirect_stdout
 
 import numpy as np
 import pytest
+from conftest import FIXTURES
+from fixtures import make_fixtures as mk
 
-from benchmark.data import DataError, DiskImages, FewShotDataset, load_cifar_fs, load_cub, load_fc100
-from benchmark.data import load_miniimagenet, load_tieredimagenet
+from benchmark.data import (
+    DataError,
+    DiskImages,
+    FewShotDataset,
+    load_cifar_fs,
+    load_cub,
+    load_fc100,
+    load_miniimagenet,
+    load_tieredimagenet,
+)
 from benchmark.data.__main__ import main as check_main
 from benchmark.data.dataset import SPLITS, split_file, train_normalisation
 from benchmark.kit.episodes import TaskSampler
-from conftest import FIXTURES
-from fixtures import make_fixtures as mk
 
 TIERED = FIXTURES / "tieredimagenet"
 CUB = FIXTURES / "cub"

@@ -6,10 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-
-from benchmark.pipeline import registry
 from benchmark.kit.episodes import TaskSampler
-from benchmark.pipeline import RunConfig, run
+from benchmark.pipeline import RunConfig, registry, run
 from methods.base import Context, Setting
 from methods.maml import MAML
 from methods.reptile import Reptile

@@ -6,9 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import methods
-
-from benchmark.pipeline import registry
-from benchmark.pipeline import RunConfig, make_context, prepare, run
+from benchmark.pipeline import RunConfig, make_context, prepare, registry, run
 from methods.meta_lstm import MetaLSTM, preprocess
 
 CPU = torch.device("cpu")

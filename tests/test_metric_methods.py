@@ -5,10 +5,8 @@ import pytest
 import torch
 
 import methods
-
-from benchmark.pipeline import registry
 from benchmark.kit.episodes import EpisodeSet
-from benchmark.pipeline import RunConfig, make_context, prepare, run
+from benchmark.pipeline import RunConfig, make_context, prepare, registry, run
 from methods.relation import RelationModule, class_maps
 
 CPU = torch.device("cpu")

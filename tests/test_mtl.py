@@ -4,10 +4,8 @@ import torch
 import torch.nn.functional as F
 
 import methods
-
-from benchmark.pipeline import registry
 from benchmark.kit.backbones import build_backbone, convs
-from benchmark.pipeline import RunConfig, make_context, prepare, run
+from benchmark.pipeline import RunConfig, make_context, prepare, registry, run
 from methods.mtl import MTL, ScaleShift, adapt_linear, add_scale_shift, hard_task_classes
 
 CPU = torch.device("cpu")

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 
 from benchmark.pipeline import registry
-from conftest import ROOT
 
 EXAMPLE = ROOT / "examples" / "cosine-protonet"
 FILE = EXAMPLE / "cosine_protonet.py"

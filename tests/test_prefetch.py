@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from benchmark.kit.episodes import EpisodeSet
 from benchmark.pipeline import RunConfig, prepare
 from benchmark.pipeline.episode_sets import validation_set
 from benchmark.pipeline.method_context import make_context
-from benchmark.kit.episodes import EpisodeSet
 from benchmark.pipeline.prefetch import Prefetcher, default_prefetch, prefetched, transfer
 from benchmark.pipeline.training import Checkpointing, Interrupted, Trainer, evaluate, seed_everything
 

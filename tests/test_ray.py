@@ -10,13 +10,12 @@ import time
 import pandas as pd
 import pytest
 import torch
-
-from benchmark.pipeline import prepare
-from benchmark.store.folders import RunFolder, finished_runs
-from benchmark.run import main
-from benchmark.pipeline import JobTemplate, RunConfig, run
-from benchmark.pipeline.plan import RaySettings
 from conftest import ROOT
+
+from benchmark.pipeline import JobTemplate, RunConfig, prepare, run
+from benchmark.pipeline.plan import RaySettings
+from benchmark.run import main
+from benchmark.store.folders import RunFolder, finished_runs
 
 ray = pytest.importorskip("ray")
 

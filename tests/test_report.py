@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ROOT
 from PIL import Image
 from scipy import stats
 
 from benchmark.report import REPORT_LEADERBOARD_COLUMNS, build, build_report, main
-from conftest import ROOT
 
 N_EP = 40
 FP = {"5w1s": "a" * 64, "5w5s": "b" * 64, "mini": "c" * 64}
@@ -425,7 +425,8 @@ OLD_COLUMNS = [  # the report leaderboard's columns before the budget columns: n
 
 
 def test_budget_fraction_columns_and_cells(tmp_path):
-    from benchmark.store.leaderboard import RUNS_LEADERBOARD_COLUMNS as LEADERBOARD_COLUMNS, runs_leaderboard as leaderboard
+    from benchmark.store.leaderboard import RUNS_LEADERBOARD_COLUMNS as LEADERBOARD_COLUMNS
+    from benchmark.store.leaderboard import runs_leaderboard as leaderboard
 
     res = tmp_path / "res"
     for seed, frac in ((0, 0.015), (1, 0.025)):

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from test_report import _acc, _holm, write_run
 
 from benchmark.report import build, main
 from benchmark.store.folders import EvaluationFolder
-from test_report import _acc, _holm, write_run
 
 N = 40
 FA, FB, FC, FF = "a" * 64, "b" * 64, "c" * 64, "f" * 64

@@ -5,10 +5,11 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.store.leaderboard import runs_leaderboard as leaderboard, write_runs_leaderboard as write_leaderboard
-from benchmark.store.statistics import mean_ci95
-from benchmark.store.folders import RunFolder, finished_runs
 from benchmark.pipeline import Interrupted, RunConfig, run
+from benchmark.store.folders import RunFolder, finished_runs
+from benchmark.store.leaderboard import runs_leaderboard as leaderboard
+from benchmark.store.leaderboard import write_runs_leaderboard as write_leaderboard
+from benchmark.store.statistics import mean_ci95
 
 CPU = torch.device("cpu")
 

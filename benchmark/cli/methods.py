@@ -58,11 +58,10 @@ def load_method_files(files: list[str]) -> None:
 def catalogue_lines() -> list[str]:
     """``--help``'s lists of methods (built-in, then external), profiles, backbones and datasets, from torch-free
     sources."""
-    from ..pipeline import registry
-
-    from ..kit.backbone_table import BACKBONES
     from ..data import DATASETS
+    from ..kit.backbone_table import BACKBONES
     from ..kit.profiles import PROFILES
+    from ..pipeline import registry
 
     entries = registry.catalogue()
     lines = ["methods (built-in):"]

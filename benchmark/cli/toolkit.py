@@ -129,8 +129,7 @@ def setup_torch(device: str, threads: int | None = None):
     at_least("--threads", threads)
     import torch
 
-    from ..pipeline.machine import resolve_device
-    from ..pipeline.machine import tune_cpu
+    from ..pipeline.machine import resolve_device, tune_cpu
 
     tune_cpu()
     if threads:

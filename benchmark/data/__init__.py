@@ -35,12 +35,19 @@ from typing import Callable
 
 from .cifar import load_cifar_fs, load_fc100
 from .cub import CUB_SIZE, CUB_SPLITS, load_cub
-from .dataset import (SPLITS, ConcatImages, DataError, DeviceImages, DiskImages, FewShotDataset, Split,
-                      pixel_cache_dir)
+from .dataset import SPLITS, ConcatImages, DataError, DeviceImages, DiskImages, FewShotDataset, Split, pixel_cache_dir
 from .miniimagenet import MINI_SIZE, load_miniimagenet
+from .omniglot import (
+    OMNIGLOT_SIZE,
+    OMNIGLOT_SPLITS,
+    lake_split_lists,
+    load_omniglot,
+    load_omniglot_dir,
+    load_omniglot_embedded,
+    omniglot_resize,
+)
 from .tiered import TIERED_SIZE, load_tieredimagenet
-from .omniglot import (OMNIGLOT_SIZE, OMNIGLOT_SPLITS, lake_split_lists, load_omniglot, load_omniglot_dir,
-                       load_omniglot_embedded, omniglot_resize)
+
 
 @dataclass(frozen=True)
 class DatasetSpec:

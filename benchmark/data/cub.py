@@ -20,7 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import SPLITS, DataError, FewShotDataset, ImageWriter, Split, cached_images, dataset_with_stats, split_file
+from .dataset import (
+    SPLITS,
+    DataError,
+    FewShotDataset,
+    ImageWriter,
+    Split,
+    cached_images,
+    dataset_with_stats,
+    split_file,
+)
 from .formats import decode_file_resized
 
 CUB_SIZE = 84

@@ -19,8 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import (SPLITS, ConcatImages, DataError, FewShotDataset, ImageWriter, Split, cached_images,
-                      dataset_with_stats, split_file)
+from .dataset import (
+    SPLITS,
+    ConcatImages,
+    DataError,
+    FewShotDataset,
+    ImageWriter,
+    Split,
+    cached_images,
+    dataset_with_stats,
+    split_file,
+)
 from .formats import check_images, decode_file_resized, read_pickle
 
 MINI_SIZE = 84

@@ -16,8 +16,8 @@ bit-identical); the draws, the episodes and the fingerprints are the same either
 from __future__ import annotations
 
 import copy
-import hashlib
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 from functools import cached_property

@@ -26,8 +26,8 @@ from typing import Any
 
 from ..data import FewShotDataset, load_dataset, resolve_split
 from ..kit.episodes import check_spec
-from .execution import check_precision
 from ..kit.profiles import PROFILES, Profile, check_profile
+from .execution import check_precision
 
 __all__ = ["PROFILES", "PreparedRun", "Profile", "RunConfig", "build_hyper", "check_value", "parse_overrides",
            "prepare"]

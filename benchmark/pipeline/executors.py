@@ -43,10 +43,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..store.folders import RunFolder
 from . import plan as _plan
 from .plan import ProcessSettings, RaySettings
 from .registry import FILES_ENV
-from ..store.folders import RunFolder
 from .runner import JobTemplate, Outcome, RunJob, failure_record, prepare, run_job
 
 __all__ = ["ClusterError", "Outcome", "ProcessExecutor", "RayExecutor", "SequentialExecutor", "WorkerJob",

@@ -89,8 +89,8 @@ def info(payload: dict[str, Any]) -> dict[str, Any]:
 def rebuild(payload: dict[str, Any], device: str | torch.device = "cpu"):
     """The method of a ``model.pt`` payload, rebuilt from the registry and loaded with its state, in eval mode;
     ``method.model_info`` holds the payload's facts. Global random state is left as it was."""
-    from . import registry
     from ..kit.context import Context, Setting
+    from . import registry
 
     device = torch.device(device)
     name = payload["method"]

@@ -25,17 +25,16 @@ file's path and SHA-256; runs record it in their summary and model.
 from __future__ import annotations
 
 import ast
-import importlib
-import inspect
-import pkgutil
-from pathlib import Path
-from typing import TYPE_CHECKING
-
 import hashlib
+import importlib
 import importlib.util
+import inspect
 import os
+import pkgutil
 import re
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import methods
 

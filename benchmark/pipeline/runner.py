@@ -41,21 +41,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import PreparedRun, RunConfig
-from .config import prepare as config_prepare
-from .method_context import make_context
 from ..data import DATASETS
 from ..kit.episodes import EpisodeSet
+from ..store.folders import RunFolder, test_table
+from ..store.statistics import at_chance, mean_ci95
+from .config import PreparedRun, RunConfig
+from .config import prepare as config_prepare
+from .episode_sets import test_set, validation_set
 from .execution import Execution
 from .facts import record_facts
-from .machine import (NondeterministicOps, PeakMemory, code_version, configure_determinism, environment,
-                      placement as where)
+from .machine import NondeterministicOps, PeakMemory, code_version, configure_determinism, environment
+from .machine import placement as where
+from .method_context import make_context
 from .models import model_payload
 from .prefetch import gather_on_device
-from ..store.statistics import at_chance, mean_ci95
-from ..store.folders import RunFolder, test_table
-from .episode_sets import test_set, validation_set
 from .training import Checkpointing, Interrupted, NonFiniteLoss, Trainer, compile_method, evaluate, seed_everything
+
 
 class RunFailed(Exception):
     """A run failed (non-finite loss, or an exception) and was recorded as failed in its folder; ``record`` is what

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 
 from ..kit.episodes import Episode, EpisodeSet, TaskSampler, uncounted
-from .execution import PRECISIONS, check_precision, group_size  # noqa: F401 - PRECISIONS re-exported
 from ..store.files import atomic_torch_save
-from .prefetch import prefetched
 from ..store.statistics import mean_ci95
+from .execution import PRECISIONS, check_precision, group_size  # noqa: F401 - PRECISIONS re-exported
+from .prefetch import prefetched
 
 
 class Interrupted(Exception):

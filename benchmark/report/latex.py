@@ -43,8 +43,19 @@ import pandas as pd
 from .common import FAMILY_LABEL, short
 from .entries import Entry
 from .reference import load_reference, load_survey, published_figure, survey_figure
-from .sections import (PUBLISHED_FOOTER, STAT_TEST, _percent, _setting_title, _slug, _source_note, _st,
-                       published_note, table1_blocks, table1_rows, table1_settings)
+from .sections import (
+    PUBLISHED_FOOTER,
+    STAT_TEST,
+    _percent,
+    _setting_title,
+    _slug,
+    _source_note,
+    _st,
+    published_note,
+    table1_blocks,
+    table1_rows,
+    table1_settings,
+)
 
 __all__ = ["escape", "significant_winners", "tables_tex", "report_tex", "REQUIRED_PACKAGES"]
 

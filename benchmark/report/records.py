@@ -19,8 +19,15 @@ import numpy as np
 import pandas as pd
 
 from ..store.compare import records_differ
-from ..store.folders import (PARTIAL_SUFFIX, RecordError, RunFolder, evaluation_folders, failed_runs, partial_runs,
-                             run_folders)
+from ..store.folders import (
+    PARTIAL_SUFFIX,
+    RecordError,
+    RunFolder,
+    evaluation_folders,
+    failed_runs,
+    partial_runs,
+    run_folders,
+)
 from ..store.statistics import at_chance
 from .common import ENTRY_KEYS, FAMILY_ORDER, ReportError, split_key
 

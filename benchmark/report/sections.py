@@ -11,10 +11,11 @@ import pandas as pd
 
 from .common import FAMILY_LABEL, FAMILY_ORDER, SETTING_KEYS, norm_dataset, setting_label, short
 from .entries import Entry
-from .reference import (load_reference, load_survey, load_survey_table2, published_figure, survey_figure,
-                        survey_settings)
+from .reference import load_reference, load_survey, load_survey_table2, published_figure, survey_figure, survey_settings
 from .render import BAND_LABEL, Doc, band_kind, convergence_png
-from .tables import FINAL_FRACTION, cross_evaluation as cross_table, episode_counts as count_episodes, shared_artefacts
+from .tables import FINAL_FRACTION, shared_artefacts
+from .tables import cross_evaluation as cross_table
+from .tables import episode_counts as count_episodes
 
 STAT_TEST = "two-sided paired t-test (scipy.stats.ttest_rel) on per-episode accuracy"
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
 from ..store.statistics import mean_ci95
 
 __all__ = ["mean_ci95", "paired_t", "holm", "PairedResult", "paired_comparison", "first_reaching", "seed_curve"]

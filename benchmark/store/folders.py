@@ -40,8 +40,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from .files import (FileLock, atomic_torch_save, atomic_write_bytes, atomic_write_csv, atomic_write_json,
-                    atomic_write_text)
+from .files import (
+    FileLock,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+)
 
 RUNS_LEADERBOARD = "leaderboard.csv"  # the per-run leaderboard, one row per finished run, under the results directory
 ARTEFACT_DIR = "cache"  # artefacts shared between runs, under the results directory
