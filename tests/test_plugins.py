@@ -48,6 +48,9 @@ def test_method_file_runs_and_records_its_origin(tmp_path):
               cwd=tmp_path)
     md = (tmp_path / "rep" / "latest" / "report.md").read_text()
     assert f"`cosine-protonet`: file {FILE} (SHA-256 {origin['sha256'][:12]})" in md
+    assert "cosine-protonet [ext]" in md  # marked in the tables, not only in the provenance section
+    tex = (tmp_path / "rep" / "latest" / "tables.tex").read_text()
+    assert "cosine-protonet [ext]" in tex
 
 
 def _installed(tmp_path):

@@ -43,10 +43,19 @@ class Entry:
     row: dict  # settings-leaderboard row
 
     @property
+    def external(self) -> bool:
+        """Whether the method came from outside the package (a plugin or a method file), as its runs recorded."""
+        return any(((r["method_facts"] or {}).get("origin") or {}).get("kind", "builtin") != "builtin"
+                   for r in self.runs)
+
+    @property
     def label(self) -> str:
+        """The entry's name in every table: the method, its overrides and precision, and ``[ext]`` for a method
+        from outside the package (its origin is in the report's provenance section)."""
         ov = self.key["overrides"]
         precision = self.key.get("precision") or "fp32"
-        return self.key["method"] + (f" [{ov}]" if ov else "") + (f" [{precision}]" if precision != "fp32" else "")
+        return self.key["method"] + (f" [{ov}]" if ov else "") + (f" [{precision}]" if precision != "fp32" else "") \
+            + (" [ext]" if self.external else "")
 
     @property
     def setting(self) -> tuple:

@@ -184,7 +184,8 @@ def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
           "method whose recorded hyperparameters they ran with (e.g. `matching-nofce` with Matching Networks' "
           "Omniglot figures, published without FCE). *Idea (survey)*: the survey's idea column, summarised in "
           "English in `survey_table1.csv` (not a verbatim translation); *Description (this project)*: the one-line "
-          "idea each method class declares.")
+          "idea each method class declares. **[ext]** marks a method from outside this package (a plugin or a "
+          "method file, not reviewed here); the provenance section gives the origin each of its runs recorded.")
     survey = load_survey()
     ref = load_reference()
     for (backbone, profile, queries), es in table1_blocks(entries).items():
