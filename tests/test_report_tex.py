@@ -208,6 +208,15 @@ def test_tex_compiles_standalone_and_in_a_paper(two_settings, tmp_path):
                                            "\\begin{document}\nText before.\n\\input{" + src + "}\n"
                                            "Text after.\n\\end{document}\n")
         _compile(exe, work, f"paper-{src}")
+    # a two-column paper takes the wide tables (table*) at readable size
+    (work / "paper-twocolumn.tex").write_text("\\documentclass[twocolumn]{article}\n\\usepackage{booktabs,graphicx}\n"
+                                              "\\begin{document}\nText before.\n\\input{tables-wide.tex}\n"
+                                              "Text after.\n\\end{document}\n")
+    _compile(exe, work, "paper-twocolumn.tex")
+    fonts = shutil.which("pdffonts")
+    if fonts:  # Type 1 (scalable) fonts, which venues require, not Type 3 bitmaps
+        listing = subprocess.run([fonts, str(work / "report.pdf")], capture_output=True, text=True).stdout
+        assert "Type 1" in listing and "Type 3" not in listing, listing
 
 
 # ------------------------------------------------------------------------------------------------ several directories
