@@ -488,3 +488,23 @@ def test_matching_fce_compared_like_for_like(tmp_path):
     assert board.loc[("mtl-ft", "miniimagenet", "")]["published"] == ""  # other variants: as before
     md = (tmp_path / "rep/report.md").read_text()
     assert "published with fce=False" in md and "† other protocol: fce: published False, ran True" in md
+
+
+def test_transductive_and_external_entries_are_marked_and_flops_shown(tmp_path):
+    """A transductive run and a run of an external method are marked in the tables (and the leaderboard); the cost
+    section shows the harness's FLOPs per training episode; older runs without these fields show neither mark."""
+    rng = np.random.default_rng(0)
+    acc = lambda p: (rng.random(30) < p).astype(float)  # noqa: E731
+    write_run(tmp_path / "res", "protonet", "metric", acc=acc(0.9), fp="f" * 64,
+              summary_extra={"flops_per_train_episode": 2.5e9, "transductive": False})
+    write_run(tmp_path / "res", "maml", "initialization", acc=acc(0.8), fp="f" * 64,
+              summary_extra={"flops_per_train_episode": 1.2e9, "transductive": True})
+    write_run(tmp_path / "res", "cosnet", "metric", acc=acc(0.85), fp="f" * 64,
+              summary_extra={"method_facts": {"origin": {"kind": "file", "path": "/x/c.py", "sha256": "a" * 64}}})
+    write_run(tmp_path / "res", "relation", "metric", acc=acc(0.7), fp="f" * 64)  # before the fields
+    res = build(tmp_path / "res", tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    board = res.leaderboard.set_index("method")
+    assert bool(board.loc["maml", "transductive"]) and not bool(board.loc["protonet", "transductive"])
+    assert board.loc["protonet", "flops_per_train_episode"] == 2.5e9
+    assert "maml [transductive]" in md and "cosnet [ext]" in md and "| 2.50 |" in md and "| 1.20 |" in md

@@ -29,7 +29,7 @@ REPORT_LEADERBOARD_COLUMNS = [
     "trainable_params", "adapted_params", "shared_seconds",
     "device", "test_fingerprint", "dataset_fingerprint", "code_version", "run_ids",
     "paper_train_episodes", "budget_fraction", "split", "precision", "deterministic",
-    "eval_seed", "peak_memory_increase_mb",
+    "eval_seed", "peak_memory_increase_mb", "flops_per_train_episode", "transductive",
 ]
 
 
@@ -49,13 +49,19 @@ class Entry:
                    for r in self.runs)
 
     @property
+    def transductive(self) -> bool:
+        """Whether the method scores a query using the other queries of its episode (recorded per run, measured by
+        ``benchmark.check``): ranked beside the others only with that mark."""
+        return any(bool(r["transductive"]) for r in self.runs)
+
+    @property
     def label(self) -> str:
         """The entry's name in every table: the method, its overrides and precision, and ``[ext]`` for a method
         from outside the package (its origin is in the report's provenance section)."""
         ov = self.key["overrides"]
         precision = self.key.get("precision") or "fp32"
         return self.key["method"] + (f" [{ov}]" if ov else "") + (f" [{precision}]" if precision != "fp32" else "") \
-            + (" [ext]" if self.external else "")
+            + (" [transductive]" if self.transductive else "") + (" [ext]" if self.external else "")
 
     @property
     def setting(self) -> tuple:
@@ -124,6 +130,9 @@ def build_entries(runs: list[Run]) -> list[Entry]:
             "difference": mean - pub["accuracy"] if pub else math.nan,
             "train_episodes": avg("train_episodes"), "train_seconds": avg("train_seconds"),
             "ms_per_train_episode": avg("ms_per_train_episode"), "ms_per_test_episode": avg("ms_per_test_episode"),
+            # forward+backward FLOPs of one training episode, counted by the harness (runs older than it: NaN)
+            "flops_per_train_episode": avg("flops_per_train_episode"),
+            "transductive": any(bool(r["transductive"]) for r in rs),
             "peak_memory_mb": max((float(r["peak_memory_mb"]) for r in rs if r["peak_memory_mb"] is not None),
                                   default=math.nan),
             "memory_kind": _join(r["memory_kind"] for r in rs),

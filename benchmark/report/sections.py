@@ -185,7 +185,10 @@ def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
           "Omniglot figures, published without FCE). *Idea (survey)*: the survey's idea column, summarised in "
           "English in `survey_table1.csv` (not a verbatim translation); *Description (this project)*: the one-line "
           "idea each method class declares. **[ext]** marks a method from outside this package (a plugin or a "
-          "method file, not reviewed here); the provenance section gives the origin each of its runs recorded.")
+          "method file, not reviewed here); the provenance section gives the origin each of its runs recorded. "
+          "**[transductive]** marks a method that scores a query using the other queries of its episode (recorded "
+          "with each run, measured by `benchmark.check`; MAML's BatchNorm uses the query batch's statistics): its "
+          "accuracy is not like for like with the non-transductive entries beside it.")
     survey = load_survey()
     ref = load_reference()
     for (backbone, profile, queries), es in table1_blocks(entries).items():
@@ -455,7 +458,10 @@ def episode_counts(doc: Doc, entries: list[Entry], thresholds) -> pd.DataFrame:
 def cost(doc: Doc, entries: list[Entry], runs) -> None:
     doc.h(2, "6. Cost", "cost")
     doc.p("Means over seeds. Training time excludes validation and shared artefacts (listed once below); "
-          "ms per test episode is adaptation plus prediction. *Memory added by the run*: the run's peak minus the "
+          "ms per test episode is adaptation plus prediction. *GFLOP / training episode*: the floating-point "
+          "operations (forward and backward) of one training episode, counted by the harness on the run's first "
+          "step (`torch.utils.flop_counter`): a method that trains more per episode shows here, whatever budget it "
+          "reports. *Memory added by the run*: the run's peak minus the "
           "level when it began (resident set of the process on the CPU, allocated CUDA memory on a GPU), maximum "
           "over seeds: what the run itself needed, independent of its place in the job (— for runs that predate "
           "the record). *Peak memory*: the peak itself, which on the CPU includes what the process already held "
@@ -471,6 +477,8 @@ def cost(doc: Doc, entries: list[Entry], runs) -> None:
             rows.append({"Method": _method_cell(e), "Training episodes": _int(r["train_episodes"]),
                          "Training time": _secs(r["train_seconds"]),
                          "ms / training episode": _f(r["ms_per_train_episode"], 1),
+                         "GFLOP / training episode": _f(r["flops_per_train_episode"] / 1e9, 2)
+                         if not math.isnan(r["flops_per_train_episode"]) else "—",
                          "ms / test episode": _f(r["ms_per_test_episode"], 1),
                          "Memory added by the run (MB)": (f"{_f(r['peak_memory_increase_mb'], 0)} "
                                                           f"({_memory_label(r['memory_kind'])})"
