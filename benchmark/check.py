@@ -50,8 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .cli.methods import add_method_files, announce_method_files, load_method_files
-from .cli.toolkit import EXIT_FAILED, EXIT_OK, Parser, UsageError, at_least, setup_torch, usage_errors
+from .cli.toolkit import EXIT_FAILED, EXIT_OK, Parser, UsageError, at_least, usage_errors
+from .pipeline.method_options import add_method_files, announce_method_files, load_method_files
 from .store.compare import first_difference, read_records, records_differ
 
 PASSED, FAILED, WARNING = "passed", "failed", "warning"
@@ -526,6 +526,8 @@ def _main(args) -> int:
     at_least("--test-episodes", args.test_episodes)
     at_least("--shots", args.shots)
     load_method_files(args.method_file)
+    from .pipeline.machine import setup_torch  # imports torch: after the arguments are read
+
     setup_torch("cpu", args.threads)
     try:
         names = registry.resolve(",".join(args.methods))

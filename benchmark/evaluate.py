@@ -23,7 +23,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli.methods import add_method_files, announce_method_files, load_method_files
 from .cli.toolkit import (
     EXIT_USAGE,
     Parser,
@@ -32,9 +31,9 @@ from .cli.toolkit import (
     existing_dir,
     note,
     progress_factory,
-    setup_torch,
     usage_errors,
 )
+from .pipeline.method_options import add_method_files, announce_method_files, load_method_files
 
 __all__ = ["EXIT_USAGE", "EvaluationJob", "UsageError", "eval_id", "main", "parser", "plan", "record", "evaluate_job"]
 
@@ -157,6 +156,8 @@ def plan(args) -> tuple[list[EvaluationJob], object]:
     at_least("--threads", args.threads)
     existing_dir("--data-dir", args.data_dir)
     load_method_files(args.method_file)
+    from .pipeline.machine import setup_torch  # imports torch: after the arguments are read
+
     device = setup_torch(args.device, args.threads)
     from .pipeline.machine import configure_determinism
 

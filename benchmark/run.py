@@ -32,7 +32,6 @@ import sys
 import time
 from pathlib import Path
 
-from .cli.methods import add_method_files, announce_method_files, catalogue_lines, load_method_files
 from .cli.toolkit import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -47,11 +46,11 @@ from .cli.toolkit import (
     gpu_share,
     note,
     progress_factory,
-    setup_torch,
     usage_errors,
     whole_number,
     writable_dir,
 )
+from .pipeline.method_options import add_method_files, announce_method_files, catalogue_lines, load_method_files
 from .pipeline.plan import RAY_INIT_TIMEOUT_S, RAY_PROBE_TIMEOUT_S
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TERMINATED", "EXIT_USAGE", "UsageError", "main", "parser",
@@ -158,6 +157,8 @@ def plan(args):
 
     prefetch, workers = _check_counts(args)
     load_method_files(args.method_file)
+    from .pipeline.machine import setup_torch  # imports torch: after the arguments are read
+
     device = setup_torch(args.device, args.threads)
     settings = _executor_settings(args, device, workers)
     runs = _prepare_runs(args)

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cli.toolkit import UsageError, at_least, setup_torch, usage_errors
+from .cli.toolkit import UsageError, at_least, usage_errors
 
 if TYPE_CHECKING:
     from .pipeline.config import PreparedRun
@@ -210,6 +210,7 @@ def _main(args) -> int:
     from .data import DataError
     from .pipeline import registry
     from .pipeline.config import parse_overrides
+    from .pipeline.machine import setup_torch  # imports torch: after the arguments are read
 
     setup_torch(args.device, args.threads)
     at_least("--steps", args.steps)

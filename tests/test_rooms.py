@@ -64,6 +64,12 @@ def test_the_kit_reaches_only_the_data_and_the_store_nothing_above_it():
     assert breaches(sorted((ROOT / "benchmark" / "store").glob("*.py")), STORE_ALLOWED) == []
 
 
+def test_the_toolkit_and_the_data_reach_nothing_above_them():
+    """The commands' toolkit is the lowest room of the commands (the data checker and the report use it)."""
+    assert breaches(sorted((ROOT / "benchmark" / "cli").glob("*.py")), ("benchmark.cli",)) == []
+    assert breaches(sorted((ROOT / "benchmark" / "data").glob("*.py")), ("benchmark.data", "benchmark.cli.toolkit")) == []
+
+
 def test_only_the_registry_imports_the_methods():
     harness = [p for p in (ROOT / "benchmark").rglob("*.py") if p.name != "registry.py"]
     assert [b for b in breaches(harness, ("benchmark",)) if ": methods" in b and not b.endswith(": methods.base")] \

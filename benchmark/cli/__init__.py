@@ -1,4 +1,4 @@
-"""The command-line toolkit the commands (``python -m benchmark.run``, ``evaluate``, ``check``, ``speed``,
-``gpu_check``, ``report``) share: :mod:`benchmark.cli.toolkit` (exit codes, one-line usage errors, argument
-types, thread and device set-up, progress bars) and :mod:`benchmark.cli.methods` (``--method-file`` and the
-method catalogue of ``--help``, read without importing PyTorch)."""
+"""The command-line toolkit every command shares (:mod:`benchmark.cli.toolkit`: exit codes, the one-line parser
+and usage errors, argument checks, progress bars). It imports nothing of the harness, so the data checker and the
+report use it too; the methods' options (``--method-file``, ``--help``'s catalogue) are
+:mod:`benchmark.pipeline.method_options` and the process's set-up is :func:`benchmark.pipeline.machine.setup_torch`."""

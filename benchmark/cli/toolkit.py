@@ -1,11 +1,11 @@
 """The command-line toolkit the commands share (``benchmark.run``, ``benchmark.evaluate``, ``benchmark.speed``,
 ``benchmark.check``, ``benchmark.report``, ``benchmark.data``): exit codes, the one parser (:class:`Parser`, whose
-errors are one line), the one-line usage error, count, name and folder checks, torch and device set-up, progress bars
-and notes. The commands that look methods up add :mod:`benchmark.cli.methods`
+errors are one line), the one-line usage error, count, name and folder checks, progress bars and notes. The commands that look methods up add :mod:`benchmark.pipeline.method_options`
 (``--method-file`` and ``--help``'s catalogue).
 
-Importing this module imports neither torch nor the methods: torch is imported by :func:`setup_torch` only once the
-arguments have been parsed.
+This module imports nothing of the harness, nor torch: every command, the data checker and the report included, can
+use it. The process's set-up for PyTorch (threads, device), once the arguments are parsed, is
+:func:`benchmark.pipeline.machine.setup_torch`.
 """
 from __future__ import annotations
 
@@ -119,25 +119,6 @@ def writable_dir(label: str, path: str | Path) -> None:
     except OSError as e:
         raise UsageError(f"{label} {path} is not writable ({e.strerror or e}"
                          f"{'' if probe == path else f' in {probe}, where it would be created'}); give another")
-
-
-def setup_torch(device: str, threads: int | None = None):
-    """Prepare this process for PyTorch work: the allocator settings (:func:`benchmark.pipeline.perf.tune_cpu`), PyTorch's CPU
-    threads (``threads``: at least 1; None: PyTorch's default) and the device (``auto | cpu | cuda[:N]``); returns the
-    ``torch.device``. UsageError for a device that is not there or a thread count below 1 (checked before torch is
-    imported; 0 is refused rather than read as "the default": omit ``--threads`` for that)."""
-    at_least("--threads", threads)
-    import torch
-
-    from ..pipeline.machine import resolve_device, tune_cpu
-
-    tune_cpu()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        return resolve_device(device)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
 
 
 def progress_factory(disabled: bool = False) -> Callable:

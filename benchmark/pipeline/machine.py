@@ -282,3 +282,20 @@ def tune_cpu() -> bool:
         ok = False
     _done = ok
     return ok
+
+
+def setup_torch(device: str, threads: int | None = None):
+    """Prepare this process for PyTorch work: the allocator settings (:func:`tune_cpu`), PyTorch's CPU
+    threads (``threads``: at least 1; None: PyTorch's default) and the device (``auto | cpu | cuda[:N]``); returns the
+    ``torch.device``. UsageError for a device that is not there or a thread count below 1 (checked before torch is
+    imported; 0 is refused rather than read as "the default": omit ``--threads`` for that)."""
+    from ..cli.toolkit import UsageError, at_least
+
+    at_least("--threads", threads)
+    tune_cpu()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return resolve_device(device)
+    except ValueError as e:
+        raise UsageError(str(e)) from None

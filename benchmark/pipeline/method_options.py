@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .toolkit import UsageError
+from ..cli.toolkit import UsageError
 
 
 def add_method_files(p) -> None:
@@ -26,7 +26,7 @@ def announce_method_files(argv: list[str] | None) -> None:
     import argparse
     import os
 
-    from ..pipeline import registry
+    from . import registry
 
     class _Quiet(argparse.ArgumentParser):
         def error(self, message):  # the command's own parser reports it, in one line
@@ -47,7 +47,7 @@ def announce_method_files(argv: list[str] | None) -> None:
 def load_method_files(files: list[str]) -> None:
     """Register the methods of ``--method-file`` (and ``$BENCHMARK_METHODS``); UsageError for a bad file or a
     clashing name."""
-    from ..pipeline import registry
+    from . import registry
 
     try:
         registry.load_files(files)
@@ -61,7 +61,7 @@ def catalogue_lines() -> list[str]:
     from ..data import DATASETS
     from ..kit.backbone_table import BACKBONES
     from ..kit.profiles import PROFILES
-    from ..pipeline import registry
+    from . import registry
 
     entries = registry.catalogue()
     lines = ["methods (built-in):"]
