@@ -41,6 +41,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .cli.toolkit import Parser
+
 ROOT = Path(__file__).resolve().parents[1]
 #: share of the budget each part may take (time a part leaves unused carries over to the next); (f) gets the rest
 SHARES = {"speed": 0.18, "determinism": 0.12, "resume": 0.05, "packing": 0.20, "quick": 0.25}
@@ -514,7 +516,7 @@ def write_summary(path: Path, plan: Plan, parts: list[Part], budget_s: float, st
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmark.gpu_check", description=__doc__,
+    p = Parser(prog="python -m benchmark.gpu_check", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", help="cuda[:N] (default) or cpu (the same as --dry-run)")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU, to test the script")

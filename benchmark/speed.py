@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cli.toolkit import UsageError, at_least, usage_errors
+from .cli.toolkit import Parser, UsageError, at_least, usage_errors
 
 if TYPE_CHECKING:
     from .pipeline.config import PreparedRun
@@ -166,7 +166,7 @@ def sampler_rate(prepared: PreparedRun, device: str = "cpu", episodes: int = 200
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmark.speed", description=__doc__,
+    p = Parser(prog="python -m benchmark.speed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", nargs="+", default=["protonet"], help="method names (or 'all')")
     p.add_argument("--dataset", default="omniglot")

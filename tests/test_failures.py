@@ -138,3 +138,20 @@ def test_file_lock_is_released_when_its_process_dies(tmp_path):
     mine = FileLock(lock)
     assert mine.acquire(wait=False) and mine.holder()["pid"] == os.getpid()
     mine.release()
+
+
+def test_a_failure_that_cannot_be_recorded_is_said_not_raised(tmp_path):
+    """record_failure, which every executor uses: when the failure record cannot be written (a full disk), the
+    record says why and nothing is raised, so the other runs go on."""
+    from benchmark.pipeline.runner import failure_record, record_failure
+    from benchmark.store.folders import RunFolder
+
+    class Full(RunFolder):
+        def fail(self, record, detail=None):
+            raise OSError(28, "No space left on device")
+
+    rec = failure_record("exception", "ValueError: x", {"executor": "processes"})
+    out = record_failure(Full(tmp_path, "r1"), rec, "tb")
+    assert out["unrecorded"].startswith("OSError: [Errno 28] No space left") and out["reason"] == rec["reason"]
+    ok = record_failure(RunFolder(tmp_path, "r2"), rec, "tb")
+    assert "unrecorded" not in ok and RunFolder(tmp_path, "r2").is_failed()

@@ -13,14 +13,14 @@ import resource
 import sys
 import time
 
-from ..cli.toolkit import UsageError, existing_dir, usage_errors
+from ..cli.toolkit import Parser, UsageError, existing_dir, usage_errors
 
 
 def main(argv: list[str] | None = None) -> int:
     from . import DATASETS
 
     lines = [f"  {n:16s} splits {'/'.join(d.splits):20s} files: {d.files}" for n, d in DATASETS.items()]
-    p = argparse.ArgumentParser(prog="python -m benchmark.data", description=__doc__,
+    p = Parser(prog="python -m benchmark.data", description=__doc__,
                                 epilog="datasets (the first split listed is the default):\n" + "\n".join(lines),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", help="dataset name")

@@ -47,7 +47,7 @@ from ..store.folders import RunFolder
 from . import plan as _plan
 from .plan import ProcessSettings, RaySettings
 from .registry import FILES_ENV
-from .runner import JobTemplate, Outcome, RunJob, failure_record, prepare, run_job
+from .runner import JobTemplate, Outcome, RunJob, failure_record, prepare, record_failure, run_job
 
 __all__ = ["ClusterError", "Outcome", "ProcessExecutor", "RayExecutor", "SequentialExecutor", "WorkerJob",
            "check_ray_address", "import_ray"]
@@ -334,8 +334,7 @@ class RayExecutor:
         except ray.exceptions.RayError as e:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             record = failure_record("task_error", f"{type(e).__name__}: {reason}", {"executor": "ray"})
-            folder.fail(record, str(e))
-            return Outcome(cfg.run_id, "failed", failure=record)
+            return Outcome(cfg.run_id, "failed", failure=record_failure(folder, record, str(e)))
         o = res["outcome"]
         if res["files"] is not None:
             folder.unpack(res["files"], finished=o.status == "done")
@@ -479,8 +478,8 @@ class ProcessExecutor:
                     reason = (f"{BrokenProcessPool.__name__}: the worker process died {deaths[run_id]} time(s) "
                               "while training this run")
                     record = failure_record("task_error", reason, {"executor": self.name})
-                    RunFolder(self.template.results_dir, p.cfg.run_id).fail(record, reason)
-                    o = Outcome(p.cfg.run_id, "failed", failure=record)
+                    o = Outcome(p.cfg.run_id, "failed", failure=record_failure(
+                        RunFolder(self.template.results_dir, p.cfg.run_id), record, reason))
                     outs.append(o)
                     on_outcome(o)
             if todo:
@@ -519,8 +518,8 @@ class ProcessExecutor:
                     except Exception as e:  # noqa: BLE001 - outside the run (e.g. preparing it): recorded as failed
                         reason = f"{type(e).__name__}: {e}".strip().splitlines()[0]
                         record = failure_record("task_error", reason, {"executor": self.name})
-                        RunFolder(self.template.results_dir, run_id).fail(record, reason)
-                        o = Outcome(run_id, "failed", failure=record)
+                        o = Outcome(run_id, "failed", failure=record_failure(
+                            RunFolder(self.template.results_dir, run_id), record, reason))
                     todo.pop(run_id)
                     outs.append(o)
                     on_outcome(o)

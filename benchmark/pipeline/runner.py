@@ -145,6 +145,17 @@ class Outcome:
     trained: bool = False
 
 
+def record_failure(folder: RunFolder, record: dict, detail: str | None = None) -> dict:
+    """Write a failed run's record (:meth:`RunFolder.fail`) and return it; when even that cannot be written (a full
+    disk), the record says so (``unrecorded``: why) and nothing is raised, so the other runs go on. Every executor
+    records failures through here."""
+    try:
+        folder.fail(record, detail)
+    except OSError as e:
+        return {**record, "unrecorded": _one_line(e)}
+    return record
+
+
 def failure_record(kind: str, reason: str, placement: dict, step: int | None = None,
                    last_curve_point: dict | None = None, **extra) -> dict:
     """What ``failed.json`` holds (:meth:`RunFolder.fail`): the kind (``non_finite_loss``, ``exception``,
@@ -261,11 +272,7 @@ class _Attempt:
             record = failure_record("exception", f"{type(e).__name__}: {e}".strip().splitlines()[0], job.placement,
                                     state.get("step"), state["curve"][-1] if state.get("curve") else None)
             tb = traceback.format_exc()
-        try:
-            job.folder.fail(record, tb)
-        except OSError as e:  # even the failure cannot be written (disk full): said in the outcome, the sweep goes on
-            record = {**record, "unrecorded": _one_line(e)}
-        raise RunFailed(job.cfg.run_id, record)
+        raise RunFailed(job.cfg.run_id, record_failure(job.folder, record, tb))
 
     def _train_and_test(self) -> dict:
         job, prepared, t = self.job, self.job.prepared, self.job.template
