@@ -98,7 +98,7 @@ def test_results_dir_that_is_a_file_exit_2(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
     r = cli("--methods", "protonet", "--results-dir", str(f))
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "not writable" in r.stderr
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "is a file, not a folder" in r.stderr
 
 
 @pytest.mark.parametrize("args,fragment", [

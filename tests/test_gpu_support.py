@@ -102,7 +102,7 @@ def test_maml_vectorize_default_is_chosen_by_device():
 
     def tiny_ctx():  # conv4-strided on 12x12 inputs, on the CPU
         return Context(setting=Setting("omniglot", 3, 2), image_shape=(1, 12, 12), backbone_name="conv4-strided",
-                       sampler=None, val_episodes=None, device=CPU, seed=0, profile="smoke")
+                       sampler=None, eval_seed=None, device=CPU, seed=0, profile="smoke")
 
     hp = MAML.hyper("smoke", Setting("omniglot", 3, 2))
     m = MAML(hp, tiny_ctx())

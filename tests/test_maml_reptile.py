@@ -18,7 +18,7 @@ CPU = torch.device("cpu")
 def tiny_ctx(sampler=None, ways=3, image=(1, 12, 12)):
     # conv4-strided on 12x12 inputs: 6x6, 3x3, 2x2, 1x1 maps, 64 features
     return Context(setting=Setting("omniglot", ways, 2), image_shape=image, backbone_name="conv4-strided",
-                   sampler=sampler, val_episodes=None, device=CPU, seed=0, profile="smoke")
+                   sampler=sampler, eval_seed=None, device=CPU, seed=0, profile="smoke")
 
 
 def random_tasks(n, ways=3, shots=2, queries=3, image=(1, 12, 12), seed=0):

@@ -95,18 +95,19 @@ def test_shapes_training_and_prediction(omniglot, shots):
     for k, v in m.named_parameters():
         if v.requires_grad:
             assert not torch.equal(v, before[k]), k  # every meta-parameter, c_0 included, gets a meta-gradient
-    ep = m.ctx.sampler.episode(0, m.ctx.setting.ways, m.ctx.setting.shots, 15, stream="test").hidden()
+    full = m.ctx.sampler.episode(0, m.ctx.setting.ways, m.ctx.setting.shots, 15, stream="test")
+    ep = full.hidden()
     with torch.enable_grad():
         logits = m.predict(ep)
-    assert logits.shape == (5 * 4, 5) and torch.isfinite(logits).all()
+    assert logits.shape == (5 * 15, 5) and torch.isfinite(logits).all()
     with torch.enable_grad():
         again = m.predict(ep)
     torch.testing.assert_close(logits, again)  # prediction is a pure function of the episode
     # queries are normalised with the support's running statistics: one query's logits do not depend on the others
-    sub = copy.copy(ep)
-    sub.query_x, sub.query_y = ep.query_x[:3], ep.query_y[:3]
+    sub = copy.copy(full)
+    sub.query_x, sub.query_y = full.query_x[:3], full.query_y[:3]
     with torch.enable_grad():
-        torch.testing.assert_close(m.predict(sub), logits[:3], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(m.predict(sub.hidden()), logits[:3], rtol=1e-4, atol=1e-5)
 
 
 def test_learns_on_smoke_profile(tmp_path):

@@ -437,7 +437,8 @@ def test_budget_fraction_columns_and_cells(tmp_path):
     board = pd.read_csv(tmp_path / "rep/leaderboard.csv").set_index("method")
     assert REPORT_LEADERBOARD_COLUMNS == OLD_COLUMNS + ["paper_train_episodes", "budget_fraction", "split",
                                                         "precision", "deterministic", "eval_seed",
-                                                        "peak_memory_increase_mb"]
+                                                        "peak_memory_increase_mb", "flops_per_train_episode",
+                                                        "transductive"]
     assert board.loc["protonet", "paper_train_episodes"] == 20000
     assert board.loc["protonet", "budget_fraction"] == pytest.approx(0.02)
     assert pd.isna(board.loc["maml", "paper_train_episodes"]) and pd.isna(board.loc["maml", "budget_fraction"])
@@ -447,8 +448,9 @@ def test_budget_fraction_columns_and_cells(tmp_path):
     assert "%" not in next(l for l in md.splitlines() if "| maml |" in l).split("not run")[-1]
     assert "Not comparable with published figures: 2.0%" in md  # the banner
     # the per-run leaderboard of the results store: columns appended at the end (budget, where a run ran, how)
-    assert LEADERBOARD_COLUMNS[-7:] == ["code_version", "budget_fraction", "executor", "node", "precision",
-                                        "deterministic", "eval_seed"]
+    assert LEADERBOARD_COLUMNS[-10:] == ["code_version", "budget_fraction", "executor", "node", "precision",
+                                         "deterministic", "eval_seed", "flops_per_train_episode", "transductive",
+                                         "origin"]
     runs = leaderboard(res).set_index(["method", "seed"])
     assert runs.loc[("protonet", 1), "budget_fraction"] == 0.025 and pd.isna(runs.loc[("maml", 0), "budget_fraction"])
     assert runs["executor"].isna().all()  # runs recorded without a placement (older runs)
