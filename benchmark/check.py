@@ -305,13 +305,12 @@ class MethodChecker:
     def check_training_budget(self) -> str:
         from pathlib import Path as _Path
 
-        from .pipeline.training import Trainer
+        from .pipeline.training import Checkpointing, Trainer
 
         method, ctx = self._fresh()
         hp = self.prepared.hp
         declared = self.cls.tasks_per_step(hp)
-        trainer = Trainer(method, hp, ctx.sampler, self._val_set(), self.device, _Path(self.workdir) / "budget.pt",
-                          {}, [])
+        trainer = Trainer(method, hp, ctx, self._val_set(), Checkpointing(_Path(self.workdir) / "budget.pt"))
         flops, total = None, 0
         for step in range(self.steps):
             batches = ctx.sampler.batches_drawn
