@@ -106,19 +106,16 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
 
 
 def step_flops(method, episodes, step: int, device, precision: str = "fp32") -> float | None:
-    """Floating-point operations of one training step on ``episodes`` (forward and backward, as
-    ``torch.utils.flop_counter.FlopCounterMode`` counts them: matrix products and convolutions), per episode of the
-    meta-batch; None when the counter cannot follow the step (it then trains as usual)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
+    """Floating-point operations of one training step on ``episodes`` (forward and backward), per episode of the
+    meta-batch, counted as the runs count them (:func:`~benchmark.pipeline.training.timed_step` with
+    ``count_flops``); None when the counter cannot follow the step (it then trains as usual)."""
     from .pipeline.training import timed_step
 
     try:
-        with FlopCounterMode(display=False) as counter:
-            r = timed_step(method, episodes, step, device, precision)
-        return counter.get_total_flops() / max(1, r.tasks)
+        r = timed_step(method, episodes, step, device, precision, count_flops=True)
     except Exception:  # noqa: BLE001 - a method whose step the counter cannot trace is measured without FLOPs
         return None
+    return r.flops / max(1, r.tasks) if r.flops is not None else None
 
 
 #: overrides of a ``paper``-profile measurement that shorten what a step's cost does not depend on: MTL's 100
