@@ -58,8 +58,20 @@ class EpisodeSpec:
         return [self.dataset, self.split, self.ways, self.shots, self.queries, self.seed, self.stream, int(index)]
 
 
+class _Shape:
+    """Ways and shots of an episode, from its classes and support indices (:class:`Episode`, :class:`QueryHidden`)."""
+
+    @property
+    def ways(self) -> int:
+        return len(self.classes)
+
+    @property
+    def shots(self) -> int:
+        return self.support_idx.shape[1]
+
+
 @dataclass
-class Episode:
+class Episode(_Shape):
     """One few-shot task. ``classes`` are class indices within ``split``; labels are positions in ``classes``."""
 
     spec: EpisodeSpec
@@ -103,14 +115,6 @@ class Episode:
         return cls(spec, 0, np.arange(ways), np.tile(np.arange(shots), (ways, 1)), np.zeros((ways, 0), np.int64),
                    support_x[order], support_y[order], query_x, query_y)
 
-    @property
-    def ways(self) -> int:
-        return len(self.classes)
-
-    @property
-    def shots(self) -> int:
-        return self.support_idx.shape[1]
-
     def to(self, device: torch.device | str) -> "Episode":
         if self.support_x.device == torch.device(device):
             return self
@@ -134,7 +138,7 @@ class QueryLabelsHidden(AttributeError):
     """Raised when a method reads the query labels of an evaluation episode (:class:`QueryHidden`)."""
 
 
-class QueryHidden:
+class QueryHidden(_Shape):
     """A validation or test episode as ``predict``/``predict_many`` receive it: support images and labels, query
     images, and no query labels. ``query_y`` and ``query_idx`` (whose rows are the classes) raise
     :class:`QueryLabelsHidden`; the harness scores the returned logits against the labels itself.
@@ -154,14 +158,6 @@ class QueryHidden:
                                 "support set and the query images (the harness scores the logits)")
 
     query_idx = query_y
-
-    @property
-    def ways(self) -> int:
-        return len(self.classes)
-
-    @property
-    def shots(self) -> int:
-        return self.support_idx.shape[1]
 
     def to(self, device: torch.device | str) -> "QueryHidden":
         return self if self.support_x.device == torch.device(device) else QueryHidden(self._episode.to(device))
