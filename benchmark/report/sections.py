@@ -315,9 +315,11 @@ def metric_methods(doc: Doc, entries: list[Entry]) -> None:
         return {"Strengths (survey)": s2.get("strengths") or ("not transcribed" if s2 else "—"),
                 "Shortcomings (survey)": s2.get("shortcomings") or ("not transcribed" if s2 else "—")}
 
+    external = {e.info.name for e in entries if e.external}
     for info in infos:
         facts = {re.sub(r"[_\s]+", " ", str(k)).strip().lower(): v for k, v in (info.metric_facts or {}).items()}
-        name = info.name + (f" (variant of {info.variant_of})" if info.variant_of else "")
+        name = info.name + (" [ext]" if info.name in external else "") + \
+            (f" (variant of {info.variant_of})" if info.variant_of else "")
         note = (survey2.get(norm_dataset(info.name)) or {}).get("note")
         if note:
             name += f" [{notes.setdefault(note, len(notes) + 1)}]"
