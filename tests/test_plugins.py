@@ -52,7 +52,7 @@ def test_method_file_runs_and_records_its_origin(tmp_path):
             and "cosine-protonet-omniglot" not in line]  # method rows; provenance rows name run ids
     assert len(rows) >= 3 and all("[ext]" in line for line in rows), rows  # Table 1, Table 2, the others
     tex = (tmp_path / "rep" / "latest" / "tables.tex").read_text()
-    assert "[ext]" in tex
+    assert "{[}ext{]}" in tex  # brackets braced by the LaTeX escaping
 
 
 def _installed(tmp_path):
