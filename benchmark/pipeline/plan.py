@@ -20,7 +20,8 @@ from .execution import Execution
 #: seconds a Ray cluster's address (HOST:PORT) has to accept a TCP connection
 #: (:func:`benchmark.pipeline.executors.check_ray_address`)
 RAY_PROBE_TIMEOUT_S = 5.0
-#: seconds ``ray.init`` has to join or start Ray (:class:`benchmark.pipeline.executors.RayExecutor`)
+#: seconds ``ray.init`` has to join a running Ray cluster; a local instance is started without a limit
+#: (:class:`benchmark.pipeline.executors.RayExecutor`)
 RAY_INIT_TIMEOUT_S = 60.0
 #: the executors of ``--executor`` (:mod:`benchmark.pipeline.executors`)
 EXECUTORS = ("sequential", "ray", "processes")
