@@ -101,7 +101,7 @@ def test_without_a_shared_filesystem_the_run_folder_comes_back(tmp_path, local_r
 def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path, local_ray, one_thread):
     from benchmark.pipeline.executors import RayExecutor
 
-    over = (("train_steps", 150), ("val_every", 10), ("train_ways", 5), ("train_queries", 5))
+    over = (("train_steps", 60), ("val_every", 10), ("train_ways", 5), ("train_queries", 5))
     cfg = RunConfig("protonet", shots=1, profile="smoke", test_episodes=20, val_episodes=5, overrides=over)
     res = tmp_path / "ray"
     folder = RunFolder(res, cfg.run_id)
