@@ -208,6 +208,20 @@ class Method(nn.Module):
     def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
         return (logits.argmax(-1) == y).float().mean().item()
 
+    @staticmethod
+    def metric(value: torch.Tensor) -> float | torch.Tensor:
+        """A training metric from a scalar tensor: its Python float on the CPU; on another device the detached
+        float64 tensor there, the same number (a float32 value is exact in float64, and float64 sums of such values
+        are Python's float sums), so that the step does not wait for the device: the trainer reads it at its next
+        validation (:class:`benchmark.pipeline.training.Trainer`). Sum metrics as ``total = total + metric(x)``."""
+        value = value.detach()
+        return value.item() if value.device.type == "cpu" else value.double()
+
+    @classmethod
+    def accuracy_metric(cls, logits: torch.Tensor, y: torch.Tensor) -> float | torch.Tensor:
+        """:meth:`accuracy` as a :meth:`metric` (a float on the CPU, a float64 tensor on another device)."""
+        return cls.metric((logits.detach().argmax(-1) == y).float().mean())
+
     def backward_episodes(self, episodes: list[Episode],
                           forward: Callable[[Episode], tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
         """Accumulate into ``.grad`` the gradient of the mean over ``episodes`` of the loss of
@@ -223,12 +237,8 @@ class Method(nn.Module):
             loss, scores = forward(ep)
             loss = loss / len(episodes)
             loss.backward()
-            if loss.device.type == "cpu":
-                loss_sum += loss.item()
-                acc_sum += self.accuracy(scores, ep.query_y) / len(episodes)
-            else:
-                loss_sum = loss_sum + loss.detach().double()
-                acc_sum = acc_sum + (scores.argmax(-1) == ep.query_y).float().mean().double() / len(episodes)
+            loss_sum = loss_sum + self.metric(loss)
+            acc_sum = acc_sum + self.accuracy_metric(scores, ep.query_y) / len(episodes)
         return {"loss": loss_sum, "acc": acc_sum}
 
 

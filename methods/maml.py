@@ -205,9 +205,10 @@ class MAML(Method):
         return params
 
     # ------------------------------------------------------------------ meta-training
-    def meta_loss_looped(self, episodes: list[Episode]) -> tuple[torch.Tensor, float]:
+    def meta_loss_looped(self, episodes: list[Episode]) -> tuple[float | torch.Tensor, float | torch.Tensor]:
         """Mean query loss after adaptation, one task at a time; backpropagates each task's share as it goes
-        (so only one task's graph is alive at once). Returns the (detached) loss and the query accuracy."""
+        (so only one task's graph is alive at once). Returns the loss and the query accuracy (as metrics:
+        :meth:`~methods.base.Method.metric`)."""
         theta = self.params()
         total, acc = 0.0, 0.0
         for ep in episodes:
@@ -215,11 +216,11 @@ class MAML(Method):
             logits = self.forward_with(fast, ep.query_x)
             loss = F.cross_entropy(logits, ep.query_y) / len(episodes)
             loss.backward()
-            total += loss.item()
-            acc += self.accuracy(logits, ep.query_y) / len(episodes)
-        return torch.tensor(total), acc
+            total = total + self.metric(loss)
+            acc = acc + self.accuracy_metric(logits, ep.query_y) / len(episodes)
+        return total, acc
 
-    def meta_loss_vectorized(self, episodes: list[Episode]) -> tuple[torch.Tensor, float]:
+    def meta_loss_vectorized(self, episodes: list[Episode]) -> tuple[float | torch.Tensor, float | torch.Tensor]:
         """Mean query loss after adaptation, all tasks at once (vmap over tasks, torch.func.grad inside)."""
         lr, steps, first_order = self.hp.inner_lr, self.hp.inner_steps, self.hp.first_order
         inner_grad = grad(self.support_loss)
@@ -239,15 +240,14 @@ class MAML(Method):
             losses, logits = vmap(task, in_dims=(None, 0, 0, 0, 0))(self.params(), xs, ys, xq, yq)
         loss = losses.mean()
         loss.backward()
-        acc = (logits.argmax(-1) == yq).float().mean().item()
-        return loss.detach(), acc
+        return self.metric(loss), self.accuracy_metric(logits, yq)
 
-    def meta_gradient(self, episodes: list[Episode]) -> tuple[float, float]:
-        """Zero the gradients and accumulate the meta-gradient of the meta-batch into ``.grad``."""
+    def meta_gradient(self, episodes: list[Episode]) -> tuple[float | torch.Tensor, float | torch.Tensor]:
+        """Zero the gradients and accumulate the meta-gradient of the meta-batch into ``.grad``; the mean query loss
+        and accuracy (as metrics: :meth:`~methods.base.Method.metric`)."""
         self.optimizer.zero_grad(set_to_none=True)
         fn = self.meta_loss_vectorized if self.hp.vectorize else self.meta_loss_looped
-        loss, acc = fn(episodes)
-        return float(loss), acc
+        return fn(episodes)
 
     def train_step(self, episodes: list[Episode], step: int) -> dict[str, float]:
         self.train()

@@ -190,21 +190,23 @@ class Reptile(Method):
         return [stream[i * batch:(i + 1) * batch] for i in range(iters)]
 
     def inner_train(self, params: dict[str, torch.Tensor], state: dict, x: torch.Tensor, y: torch.Tensor,
-                    batches: list[np.ndarray]) -> tuple[float, float]:
+                    batches: list[np.ndarray]) -> tuple[float | torch.Tensor, float | torch.Tensor]:
         """Train ``params`` (leaf tensors, updated in place) on the mini-batches; returns the last batch's loss and
-        accuracy (before its update)."""
+        accuracy (before its update), as metrics (:meth:`~methods.base.Method.metric`)."""
         names, tensors = list(params), tuple(params.values())
-        loss_v, acc = 0.0, 0.0
+        last = None
         for idx in batches:
             idx_t = torch.as_tensor(idx, device=x.device)
             logits = functional_call(self.net, params, (x[idx_t],))
             loss = F.cross_entropy(logits, y[idx_t])
             grads = torch.autograd.grad(loss, tensors)
-            loss_v, acc = loss.item(), self.accuracy(logits, y[idx_t])
+            last = (loss, logits, y[idx_t])  # read once, after the loop: no wait for the device per inner step
             with torch.no_grad():
                 state["t"] = self.inner_update(list(tensors), list(grads), [state["m"][k] for k in names],
                                                [state["v"][k] for k in names], state["t"])
-        return loss_v, acc
+        if last is None:
+            return 0.0, 0.0
+        return self.metric(last[0]), self.accuracy_metric(last[1], last[2])
 
     def inner_update(self, tensors: list[torch.Tensor], grads: list[torch.Tensor], ms: list[torch.Tensor],
                      vs: list[torch.Tensor], t: float) -> float:
