@@ -61,3 +61,34 @@ def test_maml_batched_adaptation_equals_one_at_a_time(omniglot, shots):
         a = m.predict(ep)
         torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
         assert torch.equal(a.argmax(-1), b.argmax(-1))
+
+
+@pytest.mark.parametrize("shots", [1, 5])
+def test_mtl_batched_adaptation_equals_one_at_a_time(omniglot, shots):
+    m = trained64("mtl", shots, steps=1, batched_adaptation=True, test_steps=20)
+    assert m.eval_group > 1
+    eps = episodes64(omniglot, shots, 3)
+    many = m.predict_many(eps)
+    for ep, b in zip(eps, many):
+        a = m.predict(ep)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
+        assert torch.equal(a.argmax(-1), b.argmax(-1))
+
+
+@pytest.mark.parametrize("shots", [1, 5])
+def test_meta_lstm_batched_adaptation_equals_one_at_a_time(omniglot, shots):
+    m = trained64("meta_lstm", shots, steps=1, batched_adaptation=True)
+    assert m.eval_group > 1 and m.hp.inner_steps == 5
+    eps = episodes64(omniglot, shots, 3)
+    many = m.predict_many(eps)
+    for ep, b in zip(eps, many):
+        a = m.predict(ep)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
+        assert torch.equal(a.argmax(-1), b.argmax(-1))
+
+
+@pytest.mark.parametrize("name", ["mtl", "meta_lstm"])
+def test_batched_adaptation_default_is_looped_on_the_cpu_for_every_adapting_method(name):
+    prepared = prepare(RunConfig(name, "omniglot", 5, 1, profile="smoke", val_episodes=2))
+    m = prepared.cls(prepared.hp, make_context(prepared, CPU))
+    assert m.hp.batched_adaptation is False and m.eval_group == 1
