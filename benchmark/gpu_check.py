@@ -4,13 +4,15 @@ Parts (each catches its own failure and records it, so one failing part does not
 rewritten after every part, so a check cut short keeps what it measured):
 
 (a) speed: milliseconds per training episode and per test episode of every main method, 1- and 5-shot, at the
-    ``paper`` profile's training shapes (fp32 cases first, then bf16 while time is left, and MAML with
-    ``vectorize`` on and off), with each one's FLOPs per training episode (``torch.utils.flop_counter``), the share
+    ``paper`` profile's training shapes (fp32 cases first, then the 1-shot ones of the methods that compile modules
+    again with ``--capture``, CUDA graphs, then bf16 while time is left, and MAML with ``vectorize`` on and off), with each one's FLOPs per training episode (``torch.utils.flop_counter``), the share
     of the device's peak that achieves, and its projected paper-length hours (:func:`benchmark.speed.paper_projection`),
     under :func:`benchmark.pipeline.machine.configure_determinism`; warnings about operations without a
     deterministic CUDA kernel are listed;
 (b) determinism: the smoke main job twice, into two results folders; every run's records must be identical
-    (:func:`benchmark.store.compare.folders_differ`);
+    (:func:`benchmark.store.compare.folders_differ`); then, on CUDA, ProtoNet's and Matching's 1-shot smoke runs
+    again with ``--capture``: per-episode and mean accuracy against the eager job's same runs (the paired
+    comparison that decides whether capture may become a default; informative, not part of the verdict);
 (c) resume: a run stopped mid-way and resumed must equal an uninterrupted one (runner API);
 (d) packing: the quick main job with ``--executor processes --workers K`` for K = 1, 2, 4, 8, each for an equal
     window: runs finished per minute and the GPU's mean utilisation;
@@ -90,6 +92,8 @@ class Plan:
     quick_args: list[str]  # benchmark.run arguments of the packing and quick parts (the executor is added)
     workers: list[int]  # K of the packing part; the quick part uses the last
     reproduce_args: list[str]  # benchmark.run arguments of a reproduction, besides --methods and --shots
+    capture: bool = False  # (a) also times --capture (CUDA graphs), (b) compares a captured job with the eager one
+    capture_args: tuple = ()  # benchmark.run arguments of (b)'s captured job (a subset of job_args' runs)
 
 
 def make_plan(device: str, dry: bool) -> Plan:
@@ -105,7 +109,9 @@ def make_plan(device: str, dry: bool) -> Plan:
     return Plan(device, False, registry.main_methods(), [1, 5], ["fp32", "bf16"], "paper", 5, 2, 10,
                 ["--methods", "all", "--profile", "smoke"],
                 ["protonet", "maml"], (("train_steps", 12), ("val_every", 4)), 6,
-                ["--methods", "all", "--profile", "quick"], [1, 2, 4, 8], ["--profile", "paper"])
+                ["--methods", "all", "--profile", "quick"], [1, 2, 4, 8], ["--profile", "paper"],
+                str(device).startswith("cuda"),
+                ("--methods", "protonet,matching", "--shots", "1", "--profile", "smoke"))
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -228,7 +234,10 @@ def part_speed(plan: Plan, deadline: float, results_dir: Path) -> Part:
                    " | GFLOP/train episode | achieved TFLOP/s (share of peak) | peak MB | projected paper training h "
                    "| projected test h |",
                    "|---|---|---|---|---|---|---|---|---|---|---|"]
-    cases = []  # every fp32 case first: the paper's precision is the one the projection needs most
+    from .pipeline import registry
+
+    cases = []  # every fp32 case first: the paper's precision is the one the projection needs most; then, with
+    # plan.capture, each fp32 case of a method that compiles modules again with --capture (CUDA graphs), then bf16
     for precision in plan.precisions:
         for name in plan.speed_methods:
             variants = [("vectorize=True", (("vectorize", True),)), ("vectorize=False", (("vectorize", False),))] \
@@ -237,6 +246,9 @@ def part_speed(plan: Plan, deadline: float, results_dir: Path) -> Part:
                 for label, over in variants:
                     over = tuple(PAPER_MEASUREMENT_OVERRIDES.get(name, ()) if paper else ()) + over
                     cases.append((name, shots, precision, label, over))
+        if precision == "fp32" and plan.capture:
+            cases += [(n, s, p, "captured", o) for n, s, p, label, o in list(cases)  # 1-shot: compiling takes time
+                      if p == "fp32" and not label and s == plan.speed_shots[0] and registry.get(n).compile_note is None]
     failures, det_warnings, skipped = 0, set(), 0
     for name, shots, precision, label, over in cases:
         if time.monotonic() > deadline:
@@ -247,7 +259,8 @@ def part_speed(plan: Plan, deadline: float, results_dir: Path) -> Part:
                 warnings.simplefilter("always")
                 prepared = prepare_measurement(name, shots=shots, profile=plan.speed_profile, overrides=over)
                 r = time_run(prepared, plan.device, plan.speed_steps, plan.speed_warmup, plan.speed_test_episodes,
-                             results_dir, eval_group=0, precision=precision, flops=True)
+                             results_dir, eval_group=0, precision=precision, flops=True,
+                             capture=label == "captured")
             for w in caught:
                 text = str(w.message)
                 if "determinis" in text.lower():
@@ -256,7 +269,7 @@ def part_speed(plan: Plan, deadline: float, results_dir: Path) -> Part:
             if paper:
                 cost = paper_projection(prepared, r)
                 hours = f" {cost['projected_train_hours']:.2f} | {cost['projected_test_hours']:.3f} |"
-                if precision == "fp32" and label in ("", "vectorize=True"):
+                if precision == "fp32" and label in ("", "vectorize=True"):  # eager: the runs' default
                     MEASURED[(name, shots)] = cost["projected_train_hours"] + cost["projected_test_hours"]
             fl, ms = r.get("flops_per_train_episode"), r["ms_per_train_episode_median"]
             achieved = "" if not fl else f"{fl / (ms / 1e3) / 1e12:.2f}" + (
@@ -288,13 +301,16 @@ def _finished(results_dir: Path) -> dict:
 def part_determinism(plan: Plan, deadline: float, work: Path) -> Part:
     part = Part("determinism", TITLES["determinism"])
     dirs = [work / "det-1", work / "det-2"]
-    for k, d in enumerate(dirs):
-        cmd = _python_run([*plan.job_args, "--results-dir", str(d)], plan.device)
-        # the first job may take up to half of the time left, the second the rest
-        left = max(10.0, (deadline - time.monotonic()) / (2 - k))
+    jobs = [[*plan.job_args, "--results-dir", str(d)] for d in dirs]
+    if plan.capture:  # the paired comparison of --capture: a third job, captured, on the same episodes
+        jobs.append([*plan.capture_args, "--capture", "--results-dir", str(work / "det-captured")])
+    for k, args in enumerate(jobs):
+        cmd = _python_run(args, plan.device)
+        # each job may take up to its share of the time left (the first half of it, or a third with --capture)
+        left = max(10.0, (deadline - time.monotonic()) / (len(jobs) - k))
         t0 = time.monotonic()
         rc, tail = _run_until(cmd, left)
-        part.lines.append(f"- `benchmark.run {' '.join(plan.job_args)} --results-dir {d.name}`: "
+        part.lines.append(f"- `benchmark.run {' '.join(a if '/' not in a else Path(a).name for a in args)}`: "
                           f"{'timed out' if rc is None else f'exit code {rc}'}, {time.monotonic() - t0:.0f} s")
         if rc != 0 and tail:
             part.lines.append(f"  - output tail: `{tail[:300]}`")
@@ -310,7 +326,32 @@ def part_determinism(plan: Plan, deadline: float, work: Path) -> Part:
     for r in differ:
         part.lines.append(f"  - {r}: {why[r]}")
     part.ok = bool(a) and not differ and not missing
+    if plan.capture:
+        part.lines += captured_against_eager(a, _finished(work / "det-captured"))
     return part
+
+
+def captured_against_eager(eager: dict, captured: dict) -> list[str]:
+    """Lines comparing each captured run (``--capture``) with the eager run of the same id on the same test
+    episodes: the fingerprints, episodes with the same accuracy, the mean accuracies and their difference, and the
+    training seconds of each (compilation included). Informative, not a verdict: the default stays eager until these
+    show the same accuracy and a faster step."""
+    lines = ["", "Captured (--capture) against eager, same runs and test episodes (training seconds include "
+             "compiling):", "",
+             "| run | same fingerprint | equal episodes | eager mean | captured mean | Δ | eager s | captured s |",
+             "|---|---|---|---|---|---|---|---|"]
+    both = sorted(set(eager) & set(captured))
+    for r in both:
+        e, c = eager[r], captured[r]
+        se, sc = e.read_summary(), c.read_summary()
+        ae, ac = (f.read_test_episodes()["accuracy"].tolist() for f in (e, c))
+        equal = sum(x == y for x, y in zip(ae, ac))
+        lines.append(f"| {r} | {se['test_fingerprint'] == sc['test_fingerprint']} | {equal}/{len(ae)} | "
+                     f"{se['mean']:.2f} | {sc['mean']:.2f} | {sc['mean'] - se['mean']:+.2f} | "
+                     f"{se.get('train_seconds', float('nan')):.1f} | {sc.get('train_seconds', float('nan')):.1f} |")
+    if not both:
+        lines.append("| (no captured run finished) | | | | | | | |")
+    return lines
 
 
 def part_resume(plan: Plan, deadline: float, work: Path) -> Part:

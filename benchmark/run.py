@@ -125,6 +125,10 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--compile", action="store_true",
                    help="torch.compile each method's compilable modules (not MAML, Reptile or the Meta-LSTM, which "
                    "run their networks functionally); off by default: measured slower on the CPU")
+    d.add_argument("--capture", action="store_true",
+                   help="CUDA: compile the same modules with torch.compile mode reduce-overhead, so that their "
+                   "forward and backward passes replay as captured CUDA graphs (fewer kernel launches); recorded per "
+                   "run; off by default until measured (python -m benchmark.gpu_check); refused on the CPU")
     g = p.add_argument_group("executing the runs")
     g.add_argument("--executor", choices=("sequential", "processes", "ray"), default="sequential",
                    help="sequential: one run after another in this process (the default); processes: the runs "
@@ -160,6 +164,9 @@ def plan(args):
     from .pipeline.machine import setup_torch  # imports torch: after the arguments are read
 
     device = setup_torch(args.device, args.threads)
+    if args.capture and device.type != "cuda":
+        raise UsageError(f"--capture records CUDA graphs and needs --device cuda (this run is on {device}); use "
+                         "--compile for compiled kernels on the CPU")
     settings = _executor_settings(args, device, workers)
     runs = _prepare_runs(args)
     results_dir = Path(args.results_dir)
@@ -175,7 +182,8 @@ def plan(args):
         check_writable(results_dir)
     except OSError as e:
         raise UsageError(str(e)) from None
-    return Plan(runs, results_dir, device, Execution(prefetch, not args.no_deterministic, args.compile),
+    return Plan(runs, results_dir, device, Execution(prefetch, not args.no_deterministic, args.compile,
+                                                     args.capture),
                 args.executor, settings, args.if_locked, not args.no_save_model, not args.no_progress,
                 None if args.no_report else reports_dir / args.report_name)
 

@@ -44,7 +44,7 @@ def prepare_measurement(method: str, dataset: str = "omniglot", ways: int = 5, s
 
 def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup: int = 3, test_episodes: int = 20,
              results_dir: str | Path | None = "results", eval_group: int = 1, precision: str = "fp32",
-             prefetch: int = 0, compile: bool = False, flops: bool = False) -> dict:
+             prefetch: int = 0, compile: bool = False, flops: bool = False, capture: bool = False) -> dict:
     """Time ``steps`` training steps and ``test_episodes`` test episodes (after ``warmup`` of each) of
     ``prepared``'s method, with :func:`~benchmark.pipeline.training.timed_step` and :func:`~benchmark.pipeline.training.evaluate`;
     artefacts are cached under ``results_dir`` as in runs (None: computed, not cached). ``eval_group``: test
@@ -52,7 +52,8 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
     ``precision``: "fp32" or "bf16" (autocast, :func:`~benchmark.pipeline.training.autocast`). ``prefetch``: meta-batches
     drawn ahead by the training loop's prefetcher (:mod:`benchmark.pipeline.prefetch`; 0: drawn when needed, as in the loop
     without it). ``compile``: :func:`~benchmark.pipeline.training.compile_method` first (its compilation falls in the warm-up
-    steps). Besides the step's own time (``ms_per_train_episode_*``), the wall clock per training episode from one
+    steps); ``capture``: compiled with mode reduce-overhead instead (CUDA graphs, ``--capture``). Besides the step's
+    own time (``ms_per_train_episode_*``), the wall clock per training episode from one
     step's end to the next (``ms_per_train_episode_wall_median``) includes drawing the meta-batch and moving it to
     the device, or waiting for the prefetcher: what prefetching saves shows there. ``flops``: also count the
     floating-point operations of one more training step (forward and backward, ``torch.utils.flop_counter``), per
@@ -62,6 +63,7 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
     import torch
 
     from .pipeline.episode_sets import test_set
+    from .pipeline.execution import CAPTURE_MODE
     from .pipeline.machine import PeakMemory, environment, resolve_device
     from .pipeline.method_context import make_context
     from .pipeline.prefetch import prefetched
@@ -72,7 +74,7 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
     ctx = make_context(prepared, dev, results_dir)
     with PeakMemory(dev) as mem:
         m = prepared.cls(hp, ctx).to(dev)
-        compiled = compile_method(m) if compile else []
+        compiled = compile_method(m, CAPTURE_MODE if capture else None) if compile or capture else []
         times, walls = [], []
         shape = m.train_shape()
         indices = range(warmup + steps)
@@ -96,7 +98,7 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
         "method": cfg.method, "dataset": cfg.dataset, "ways": cfg.ways, "shots": cfg.shots, "backbone": cfg.backbone,
         "train_episode": list(m.train_shape()), "meta_batch": hp.meta_batch, "device": str(dev),
         "threads": torch.get_num_threads(), **({"precision": precision} if precision != "fp32" else {}),
-        "prefetch": prefetch, "compiled": compiled,
+        "prefetch": prefetch, "compiled": compiled, "capture": bool(capture and compiled),
         "ms_per_train_episode_median": 1000 * statistics.median(times),
         "ms_per_train_episode_mean": 1000 * statistics.fmean(times),
         "ms_per_train_episode_wall_median": 1000 * statistics.median(walls),
@@ -190,6 +192,8 @@ def parser() -> argparse.ArgumentParser:
                    "(0: none, the default); the wall clock per training episode shows what it saves")
     p.add_argument("--compile", action="store_true", help="torch.compile the method's compilable modules first "
                    "(compilation falls in the 3 warm-up steps)")
+    p.add_argument("--capture", action="store_true", help="CUDA: compile them with mode reduce-overhead instead, so "
+                   "that their passes replay as captured CUDA graphs (as benchmark.run --capture); refused on the CPU")
     p.add_argument("--sampler", action="store_true", help="measure only the sampler: training episodes per second "
                    "of each method's training episode shape (--train-ways etc. apply), drawn and moved to --device")
     p.add_argument("--results-dir", default="results", help="where shared artefacts are cached (cache/), as runs "
@@ -209,7 +213,9 @@ def _main(args) -> int:
     from .pipeline.config import parse_overrides
     from .pipeline.machine import setup_torch  # imports torch: after the arguments are read
 
-    setup_torch(args.device, args.threads)
+    device = setup_torch(args.device, args.threads)
+    if args.capture and device.type != "cuda":
+        raise UsageError(f"--capture records CUDA graphs and needs --device cuda (this is {device})")
     at_least("--steps", args.steps)
     at_least("--test-episodes", args.test_episodes)
     at_least("--eval-group", args.eval_group, low=0)
@@ -232,7 +238,7 @@ def _main(args) -> int:
                   f"(median {r['ms_per_episode_median']:.2f} ms) [{r['device']}]", flush=True)
             continue
         r = time_run(prepared, args.device, args.steps, 3, args.test_episodes, args.results_dir, args.eval_group,
-                     args.precision, args.prefetch, args.compile)
+                     args.precision, args.prefetch, args.compile, capture=args.capture)
         if args.json:
             print(json.dumps(r))
         else:

@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from benchmark import run as run_cli
 from benchmark.pipeline.config import RunConfig
@@ -113,6 +114,49 @@ def test_the_report_names_a_run_that_any_attempt_compiled(tmp_path):
     (folder / "summary.json").write_text(json.dumps(s))
     text = build_report(results, tmp_path / "rep").read_text()
     assert f"1 run(s) trained with torch.compile (--compile): {folder.name}" in text
+    assert "CUDA graphs" not in text
+    # a run resumed with --capture is named as captured, not (also) as merely compiled
+    s["execution_attempts"][1]["capture"] = True
+    (folder / "summary.json").write_text(json.dumps(s))
+    text = build_report(results, tmp_path / "rep2").read_text()
+    assert f"1 run(s) trained with captured CUDA graphs (--capture: torch.compile mode reduce-overhead): " \
+        f"{folder.name}" in text and "(--compile)" not in text
+    assert s["execution"]["capture"] is False  # recorded for every run: eager here
+
+
+def test_capture_is_refused_on_the_cpu_in_one_line(tmp_path, capsys):
+    from benchmark.run import main
+
+    assert main(["--methods", "protonet", "--profile", "smoke", "--device", "cpu", "--capture", "--results-dir",
+                 str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--capture records CUDA graphs and needs --device cuda" in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_capture_compiles_with_the_reduce_overhead_mode(monkeypatch):
+    """--capture hands torch.compile mode reduce-overhead (CUDA graphs) for the method's compilable modules; a
+    method that compiles nothing captures nothing."""
+    from benchmark.pipeline.execution import CAPTURE_MODE
+    from benchmark.pipeline.training import compile_method
+
+    calls = []
+
+    class Mod(torch.nn.Module):
+        def compile(self, **kw):
+            calls.append(kw)
+
+    class Method:
+        def __init__(self, mods):
+            self.mods = mods
+
+        def compile_modules(self):
+            return self.mods
+
+    assert compile_method(Method({"encoder": Mod()}), CAPTURE_MODE) == ["encoder"]
+    assert compile_method(Method({"encoder": Mod()})) == ["encoder"]
+    assert calls == [{"mode": "reduce-overhead"}, {}]
+    assert compile_method(Method({}), CAPTURE_MODE) == []
 
 
 def test_warnings_of_non_deterministic_operations_are_collected_others_shown():
@@ -139,3 +183,11 @@ def test_methods_that_run_their_networks_functionally_compile_nothing_and_say_wh
         assert "functional" in registry.get(name).compile_note
     for name in ("protonet", "matching", "relation", "tadam", "mtl"):
         assert registry.get(name).compile_note is None
+
+
+def test_speed_refuses_capture_on_the_cpu_in_one_line(capsys):
+    from benchmark import speed
+
+    assert speed.main(["--method", "protonet", "--device", "cpu", "--capture"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--capture records CUDA graphs" in err, err

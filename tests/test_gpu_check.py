@@ -78,3 +78,25 @@ def test_reproduction_takes_the_cheapest_settings_first(monkeypatch):
     order = gc.reproduction_order(["protonet", "maml", "reptile"], [1])
     costs = [registry.get(m).paper_train_episodes(Setting("omniglot", 5, s)) for m, s in order]
     assert costs == sorted(costs)
+
+
+def test_capture_is_timed_and_compared_on_cuda_only():
+    cuda, cpu = gc.make_plan("cuda", False), gc.make_plan("cpu", True)
+    assert cuda.capture and "--capture" not in cuda.capture_args and "protonet,matching" in cuda.capture_args
+    assert not cpu.capture and not gc.make_plan("cpu", False).capture
+
+
+def test_captured_runs_are_set_against_the_eager_runs_of_the_same_id(tmp_path):
+    import torch
+
+    from benchmark.pipeline import RunConfig, run
+
+    cfg = RunConfig("protonet", shots=1, profile="smoke", test_episodes=5, val_episodes=2,
+                    overrides=(("train_steps", 2), ("val_every", 2), ("train_ways", 5)))
+    for d in ("eager", "captured"):
+        run(cfg, tmp_path / d, torch.device("cpu"), save_model=False)
+    lines = gc.captured_against_eager(gc._finished(tmp_path / "eager"), gc._finished(tmp_path / "captured"))
+    (row,) = [line for line in lines if line.startswith(f"| {cfg.run_id}")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "True" and cells[2] == "5/5" and cells[5] == "+0.00"  # the same computation here
+    assert "no captured run finished" in "".join(gc.captured_against_eager({}, {}))

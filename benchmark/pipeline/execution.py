@@ -14,6 +14,11 @@ its run id when not fp32).
   deterministic at a fixed number of threads either way, and nothing changes.
 * ``compile``: ``torch.compile`` the method's compilable modules (:meth:`~methods.base.Method.compile_modules`);
   off by default (measured slower on the CPU, see the README's "Speed").
+* ``capture``: CUDA only: the same modules compiled with ``mode="reduce-overhead"`` (:data:`CAPTURE_MODE`), so that
+  their forward and backward passes are replayed as captured CUDA graphs (one launch per graph instead of one per
+  kernel) wherever their shapes repeat, eager elsewhere; a method that compiles nothing captures nothing (its
+  ``compile_note`` says why). Off by default until the GPU check measures it faster with the same accuracy on the
+  same episodes (``benchmark.gpu_check``, parts (a) and (b)).
 
 Evaluation groups: :func:`group_size` sizes the groups of test episodes one ``predict_many`` call takes, by
 input size on the CPU and by free memory on CUDA (speed and memory only, never results).
@@ -27,6 +32,8 @@ from dataclasses import dataclass
 #: Numerical precisions of training and evaluation: "fp32" (float32 everywhere, the papers') or "bf16" (autocast to
 #: bfloat16: matrix products and convolutions in bfloat16, parameters, gradients and optimiser state in float32).
 PRECISIONS = ("fp32", "bf16")
+#: ``torch.compile`` mode of ``--capture``: Inductor's kernels replayed as CUDA graphs (cudagraph trees)
+CAPTURE_MODE = "reduce-overhead"
 
 
 def check_precision(precision: str) -> str:
@@ -57,6 +64,7 @@ class Execution:
     prefetch: int | None = None  # None: benchmark.pipeline.prefetch.default_prefetch(device)
     deterministic: bool = True
     compile: bool = False
+    capture: bool = False
 
     def __post_init__(self):
         if self.prefetch is not None and (not isinstance(self.prefetch, int) or self.prefetch < 0):

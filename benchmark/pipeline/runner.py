@@ -48,7 +48,7 @@ from ..store.statistics import at_chance, mean_ci95
 from .config import PreparedRun, RunConfig
 from .config import prepare as config_prepare
 from .episode_sets import test_set, validation_set
-from .execution import Execution
+from .execution import CAPTURE_MODE, Execution
 from .facts import record_facts
 from .machine import NondeterministicOps, PeakMemory, code_version, configure_determinism, environment
 from .machine import placement as where
@@ -291,7 +291,7 @@ class _Attempt:
         # deterministic: CPU kernels are, at a fixed thread count, whatever is asked; on CUDA, when determinism is
         # configured and no operation warns that it lacks a deterministic kernel (then False, with its name)
         attempt = {"prefetch": prefetch, "episodes_on_device": images is not None, "compile": ex.compile,
-                   "compiled": [],
+                   "capture": ex.capture, "compiled": [],
                    "deterministic_requested": ex.deterministic,
                    "deterministic": device.type != "cuda" or bool(determinism["deterministic"]),
                    "nondeterministic_ops": []}
@@ -299,7 +299,8 @@ class _Attempt:
                                      lambda: attempt.update(deterministic=False))
         with PeakMemory(device) as mem, watch:
             method = prepared.cls(prepared.hp, ctx).to(device)
-            attempt["compiled"] = compile_method(method) if ex.compile else []
+            if ex.compile or ex.capture:  # --capture: compiled for CUDA graphs (Execution's docstring)
+                attempt["compiled"] = compile_method(method, CAPTURE_MODE if ex.capture else None)
             self.trainer = trainer = Trainer(method, prepared.hp, ctx, validation_set(prepared).gathered_by(images),
                                              Checkpointing(folder.checkpoint, dataclasses.asdict(cfg),
                                                            ctx.cached.log), prefetch, cfg.precision)

@@ -212,15 +212,19 @@ def timed_step(method, episodes: list[Episode], step: int, device: torch.device,
                       counter.get_total_flops() if count_flops else None, opt_steps.n if count_flops else None)
 
 
-def compile_method(method) -> list[str]:
+def compile_method(method, mode: str | None = None) -> list[str]:
     """Compile ``method``'s :meth:`~methods.base.Method.compile_modules` in place (``nn.Module.compile``, PyTorch's
-    defaults: the inductor backend, shapes specialised first and made dynamic when they change); returns the names
-    of the modules compiled, empty for a method that compiles none (its ``compile_note`` says why). Parameters,
-    buffers and ``state_dict`` keys are unchanged, so checkpoints and saved models are those of the uncompiled
-    method; the numbers can differ from eager in the last bits (fused kernels round differently)."""
+    defaults: the inductor backend, shapes specialised first and made dynamic when they change; ``mode``: a
+    ``torch.compile`` mode, e.g. "reduce-overhead" for CUDA graphs, ``--capture``); returns the names of the modules
+    compiled, empty for a method that compiles none (its ``compile_note`` says why). Parameters, buffers and
+    ``state_dict`` keys are unchanged, so checkpoints and saved models are those of the uncompiled method; the
+    numbers can differ from eager in the last bits (fused kernels round differently)."""
     mods = method.compile_modules()
     for m in mods.values():
-        m.compile()
+        if mode is None:
+            m.compile()
+        else:
+            m.compile(mode=mode)
     return sorted(mods)
 
 

@@ -145,19 +145,27 @@ def execution_notes(runs: list[Run]) -> list[str]:
     "[bf16]", and a paired comparison with an fp32 entry compares precisions as well as methods) and runs not known
     to be deterministic (``deterministic`` false in ``summary.json``: CUDA with ``--no-deterministic``, or an
     operation without a deterministic CUDA kernel, which the note names), and runs any attempt of which compiled
-    modules (``--compile``)."""
+    modules (``--compile``) or captured them as CUDA graphs (``--capture``)."""
     notes = []
     bf16 = sorted(r.path.name for r in runs if r["precision"] != "fp32")
     if bf16:
         notes.append(f"{len(bf16)} run(s) ran in bfloat16 autocast (--precision bf16), labelled [bf16]: "
                      f"{', '.join(bf16)}; the papers' numbers are float32, and a comparison of a [bf16] entry with "
                      "an fp32 one compares precisions as well as methods")
+    def attempts(r):
+        return r["execution_attempts"] or [r["execution"] or {}]
+
+    captured = sorted(r.path.name for r in runs if any(a.get("capture") and a.get("compiled") for a in attempts(r)))
     compiled = sorted(r.path.name for r in runs
-                      if any(a.get("compiled") for a in (r["execution_attempts"] or [r["execution"] or {}])))
+                      if r.path.name not in captured and any(a.get("compiled") for a in attempts(r)))
     if compiled:
         notes.append(f"{len(compiled)} run(s) trained with torch.compile (--compile): {', '.join(compiled)}; "
                      "compiled kernels round differently, so their per-episode numbers are not bit-identical to an "
                      "eager run's on the same episodes")
+    if captured:
+        notes.append(f"{len(captured)} run(s) trained with captured CUDA graphs (--capture: torch.compile mode "
+                     f"reduce-overhead): {', '.join(captured)}; compiled kernels round differently, so their "
+                     "per-episode numbers are not bit-identical to an eager run's on the same episodes")
     nondet = [r for r in runs if r["deterministic"] is False]
     for r in sorted(nondet, key=lambda r: r.path.name):
         ex = r["execution"] or {}
