@@ -10,7 +10,9 @@ A method is an ``nn.Module`` subclass of :class:`Method` with
   (called through ``hyper``, which refuses an unknown profile name);
 * ``__init__(hp, ctx)``: build networks (through ``ctx.backbone``) and optimisers;
 * ``train_step(episodes, step)``: one meta-training step on a meta-batch of episodes, including the optimiser
-  update (at most one optimiser step per training episode the step consumes); returns metrics (floats);
+  update (at most one optimiser step per training episode the step consumes); returns metrics, each a float or,
+  better, a :meth:`Method.metric` (a float on the CPU, a tensor on a GPU that the trainer reads at its next
+  validation, so that the step never waits for the device);
 * ``predict(episode)``: adapt to the episode's support set and return query logits ``[n_query, ways]``
   (a metric method that scores an episode from its images' embeddings subclasses :class:`EmbeddingPredict` and
   implements ``score(episode, z=None)`` instead: ``predict`` and a grouped ``predict_many`` come with it).
