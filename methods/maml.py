@@ -117,7 +117,8 @@ class MAML(Method):
     compile_note = ("its network runs functionally over per-task adapted weights (torch.func.functional_call) and "
                     "second-order MAML differentiates through the inner gradients (create_graph=True): torch.compile's "
                     "AOT autograd has no double backward")
-    idea = "bi-level optimisation of a shared initialisation (second-order, optionally first-order)"
+    idea = ("an initialisation meta-learned through the gradient of the query loss after a few SGD steps on the "
+            "support set (second-order by default)")
     paper = "Finn, Abbeel & Levine. Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks. ICML 2017"
     Hyper = MAMLHyper
     adapts_at_test = True

@@ -95,7 +95,8 @@ class MatchingNet(EmbeddingPredict):
 
     name = "matching"
     family = "metric"
-    idea = "attention over support embeddings (LSTM full-context embeddings) with cosine similarity"
+    idea = ("support labels weighted by a softmax over cosine similarities; embeddings read in the context of the "
+            "support set (bidirectional LSTM for the support, attention LSTM for queries)")
     paper = "Vinyals, Blundell, Lillicrap, Kavukcuoglu & Wierstra. Matching Networks for One Shot Learning. NeurIPS 2016"
     Hyper = MatchingHyper
     metric_facts = {

@@ -164,7 +164,8 @@ class MetaLSTM(Method):
     family = "optimizer"
     compile_note = ("its learner runs functionally over the flat parameter vector the meta-learner writes at every "
                     "step (torch.func.functional_call), which a compiled module would re-trace")
-    idea = "coordinate-wise LSTM replaces gradient descent and learns the initialisation"
+    idea = ("a coordinate-wise LSTM updates the learner: its cell state is the learner's weights, its gates "
+            "per-weight learning and forgetting rates, its initial cell state the learned initialisation")
     paper = "Ravi & Larochelle. Optimization as a Model for Few-Shot Learning. ICLR 2017"
     Hyper = MetaLSTMHyper
     adapts_at_test = True

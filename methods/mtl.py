@@ -237,7 +237,9 @@ class MTL(Method):
 
     name = "mtl"
     family = "initialization"
-    idea = "frozen pretrained deep network adapted by meta-learned scaling and shifting; hard-task meta-batch"
+    idea = ("a classifier pretrained on all training classes is frozen; per-channel scalings and shifts of its "
+            "weights and a head initialisation are meta-learned, with the worst-classified classes re-sampled "
+            "(hard-task meta-batch)")
     paper = "Sun, Liu, Chua & Schiele. Meta-Transfer Learning for Few-Shot Learning. CVPR 2019"
     Hyper = MTLHyper
     adapts_at_test = True

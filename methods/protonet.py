@@ -32,7 +32,8 @@ class ProtoNet(EmbeddingPredict):
 
     name = "protonet"
     family = "metric"
-    idea = "class prototype = mean support embedding; squared Euclidean distance"
+    idea = ("a softmax over negative squared Euclidean distances from the query embedding to each class's mean "
+            "support embedding")
     paper = "Snell, Swersky & Zemel. Prototypical Networks for Few-shot Learning. NeurIPS 2017"
     Hyper = ProtoNetHyper
     metric_facts = {

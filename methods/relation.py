@@ -123,7 +123,8 @@ class RelationNet(EmbeddingPredict):
 
     name = "relation"
     family = "metric"
-    idea = "learned relation module scores query-support feature pairs"
+    idea = ("a small CNN and MLP score each query feature map against each class's summed support maps in [0, 1], "
+            "regressed to one-hot targets by mean squared error")
     paper = ("Sung, Yang, Zhang, Xiang, Torr & Hospedales. Learning to Compare: Relation Network for Few-Shot "
              "Learning. CVPR 2018")
     Hyper = RelationHyper

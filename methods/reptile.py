@@ -114,7 +114,8 @@ class Reptile(Method):
     family = "initialization"
     compile_note = ("its network runs functionally over adapted weights that are new tensors at every inner step "
                     "(torch.func.functional_call), which a compiled module would re-trace")
-    idea = "first-order meta-learning: move the initialisation toward task-adapted weights"
+    idea = ("after a few Adam steps on a task, the initialisation moves part of the way toward the adapted "
+            "weights (first-order: no second derivatives)")
     paper = "Nichol, Achiam & Schulman. On First-Order Meta-Learning Algorithms. arXiv:1803.02999, 2018"
     Hyper = ReptileHyper
     adapts_at_test = True

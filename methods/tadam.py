@@ -126,7 +126,8 @@ class TADAM(Method):
 
     name = "tadam"
     family = "metric"
-    idea = "metric scaling plus task-conditioned (FiLM) feature extractor"
+    idea = ("prototypes under a scaled Euclidean metric, in a backbone FiLM-modulated by an embedding of the "
+            "task's mean prototype; co-trained on all-class classification")
     paper = ("Oreshkin, Rodriguez & Lacoste. TADAM: Task dependent adaptive metric for improved few-shot learning. "
              "NeurIPS 2018")
     Hyper = TadamHyper

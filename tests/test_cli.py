@@ -33,6 +33,20 @@ def test_help_lists_methods_and_profiles():
     assert r.returncode == 0 and "protonet" in r.stdout and "quick" in r.stdout and "conv4" in r.stdout
 
 
+def test_catalogue_wraps_descriptions_under_their_column_and_never_breaks_a_path():
+    from benchmark.pipeline.method_options import _entry, catalogue_lines
+
+    methods = catalogue_lines()
+    methods = methods[1:methods.index("profiles:")]
+    assert all(len(line) <= 118 for line in methods), max(methods, key=len)
+    i = next(i for i, line in enumerate(methods) if line.startswith("  meta_lstm "))
+    assert methods[i + 1].startswith(" " * 35) and methods[i + 1].strip()  # continued beneath the description
+    path = "(file /a/very/long/folder/name/that/does/not/fit/on/the/line/of/the/description/mine.py)"
+    lines = _entry("mine", "metric", "word " * 30, path)
+    assert lines[-1] == " " * 35 + path and all(len(line) <= 118 for line in lines[:-1])
+    assert _entry("mine", "", "", "(file /x.py)") == ["  mine" + " " * 29 + "(file /x.py)"]
+
+
 @pytest.mark.parametrize("command", ["benchmark.run", "benchmark.evaluate", "benchmark.speed"])
 def test_help_imports_neither_torch_nor_the_methods(command):
     """--help is built from torch-free tables and the methods' source text, so it starts in a fraction of the time

@@ -55,6 +55,24 @@ def load_method_files(files: list[str]) -> None:
         raise UsageError(str(e)) from None
 
 
+def _entry(name: str, family: str, text: str, tail: str = "", width: int = 118) -> list[str]:
+    """One method of the catalogue: name and family in columns, its description wrapped beneath its own column;
+    ``tail`` (a file's path) is never broken, on the last line if it fits there, else on a line of its own."""
+    import textwrap
+
+    head = f"  {name:16s} {family:15s} "
+    indent = " " * len(head)
+    lines = textwrap.wrap(text, width, initial_indent=head, subsequent_indent=indent,
+                          break_on_hyphens=False) if text else [head]
+    if tail:
+        sep = "" if lines[-1] == head else " "
+        if len(lines[-1]) + len(sep) + len(tail) <= width:
+            lines[-1] += sep + tail
+        else:
+            lines.append(indent + tail)
+    return [line.rstrip() for line in lines]
+
+
 def catalogue_lines() -> list[str]:
     """``--help``'s lists of methods (built-in, then external), profiles, backbones and datasets, from torch-free
     sources."""
@@ -69,7 +87,7 @@ def catalogue_lines() -> list[str]:
         if "file" in c:
             continue
         tag = f" (variant of {c['variant_of']})" if c["variant_of"] else ""
-        lines.append(f"  {c['name']:16s} {c['family']:15s} {c['idea']}{tag}")
+        lines += _entry(c["name"], c["family"], f"{c['idea']}{tag}")
     builtin = [c for c in entries if "file" not in c]
     opt_in = set(registry.GROUPS.values())
     lines.append("  all = " + ", ".join(c["name"] for c in builtin if not c["variant_of"] and c["family"] not in opt_in))
@@ -83,7 +101,8 @@ def catalogue_lines() -> list[str]:
         plugins = []
     if files or plugins:
         lines.append("methods (external):")
-        lines += [f"  {c['name']:16s} {c['family'] or '':15s} {c['idea'] or ''} (file {c['file']})" for c in files]
+        for c in files:
+            lines += _entry(c["name"], c["family"] or "", c["idea"] or "", f"(file {c['file']})")
         lines += [f"  {n:16s} {'':15s} installed plugin {v} (entry point; facts shown once it is run)"
                   for n, v in plugins]
     lines.append("profiles:")
