@@ -510,3 +510,18 @@ def test_transductive_and_external_entries_are_marked_and_flops_shown(tmp_path):
     assert bool(board.loc["maml", "transductive"]) and not bool(board.loc["protonet", "transductive"])
     assert board.loc["protonet", "flops_per_train_episode"] == 2.5e9
     assert "maml [transductive]" in md and "cosnet [ext]" in md and "| 2.50 |" in md and "| 1.20 |" in md
+
+
+def test_wide_tables_keep_sentences_readable_and_figures_on_one_line():
+    """In Table 1's HTML a description keeps a readable width (the table scrolls sideways) instead of being squeezed
+    to a word per line, and a measured figure is never broken across lines."""
+    from benchmark.report.render import _html_table
+
+    cols = pd.MultiIndex.from_tuples([("", "Method"), ("", "Description (this project)"), ("omniglot", "measured")])
+    text = "a softmax over negative squared Euclidean distances to class means"
+    df = pd.DataFrame([["protonet", text, "96.83 ± 0.35"]], columns=cols)
+    t = _html_table(df)
+    assert '<td class="txt">a softmax over negative squared' in t and '<td class="nw">96.83 ± 0.35</td>' in t
+    from benchmark.report.render import _CSS
+
+    assert "td.txt{min-width:" in _CSS and "td.nw{white-space:nowrap}" in _CSS

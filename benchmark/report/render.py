@@ -105,6 +105,8 @@ table.tbl th{background:#eef2f7;text-align:left;padding:6px 9px;border:1px solid
 table.tbl td{padding:5px 9px;border:1px solid #d0d7de;vertical-align:top}
 table.tbl tr:nth-child(even) td{background:#f8fafc}
 table.tbl th.grp{text-align:center}
+table.tbl td.txt{min-width:15em}
+table.tbl td.nw{white-space:nowrap}
 .banner{border:2px solid #bf8700;background:#fff8c5;padding:.6em .9em;border-radius:6px;margin:1em 0}
 .notes{font-size:.8em;color:#57606a;margin:.2em 0 1em}
 .notes p{margin:.15em 0}
@@ -123,6 +125,13 @@ def _inline(text: str) -> str:
     return s
 
 
+def _html_cell(text: str) -> str:
+    """A cell of a wide (grouped) table: a sentence keeps a readable width (the table scrolls sideways instead of
+    squeezing it into a column a word wide); a short figure such as "94.09 ± 0.48" stays on one line."""
+    cls = ' class="txt"' if len(text) > 40 else ' class="nw"' if len(text) <= 24 else ""
+    return f"<td{cls}>{html.escape(text)}</td>"
+
+
 def _html_table(df: pd.DataFrame) -> str:
     """``df`` as an HTML table; a two-level header as two header rows, each group spanning its sub-columns."""
     if not isinstance(df.columns, pd.MultiIndex):
@@ -136,8 +145,7 @@ def _html_table(df: pd.DataFrame) -> str:
     head1 = "".join(f'<th colspan="{n}" class="grp">{html.escape(str(t))}</th>' if t else "<th></th>" * n
                     for t, n in groups)
     head2 = "".join(f"<th>{html.escape(str(sub))}</th>" for _, sub in df.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_md_cell(v))}</td>" for v in r) + "</tr>"
-                   for r in df.itertuples(index=False))
+    body = "".join("<tr>" + "".join(_html_cell(_md_cell(v)) for v in r) + "</tr>" for r in df.itertuples(index=False))
     return f'<table class="tbl"><thead><tr>{head1}</tr><tr>{head2}</tr></thead><tbody>{body}</tbody></table>'
 
 
