@@ -67,7 +67,7 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
     from .pipeline.machine import PeakMemory, environment, resolve_device
     from .pipeline.method_context import make_context
     from .pipeline.prefetch import prefetched
-    from .pipeline.training import compile_method, draw_episodes, evaluate, seed_everything, timed_step
+    from .pipeline.training import compile_method, counted_step, draw_episodes, evaluate, seed_everything
 
     dev, cfg, hp = resolve_device(device), prepared.cfg, prepared.hp
     seed_everything(cfg.seed)
@@ -82,12 +82,12 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
                         dev) as batches:
             t_end = time.perf_counter()
             for step in indices:
-                r = timed_step(m, batches.get(step), step, dev, precision)
+                r, _ = counted_step(m, ctx.sampler, batches.get(step), step, dev, precision)
                 t_prev, t_end = t_end, time.perf_counter()
                 if step >= warmup:
                     times.append(r.seconds / r.tasks)
                     walls.append((t_end - t_prev) / r.tasks)
-        counted = step_flops(m, draw_episodes(ctx.sampler, warmup + steps, hp.meta_batch, shape, dev),
+        counted = step_flops(m, ctx.sampler, draw_episodes(ctx.sampler, warmup + steps, hp.meta_batch, shape, dev),
                              warmup + steps, dev, precision) if flops else None
         test = test_set(prepared, test_episodes + warmup)
         group = eval_group or None  # 0: as runs evaluate (group_size picks for the method and the device)
@@ -107,14 +107,15 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
     }
 
 
-def step_flops(method, episodes, step: int, device, precision: str = "fp32") -> float | None:
-    """Floating-point operations of one training step on ``episodes`` (forward and backward), per episode of the
-    meta-batch, counted as the runs count them (:func:`~benchmark.pipeline.training.timed_step` with
-    ``count_flops``); None when the counter cannot follow the step (it then trains as usual)."""
-    from .pipeline.training import timed_step
+def step_flops(method, sampler, episodes, step: int, device, precision: str = "fp32") -> float | None:
+    """Floating-point operations of one training step on ``episodes`` (forward and backward), per training episode
+    the step consumed, counted as the runs count them (:func:`~benchmark.pipeline.training.counted_step` with
+    ``count_flops``: the meta-batch plus the episodes the method drew through its counting ``sampler``); None when
+    the counter cannot follow the step (it then trains as usual)."""
+    from .pipeline.training import counted_step
 
     try:
-        r = timed_step(method, episodes, step, device, precision, count_flops=True)
+        r, _ = counted_step(method, sampler, episodes, step, device, precision, count_flops=True)
     except Exception:  # noqa: BLE001 - a method whose step the counter cannot trace is measured without FLOPs
         return None
     return r.flops / max(1, r.tasks) if r.flops is not None else None

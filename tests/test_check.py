@@ -100,3 +100,18 @@ def test_fair_play_checks_pass_a_builtin(name, tmp_path):
     checks = check_method(name, steps=2, test_episodes=2, workdir=tmp_path,
                           only=["query labels", "training split", "training budget", "transduction"])
     assert [c.status for c in checks] == [PASSED] * 4, [c.line() for c in checks]
+
+
+def test_speed_counts_training_episodes_as_runs_do(unfair, tmp_path):
+    """benchmark.speed divides a step's time and FLOPs by the training episodes the step consumed as the harness
+    counts them (meta-batch plus draws through ctx.sampler), as runs do: unfair-extra's 1 + 9 episodes cost what
+    ProtoNet's one does per episode, not ten times as much (before the shared count, speed divided by the meta-batch
+    alone, so MTL's hard tasks made its figures 12/10 of the runs')."""
+    from benchmark.speed import prepare_measurement, time_run
+
+    per = {}
+    for name in ("protonet", "unfair-extra"):
+        prepared = prepare_measurement(name, profile="smoke", train_ways=5, train_queries=5)
+        per[name] = time_run(prepared, steps=1, warmup=1, test_episodes=1, results_dir=tmp_path, flops=True)
+    a, b = per["protonet"]["flops_per_train_episode"], per["unfair-extra"]["flops_per_train_episode"]
+    assert a > 0 and abs(b / a - 1) < 0.02, (a, b)

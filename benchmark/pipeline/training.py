@@ -174,7 +174,7 @@ def timed_step(method, episodes: list[Episode], step: int, device: torch.device,
                sync: bool = True, count_flops: bool = False) -> StepResult:
     """One ``method.train_step`` on ``episodes``, timed (on CUDA between two synchronisations); ``precision``: see
     :func:`autocast` (the whole step runs under it: the method's forward and backward passes; its optimiser update
-    is on float32 parameters either way). ``tasks`` is the meta-batch's size here (the :class:`Trainer` adds the
+    is on float32 parameters either way). ``tasks`` is the meta-batch's size here (:func:`counted_step` adds the
     episodes the method drew through its counting sampler); a ``tasks`` metric a method still returns (the old
     contract) is taken out of the metrics into ``reported_tasks``, never counted.
 
@@ -210,6 +210,26 @@ def timed_step(method, episodes: list[Episode], step: int, device: torch.device,
     reported = metrics.pop("tasks", None)
     return StepResult(metrics, len(episodes), secs, events, None if reported is None else int(reported),
                       counter.get_total_flops() if count_flops else None, opt_steps.n if count_flops else None)
+
+
+def drawn(sampler) -> tuple[int, int]:
+    """(episodes, images) a method has drawn so far through its counting sampler
+    (:class:`~benchmark.kit.episodes.TrainingSampler`; 0 for a plain sampler)."""
+    return getattr(sampler, "episodes_drawn", 0), getattr(sampler, "images_drawn", 0)
+
+
+def counted_step(method, sampler, episodes: list[Episode], step: int, device: torch.device, precision: str = "fp32",
+                 sync: bool = True, count_flops: bool = False) -> tuple[StepResult, int]:
+    """:func:`timed_step`, with ``tasks`` the training episodes the step consumed as the harness counts them: the
+    meta-batch handed over plus the episodes the method drew through its counting ``sampler`` during the step (MTL's
+    hard tasks, say). The one place that count is made: runs (:class:`Trainer`) and measurements
+    (:mod:`benchmark.speed`) both take it, so a time or FLOPs figure "per training episode" means the same thing in
+    both. Also returns the classification-batch images drawn during the step."""
+    before = drawn(sampler)
+    r = timed_step(method, episodes, step, device, precision, sync=sync, count_flops=count_flops)
+    after = drawn(sampler)
+    r.tasks = len(episodes) + after[0] - before[0]
+    return r, after[1] - before[1]
 
 
 def compile_method(method, mode: str | None = None) -> list[str]:
@@ -358,11 +378,7 @@ class Trainer:
         self.meta_batch = meta_batch_size(method, hp)
         self.state = new_state()
         self._pending: list[tuple[int, StepResult]] = []  # deferred: (step index, result) not yet accounted
-        self._drawn_in_init = getattr(self.sampler, "episodes_drawn", 0)  # episodes the method drew while being built
-
-    def _drawn(self) -> tuple[int, int]:
-        """(episodes, images) the method has drawn through its counting sampler so far (0 for a plain sampler)."""
-        return getattr(self.sampler, "episodes_drawn", 0), getattr(self.sampler, "images_drawn", 0)
+        self._drawn_in_init = drawn(self.sampler)[0]  # episodes the method drew while being built
 
     def resume(self) -> None:
         """Continue from the checkpoint when there is one: method, training state and RNG states."""
@@ -458,12 +474,9 @@ class Trainer:
         (kept in the training state). A ``tasks`` metric the method reports that differs from the count is an
         error."""
         state = self.state
-        before = self._drawn()
-        r = timed_step(self.method, episodes, step, self.device, self.precision, sync=self.sync_every_step,
-                       count_flops=state["flops"] is None)
-        after = self._drawn()
-        r.tasks = len(episodes) + after[0] - before[0]
-        state["images"] += after[1] - before[1]
+        r, images = counted_step(self.method, self.sampler, episodes, step, self.device, self.precision,
+                                 sync=self.sync_every_step, count_flops=state["flops"] is None)
+        state["images"] += images
         if r.reported_tasks is not None and r.reported_tasks != r.tasks:
             raise ValueError(f"{self.method.name}'s train_step reports tasks={r.reported_tasks}, but the step "
                              f"consumed {r.tasks} training episodes ({len(episodes)} handed over, {r.tasks - len(episodes)} "
