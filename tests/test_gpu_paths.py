@@ -230,3 +230,17 @@ def test_a_run_with_device_gathered_episodes_gives_the_host_results(tmp_path, mo
     assert a0 == a1 and host["mean"] == dev["mean"] and host["test_fingerprint"] == dev["test_fingerprint"]
     assert host["execution"]["episodes_on_device"] is False and dev["execution"]["episodes_on_device"] is True
     assert dev["execution"]["prefetch"] == 0
+
+
+# ------------------------------------------------------------------------------------------------ the GPU image
+def test_provenance_does_not_need_torchvision(monkeypatch):
+    """The GPU machine's image ships PyTorch, not necessarily torchvision, which nothing here needs: a run's
+    environment record says it is absent instead of failing the run."""
+    import sys
+
+    from benchmark.pipeline.machine import environment
+
+    assert environment(CPU)["torchvision"]  # the test extra installs it: its version is recorded
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # "import torchvision" now raises ImportError
+    env = environment(CPU)
+    assert env["torchvision"] is None and env["torch"] == torch.__version__

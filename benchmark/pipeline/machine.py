@@ -45,9 +45,12 @@ def code_version() -> str:
 def environment(device: torch.device) -> dict[str, Any]:
     """The software and hardware a run ran on, for its summary; includes the determinism settings in force
     (:func:`determinism_state`: ``deterministic``, and on CUDA the cuDNN flags and the cuBLAS workspace)."""
-    import torchvision
-
-    env = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+    try:  # recorded when present; nothing here needs it (a GPU image may ship PyTorch without it)
+        import torchvision
+        vision = torchvision.__version__
+    except ImportError:
+        vision = None
+    env = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": vision,
            "numpy": np.__version__, "pandas": pd.__version__, "platform": platform.platform(),
            "threads": torch.get_num_threads(), **determinism_state(device)}
     if device.type == "cuda":
