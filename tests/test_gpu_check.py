@@ -100,3 +100,28 @@ def test_captured_runs_are_set_against_the_eager_runs_of_the_same_id(tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "True" and cells[2] == "5/5" and cells[5] == "+0.00"  # the same computation here
     assert "no captured run finished" in "".join(gc.captured_against_eager({}, {}))
+
+
+def test_a_capture_case_starts_only_with_time_to_compile(tmp_path):
+    """Part (a) starts a captured case (compilation first) only with CAPTURE_START_S of its share left, so it cannot
+    overrun into the later parts: with 30 s left the eager case runs and the captured one is skipped (started, it
+    would compile for about 40 s on this CPU)."""
+    import dataclasses
+    import time
+
+    plan = dataclasses.replace(gc.make_plan("cpu", False), speed_methods=["protonet"], speed_shots=[1],
+                               precisions=["fp32"], speed_profile="smoke", speed_steps=1, speed_warmup=1,
+                               speed_test_episodes=2, capture=True)
+    part = gc.part_speed(plan, deadline=time.monotonic() + 30, results_dir=tmp_path)
+    assert part.ok and "1 of 2 cases skipped: the part's time ran out." in part.lines, part.lines
+    assert not any("captured" in line for line in part.lines if line.startswith("| protonet")), part.lines
+
+
+def test_runs_a_stopped_job_did_not_reach_are_no_determinism_failure():
+    """Part (b) compares the runs both jobs finished; a run the other job never reached because it was stopped at
+    its time limit is reported, not failed; one the other job ran past without finishing is a real difference."""
+    a, b = {"r1": 1, "r2": 2, "r3": 3}, {"r1": 1, "r2": 2}
+    assert gc.one_job_only(a, b, a_stopped=False, b_stopped=True) == (["r3"], [])
+    assert gc.one_job_only(a, b, a_stopped=True, b_stopped=False) == ([], ["r3"])
+    assert gc.one_job_only(b, a, a_stopped=True, b_stopped=False) == (["r3"], [])
+    assert gc.one_job_only(a, a, a_stopped=False, b_stopped=False) == ([], [])
