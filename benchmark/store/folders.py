@@ -47,6 +47,7 @@ from .files import (
     atomic_write_csv,
     atomic_write_json,
     atomic_write_text,
+    read_csv,
 )
 
 RUNS_LEADERBOARD = "leaderboard.csv"  # the per-run leaderboard, one row per finished run, under the results directory
@@ -243,12 +244,12 @@ class RunFolder:
     def read_curve(self) -> pd.DataFrame:
         """The convergence curve; an empty frame when it has no points."""
         try:
-            return pd.read_csv(self.path / self.CURVE)
+            return read_csv(self.path / self.CURVE)
         except pd.errors.EmptyDataError:
             return pd.DataFrame()
 
     def read_test_episodes(self) -> pd.DataFrame:
-        return pd.read_csv(self.path / self.TEST_EPISODES)
+        return read_csv(self.path / self.TEST_EPISODES)
 
 
 def upgrade_summary(summary: dict, config: dict | None = None) -> dict:
@@ -370,7 +371,7 @@ class EvaluationFolder:
                                 f"delete the folder {self.path} and run benchmark.evaluate again", need)
 
     def read_test_episodes(self) -> pd.DataFrame:
-        return pd.read_csv(self.path / self.TEST_EPISODES)
+        return read_csv(self.path / self.TEST_EPISODES)
 
 
 def evaluation_folders(run_dir: str | Path) -> list[EvaluationFolder]:
