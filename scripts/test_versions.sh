@@ -1,0 +1,25 @@
+#!/bin/bash
+# The test suite against other versions of the package's dependencies than CI's, in a fresh virtual environment:
+# pyproject.toml promises PyTorch 2.1+, numpy 1.24+ and pandas 2.0+ with no upper bounds, and a GPU machine may bring
+# its own PyTorch. Ray is left out (its tests skip), so the run needs only PyPI.
+#
+#   scripts/test_versions.sh VENV PIP-REQUIREMENT...
+#   scripts/test_versions.sh /tmp/v21 torch==2.1.2 torchvision==0.16.2 'numpy<2' pandas==2.2.3
+#   scripts/test_versions.sh /tmp/v211 torch==2.11.0 torchvision==0.26.0
+#
+# The requirements given are installed first, then the rest of what the package and its tests need (without
+# upgrading what was pinned); the suite's last lines go to standard output. A few GB of wheels per PyTorch version.
+set -euo pipefail
+if [ $# -lt 2 ]; then
+  echo "usage: $0 VENV PIP-REQUIREMENT... (e.g. $0 /tmp/v21 torch==2.1.2 torchvision==0.16.2 'numpy<2')" >&2
+  exit 2
+fi
+venv=$1; shift
+root=$(cd "$(dirname "$0")/.." && pwd)
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install -q "$@"
+"$venv/bin/pip" install -q pandas scipy seaborn matplotlib tqdm pillow pytest "$@"
+"$venv/bin/python" -c "import torch, numpy, pandas; print('torch', torch.__version__, 'numpy', numpy.__version__,
+  'pandas', pandas.__version__)"
+cd "$root"
+"$venv/bin/python" -m pytest -q -p no:cacheprovider 2>&1 | tail -8
