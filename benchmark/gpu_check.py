@@ -5,13 +5,15 @@ rewritten after every part, so a check cut short keeps what it measured):
 
 (a) speed: milliseconds per training episode and per test episode of every main method, 1- and 5-shot, at the
     ``paper`` profile's training shapes (fp32 cases first, then the 1-shot ones of the methods that compile modules
-    again with ``--capture``, CUDA graphs, then bf16 while time is left, and MAML with ``vectorize`` on and off), with each one's FLOPs per training episode (``torch.utils.flop_counter``), the share
-    of the device's peak that achieves, and its projected paper-length hours (:func:`benchmark.speed.paper_projection`),
-    under :func:`benchmark.pipeline.machine.configure_determinism`; warnings about operations without a
+    again with ``--capture``, CUDA graphs, each started only with 60 s of the part left for compiling, then bf16
+    while time is left, and MAML with ``vectorize`` on and off), with each one's FLOPs per training episode
+    (``torch.utils.flop_counter``), the share of the device's peak that achieves, and its projected paper-length
+    hours (:func:`benchmark.speed.paper_projection`), under :func:`benchmark.pipeline.machine.configure_determinism`; warnings about operations without a
     deterministic CUDA kernel are listed;
-(b) determinism: the smoke main job twice, into two results folders; every run's records must be identical
-    (:func:`benchmark.store.compare.folders_differ`); then, on CUDA, ProtoNet's and Matching's 1-shot smoke runs
-    again with ``--capture``: per-episode and mean accuracy against the eager job's same runs (the paired
+(b) determinism: the smoke main job twice, into two results folders; every run both finished must have identical
+    records (:func:`benchmark.store.compare.folders_differ`), and a run only one finished fails the part unless the
+    other job was stopped at its time limit before reaching it; then, on CUDA, ProtoNet's and Matching's 1-shot
+    smoke runs again with ``--capture``: per-episode and mean accuracy against the eager job's same runs (the paired
     comparison that decides whether capture may become a default; informative, not part of the verdict);
 (c) resume: a run stopped mid-way and resumed must equal an uninterrupted one (runner API);
 (d) packing: the quick main job with ``--executor processes --workers K`` for K = 1, 2, 4, 8, each for an equal
