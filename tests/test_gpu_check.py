@@ -125,3 +125,42 @@ def test_runs_a_stopped_job_did_not_reach_are_no_determinism_failure():
     assert gc.one_job_only(a, b, a_stopped=True, b_stopped=False) == ([], ["r3"])
     assert gc.one_job_only(b, a, a_stopped=True, b_stopped=False) == (["r3"], [])
     assert gc.one_job_only(a, a, a_stopped=False, b_stopped=False) == ([], [])
+
+
+def test_a_window_counts_the_training_episodes_of_finished_and_stopped_runs(tmp_path):
+    """Parts (d) and (e) measure a window's work by training episodes: a finished run's ``train_episodes`` plus a
+    stopped run's checkpointed episodes, so a window shorter than a run still measures something."""
+    import pytest
+    import torch
+
+    from benchmark.pipeline import Interrupted, RunConfig, run
+
+    cpu = torch.device("cpu")
+    tiny = (("train_steps", 6), ("val_every", 3), ("train_ways", 5))
+    done = RunConfig("protonet", shots=1, profile="smoke", test_episodes=2, val_episodes=2, overrides=tiny)
+    stopped = RunConfig("matching", shots=1, profile="smoke", test_episodes=2, val_episodes=2, overrides=tiny)
+    assert gc.trained_episodes(tmp_path) == 0
+    full = run(done, tmp_path, cpu, save_model=False)
+    with pytest.raises(Interrupted):
+        run(stopped, tmp_path, cpu, stop_after=2, save_model=False)
+    assert full["train_episodes"] == 6 and gc.trained_episodes(tmp_path) == 6 + 2  # meta-batch 1, 2 steps
+
+
+def test_the_quick_part_passes_when_stopped_at_its_deadline_having_trained(tmp_path, monkeypatch):
+    """Part (e) passes a job stopped at the part's deadline that trained and had no failed run (its whole wall clock
+    is then said to be unmeasured); it fails when nothing trained, or when a run failed."""
+    import json
+
+    plan = gc.make_plan("cpu", True)
+    result = {"episodes": 5}
+    monkeypatch.setattr(gc, "_window", lambda *a, **k: (None, "", 0.1, 0, gc.GpuSampler(), result["episodes"]))
+    part = gc.part_quick(plan, 0.0, tmp_path)
+    assert part.ok and any("did not end within" in line for line in part.lines), part.lines
+    result["episodes"] = 0
+    assert not gc.part_quick(plan, 0.0, tmp_path).ok
+    result["episodes"] = 5
+    bad = tmp_path / "quick" / "protonet-omniglot-5w1s.partial"
+    bad.mkdir(parents=True)
+    (bad / "failed.json").write_text(json.dumps({"run_id": "protonet-omniglot-5w1s", "reason": "non-finite loss"}))
+    part = gc.part_quick(plan, 0.0, tmp_path)
+    assert not part.ok and "- failed run: protonet-omniglot-5w1s: non-finite loss" in part.lines, part.lines
