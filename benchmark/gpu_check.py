@@ -550,7 +550,9 @@ def part_reproduce(plan: Plan, deadline: float, work: Path) -> Part:
         if len(chosen) >= k or (need is None and len(chosen) >= 2):
             break
     part.lines.append(f"Order by projected cost: {', '.join(f'{m} {s}-shot' for m, s in order)}; started: "
-                      f"{', '.join(f'{m} {s}-shot' for m, s in chosen)} ({k} workers, {left:.0f} s left).")
+                      f"{', '.join(f'{m} {s}-shot' for m, s in chosen)} ({k} workers, {left:.0f} s left). The "
+                      "projections leave out validation and pretraining (MTL's 100 epochs), so a setting whose "
+                      "projection fits may still not finish.")
     by_shots: dict[int, list[str]] = {}
     for m, s in chosen:
         by_shots.setdefault(s, []).append(m)
