@@ -8,8 +8,8 @@ rewritten after every part, so a check cut short keeps what it measured):
     again with ``--capture``, CUDA graphs, each started only with 60 s of the part left for compiling, then bf16
     while time is left, and MAML with ``vectorize`` on and off), with each one's FLOPs per training episode
     (``torch.utils.flop_counter``), the share of the device's peak that achieves, and its projected paper-length
-    hours (:func:`benchmark.speed.paper_projection`), under :func:`benchmark.pipeline.machine.configure_determinism`; warnings about operations without a
-    deterministic CUDA kernel are listed;
+    hours (:func:`benchmark.speed.paper_projection`), under :func:`benchmark.pipeline.machine.configure_determinism`;
+    warnings about operations without a deterministic CUDA kernel are listed;
 (b) determinism: the smoke main job twice, into two results folders; every run both finished must have identical
     records (:func:`benchmark.store.compare.folders_differ`), and a run only one finished fails the part unless the
     other job was stopped at its time limit before reaching it; then, on CUDA, ProtoNet's and Matching's 1-shot
@@ -339,7 +339,9 @@ def part_determinism(plan: Plan, deadline: float, work: Path) -> Part:
         part.lines.append(f"  - {r}: {why[r]}")
     for r in missing:
         part.lines.append(f"  - {r}: finished in one job only, though the other ran to its end")
-    part.ok = bool(same) and not differ and not missing
+    failed = failure_lines(dirs)  # a failed run is no effect of the time limit, whichever job it was in
+    part.lines += failed
+    part.ok = bool(same) and not differ and not missing and not failed
     if plan.capture:
         part.lines += captured_against_eager(a, _finished(work / "det-captured"))
     return part
@@ -354,6 +356,14 @@ def one_job_only(a: dict, b: dict, a_stopped: bool, b_stopped: bool) -> tuple[li
         other_stopped = b_stopped if r in a else a_stopped
         (unreached if other_stopped else missing).append(r)
     return unreached, missing
+
+
+def failure_lines(dirs: list[Path]) -> list[str]:
+    """A line for each run recorded as failed under any of ``dirs`` (``<run>.partial/failed.json``; a run stopped
+    at a time limit keeps its checkpoint and is not failed)."""
+    from .store.folders import failed_runs
+
+    return [f"- failed run: {f.run_id}: {f.read_failure().get('reason', '?')}" for d in dirs for f in failed_runs(d)]
 
 
 def captured_against_eager(eager: dict, captured: dict) -> list[str]:
@@ -509,10 +519,8 @@ def part_quick(plan: Plan, deadline: float, work: Path) -> Part:
         part.lines.append("- the job did not end within the part's share of the budget, so its whole wall clock "
                           "was not measured (a larger `--budget-s`, or the command alone, measures it); stopping it "
                           "is no failure: the part passes when it trained and nothing failed")
-    from .store.folders import failed_runs
-
-    failed = failed_runs(work / "quick")
-    part.lines += [f"- failed run: {f.run_id}: {f.read_failure().get('reason', '?')}" for f in failed]
+    failed = failure_lines([work / "quick"])
+    part.lines += failed
     part.ok = not failed and (rc == 0 or (rc is None and episodes > 0))
     return part
 

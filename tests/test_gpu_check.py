@@ -164,3 +164,27 @@ def test_the_quick_part_passes_when_stopped_at_its_deadline_having_trained(tmp_p
     (bad / "failed.json").write_text(json.dumps({"run_id": "protonet-omniglot-5w1s", "reason": "non-finite loss"}))
     part = gc.part_quick(plan, 0.0, tmp_path)
     assert not part.ok and "- failed run: protonet-omniglot-5w1s: non-finite loss" in part.lines, part.lines
+
+
+def test_the_determinism_part_fails_on_a_failed_run_even_in_a_stopped_job(tmp_path, monkeypatch):
+    """Part (b): the runs both jobs finished are identical here, but the second job (stopped at its time limit)
+    recorded a failed run: a failure is no effect of the time limit, so the part fails and names it."""
+    import json
+    import shutil
+
+    import torch
+
+    from benchmark.pipeline import RunConfig, run
+
+    cfg = RunConfig("protonet", shots=1, profile="smoke", test_episodes=2, val_episodes=2,
+                    overrides=(("train_steps", 2), ("val_every", 2), ("train_ways", 5)))
+    run(cfg, tmp_path / "det-1", torch.device("cpu"), save_model=False)
+    shutil.copytree(tmp_path / "det-1", tmp_path / "det-2")
+    bad = tmp_path / "det-2" / "matching-omniglot-5w1s.partial"
+    bad.mkdir()
+    (bad / "failed.json").write_text(json.dumps({"run_id": "matching-omniglot-5w1s", "reason": "non-finite loss"}))
+    monkeypatch.setattr(gc, "_run_until", lambda cmd, timeout: (None, ""))  # both jobs "stopped at their limit"
+    part = gc.part_determinism(gc.make_plan("cpu", True), 0.0, tmp_path)
+    assert not part.ok and "- failed run: matching-omniglot-5w1s: non-finite loss" in part.lines, part.lines
+    bad.joinpath("failed.json").unlink()
+    assert gc.part_determinism(gc.make_plan("cpu", True), 0.0, tmp_path).ok
