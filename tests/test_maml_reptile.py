@@ -173,3 +173,25 @@ def test_learns_above_chance_on_smoke_profile(tmp_path, name):
         assert hp["transductive"] is False and hp["train_shots"] == 10
     else:
         assert hp["first_order"] is False and hp["vectorize"] is False
+
+
+def test_maml_counts_the_same_flops_vectorised_or_looped(tmp_path):
+    """A training episode's FLOPs are a property of the method, not of how its meta-batch runs: vmap turns MAML's
+    per-task weights into one grouped convolution, whose weight gradient PyTorch's FLOP formula counted ``groups``
+    times over (6x the looped count at the paper profile); the harness's counter
+    (:func:`benchmark.pipeline.training.flop_counter`) counts both the same, and a plain grouped convolution as its
+    groups' convolutions."""
+    from benchmark.pipeline.training import flop_counter
+    from benchmark.speed import prepare_measurement, time_run
+
+    counts = [time_run(prepare_measurement("maml", shots=1, profile="smoke", overrides=(("vectorize", v),)), "cpu",
+                       1, 1, 2, tmp_path, eval_group=0, flops=True)["flops_per_train_episode"] for v in (True, False)]
+    assert counts[0] == counts[1] > 0, counts
+    x, w = torch.randn(5, 4 * 8, 14, 14, requires_grad=True), torch.randn(4 * 8, 8, 3, 3, requires_grad=True)
+    with flop_counter() as grouped:
+        torch.autograd.grad(F.conv2d(x, w, padding=1, groups=4).sum(), [x, w])
+    xs, ws = x[:, :8].detach().requires_grad_(), w[:8].detach().requires_grad_()  # one group, alone
+    with flop_counter() as one:
+        torch.autograd.grad(F.conv2d(xs, ws, padding=1).sum(), [xs, ws])
+    forward = 2 * 5 * 8 * 8 * 9 * 14 * 14  # 2 x batch x out channels x in channels x kernel x output pixels
+    assert one.get_total_flops() == 3 * forward and grouped.get_total_flops() == 4 * 3 * forward
