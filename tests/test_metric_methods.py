@@ -166,3 +166,29 @@ def test_tadam_metric_is_the_authors_final_one_by_default(omniglot):
         torch.testing.assert_close(sq.predict(ep), -torch.cdist(z[5:], protos) ** 2, rtol=1e-4, atol=1e-3)
     with pytest.raises(ValueError, match="distance"):
         make(omniglot, "tadam", distance="cosine")
+
+
+def test_the_distance_and_support_pooling_ablations(omniglot):
+    """protonet-euclidean scores by minus the plain distance, relation-mean averages a class's support maps: both
+    variants of their paper's entry (which keeps the paper's choice), same weights -> the predicted transform."""
+    assert {"protonet-euclidean", "relation-mean"} <= set(registry.resolve("variants"))
+    assert not {"protonet-euclidean", "relation-mean"} & set(registry.resolve("all"))
+    ep = episode(omniglot, 5, 5)
+    main, variant = make(omniglot, "protonet"), make(omniglot, "protonet-euclidean")
+    assert type(variant).variant_of == "protonet"
+    variant.load_state_dict(main.state_dict())
+    main.eval(), variant.eval()
+    with torch.no_grad():
+        sq, plain = main.predict(ep), variant.predict(ep)
+    torch.testing.assert_close(plain, -(-sq).clamp_min(1e-12).sqrt())
+    z = torch.randn(10, 3, 2, 2)
+    y = torch.tensor([0, 1] * 5)
+    torch.testing.assert_close(class_maps(z, y, 2, mean=True), class_maps(z, y, 2) / 5)
+    assert type(make(omniglot, "relation-mean")).mean_support and not type(make(omniglot, "relation")).mean_support
+    one = episode(omniglot, 5, 1)
+    r, rm = make(omniglot, "relation"), make(omniglot, "relation-mean")
+    rm.load_state_dict(r.state_dict())
+    r.eval(), rm.eval()
+    with torch.no_grad():
+        assert torch.equal(r.predict(one), rm.predict(one))  # one shot: the sum is the mean
+        assert not torch.equal(r.predict(ep), rm.predict(ep))
