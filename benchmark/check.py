@@ -33,7 +33,7 @@ checks the method contract (:mod:`methods.base`), one line per check:
   citing its source.
 
 Exit 0 when every check passed (warnings allowed), 1 when one failed, 2 for bad input. External methods load with
-``--method-file PATH`` or from installed packages (README: "Your method on identical terms").
+``--method-file PATH`` or from installed packages (docs/your-method.md).
 """
 from __future__ import annotations
 

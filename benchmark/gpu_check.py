@@ -62,7 +62,7 @@ TITLES = {"speed": "(a) Speed: ms and FLOPs per training episode, ms per test ep
 #: default, ``torch.backends.cudnn.allow_tf32``), so it can exceed what pure fp32 would allow.
 PEAKS = {"H200": (67e12, 989e12), "H100": (67e12, 989e12), "A100": (19.5e12, 312e12)}
 #: part (a) starts a ``--capture`` case (compiling, then recording CUDA graphs) only with this many seconds of its
-#: share left: on the CPU ``--compile`` took about 25 s per method (see the README), and a case that overran would
+#: share left: on the CPU ``--compile`` took about 25 s per method (see docs/measurements.md), and a case that overran would
 #: take its time from the later parts
 CAPTURE_START_S = 60.0
 #: what part (a) measured, for part (f): (method, shots) -> projected paper hours of training + test

@@ -40,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
                       "  python -m benchmark.reproduce verify                                # reproduce/omniglot\n"
                       "  python -m benchmark.reproduce add results/RUN --command 'python -m benchmark.run ...' "
                       "--wall-seconds 5400\n"
-                      "  python -m benchmark.reproduce table --readme README.md")
+                      "  python -m benchmark.reproduce table --readme docs/reproduction.md")
     sub = p.add_subparsers(dest="what", required=True, parser_class=Parser)
     a = sub.add_parser("add", help="copy finished runs into a bundle with their manifest")
     a.add_argument("runs", nargs="+", metavar="RUN", help="finished run folders (results/<run-id>)")

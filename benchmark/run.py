@@ -111,7 +111,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars and per-run progress lines")
     p.add_argument("--no-save-model", action="store_true", help="do not keep each finished run's best model "
                    "(results/<run-id>/model.pt, for benchmark.evaluate and benchmark.load_run); for huge sweeps")
-    d = p.add_argument_group("speed and numerics (see the README's 'Running on a GPU')")
+    d = p.add_argument_group("speed and numerics (see docs/gpu.md)")
     d.add_argument("--precision", default="fp32", metavar="{fp32,bf16}",
                    help="fp32 (default, the papers' precision) or bf16: autocast of training and evaluation to "
                    "bfloat16 (parameters and optimiser state stay float32); part of the run id, marked in the report")

@@ -59,7 +59,7 @@ class ProtoNet(EmbeddingPredict):
                                  val_every=500)
         if profile == "quick":
             # ~2 minutes on 2 CPU cores for Omniglot 28x28: the paper's 60-way episodes cost 272 ms (1-shot) and
-            # 472 ms (5-shot) there (README "Speed"), so 450 / 250 episodes; the paper's schedule (halve every 2,000
+            # 472 ms (5-shot) there (docs/measurements.md), so 450 / 250 episodes; the paper's schedule (halve every 2,000
             # episodes) is kept, so the rate does not decay within the budget.
             ways = 60 if omniglot else 20
             steps = 450 if setting.shots == 1 else 250

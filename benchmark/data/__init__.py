@@ -24,7 +24,7 @@ Large datasets keep their pixels on disk (:class:`~.dataset.DiskImages`): read i
 decoded once into a raw uint8 cache next to the data (:func:`~.dataset.cached_images`). :mod:`.formats` reads the
 pickles and archives other libraries ship. ``python -m benchmark.data DATASET --data-dir DIR`` checks a directory.
 
-Their split lists ship in ``benchmark/data/splits/`` (sources in README, "Data"). Colour datasets are normalised per
+Their split lists ship in ``benchmark/data/splits/`` (sources in docs/data.md). Colour datasets are normalised per
 channel with the training split's mean and std.
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ class DatasetSpec:
     """How to load one dataset: ``load(data_dir, split)`` and the class splits it knows by name.
 
     ``splits[0]`` is the default. ``embedded``: loads with no ``--data-dir``. ``summary``: one line for ``--help``.
-    ``defaults``: image size, normalisation, the backbones and published figures that apply (``--help``, README).
+    ``defaults``: image size, normalisation, the backbones and published figures that apply (``--help``, docs/data.md).
     ``files``: the layouts read, for ``--help`` and ``python -m benchmark.data``.
     """
 

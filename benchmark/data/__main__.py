@@ -2,7 +2,7 @@
 
 Loads the dataset as a run would and prints the layout found, classes and images per split, the image size, the
 normalisation, where the pixels are, the fingerprint (the one runs will record), the time to load and the peak
-resident memory. A first load decodes images into the pixel cache (see README, "Data"), so it takes longer than later
+resident memory. A first load decodes images into the pixel cache (see docs/data.md), so it takes longer than later
 ones. Exit 0 when the directory is usable; otherwise one line on stderr naming the file at fault and what was
 expected, and exit 2.
 """

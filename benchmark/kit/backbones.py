@@ -17,7 +17,7 @@ BatchNorm always normalise with the batch's statistics (MAML's convention) and k
 network safe under ``torch.func.vmap``.
 
 Activations and convolution weights use the channels-last memory layout (faster for these convolutions on CPU,
-measured in README "Speed"); the numbers computed are the same.
+measured in docs/measurements.md); the numbers computed are the same.
 """
 from __future__ import annotations
 

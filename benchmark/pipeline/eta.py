@@ -10,7 +10,7 @@ run by an estimate of its cost instead:
   training episode, plus its validation and test episodes times the milliseconds per test episode. The figures per
   method come from the records of finished runs of the same method, dataset and backbone under ``results_dir``
   when there are any (``summary.json``: ``ms_per_train_episode``, ``ms_per_test_episode``), else from
-  :data:`MEASURED_MS`, measured on 2 CPU cores (README, "Measured: the main job on this machine"), scaled by the
+  :data:`MEASURED_MS`, measured on 2 CPU cores (docs/measurements.md, "The main job"), scaled by the
   image size.
 * :class:`RunsETA` turns those costs into time left: the seconds elapsed per unit of expected cost of the runs
   finished so far, times the expected cost of the runs not finished. Only the ratios of the costs matter, so on a
@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable
 
 #: Milliseconds per (training episode, test episode) per method and shots, Omniglot 28x28x1, 5-way, ``conv4``, the
-#: ``quick`` profile, 2 CPU threads: from the README's table "Measured: the main job on this machine" (commit
+#: ``quick`` profile, 2 CPU threads: from docs/measurements.md's table "The main job" (commit
 #: a6d4ffd), its columns "training s", "training episodes" (ms per training episode = 1000 x training s / training
 #: episodes) and "ms per test episode". MTL's shared pretraining (98 s, once per job) is not in these figures.
 MEASURED_MS: dict[str, dict[int, tuple[float, float]]] = {

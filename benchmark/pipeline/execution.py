@@ -13,7 +13,7 @@ its run id when not fp32).
   False lets cuDNN pick fast, non-deterministic algorithms (``cudnn.benchmark``). On the CPU the kernels are
   deterministic at a fixed number of threads either way, and nothing changes.
 * ``compile``: ``torch.compile`` the method's compilable modules (:meth:`~methods.base.Method.compile_modules`);
-  off by default (measured slower on the CPU, see the README's "Speed").
+  off by default (measured slower on the CPU, see docs/measurements.md).
 * ``capture``: CUDA only: the same modules compiled with ``mode="reduce-overhead"`` (:data:`CAPTURE_MODE`), so that
   their forward and backward passes are replayed as captured CUDA graphs (one launch per graph instead of one per
   kernel) wherever their shapes repeat, eager elsewhere; a method that compiles nothing captures nothing (its

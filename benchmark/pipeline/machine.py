@@ -9,7 +9,7 @@ CPU allocator setting.
 
 CPU tuning: ``tune_cpu()`` (used by the commands, the speed script and the tests) raises glibc's mmap and trim thresholds. Training a Conv-4 allocates and frees activation buffers of
 tens of megabytes every step; with glibc's defaults each of them is a fresh ``mmap`` whose pages are faulted in and
-zeroed again, which cost up to a third of a ProtoNet step on 2 cores (see README, "Speed"). Keeping them on the heap
+zeroed again, which cost up to a third of a ProtoNet step on 2 cores (see docs/measurements.md). Keeping them on the heap
 removes that. It changes no result, only time.
 """
 from __future__ import annotations

@@ -17,7 +17,7 @@ def add_method_files(p) -> None:
     p.add_argument("--method-file", action="append", default=[], metavar="PATH.py",
                    help="a Python file defining external methods (Method subclasses with a name), for work in "
                    "progress; repeatable; also $BENCHMARK_METHODS=PATH[:PATH]. Installed packages declare theirs "
-                   "under the entry-point group fewshot_benchmark.methods (README: your method)")
+                   "under the entry-point group fewshot_benchmark.methods (docs/your-method.md)")
 
 
 def announce_method_files(argv: list[str] | None) -> None:

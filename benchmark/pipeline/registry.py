@@ -67,7 +67,7 @@ def _classes(module) -> list:
             if issubclass(c, Method) and c.__module__ == module.__name__ and c.name]
 
 
-#: what a method name may be (README, "Your method on identical terms"): lower case, starting with a letter or digit,
+#: what a method name may be (docs/your-method.md): lower case, starting with a letter or digit,
 #: then letters, digits and ``_ + . -`` (no comma or space: ``--methods`` takes a comma list)
 NAME_RULE = re.compile(r"[a-z0-9][a-z0-9_+.-]*")
 

@@ -97,7 +97,7 @@ def build(results_dir: Path | Sequence[Path], out_dir: Path, run_ids: list[str] 
     sections.provenance(doc, runs, evaluations, dirs)
     doc.h(2, "Files", "files")
     doc.p("Beside this report: `leaderboard.csv` (one row per method × dataset × setting × backbone × profile, "
-          "aggregated over seeds; schema in the README), `paired.csv` (every paired test), `episode_counts.csv` "
+          "aggregated over seeds; schema in docs/reports.md), `paired.csv` (every paired test), `episode_counts.csv` "
           "(section 5 in long form), `cross_evaluation.csv` (section 7 in long form), "
           "the figures as PNG files, `report.html` (this report in one "
           "self-contained file), and the Table 1 mirror and the leaderboard as LaTeX tables: `tables.tex` "

@@ -1,7 +1,7 @@
 """Statistics behind the report: paired tests on per-episode accuracy, Holm's correction, ranks with ties, and
 episode counts to accuracy thresholds. Pure functions of arrays and data frames (no files, no plotting).
 
-Decisions (documented in the report and the README):
+Decisions (documented in the report and docs/reports.md):
 
 * **Paired test**: two-sided paired t-test (``scipy.stats.ttest_rel``) on per-episode accuracy. Every method of a
   setting is tested on the same episodes (same ``test_fingerprint``), so episode ``i`` of one method is paired with
