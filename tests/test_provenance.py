@@ -74,6 +74,16 @@ def test_math_libraries_read_from_other_builds(monkeypatch):
         machine.math_libraries.cache_clear()
 
 
+def test_cuda_runs_also_record_cuda_and_cudnn():
+    """Read without touching a GPU (the versions PyTorch was built with), so checked here on any machine."""
+    from benchmark.pipeline.machine import numerics
+
+    cpu, cuda = numerics("cpu"), numerics("cuda:0")
+    assert "cuda" not in cpu and "cudnn" not in cpu
+    assert cuda["cuda"] == torch.version.cuda and "cudnn" in cuda
+    assert {k: v for k, v in cuda.items() if k not in ("cuda", "cudnn")} == cpu
+
+
 # ------------------------------------------------------------------------------------------------ compare
 def test_compare_names_the_differing_fact(tmp_path):
     rid = _tiny_run(tmp_path / "a")
