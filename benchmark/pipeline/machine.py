@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
+import re
 import subprocess
 import threading
 from pathlib import Path
@@ -56,16 +58,62 @@ def environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)
     else:
-        cpu = platform.processor()
-        try:
-            for line in open("/proc/cpuinfo"):
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
-        env["device_name"] = f"{cpu} ({os.cpu_count()} logical cores, {torch.get_num_threads()} threads)"
+        env["device_name"] = f"{cpu_model()} ({os.cpu_count()} logical cores, {torch.get_num_threads()} threads)"
+    env.update(numerics(device))
     return env
+
+
+def cpu_model() -> str:
+    """The CPU's model name: ``model name`` of ``/proc/cpuinfo`` (Linux on x86), else ``platform.processor()``,
+    else ``platform.machine()``; "unknown" when none says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _build_fact(config: str, pattern: str) -> str | None:
+    m = re.search(pattern, config)
+    return m.group(1).strip() if m else None
+
+
+@functools.lru_cache(maxsize=1)
+def math_libraries() -> dict[str, str | None]:
+    """The math libraries PyTorch was built with, as ``torch.__config__.show()`` reports them (None where it does not
+    name one): ``onednn`` (oneDNN, formerly MKL-DNN: the convolution kernels on the CPU), ``mkl`` (Intel MKL's
+    version), ``blas`` and ``lapack`` (the build's ``BLAS_INFO`` / ``LAPACK_INFO``: ``mkl``, ``open`` for OpenBLAS,
+    ``accelerate``, ...) and ``openmp`` (the OpenMP version, which sets how CPU work is split between threads)."""
+    try:
+        config = torch.__config__.show()
+    except Exception:  # noqa: BLE001 - provenance only: a build that cannot say records nothing
+        config = ""
+    return {"onednn": _build_fact(config, r"(?:MKL-DNN|oneDNN)\s+v?(\d[\w.]*)"),
+            "mkl": _build_fact(config, r"Math Kernel Library Version\s+([^\n]+?)(?:\s+for\s|\n|$)"),
+            "blas": _build_fact(config, r"BLAS_INFO=([^,\s]+)"),
+            "lapack": _build_fact(config, r"LAPACK_INFO=([^,\s]+)"),
+            "openmp": _build_fact(config, r"OpenMP\s+(\d+)")}
+
+
+def numerics(device: torch.device | str) -> dict[str, Any]:
+    """What a run's numbers depend on besides its configuration, for its provenance: ``cpu_capability`` (the
+    instruction set PyTorch's CPU kernels use, ``torch.backends.cpu.get_cpu_capability()``: e.g. AVX2, AVX512,
+    DEFAULT), ``cpu_model`` (:func:`cpu_model`), the math libraries (:func:`math_libraries`), and on CUDA also
+    ``cuda`` (the CUDA version PyTorch was built with) and ``cudnn`` (cuDNN's version). With the thread count
+    (``threads``), the device and the versions of PyTorch and NumPy, these decide whether two runs of one
+    configuration give bit-identical numbers (docs/reproducibility.md)."""
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        capability = None
+    out: dict[str, Any] = {"cpu_capability": capability, "cpu_model": cpu_model(), **math_libraries()}
+    if torch.device(device).type == "cuda":
+        out["cuda"] = torch.version.cuda
+        out["cudnn"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return out
 
 
 CUBLAS_WORKSPACE = ":4096:8"  # NVIDIA's cuBLAS docs (results reproducibility): ":4096:8" or ":16:8" make it deterministic

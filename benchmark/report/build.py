@@ -26,10 +26,11 @@ from ..store.files import atomic_write_bytes, atomic_write_csv, atomic_write_tex
 from ..store.leaderboard import integer_column
 from . import latex, sections
 from .common import LEGACY_DEFAULT_SPLITS, ReportError, norm_dataset, setting_label
-from .entries import REPORT_LEADERBOARD_COLUMNS, build_entries
+from .entries import REPORT_LEADERBOARD_COLUMNS, build_entries, few_seeds, seeds_summary
 from .records import load_evaluations, load_runs, results_dirs
 from .render import Doc, to_html, to_markdown
 from .sections import _percent
+from .stats import MIN_SEEDS
 from .tables import paired_statistics, parse_thresholds
 
 ALPHA = 0.05
@@ -78,7 +79,11 @@ def build(results_dir: Path | Sequence[Path], out_dir: Path, run_ids: list[str] 
           f"{len(meths)} method(s) ({', '.join(meths)}) on {', '.join(settings)}. Built "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from the run records alone (nothing re-run). "
           "Accuracies in %: mean over test episodes of the seed-averaged per-episode accuracy ± 95% CI (1.96 "
-          "sd/√n over episodes).")
+          f"sd/√n over episodes). {seeds_summary(entries)}" + (
+              " The ± CI is over test episodes of the trained model(s) and leaves out training variance (another seed "
+              "can move an entry by more than its CI); with fewer than "
+              f"{MIN_SEEDS} seeds a significant difference is about the trained models, not the methods (section 3)."
+              if few_seeds(entries) else ""))
     banner = budget_banner(entries)
     if banner:
         doc.banner(banner)

@@ -8,7 +8,8 @@ leaderboard.csv of the results directory), ``paired.csv`` (every paired test), `
 long form) and ``cross_evaluation.csv`` (section 7 in long form), and the Table 1 mirror and
 the leaderboard as LaTeX tables: ``tables.tex`` (to \\input into a paper that loads booktabs and graphicx) and
 ``report.tex`` (a standalone document: pdflatex report.tex). Bold marks an accuracy significantly better than every
-other of its setting (the paired tests, Holm-corrected).
+other of its setting (the paired tests, Holm-corrected) where every entry of the setting has at least 3 seeds (with
+fewer, the tests compare trained models, not methods, and the report says so).
 
 Several results directories (``--results-dir A B``, e.g. the built-in methods run once and a new method's runs
 made later on another machine) give one report from the union of their runs, paired only on identical test-episode

@@ -16,8 +16,15 @@ import pandas as pd
 
 from .common import ENTRY_KEYS, SETTING_KEYS, ReportError, norm_dataset
 from .records import MethodInfo, Run, backbone_facts, method_infos
-from .reference import load_reference, load_survey, protocol_differences, published_figure
-from .stats import mean_ci95, seed_curve
+from .reference import (
+    load_reference,
+    load_seed_spread,
+    load_survey,
+    measured_spread,
+    protocol_differences,
+    published_figure,
+)
+from .stats import MIN_SEEDS, mean_ci95, seed_curve
 
 #: Column order of the report's settings leaderboard ``leaderboard.csv`` (one row per entry; stable: append new
 #: columns at the end only). The per-run leaderboard has :data:`benchmark.store.leaderboard.RUNS_LEADERBOARD_COLUMNS`.
@@ -85,8 +92,44 @@ def _number(v) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def seed_note(e: Entry) -> str | None:
+    """The note of an entry with one seed whose method's training variance was measured at its setting and profile
+    (``benchmark/reference/seed_spread.csv``); None otherwise."""
+    spread = e.row.get("_seed_spread")
+    if e.row["n_seeds"] != 1 or not spread:
+        return None
+    return (f"{e.label}: one seed, i.e. one trained model; its ± {e.row['ci95']:.2f} is over test episodes. The "
+            f"method's measured seed-to-seed sd at this setting and profile is {spread['seed_sd']:.2f} points over "
+            f"{spread['n_seeds']} seeds (benchmark/reference/seed_spread.csv): another seed can land about that far "
+            "away")
+
+
+def few_seeds(entries: list[Entry]) -> list[Entry]:
+    """The entries with fewer than :data:`~benchmark.report.stats.MIN_SEEDS` seeds: paired tests with them compare
+    trained models, not methods."""
+    return [e for e in entries if int(e.row["n_seeds"]) < MIN_SEEDS]
+
+
+def seeds_summary(entries: list[Entry]) -> str:
+    """How many seeds (trained models) each entry has, in one sentence for the report's first paragraph."""
+    by_n: dict[int, list[str]] = {}
+    for e in entries:
+        by_n.setdefault(int(e.row["n_seeds"]), []).append(
+            f"{e.label} ({e.key['dataset']} {e.key['ways']}-way {e.key['shots']}-shot)")
+    if len(by_n) == 1:
+        n = next(iter(by_n))
+        return (f"Every entry has {n} seed{'s' if n != 1 else ''}" + (
+            " (one trained model per method and setting)" if n == 1 else "") + ".")
+    parts = []
+    most = max(by_n, key=lambda n: len(by_n[n]))
+    for n in sorted(by_n, reverse=True):
+        what = (f"the other {len(by_n[n])} entries" if n == most and len(by_n[n]) > 6 else ", ".join(by_n[n]))
+        parts.append(f"{n} seed{'s' if n != 1 else ''}: {what}")
+    return "Seeds per entry: " + "; ".join(parts) + "."
+
+
 def build_entries(runs: list[Run]) -> list[Entry]:
-    ref, survey = load_reference(), load_survey()
+    ref, survey, spread = load_reference(), load_survey(), load_seed_spread()
     infos = method_infos(runs, ref["method"])
     groups: dict[tuple, list[Run]] = {}
     for r in runs:
@@ -155,6 +198,8 @@ def build_entries(runs: list[Run]) -> list[Entry]:
                               True if all(r["deterministic"] is True for r in rs) else ""),
         }
         row["_published"] = pub
+        row["_seed_spread"] = measured_spread(spread, key["method"], key["dataset"], key["ways"], key["shots"],
+                                              key["profile"], key["backbone"]) if not key["overrides"] else None
         entries.append(Entry(key, rs, info, acc, seed_curve([r.curve for r in rs]), row))
     entries.sort(key=lambda e: (norm_dataset(e.key["dataset"]), e.key["split"],
                                 e.key["ways"], e.key["shots"], e.key["queries"],

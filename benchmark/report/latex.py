@@ -21,7 +21,10 @@ Bold: an accuracy is bold only where the report's paired test (:func:`~benchmark
 two-sided paired t-test on per-episode accuracy, Holm's correction over all pairs of the setting) finds it
 significantly better, at the family-wise level alpha, than *every* other entry of that setting, and every entry
 of the setting was tested on the same episodes (one test fingerprint); a setting whose entries ran on different
-episodes is not fully paired, so nothing in it is bold. No bold otherwise, also not for the highest mean.
+episodes is not fully paired, so nothing in it is bold; and every entry of the setting has at least
+:data:`~benchmark.report.stats.MIN_SEEDS` seeds (with fewer, the tests compare trained models, not methods: a
+footnote says so, and an entry with one seed carries its method's measured seed-to-seed spread where
+``benchmark/reference/seed_spread.csv`` has it). No bold otherwise, also not for the highest mean.
 
 Footnotes (``\footnotesize`` lines under each table, marked with superscript numbers): the note of each published
 figure as the report writes it (source, the reference's note, e.g. "non-transductive", hyperparameters it was
@@ -41,7 +44,7 @@ import re
 import pandas as pd
 
 from .common import FAMILY_LABEL, short
-from .entries import Entry
+from .entries import Entry, few_seeds, seed_note
 from .reference import load_reference, load_survey, published_figure, survey_figure
 from .sections import (
     PUBLISHED_FOOTER,
@@ -56,6 +59,7 @@ from .sections import (
     table1_rows,
     table1_settings,
 )
+from .stats import MIN_SEEDS
 
 __all__ = ["escape", "significant_winners", "tables_tex", "report_tex", "REQUIRED_PACKAGES"]
 
@@ -122,14 +126,15 @@ def _label(text: str) -> str:
 def significant_winners(stats) -> dict[tuple, str | None]:
     """Per setting (:attr:`~benchmark.report.tables.SettingStats.setting`): the label of the entry that the paired
     tests (Holm-corrected) find significantly better than every other entry of the setting, or None: when no entry
-    is, when the setting has one entry only, or when its entries ran on different test episodes (several
-    fingerprints: not every pair was tested)."""
+    is, when the setting has one entry only, when its entries ran on different test episodes (several
+    fingerprints: not every pair was tested), or when an entry has fewer than :data:`MIN_SEEDS` seeds (then the
+    tests compare trained models, not methods)."""
     out: dict[tuple, str | None] = {}
     for st in stats:
         win = None
         if len(st.groups) == 1:
             _, ges, res = st.groups[0]
-            if len(ges) >= 2:
+            if len(ges) >= 2 and not few_seeds(ges):
                 best = [r.label for r in res.ranks.itertuples() if len(r.better_than) == len(ges) - 1]
                 win = best[0] if len(best) == 1 else None
         out[st.setting] = win
@@ -157,7 +162,8 @@ def _legend(alpha: float) -> str:
     return (r"Accuracy in \%: mean $\pm$ 95\% CI over test episodes (1.96 sd/$\sqrt{n}$ of the seed-averaged "
             r"per-episode accuracy). \textbf{Bold}: significantly better than every other entry of the setting "
             f"({escape(STAT_TEST)}, Holm's correction over all pairs of the setting, family-wise "
-            f"$\\alpha = {alpha:g}$); no bold where no entry is. \\dag: published under another protocol (its "
+            f"$\\alpha = {alpha:g}$), every entry of the setting having at least {MIN_SEEDS} seeds; no bold where "
+            "no entry is. \\dag: published under another protocol (its "
             "footnote says which).")
 
 
@@ -195,7 +201,21 @@ def _measured(e: Entry, notes: _Notes, winners: dict, several_fps: bool) -> str:
         marks.append(notes.mark(f"Tested on the episodes with fingerprint {short(e.key['test_fingerprint'])} "
                                 f"({r['n_episodes']} episodes); entries of this setting on other episodes are not "
                                 "paired with it, so no entry of the setting is bold."))
+    if seed_note(e):
+        marks.append(notes.mark(seed_note(e) + "."))
     return cell + _sup(marks)
+
+
+def _seeds_note(es: list[Entry]) -> str | None:
+    """The footnote of a table with entries of fewer than :data:`MIN_SEEDS` seeds (None when it has none)."""
+    few = few_seeds(es)
+    if not few:
+        return None
+    ns = sorted({int(e.row["n_seeds"]) for e in few})
+    return (f"{len(few)} of the {len(es)} entries have {'/'.join(map(str, ns))} seed(s), fewer than {MIN_SEEDS}: "
+            "where they are compared, a significant difference is about these trained models, not the methods, so "
+            "no entry of such a setting is bold; an entry's CI is over test episodes and leaves out training "
+            "variance.")
 
 
 def _published(e: Entry, notes: _Notes, survey: pd.DataFrame) -> str:
@@ -309,9 +329,11 @@ def table1_tables(entries: list[Entry], stats, alpha: float, survey: pd.DataFram
                        f"\\textbf{{{escape(profile)}}}, backbone {escape(backbone)}, {int(queries)} test queries per "
                        f"class, {episodes} test episodes.")
             budget = _budget_note(es)
+            seeds = _seeds_note(es)
             foot = [_legend(alpha) + " n.r.: not run in this report (the published figure is shown; "
                     "benchmark/reference/README.md names the survey's methods this project does not implement); "
-                    "---: no figure." + (" " + inline(budget) if budget else "")] \
+                    "---: no figure." + (" " + inline(budget) if budget else "") + (" " + inline(seeds) if seeds
+                                                                                   else "")] \
                 + notes.lines() + [inline(PUBLISHED_FOOTER)]
             out.append(_float(caption, _label(f"tab:fewshot-table1-{backbone}-{profile}-q{queries}"
                                               + (f"-{part}" if len(chunks) > 1 else "")),
@@ -352,6 +374,8 @@ def leaderboard_tables(entries: list[Entry], stats, alpha: float, survey: pd.Dat
         budget = _budget_note(es)
         if budget:
             notes.mark(budget)
+        if len(es) > 1 and _seeds_note(es):
+            notes.mark(_seeds_note(es))
         for msg in (st.refusals if st is not None else []):
             notes.mark(f"Refused: {msg}.")
         caption = f"Leaderboard: {escape(_setting_title(setting))}."

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..store.compare import records_differ
+from ..store.compare import explain, records_differ
 from ..store.folders import (
     PARTIAL_SUFFIX,
     RecordError,
@@ -111,8 +111,9 @@ def load_runs(results_dir: Path | Sequence[Path], run_ids: list[str] | None = No
                 kept = first_dir[rid]
                 if not same_records(kept, r):
                     raise ReportError(f"run {rid} is in two results directories with different records "
-                                      f"({kept.path} and {r.path}); keep one of them (move the other folder out of "
-                                      "its results directory) or give only one of the directories")
+                                      f"({kept.path} and {r.path}; {explain(kept.summary, r.summary)}); keep one "
+                                      "of them (move the other folder out of its results directory) or give only "
+                                      "one of the directories")
                 kept.copies.append(r.path)
                 notes.append(f"run {rid} is in {kept.path.parent} and {d} with identical records: reported once "
                              f"(from {kept.path.parent})")
@@ -258,8 +259,13 @@ def _latest_per_seed(runs: list[Run], notes: list[str]) -> list[Run]:
     for r in sorted(runs, key=lambda r: str(r["finished_at"] or "")):
         key = tuple(r[k] for k in ENTRY_KEYS) + (r["seed"],)
         if key in seen:
-            notes.append(f"run {seen[key].path.name} ignored: {r.path.name} has the same method, setting, "
-                         "overrides and seed and finished later")
+            old = seen[key]
+            same = np.array_equal(old.accuracy, r.accuracy)
+            notes.append(f"run {old.path.name} ignored: {r.path.name} has the same method, setting, "
+                         "overrides and seed and finished later" + (
+                             " (identical test accuracies)" if same else
+                             f" (different test accuracies: {np.mean(old.accuracy):.2f} against "
+                             f"{np.mean(r.accuracy):.2f} %; {explain(old.summary, r.summary)})"))
         seen[key] = r
     return [r for r in runs if seen[tuple(r[k] for k in ENTRY_KEYS) + (r["seed"],)] is r]
 

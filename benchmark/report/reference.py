@@ -9,6 +9,7 @@ from importlib import resources
 
 import pandas as pd
 
+from ..store.spread import SEED_SPREAD_COLUMNS
 from .common import norm_dataset
 from .records import MethodInfo
 
@@ -53,6 +54,37 @@ def load_survey_table2() -> pd.DataFrame:
     except FileNotFoundError:
         return pd.DataFrame(columns=cols)
     return df.reindex(columns=cols).fillna("")
+
+
+def load_seed_spread() -> pd.DataFrame:
+    """This project's measured training variance (``seed_spread.csv``, columns
+    :data:`~benchmark.store.spread.SEED_SPREAD_COLUMNS`): per method and setting, the sd of the per-seed mean test
+    accuracies (points) over ``n_seeds`` seeds; an empty frame when the file is absent or has no rows yet."""
+    try:
+        with _ref_file("seed_spread.csv").open("r") as f:
+            df = pd.read_csv(f, dtype={"seeds": str, "source": str})
+    except FileNotFoundError:
+        return pd.DataFrame(columns=SEED_SPREAD_COLUMNS)
+    return df.reindex(columns=SEED_SPREAD_COLUMNS)
+
+
+def measured_spread(table: pd.DataFrame, method: str, dataset: str, ways: int, shots: int, profile: str,
+                    backbone: str) -> dict | None:
+    """The row of ``table`` (:func:`load_seed_spread`) for this method and setting as {seed_sd, n_seeds, source},
+    or None when the table has none (the spread depends on the training budget, so only the same profile
+    counts)."""
+    if not len(table):
+        return None
+    hit = table[(table["method"].astype(str) == str(method))
+                & (table["dataset"].map(norm_dataset) == norm_dataset(dataset))
+                & (pd.to_numeric(table["ways"], errors="coerce") == int(ways))
+                & (pd.to_numeric(table["shots"], errors="coerce") == int(shots))
+                & (table["profile"].astype(str) == str(profile)) & (table["backbone"].astype(str) == str(backbone))]
+    hit = hit[pd.to_numeric(hit["seed_sd"], errors="coerce").notna()]
+    if not len(hit):
+        return None
+    r = hit.iloc[-1]
+    return {"seed_sd": float(r["seed_sd"]), "n_seeds": int(r["n_seeds"]), "source": str(r["source"])}
 
 
 _SURVEY_COLUMN = re.compile(r"^([a-z0-9]+)_(\d+)w(\d+)s$")

@@ -9,10 +9,13 @@ import re
 
 import pandas as pd
 
+from ..store.compare import PROVENANCE
+from ..store.compare import provenance as recorded_facts
 from .common import FAMILY_LABEL, FAMILY_ORDER, SETTING_KEYS, norm_dataset, setting_label, short
-from .entries import Entry
+from .entries import Entry, few_seeds, seed_note
 from .reference import load_reference, load_survey, load_survey_table2, published_figure, survey_figure, survey_settings
 from .render import BAND_LABEL, Doc, band_kind, convergence_png
+from .stats import MIN_SEEDS
 from .tables import FINAL_FRACTION, shared_artefacts
 from .tables import cross_evaluation as cross_table
 from .tables import episode_counts as count_episodes
@@ -73,6 +76,11 @@ def _percent(fraction: float) -> str:
 
 def _method_cell(e: Entry) -> str:
     return e.label + (f" (variant of {e.info.variant_of})" if e.info.variant_of else "")
+
+
+def _seeds_label(e: Entry) -> str:
+    n = int(e.row["n_seeds"])
+    return f"{e.label} ({n} seed{'s' if n != 1 else ''})"
 
 
 def _by_setting(entries: list[Entry]) -> dict[tuple, list[Entry]]:
@@ -232,6 +240,8 @@ def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
                     txt = f"{r['mean']:.2f} ± {r['ci95']:.2f}"
                     if r["n_seeds"] > 1:
                         txt += f" ({r['n_seeds']} seeds, sd {r['seed_sd']:.2f})"
+                    elif seed_note(e):
+                        txt += f" (1 seed) [{notes.setdefault(seed_note(e), len(notes) + 1)}]"
                     if len(here) > 1:
                         txt += f" (episodes {short(e.key['test_fingerprint'], 8)})"
                     cells["measured"].append(txt)
@@ -364,6 +374,11 @@ def paired(doc: Doc, stats, alpha: float) -> tuple[pd.DataFrame, list[str]]:
           "rank. Because non-significance is not transitive (A ~ B, B ~ C, A > C gives ranks 1, 1, 2), the table "
           "also lists the methods each one is not significantly different from. Runs whose test-episode "
           "fingerprints differ are never paired.")
+    doc.p(f"**Seeds**: the tests see the spread over test episodes, not over training runs. Only where every "
+          f"compared entry has at least {MIN_SEEDS} seeds is a significant difference one between the methods (and "
+          "set in bold in the LaTeX tables); with fewer it is a difference between these trained models, and "
+          "another seed of a method can move it by more than its CI. Where a method's seed-to-seed spread was "
+          "measured (`benchmark/reference/seed_spread.csv`), a one-seed entry's note gives it.")
     rows, refusals = [], []
     for st in stats:
         doc.h(3, _setting_title(st.setting))
@@ -380,7 +395,12 @@ def paired(doc: Doc, stats, alpha: float) -> tuple[pd.DataFrame, list[str]]:
                            "Episodes": e.row["n_episodes"],
                            "Significantly better than": ", ".join(r.better_than) or "—",
                            "Not significantly different from": ", ".join(r.tied_with) or "—"})
-            doc.table(pd.DataFrame(rk))
+            doc.table(pd.DataFrame(rk), [n for n in map(seed_note, ges) if n])
+            few = few_seeds(ges)
+            if len(ges) > 1 and few:
+                which = ", ".join(_seeds_label(e) for e in few)
+                doc.p(f"**Significance is about the trained models here, not the methods**: {which} "
+                      f"{'has' if len(few) == 1 else 'have'} fewer than {MIN_SEEDS} seeds.")
             if len(res.pairs):
                 pt = pd.DataFrame({"Method A": res.pairs["a"], "Method B": res.pairs["b"],
                                    "Δ accuracy (A − B)": res.pairs["difference"].map(lambda v: f"{v:+.2f}"),
@@ -558,6 +578,24 @@ def _origin_text(o: dict) -> str:
     return str(o)
 
 
+def varying_facts(runs) -> list[str]:
+    """The recorded facts results depend on (:data:`~benchmark.store.compare.PROVENANCE`, the code version aside)
+    that differ between the runs, each with its values and run counts, e.g. "CPU instruction set: AVX2 (10 runs),
+    AVX512 (3 runs)"; runs that did not record a fact are not counted for it."""
+    facts = [recorded_facts(r.summary) for r in runs]
+    out = []
+    for k, label in PROVENANCE:
+        if k == "code_version":
+            continue
+        counts: dict[str, int] = {}
+        for f in facts:
+            if f[k] is not None:
+                counts[str(f[k])] = counts.get(str(f[k]), 0) + 1
+        if len(counts) > 1:
+            out.append(f"{label}: " + ", ".join(f"{v} ({n} run{'s' if n != 1 else ''})" for v, n in counts.items()))
+    return out
+
+
 def provenance(doc: Doc, runs, evaluations=(), results_dirs=()) -> None:
     doc.h(2, "8. Provenance", "provenance")
     doc.p("Every number above comes from these run records (`summary.json` of each run); fingerprints are the first "
@@ -582,9 +620,18 @@ def provenance(doc: Doc, runs, evaluations=(), results_dirs=()) -> None:
     if external:
         doc.p("Methods from outside the package, with the origin each run recorded: " + "; ".join(
             f"`{m}`: {', '.join(dict.fromkeys(texts))}" for m, texts in sorted(external.items())) + ".")
+    varied = varying_facts(runs)
+    if varied:
+        doc.p("**The runs differ in what their numbers depend on**: " + "; ".join(varied) + ". Runs of one "
+              "configuration give bit-identical numbers only with the same device, CPU instruction set, thread count "
+              "and library versions; otherwise expect differences of the size of the training variance, not of the "
+              "CI (`docs/reproducibility.md`).")
     rows = []
     for r in sorted(runs, key=lambda r: r.path.name):
         env = r["environment"] or {}
+        facts = recorded_facts(r.summary)
+        libs = ", ".join(f"{label} {facts[k]}" for k, label in (("onednn", "oneDNN"), ("blas", "BLAS"),
+                                                                ("cudnn", "cuDNN")) if facts[k] is not None)
         rows.append({"Run": r.path.name, **({"Results directory": "; ".join(
             dict.fromkeys(str(p.parent) for p in [r.path, *r.copies]))} if multi else {}),
             "Profile": r["profile"], "Device": r["device"],
@@ -592,7 +639,10 @@ def provenance(doc: Doc, runs, evaluations=(), results_dirs=()) -> None:
                      "PyTorch": env.get("torch", "—"), "NumPy": env.get("numpy", "—"),
                      "pandas": env.get("pandas", "—"), "Code version": _commit(r["code_version"]),
                      "Test episodes": short(r["test_fingerprint"]), "Dataset": short(r["dataset_fingerprint"]),
-                     "Finished": r["finished_at"] or "—"})
+                     "Finished": r["finished_at"] or "—",
+                     "CPU instruction set": facts["cpu_capability"] or "—",
+                     "Threads": facts["threads"] if facts["threads"] is not None else "—",
+                     "Math libraries": libs or "—"})
     doc.table(pd.DataFrame(rows))
     if evaluations:
         doc.p("Evaluations of saved models (section 7), from their `evaluation.json`:")

@@ -13,6 +13,9 @@ Decisions (documented in the report and docs/reports.md):
   higher mean). Methods that no method beats significantly share rank 1, and two methods beaten by the same set of
   methods share a rank. Non-significance is not transitive: with A ~ B, B ~ C and A > C significant the ranks are
   A 1, B 1, C 2, so every rank table also lists, per method, the methods it is *not* significantly different from.
+* **Seeds**: the tests see the variation over test episodes only. With fewer than :data:`MIN_SEEDS` seeds for an
+  entry they compare trained models, not methods (another seed can move an entry by more than its CI), so nothing is
+  set in bold and the report says so.
 """
 from __future__ import annotations
 
@@ -24,7 +27,11 @@ import pandas as pd
 
 from ..store.statistics import mean_ci95
 
-__all__ = ["mean_ci95", "paired_t", "holm", "PairedResult", "paired_comparison", "first_reaching", "seed_curve"]
+#: Seeds every compared entry needs before a significant difference is read as one between methods (and set in bold):
+#: with fewer, the paired tests compare the trained models (one per seed), whose training variance they do not see.
+MIN_SEEDS = 3
+
+__all__ = ["MIN_SEEDS", "mean_ci95", "paired_t", "holm", "PairedResult", "paired_comparison", "first_reaching", "seed_curve"]
 
 
 def paired_t(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
