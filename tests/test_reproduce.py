@@ -33,7 +33,7 @@ def test_add_verify_and_table(finished, tmp_path, capsys):
     assert sorted(p.name for p in shipped.iterdir()) == sorted(reproduce.RECORDS + (reproduce.MANIFEST,))
     m = json.loads((shipped / reproduce.MANIFEST).read_text())
     assert m["command"] == "python -m benchmark.run X" and m["wall_seconds"] == 12.0 and m["commit"] == json.loads((finished / "summary.json").read_text())["code_version"]
-    assert m["threads"] == torch.get_num_threads()
+    assert m["threads"] == torch.get_num_threads() and m["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     capsys.readouterr()
     assert reproduce.main(["verify", "--bundle", str(bundle)]) == 0
     assert "all 12 test episodes identical" in capsys.readouterr().out
