@@ -20,12 +20,14 @@ ACC = np.round(np.random.default_rng(5).uniform(0.5, 0.9, 20) * 75) / 75
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     """protonet: 4 GFLOP/episode, validated at 100, 1000 and 2000 episodes (4e11, 4e12, 8e12 FLOPs); maml: 1.5
-    GFLOP/episode at 100, 2000 and 20000 episodes (1.5e11, 3e12, 3e13); relation: no FLOPs recorded (older run)."""
+    GFLOP/episode at 100, 2000 and 20000 episodes (1.5e11, 3e12, 3e13), with a pretrained artefact; relation: no
+    FLOPs recorded (older run)."""
     root = tmp_path_factory.mktemp("survey-res")
     write_run(root, "protonet", "metric", acc=ACC, fp=FP, curve=((100, 50.0), (1000, 70.0), (2000, 80.0)),
               summary_extra={"flops_per_train_episode": 4e9})
     write_run(root, "maml", "initialization", acc=ACC, fp=FP, curve=((100, 40.0), (2000, 60.0), (20000, 75.0)),
-              summary_extra={"flops_per_train_episode": 1.5e9})
+              summary_extra={"flops_per_train_episode": 1.5e9},
+              cache=[{"name": "mtl-pretrain", "file": "cache/p.pt", "seconds": 5.0, "computed_in_this_run": True}])
     write_run(root, "relation", "metric", acc=ACC, fp=FP)
     out = tmp_path_factory.mktemp("survey-rep") / "latest"
     res = build(root, out)
@@ -124,6 +126,8 @@ def test_accuracy_at_equal_compute_and_not_reached(report):
     assert "| maml | 1.50 | 3e13 | 39.00 | 59.00 |" in compute
     assert "| protonet | 4.00 | 8e12 | 49.00 | not reached |" in compute
     assert "No compute curve for relation" in compute
+    assert "Pretraining not counted: maml (mtl-pretrain) used a pretrained artefact" in compute
+    assert "Pretraining not counted: maml (mtl-pretrain)" in (out / "tables.tex").read_text()
     assert "validation and test are excluded" in compute and "pretraining" in compute
     assert (out / "convergence-flops-omniglot-5w1s-q15-conv4-smoke.png").is_file()
 

@@ -65,6 +65,7 @@ from .sections import (
     compute_entries,
     compute_figure_name,
     equal_compute_frame,
+    pretraining_note,
     published_note,
     table1_blocks,
     table1_rows,
@@ -503,6 +504,8 @@ def compute_floats(entries: list[Entry], wide: bool = False) -> list[str]:
         foot = ["Validation accuracy (\\%, mean over seeds) of the last validation point at or below each budget of "
                 "meta-training FLOPs; not reached: the run stopped before spending it; before first validation: the "
                 "budget lies below the method's first validation point. " + inline(COMPUTE_COUNTS) + "."]
+        if pretraining_note(has):
+            foot.append(inline(pretraining_note(has)))
         if missing:
             foot.append("No FLOPs recorded (no compute curve): " + escape(", ".join(_method_cell(e) for e in missing))
                         + ".")

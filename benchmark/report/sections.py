@@ -537,6 +537,18 @@ def compute_entries(es: list[Entry]) -> tuple[list[Entry], list[Entry]]:
     return has, [e for e in es if e not in has]
 
 
+def pretraining_note(es: list[Entry]) -> str | None:
+    """The note naming the entries whose runs used a shared pretrained artefact (e.g. MTL's pretraining), whose
+    FLOPs are not in the compute axis."""
+    pre = [e for e in es if e.row["shared_seconds"]]
+    if not pre:
+        return None
+    return ("Pretraining not counted: " + ", ".join(
+        f"{_method_cell(e)} ({', '.join(sorted({c.get('name') or c.get('file') for r in e.runs for c in r['cache'] or []}))})"
+        for e in pre) + " used a pretrained artefact (section 6) whose FLOPs no record holds; their curves start "
+        "after it.")
+
+
 def equal_compute_frame(table: pd.DataFrame, setting: tuple, es: list[Entry]) -> pd.DataFrame:
     """One setting's "accuracy at equal compute" table (rows: entries with FLOPs; columns: budgets), cells as text
     (accuracy %, "not reached", "before first validation")."""
@@ -589,7 +601,7 @@ def compute_convergence(doc: Doc, entries: list[Entry]) -> pd.DataFrame:
                 f"{title}; {band}. {COMPUTE_COUNTS}.")
         frame = equal_compute_frame(table, setting, has)
         doc.table(frame, [f"Accuracy at equal compute (validation accuracy, %). {COMPUTE_COUNTS}."]
-                  + ([missing_note] if missing_note else []))
+                  + [n for n in (pretraining_note(has), missing_note) if n])
     return table
 
 
