@@ -111,20 +111,23 @@ def test_matching_embeddings_survey_and_paper_both_shown(report):
 def test_accuracy_at_equal_compute_and_not_reached(report):
     out, _, _ = report
     table = pd.read_csv(out / "equal_compute.csv")
-    # default budgets: powers of ten from the first validation (1.5e11) to the largest total (3e13)
-    assert sorted(set(table["budget_flops"])) == [1e12, 1e13]
+    # default budgets: from the first validation (1.5e11) to the largest total (3e13) only two powers of ten, so
+    # 1, 2 and 5 x 10^k, the five largest
+    assert sorted(set(table["budget_flops"])) == [1e12, 2e12, 5e12, 1e13, 2e13]
     got = {(r.method, r.budget_flops): (r.status, r.val_acc) for r in table.itertuples()}
     # write_run's single seed sits 1 point below the given curve
     assert got[("protonet", 1e12)] == ("reached", 49.0)  # 4e11 <= 1e12 < 4e12
     assert got[("protonet", 1e13)][0] == "not reached"  # it stopped at 2000 x 4e9 = 8e12
     assert got[("maml", 1e12)] == ("reached", 39.0)  # 1.5e11 <= 1e12 < 3e12
     assert got[("maml", 1e13)] == ("reached", 59.0)  # 3e12 <= 1e13 < 3e13
+    assert got[("protonet", 5e12)] == ("reached", 69.0) and got[("maml", 2e12)] == ("reached", 39.0)
     assert set(table["method"]) == {"protonet", "maml"}  # relation recorded no FLOPs
     md = (out / "report.md").read_text()
     compute = _section(md, "compute", "episodes")
-    assert "| Method | GFLOP / training episode | Training FLOPs (total) | 1e12 FLOPs | 1e13 FLOPs |" in compute
-    assert "| maml | 1.50 | 3e13 | 39.00 | 59.00 |" in compute
-    assert "| protonet | 4.00 | 8e12 | 49.00 | not reached |" in compute
+    assert ("| Method | GFLOP / training episode | Training FLOPs (total) | 1e12 FLOPs | 2e12 FLOPs | 5e12 FLOPs | "
+            "1e13 FLOPs | 2e13 FLOPs |") in compute
+    assert "| maml | 1.50 | 3e13 | 39.00 | 39.00 | 59.00 | 59.00 | 59.00 |" in compute
+    assert "| protonet | 4.00 | 8e12 | 49.00 | 49.00 | 69.00 | not reached | not reached |" in compute
     assert "No compute curve for relation" in compute
     assert "Pretraining not counted: maml (mtl-pretrain) used a pretrained artefact" in compute
     assert "Pretraining not counted: maml (mtl-pretrain)" in (out / "tables.tex").read_text()

@@ -545,8 +545,8 @@ def pretraining_note(es: list[Entry]) -> str | None:
         return None
     return ("Pretraining not counted: " + ", ".join(
         f"{_method_cell(e)} ({', '.join(sorted({c.get('name') or c.get('file') for r in e.runs for c in r['cache'] or []}))})"
-        for e in pre) + " used a pretrained artefact (section 6) whose FLOPs no record holds; their curves start "
-        "after it.")
+        for e in pre) + (" used a pretrained artefact" if len(pre) == 1 else " used pretrained artefacts")
+        + " (section 6) whose FLOPs no record holds: the compute axis starts after the pretraining.")
 
 
 def equal_compute_frame(table: pd.DataFrame, setting: tuple, es: list[Entry]) -> pd.DataFrame:
@@ -577,7 +577,8 @@ def compute_convergence(doc: Doc, entries: list[Entry]) -> pd.DataFrame:
           "the device, the thread count and what else ran; floating-point operations do not. Per setting: "
           "validation accuracy against cumulative meta-training FLOPs (log scale; lines and bands as above), and "
           "**accuracy at equal compute**: each method's validation accuracy (%, mean over seeds) at common budgets "
-          "(powers of ten between the first validation point and the largest budget spent in the setting): the "
+          "(powers of ten between the first validation point and the largest budget spent in the setting, or 1, 2 "
+          "and 5 × 10^k where fewer than three powers of ten lie between them): the "
           "last validation point at or below the budget, so to one validation interval. **not reached**: the run "
           "stopped before spending that much; **before first validation**: the budget lies below the method's "
           "first validation point. " + COMPUTE_COUNTS + ". Long form: `equal_compute.csv`.")

@@ -141,7 +141,8 @@ def total_compute(e: Entry) -> float:
 
 def compute_budgets(entries: list[Entry], most: int = MAX_BUDGETS) -> list[float]:
     """Common compute budgets for a setting's entries: the powers of ten from the earliest validation point's FLOPs
-    to the largest total spent (the ``most`` largest of them); within one decade, 1, 2 and 5 x 10^k instead."""
+    to the largest total spent (the ``most`` largest of them); where fewer than three powers of ten lie in that
+    range, 1, 2 and 5 x 10^k instead."""
     firsts, totals = [], []
     for e in entries:
         c = compute_curve(e)
@@ -153,7 +154,7 @@ def compute_budgets(entries: list[Entry], most: int = MAX_BUDGETS) -> list[float
         return []
     lo, hi = min(firsts), max(totals)
     out = [10.0 ** k for k in range(math.ceil(math.log10(lo) - 1e-9), math.floor(math.log10(hi) + 1e-9) + 1)]
-    if len(out) < 2:
+    if len(out) < 3:
         out = sorted({m * 10.0 ** k for k in range(math.floor(math.log10(lo)), math.floor(math.log10(hi)) + 1)
                       for m in (1.0, 2.0, 5.0) if lo * (1 - 1e-9) <= m * 10.0 ** k <= hi * (1 + 1e-9)})
     return out[-most:]
