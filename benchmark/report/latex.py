@@ -16,6 +16,12 @@ Content, from the same entries, paired tests and notes as the Markdown/HTML repo
   with its CI where the paper gives one). The measured-minus-published differences are in ``report.md``.
 * **Leaderboard** (one table per setting: dataset, ways, shots, split, backbone, profile, test queries): method,
   family, accuracy (mean $\pm$ CI), sd over seeds, seeds, test episodes, rank, published figure, difference.
+* **The survey in English** (:func:`survey_tables`): its Table 1 (all 16 rows: name, idea, its four figures, the
+  method here that implements the row; the idea column the mirror leaves out), its Table 2 (embeddings, distance,
+  strengths, shortcomings) and its remarks on MAML, Reptile and MTL, attributed as this project's translation.
+* **Convergence against compute** (:func:`compute_floats`, per setting with FLOP counts): the figure of validation
+  accuracy against cumulative meta-training FLOPs (a ``figure`` including the report's PNG beside the ``.tex``
+  files) and the "accuracy at equal compute" table.
 
 Bold: an accuracy is bold only where the report's paired test (:func:`~benchmark.report.stats.paired_comparison`:
 two-sided paired t-test on per-episode accuracy, Holm's correction over all pairs of the setting) finds it
