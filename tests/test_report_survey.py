@@ -4,6 +4,7 @@
 The expected compute figures are worked out here by hand from the constructed curves, not with benchmark.report.
 """
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -133,6 +134,9 @@ def test_accuracy_at_equal_compute_and_not_reached(report):
     assert "Pretraining not counted: maml (mtl-pretrain)" in (out / "tables.tex").read_text()
     assert "validation and test are excluded" in compute and "pretraining" in compute
     assert (out / "convergence-flops-omniglot-5w1s-q15-conv4-smoke.png").is_file()
+    captions = re.findall(r"<figcaption>([^<]*)</figcaption>", (out / "report.html").read_text())
+    flops = [c for c in captions if "cumulative meta-training FLOPs" in c]
+    assert len(flops) == 1 and "validation and test are excluded" in flops[0] and "`" not in flops[0]
 
 
 def test_budgets_given_and_before_first_validation(report):

@@ -599,7 +599,7 @@ def compute_convergence(doc: Doc, entries: list[Entry]) -> pd.DataFrame:
         png = convergence_png(series, "flops", title, "meta-training FLOPs, forward + backward (log scale)",
                               chance=100.0 / int(d["ways"]), powers=True)
         doc.img(compute_figure_name(setting), png, f"Validation accuracy vs cumulative meta-training FLOPs, "
-                f"{title}; {band}. {COMPUTE_COUNTS}.")
+                f"{title}; {band}. {COMPUTE_COUNTS.replace('`', '')}.")  # a caption: no Markdown
         frame = equal_compute_frame(table, setting, has)
         doc.table(frame, [f"Accuracy at equal compute (validation accuracy, %). {COMPUTE_COUNTS}."]
                   + [n for n in (pretraining_note(has), missing_note) if n])
