@@ -104,7 +104,8 @@ def test_escape_special_characters():
 def two_settings(tmp_path_factory):
     """5-way 1-shot: protonet clearly best; 5-way 5-shot: protonet ~ matching, both above maml (no winner); 20-way
     1-shot: one entry only, whose label needs escaping; a short-budget run. Three seeds per entry of the 5-way
-    settings (bold needs at least 3 seeds per compared entry); ``acc`` holds the seed-averaged accuracies."""
+    settings (bold needs at least 3 seeds per compared entry); ``acc`` holds the seed-averaged accuracies; FLOPs
+    recorded by the 1-shot runs (a compute figure and table) except matching's (no compute curve)."""
     root = tmp_path_factory.mktemp("tex-res")
     acc = {1: {}, 5: {}}
     for shots, effects in ((1, {"protonet": 0.0, "matching": -0.12, "maml": -0.2}),
@@ -112,11 +113,12 @@ def two_settings(tmp_path_factory):
         for i, (m, eff) in enumerate(effects.items()):
             seeds = [_acc(10 * shots + i + 1000 * seed, eff, BASE) for seed in range(3)]
             acc[shots][m] = 100 * np.mean(seeds, axis=0)
+            extra = {"budget_fraction": 0.05, "paper_train_episodes": 20000} if m == "maml" else {}
+            if shots == 1 and m != "matching":
+                extra["flops_per_train_episode"] = {"protonet": 4e9, "maml": 1.5e9}[m]
             for seed, a in enumerate(seeds):
                 write_run(root, m, "initialization" if m == "maml" else "metric", shots=shots, acc=a, seed=seed,
-                          fp=FA if shots == 1 else FB,
-                          summary_extra={"budget_fraction": 0.05, "paper_train_episodes": 20000} if m == "maml"
-                          else None)
+                          fp=FA if shots == 1 else FB, summary_extra=extra or None)
     write_run(root, "new_net#2", "metric", ways=20, acc=_acc(99, 0.0, BASE), fp=FC,
               overrides=[("inner_lr", "5%&x"), ("tag", "a_b")])
     out = tmp_path_factory.mktemp("tex-rep") / "latest"
@@ -142,7 +144,7 @@ def test_tex_files_parse_rows_cells_and_bold(two_settings):
     assert all("profile \\textbf{smoke}" in t["caption"] for t in mirror)
     methods = [r[0] for r in mirror[1]["rows"]]
     label = r"new\_net\#2 {[}inner\_lr=5\%\&x tag=a\_b{]}"
-    assert methods[:3] == ["matching", "protonet", "relation"] and label in methods and "Siamese" in methods
+    assert methods[:4] == ["Siamese", "matching", "protonet", "relation"] and label in methods
     ours = {(r[0], s): r[1 + 2 * s] for r in mirror[1]["rows"] for s in range(2)}
     assert ours[(label, 0)] == "n.r." and ours[("Siamese", 1)] == "n.r."
     # bold exactly where the paired test (Holm) finds one entry better than every other one
@@ -165,6 +167,23 @@ def test_tex_files_parse_rows_cells_and_bold(two_settings):
     assert re.search(r"ProtoNets paper.*other protocol: test episodes: paper 1000, ours 40", foot)
     assert "queries: paper 1 per class, ours 15" in foot  # MAML's published figures
     assert foot.count("trained on 5.0") == 1 and "CIs are not comparable across papers" in foot
+
+    # the survey in English and the compute convergence: tables in both files, the figure beside them
+    for tex, env in ((tables_tex, "table"), ((out / "tables-wide.tex").read_text(), "table*")):
+        captions = re.findall(r"\\begin\{" + re.escape(env) + r"\}\[htbp\]\n\\centering\n.*?\\caption\{([^\n]*)\}\n",
+                              tex, re.S)
+        assert sum(c.startswith("The survey's Table 1 in English") for c in captions) == 1
+        assert sum(c.startswith("The survey's Table 2 in English") for c in captions) == 1
+        assert sum(c.startswith("Accuracy at equal compute") for c in captions) == 1  # the 1-shot setting only
+        figure = "figure*" if env == "table*" else "figure"
+        shown = re.findall(r"\\begin\{" + re.escape(figure) + r"\}.*?\\includegraphics\[width=\\linewidth\]\{([^}]*)\}",
+                           tex, re.S)
+        assert len(shown) == 1 and (out / shown[0]).is_file() and "flops" in shown[0]
+    compute = next(t for t in tables if t["caption"].startswith("Accuracy at equal compute"))
+    assert [r[0] for r in compute["rows"]] == ["protonet", "maml"]  # matching recorded no FLOPs
+    assert "No FLOPs recorded (no compute curve): matching" in "\n".join(compute["foot"])
+    survey1 = next(t for t in tables if t["caption"].startswith("The survey's Table 1 in English"))
+    assert len(survey1["rows"]) == 16
 
 
 def test_tex_different_episodes_in_a_setting_are_not_bold(tmp_path):

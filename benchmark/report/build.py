@@ -3,7 +3,8 @@
 :func:`build` writes ``<out_dir>/``: ``report.md`` (figures as PNG files beside it), ``report.html`` (one
 self-contained file), the settings leaderboard ``leaderboard.csv`` (:data:`SETTINGS_LEADERBOARD`; one row per
 entry, columns :data:`~benchmark.report.entries.REPORT_LEADERBOARD_COLUMNS`; not the per-run leaderboard of the
-results directory, :mod:`benchmark.store.leaderboard`), ``paired.csv``, ``episode_counts.csv`` (section 5 in long form) and
+results directory, :mod:`benchmark.store.leaderboard`), ``paired.csv``, ``episode_counts.csv`` (section 5 in long form), ``equal_compute.csv`` (section 4's
+accuracy at equal compute) and
 ``cross_evaluation.csv`` (section 7 in long form), and the tables for papers in LaTeX:
 ``tables.tex`` (to ``\\input``) and ``report.tex`` (a standalone document; :mod:`benchmark.report.latex`).
 
@@ -95,7 +96,7 @@ def build(results_dir: Path | Sequence[Path], out_dir: Path, run_ids: list[str] 
     sections.table1_mirror(doc, entries)
     sections.metric_methods(doc, entries)
     paired_df, refusals = sections.paired(doc, stats, alpha)
-    sections.convergence(doc, entries)
+    compute = sections.convergence(doc, entries)
     counts = sections.episode_counts(doc, entries, thr)
     sections.cost(doc, entries, runs)
     cross = sections.cross_evaluation(doc, entries, evaluations, alpha)
@@ -103,7 +104,8 @@ def build(results_dir: Path | Sequence[Path], out_dir: Path, run_ids: list[str] 
     doc.h(2, "Files", "files")
     doc.p("Beside this report: `leaderboard.csv` (one row per method × dataset × setting × backbone × profile, "
           "aggregated over seeds; schema in docs/reports.md), `paired.csv` (every paired test), `episode_counts.csv` "
-          "(section 5 in long form), `cross_evaluation.csv` (section 7 in long form), "
+          "(section 5 in long form), `equal_compute.csv` (section 4's accuracy at equal compute in long form), "
+          "`cross_evaluation.csv` (section 7 in long form), "
           "the figures as PNG files, `report.html` (this report in one "
           "self-contained file), and the Table 1 mirror and the leaderboard as LaTeX tables: `tables.tex` "
           "(`table` floats, to `\\input` into a one-column paper loading booktabs and graphicx), `tables-wide.tex` "
@@ -117,6 +119,7 @@ def build(results_dir: Path | Sequence[Path], out_dir: Path, run_ids: list[str] 
     paired_df = _named_splits(paired_df, defaults)
     counts = _named_splits(counts, defaults)
     cross = _named_splits(cross, defaults)
+    compute = _named_splits(compute, defaults)
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("convergence-*.png"):
         old.unlink()
@@ -126,6 +129,7 @@ def build(results_dir: Path | Sequence[Path], out_dir: Path, run_ids: list[str] 
                      board.round({c: 4 for c in board.columns if c != "budget_fraction" and c not in INTEGER_COLUMNS}))
     atomic_write_csv(out_dir / "paired.csv", paired_df)
     atomic_write_csv(out_dir / "episode_counts.csv", counts)
+    atomic_write_csv(out_dir / "equal_compute.csv", compute.round(4))
     atomic_write_csv(out_dir / "cross_evaluation.csv", cross.round(4))
     atomic_write_text(out_dir / "report.html", to_html(doc))
     tables = latex.tables_tex(entries, stats, alpha)
@@ -139,7 +143,7 @@ def build(results_dir: Path | Sequence[Path], out_dir: Path, run_ids: list[str] 
     atomic_write_text(out_dir / "report.tex", latex.report_tex(tables, intro))
     md = out_dir / "report.md"
     atomic_write_text(md, to_markdown(doc))
-    _readable(out_dir, [*doc.images, SETTINGS_LEADERBOARD, "paired.csv", "episode_counts.csv",
+    _readable(out_dir, [*doc.images, SETTINGS_LEADERBOARD, "paired.csv", "episode_counts.csv", "equal_compute.csv",
                         "cross_evaluation.csv", "report.html", "report.md", "tables.tex", "tables-wide.tex",
                         "report.tex"])
     return BuildResult(md, out_dir / "report.html", board, notes, refusals, out_dir / "report.tex")

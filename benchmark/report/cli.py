@@ -5,8 +5,9 @@ Writes ``<reports-dir>/<name>/``: ``report.md`` (figures as PNG files beside it)
 file), ``leaderboard.csv`` (the report's settings leaderboard: one row per method x dataset x setting x backbone x
 profile, aggregated over seeds; columns :data:`benchmark.report.REPORT_LEADERBOARD_COLUMNS`; not the per-run
 leaderboard.csv of the results directory), ``paired.csv`` (every paired test), ``episode_counts.csv`` (section 5 in
-long form) and ``cross_evaluation.csv`` (section 7 in long form), and the Table 1 mirror and
-the leaderboard as LaTeX tables: ``tables.tex`` (to \\input into a paper that loads booktabs and graphicx) and
+long form), ``equal_compute.csv`` (section 4's accuracy at equal compute in long form) and ``cross_evaluation.csv``
+(section 7 in long form), and the Table 1 mirror, the leaderboard, the survey's tables in English and the accuracy
+at equal compute as LaTeX tables: ``tables.tex`` (to \\input into a paper that loads booktabs and graphicx) and
 ``report.tex`` (a standalone document: pdflatex report.tex). Bold marks an accuracy significantly better than every
 other of its setting (the paired tests, Holm-corrected) where every entry of the setting has at least 3 seeds (with
 fewer, the tests compare trained models, not methods, and the report says so).

@@ -16,6 +16,12 @@ Content, from the same entries, paired tests and notes as the Markdown/HTML repo
   with its CI where the paper gives one). The measured-minus-published differences are in ``report.md``.
 * **Leaderboard** (one table per setting: dataset, ways, shots, split, backbone, profile, test queries): method,
   family, accuracy (mean $\pm$ CI), sd over seeds, seeds, test episodes, rank, published figure, difference.
+* **The survey in English** (:func:`survey_tables`): its Table 1 (all 16 rows: name, idea, its four figures, the
+  method here that implements the row; the idea column the mirror leaves out), its Table 2 (embeddings, distance,
+  strengths, shortcomings) and its remarks on MAML, Reptile and MTL, attributed as this project's translation.
+* **Convergence against compute** (:func:`compute_floats`, per setting with FLOP counts): the figure of validation
+  accuracy against cumulative meta-training FLOPs (a ``figure`` including the report's PNG beside the ``.tex``
+  files) and the "accuracy at equal compute" table.
 
 Bold: an accuracy is bold only where the report's paired test (:func:`~benchmark.report.stats.paired_comparison`:
 two-sided paired t-test on per-episode accuracy, Holm's correction over all pairs of the setting) finds it
@@ -45,21 +51,37 @@ import pandas as pd
 
 from .common import FAMILY_LABEL, short
 from .entries import Entry, few_seeds, seed_note
-from .reference import load_reference, load_survey, published_figure, survey_figure
+from .reference import (
+    load_reference,
+    load_survey,
+    load_survey_remarks,
+    load_survey_table2,
+    published_figure,
+    survey_figure,
+    survey_settings,
+)
 from .sections import (
+    COMPUTE_COUNTS,
     PUBLISHED_FOOTER,
     STAT_TEST,
+    SURVEY_ATTRIBUTION,
+    _method_cell,
     _percent,
     _setting_title,
     _slug,
     _source_note,
     _st,
+    compute_entries,
+    compute_figure_name,
+    equal_compute_frame,
+    pretraining_note,
     published_note,
     table1_blocks,
     table1_rows,
     table1_settings,
 )
 from .stats import MIN_SEEDS
+from .tables import accuracy_at_compute
 
 __all__ = ["escape", "significant_winners", "tables_tex", "report_tex", "REQUIRED_PACKAGES"]
 
@@ -297,7 +319,7 @@ def table1_tables(entries: list[Entry], stats, alpha: float, survey: pd.DataFram
                     if prev is not None:
                         body.append(r"\midrule")
                     body.append(r"\multicolumn{" + str(n) + r"}{@{}l}{\textit{"
-                                + escape(FAMILY_LABEL.get(fam, fam or "family not transcribed")) + "}}" + r" \\")
+                                + escape(FAMILY_LABEL.get(fam, fam or "other")) + "}}" + r" \\")
                     prev = fam
                 if res:
                     e0 = res[0]
@@ -387,6 +409,150 @@ def leaderboard_tables(entries: list[Entry], stats, alpha: float, survey: pd.Dat
     return out
 
 
+def _wrap(text: str, width: int) -> str:
+    """Text as a cell broken into lines of at most ``width`` characters (a one-column tabular inside the cell, so
+    that the table's columns stay ``l``/``c`` and long sentences do not widen it)."""
+    import textwrap
+
+    lines = textwrap.wrap(str(text), width) or [""]
+    if len(lines) == 1:
+        return escape(lines[0])
+    return r"\begin{tabular}[t]{@{}l@{}}" + r" \\ ".join(escape(x) for x in lines) + r"\end{tabular}"
+
+
+#: Before each row of a table whose cells run over several lines, so that rows stay apart (booktabs)
+_SPACE = r"\addlinespace[3pt]"
+#: Characters per line of the survey's sentences: (one column's width, two columns' width)
+_WRAP = {"idea": (46, 78), "embedding": (16, 20), "distance": (12, 14), "judgement": (30, 44), "remark": (70, 110)}
+
+
+def _width(kind: str, wide: bool) -> int:
+    return _WRAP[kind][1 if wide else 0]
+
+
+def survey_tables(ran: set[str], wide: bool = False) -> list[str]:
+    """The survey in English: its Table 1 (16 rows: name, idea, its four figures, what this project has of the row),
+    its Table 2 (five metric-based rows: embeddings, distance, strengths, shortcomings) and its remarks on MAML,
+    Reptile and MTL, each attributed to the survey (this project's translation)."""
+    survey, t2, rm = load_survey(), load_survey_table2(), load_survey_remarks()
+    here = {norm for norm in (re.sub(r"[^a-z0-9]", "", m.lower()) for m in ran)}
+    out = []
+    # Table 1
+    cols = survey_settings(survey)
+    groups: list[list] = []
+    for c in cols:
+        if groups and groups[-1][0] == c[0]:
+            groups[-1][1] += 1
+        else:
+            groups.append([c[0], 1])
+    n = 3 + len(cols)
+    head0 = ["", ""] + [r"\multicolumn{" + str(k) + "}{c}{" + escape(g) + "}" for g, k in groups] + [""]
+    head1 = ["Survey's name", "Idea (the survey's)"] + [f"{int(c[1])}-way {int(c[2])}-shot" for c in cols] \
+        + ["Here"]
+    starts = [3 + sum(k for _, k in groups[:i]) for i in range(len(groups))]
+    rules = " ".join(f"\\cmidrule(lr){{{a}-{a + k - 1}}}" for a, (_, k) in zip(starts, groups))
+    body = [r"\toprule", _row(head0), rules, _row(head1), r"\midrule"]
+    prev, notes = None, _Notes()
+    for r in survey.itertuples(index=False):
+        if r.family != prev:
+            if prev is not None:
+                body.append(r"\midrule")
+            body.append(r"\multicolumn{" + str(n) + r"}{@{}l}{\textit{" + escape(FAMILY_LABEL.get(r.family, r.family))
+                        + "}}" + r" \\")
+            prev = r.family
+        figs = []
+        for c in cols:
+            v = survey_figure(survey, r.method, c[0], c[1], c[2])
+            figs.append("---" if v is None else f"{v:.2f}")
+        name = escape(r.name) + (_sup([notes.mark(f"{r.name}: {r.note}")]) if r.note else "")
+        here_cell = (escape(r.method) + ("*" if re.sub(r"[^a-z0-9]", "", r.method.lower()) in here else "")) \
+            if r.implemented else "n.i."
+        body.append(_SPACE + _row([name, _wrap(r.idea, _width("idea", wide)), *figs, here_cell]))
+    body.append(r"\bottomrule")
+    foot = [inline(SURVEY_ATTRIBUTION) + " Figures in \\%; ---: the survey prints None (or leaves the cell blank). "
+            "Here: the method of this project that implements the row (*: with runs in this report); n.i.: not "
+            "implemented here. Reptile is not in the survey's table (its section 4.3 discusses it)."] + notes.lines()
+    out.append(_float("The survey's Table 1 in English (section 4.1.2: recognition accuracy on miniImageNet and "
+                      "Omniglot, 5-way), all its rows in its order.", "tab:fewshot-survey-table1",
+                      "@{}ll" + "c" * len(cols) + "l@{}", body, foot, wide))
+    # Table 2
+    notes = _Notes()
+    head = ["Method", "Support embedding", "Query embedding", "Distance", "Strengths", "Shortcomings"]
+    body = [r"\toprule", _row(head), r"\midrule"]
+    for r in t2.itertuples(index=False):
+        name = escape(r.name or r.method) + (_sup([notes.mark(r.note.rstrip("."))]) if r.note else "")
+        body.append(_SPACE + _row([name, _wrap(r.support_embedding, _width("embedding", wide)),
+                          _wrap(r.query_embedding, _width("embedding", wide)),
+                          _wrap(r.distance, _width("distance", wide)), _wrap(r.strengths, _width("judgement", wide)),
+                          _wrap(r.shortcomings, _width("judgement", wide))]))
+    body.append(r"\bottomrule")
+    foot = [inline(SURVEY_ATTRIBUTION)] + notes.lines()
+    out.append(_float("The survey's Table 2 in English (section 4.2: comparison of metric-based meta-learning "
+                      "methods).", "tab:fewshot-survey-table2", "@{}llllll@{}", body, foot, wide))
+    # remarks
+    if len(rm):
+        names = {"maml": "MAML", "reptile": "Reptile", "mtl": "MTL"}
+        body = [r"\toprule", _row(["Method", "Section", "Kind", "The survey's remark"]), r"\midrule"]
+        for r in rm.itertuples(index=False):
+            body.append(_SPACE + _row([escape(names.get(r.method, r.method)), escape(r.section), escape(r.kind),
+                              _wrap(r.remark, _width("remark", wide))]))
+        body.append(r"\bottomrule")
+        out.append(_float("The survey on MAML, Reptile and MTL (it has no comparison table for the "
+                          "initialization-based methods): its remarks, with their section.", "tab:fewshot-survey-remarks",
+                          "@{}llll@{}", body, [inline(SURVEY_ATTRIBUTION)], wide))
+    return out
+
+
+def compute_floats(entries: list[Entry], wide: bool = False) -> list[str]:
+    """Per setting with FLOP counts: the figure of validation accuracy against cumulative meta-training FLOPs (the
+    report's PNG beside this file) and the "accuracy at equal compute" table (``table``/``figure``, or ``wide``:
+    ``table*``/``figure*``)."""
+    table = accuracy_at_compute(entries)
+    by_setting: dict[tuple, list[Entry]] = {}
+    for e in entries:
+        by_setting.setdefault(e.setting, []).append(e)
+    out = []
+    star = "*" if wide else ""
+    for setting, es in by_setting.items():
+        has, missing = compute_entries(es)
+        if not has:
+            continue
+        title = escape(_setting_title(setting))
+        label = _label(f"fewshot-compute-{_slug(setting)}")
+        out.append("\n".join([r"\begin{figure" + star + "}[htbp]", r"\centering",
+                              r"\includegraphics[width=\linewidth]{" + compute_figure_name(setting) + "}",
+                              r"\caption{Validation accuracy against cumulative meta-training FLOPs (log scale), "
+                              + title + ". " + inline(COMPUTE_COUNTS) + ".}", r"\label{fig:" + label + "}",
+                              r"\end{figure" + star + "}", ""]))
+        frame = equal_compute_frame(table, setting, has)
+        budgets = list(frame.columns[3:])
+        head = ["Method", "GFLOP/episode", "Total FLOPs"] + [_power(b) for b in budgets]
+        body = [r"\toprule", _row(head), r"\midrule"]
+        for i, r in enumerate(frame.itertuples(index=False)):
+            body.append(_row([escape(r[0]), escape(r[1]), _power(r[2])] + [escape(v) for v in r[3:]]))
+        body.append(r"\bottomrule")
+        foot = ["Validation accuracy (\\%, mean over seeds) of the last validation point at or below each budget of "
+                "meta-training FLOPs; not reached: the run stopped before spending it; before first validation: the "
+                "budget lies below the method's first validation point. " + inline(COMPUTE_COUNTS) + "."]
+        if pretraining_note(has):
+            foot.append(inline(pretraining_note(has)))
+        if missing:
+            foot.append("No FLOPs recorded (no compute curve): " + escape(", ".join(_method_cell(e) for e in missing))
+                        + ".")
+        out.append(_float("Accuracy at equal compute: " + title + ".", _label("tab:" + label), "@{}l"
+                          + "c" * (len(head) - 1) + "@{}", body, foot, wide))
+    return out
+
+
+def _power(text: str) -> str:
+    """``1e13`` (or ``1e13 FLOPs``) as ``$10^{13}$``, ``2.5e12`` as ``$2.5\\times10^{12}$``; other text escaped."""
+    m = re.match(r"^(\d+(?:\.\d+)?)e(-?\d+)(?: FLOPs)?$", str(text))
+    if not m:
+        return escape(text)
+    mant, k = m.group(1), m.group(2)
+    return f"$10^{{{k}}}$" if float(mant) == 1 else f"${mant}\\times10^{{{k}}}$"
+
+
 def tables_tex(entries: list[Entry], stats, alpha: float, wide: bool = False) -> str:
     r"""``tables.tex``: the Table 1 mirror and the leaderboard, only ``table`` floats (for ``\input`` into a
     one-column paper); ``wide``: ``tables-wide.tex``, the same as ``table*`` floats for a two-column paper."""
@@ -398,8 +564,13 @@ def tables_tex(entries: list[Entry], stats, alpha: float, wide: bool = False) ->
             f"% For a paper: \\input{{{name}}} with \\usepackage{{{','.join(REQUIRED_PACKAGES)}}} in its preamble; "
             "tables.tex: one-column papers, tables-wide.tex: two-column papers; report.tex is the standalone "
             "document.", ""]
+    ran = {e.info.variant_of or e.info.name for e in entries}
     parts = [r"% ---- Survey Table 1 mirror", *table1_tables(entries, stats, alpha, survey, wide),
-             r"% ---- Leaderboard", *leaderboard_tables(entries, stats, alpha, survey, wide)]
+             r"% ---- Leaderboard", *leaderboard_tables(entries, stats, alpha, survey, wide),
+             r"% ---- The survey in English: Table 1, Table 2, remarks on MAML, Reptile and MTL",
+             *survey_tables(ran, wide),
+             r"% ---- Convergence against meta-training compute (figures: the PNG files beside this file)",
+             *compute_floats(entries, wide)]
     return "\n".join(head + parts)
 
 

@@ -35,19 +35,25 @@ def load_reference() -> pd.DataFrame:
 
 
 def load_survey() -> pd.DataFrame:
-    """The survey's Table 1 (``survey_table1.csv``): its rows in the survey's order; ``family`` and ``idea`` are
-    empty strings where not transcribed."""
+    """The survey's Table 1 (``survey_table1.csv``): its 16 rows in the survey's order. ``method``: this project's
+    method, or a short name for a row it does not implement (``implemented`` False); ``name`` the survey's name in
+    English; ``family`` and ``idea`` this project's English translation of the survey's cells (empty strings where a
+    cell is empty)."""
     with _ref_file("survey_table1.csv").open("r") as f:
-        df = pd.read_csv(f, dtype={"family": str, "idea": str})
-    df["family"] = df["family"].fillna("")
-    df["idea"] = df["idea"].fillna("")
+        df = pd.read_csv(f, dtype={"family": str, "idea": str, "name": str, "implemented": str, "note": str})
+    for c in ("family", "idea", "name", "note"):
+        df[c] = df[c].fillna("") if c in df.columns else ""
+    df["name"] = df["name"].where(df["name"] != "", df["method"])
+    df["implemented"] = df["implemented"].fillna("yes").str.lower().eq("yes") if "implemented" in df.columns \
+        else True
     return df
 
 
 def load_survey_table2() -> pd.DataFrame:
-    """The survey's Table 2 additions (``survey_table2.csv``): method, strengths, shortcomings, note (empty strings
-    where not transcribed); an empty frame when the file is absent (an older copy of the reference)."""
-    cols = ["method", "strengths", "shortcomings", "note"]
+    """The survey's Table 2 (``survey_table2.csv``), translated: method, name, support and query embedding,
+    distance, strengths, shortcomings, note (empty strings where a cell is empty); an empty frame when the file is
+    absent (an older copy of the reference)."""
+    cols = ["method", "name", "support_embedding", "query_embedding", "distance", "strengths", "shortcomings", "note"]
     try:
         with _ref_file("survey_table2.csv").open("r") as f:
             df = pd.read_csv(f, dtype=str)
@@ -85,6 +91,16 @@ def measured_spread(table: pd.DataFrame, method: str, dataset: str, ways: int, s
         return None
     r = hit.iloc[-1]
     return {"seed_sd": float(r["seed_sd"]), "n_seeds": int(r["n_seeds"]), "source": str(r["source"])}
+def load_survey_remarks() -> pd.DataFrame:
+    """The survey's remarks on the non-metric methods this project runs (``survey_remarks.csv``): method, section,
+    kind (strength, shortcoming or remark) and the remark translated; empty when the file is absent."""
+    cols = ["method", "section", "kind", "remark"]
+    try:
+        with _ref_file("survey_remarks.csv").open("r") as f:
+            df = pd.read_csv(f, dtype=str)
+    except FileNotFoundError:
+        return pd.DataFrame(columns=cols)
+    return df.reindex(columns=cols).fillna("")
 
 
 _SURVEY_COLUMN = re.compile(r"^([a-z0-9]+)_(\d+)w(\d+)s$")

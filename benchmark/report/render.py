@@ -200,10 +200,21 @@ def band_kind(series: list[dict]) -> str:
 BAND_LABEL = {"sd": "band: ± 1 sd over seeds", "ci": "band: 95% CI over validation episodes (mean over seeds)"}
 
 
-def convergence_png(series: list[dict], x: str, title: str, xlabel: str, chance: float | None = None) -> bytes:
+def power_label(v: float) -> str:
+    """A tick label for a large quantity on a log axis in mathtext: ``10^13``, ``2 x 10^13``."""
+    if v <= 0:
+        return ""
+    k = math.floor(math.log10(v) + 1e-9)
+    m = v / 10.0 ** k
+    return f"$10^{{{k}}}$" if abs(m - 1) < 1e-6 else f"${m:.2g}\\times10^{{{k}}}$"
+
+
+def convergence_png(series: list[dict], x: str, title: str, xlabel: str, chance: float | None = None,
+                    powers: bool = False) -> bytes:
     """A PNG of validation accuracy against ``x`` (log scale) for each series: {label, curve (seed_curve frame),
     dashed}; one colour and marker per series (:func:`style_of`), the legend outside the axes and naming the band
-    (:func:`band_kind`, the same kind for every line), major tick labels only."""
+    (:func:`band_kind`, the same kind for every line), major tick labels only (``powers``: as powers of ten, for
+    FLOPs; else as plain numbers)."""
     import seaborn as sns
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -241,7 +252,8 @@ def convergence_png(series: list[dict], x: str, title: str, xlabel: str, chance:
             ratio = hi / max(lo, 1e-12)
             subs = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0) if ratio < 10 else (1.0, 2.0, 5.0) if ratio < 300 else (1.0,)
             ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}"))
+            ax.xaxis.set_major_formatter(FuncFormatter(
+                (lambda v, _: power_label(v)) if powers else (lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}")))
             ax.xaxis.set_minor_formatter(NullFormatter())
             handles, labels = ax.get_legend_handles_labels()
             handles.append(Patch(color="0.6", alpha=0.4))

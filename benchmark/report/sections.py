@@ -13,10 +13,18 @@ from ..store.compare import PROVENANCE
 from ..store.compare import provenance as recorded_facts
 from .common import FAMILY_LABEL, FAMILY_ORDER, SETTING_KEYS, norm_dataset, setting_label, short
 from .entries import Entry, few_seeds, seed_note
-from .reference import load_reference, load_survey, load_survey_table2, published_figure, survey_figure, survey_settings
+from .reference import (
+    load_reference,
+    load_survey,
+    load_survey_remarks,
+    load_survey_table2,
+    published_figure,
+    survey_figure,
+    survey_settings,
+)
 from .render import BAND_LABEL, Doc, band_kind, convergence_png
 from .stats import MIN_SEEDS
-from .tables import FINAL_FRACTION, shared_artefacts
+from .tables import FINAL_FRACTION, accuracy_at_compute, compute_curve, shared_artefacts
 from .tables import cross_evaluation as cross_table
 from .tables import episode_counts as count_episodes
 
@@ -128,8 +136,9 @@ def table1_settings(es: list[Entry], survey: pd.DataFrame) -> list[tuple]:
 def table1_rows(es: list[Entry], survey: pd.DataFrame) -> list[tuple[str, str, list[Entry]]]:
     """The rows of one Table 1 as (kind, name, entries of the row's label): the survey's rows in its order within
     each family ("survey"; entries empty for a method not benchmarked), each followed by its variants, then the
-    methods run that the survey's table does not have ("run"); families in :data:`FAMILY_ORDER`, the survey's
-    rows whose family is not transcribed last."""
+    methods run that the survey's table does not have ("run"); families in the survey's order (metric,
+    initialization, optimizer, external memory, surprise-based, memory matching network), then the others of
+    :data:`FAMILY_ORDER` (transfer), then any other family run."""
     labels = list(dict.fromkeys(e.label for e in sorted(es, key=lambda e: (e.info.order, e.label))))
     by_label = {lab: [e for e in es if e.label == lab] for lab in labels}
     surveyed = {norm_dataset(m): m for m in survey["method"]}
@@ -141,7 +150,8 @@ def table1_rows(es: list[Entry], survey: pd.DataFrame) -> list[tuple[str, str, l
             norm_dataset(by_label[lab][0].info.variant_of or "") == norm_dataset(method) if variants
             else norm_dataset(by_label[lab][0].key["method"]) == norm_dataset(method))]
 
-    families = list(FAMILY_ORDER) + sorted({e.info.family or "" for e in es} - set(FAMILY_ORDER) - {""}) + [""]
+    families = list(dict.fromkeys([f for f in survey["family"] if f] + list(FAMILY_ORDER) + sorted(
+        {e.info.family or "" for e in es} - set(FAMILY_ORDER) - {""}) + [""]))
     for fam in families:
         for m in [m for m in survey["method"] if (fam_of[m] or "") == fam]:
             own = labels_of(m, False)
@@ -176,8 +186,9 @@ def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
     doc.h(2, "1. Survey Table 1 mirror: measured vs published", "table1")
     doc.p("Rows: the survey's Table 1 in its order, within the survey's families (metric-based, initialization-based, "
           "optimizer-based), each method's variants beneath it, then the methods run that the survey's table does "
-          "not have; a method of the survey's table without runs in this report is listed as *not in this report* "
-          "(`benchmark/reference/README.md` names those this project does not implement). Columns: the "
+          "not have; a method of the survey's table that this project does not implement is listed as *not "
+          "implemented here*, one without runs in this report as *not in this report*, both with the survey's "
+          "figures. Columns: the "
           "survey's four settings always (miniImageNet and Omniglot, 5-way 1- and 5-shot), then any other setting "
           "run; a setting a method did not run shows *not run* beside its published figure. Per setting: "
           "**measured** mean accuracy ± 95% CI over test episodes (with several seeds also the sd of the per-seed "
@@ -190,8 +201,9 @@ def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
           "not a like-for-like comparison. Variants are compared only with the published ablation figure of the "
           "same name where the reference notes give one (e.g. MTL without HT), or with a figure of their main "
           "method whose recorded hyperparameters they ran with (e.g. `matching-nofce` with Matching Networks' "
-          "Omniglot figures, published without FCE). *Idea (survey)*: the survey's idea column, summarised in "
-          "English in `survey_table1.csv` (not a verbatim translation); *Description (this project)*: the one-line "
+          "Omniglot figures, published without FCE). *Idea (survey)*: the survey's idea column, translated from "
+          "its Chinese (`benchmark/reference/survey_table1.csv`; the survey's Table 1 in full follows the mirror); "
+          "*Description (this project)*: the one-line "
           "idea each method class declares. **[ext]** marks a method from outside this package (a plugin or a "
           "method file, not reviewed here); the provenance section gives the origin each of its runs recorded. "
           "**[transductive]** marks a method that scores a query using the other queries of its episode (recorded "
@@ -216,9 +228,9 @@ def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
                        ("", "Description (this project)"): info.idea or "—"}
             else:
                 srow = survey[survey["method"] == name].iloc[0]
-                row = {("", "Family"): FAMILY_LABEL.get(srow["family"], srow["family"] or "not transcribed"),
-                       ("", "Method"): f"{name} (not in this report)",
-                       ("", "Idea (survey)"): srow["idea"] or "not transcribed",
+                row = {("", "Family"): FAMILY_LABEL.get(srow["family"], srow["family"] or "—"),
+                       ("", "Method"): f"{name} ({'not in this report' if srow['implemented'] else NOT_HERE})",
+                       ("", "Idea (survey)"): srow["idea"] or "—",
                        ("", "Description (this project)"): "—"}
             for st in settings:
                 col = setting_label(*st)
@@ -259,6 +271,42 @@ def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
         df = pd.DataFrame(rows)
         df.columns = pd.MultiIndex.from_tuples(df.columns)
         doc.table(df, foot)
+    survey_table1(doc, survey, {e.info.variant_of or e.info.name for e in entries})
+
+
+NOT_HERE = "not implemented here"
+#: The attribution under every table that shows the survey's text in English.
+SURVEY_ATTRIBUTION = ("The survey's text, translated from its Chinese by this project (a faithful translation, not the "
+                      "survey's own English); the Chinese beside each cell in `benchmark/reference/`.")
+
+
+def survey_setting_label(col: tuple) -> str:
+    return setting_label(*col)
+
+
+def survey_table1(doc: Doc, survey: pd.DataFrame, ran: set[str]) -> None:
+    """The survey's Table 1 in English: its 16 rows in its order, the name as printed (in English), family, idea and
+    its four figures (— where it prints None), and what this project has of each row."""
+    doc.h(3, "The survey's Table 1 in English", "survey-table1")
+    doc.p("The survey's Table 1 (section 4.1.2: meta-learning models' recognition accuracy on miniImageNet and "
+          "Omniglot) as the survey gives it, every row in its order: the survey's name, family and idea, and its "
+          "figures (%; — where the survey prints None or leaves the cell blank). *This project*: the method that "
+          "implements the row (*in this report* where it has runs here) or *not implemented here*. Reptile is not "
+          "in the survey's table; the survey discusses it in section 4.3 (see [section 2](#table2)).")
+    cols = survey_settings(survey)
+    rows = []
+    for r in survey.itertuples(index=False):
+        row = {"Survey's name": r.name + (f" ({r.method})" if r.implemented and r.method != r.name else ""),
+               "Family": FAMILY_LABEL.get(r.family, r.family or "—"), "Idea": r.idea or "—"}
+        for c in cols:
+            v = survey_figure(survey, r.method, c[0], c[1], c[2])
+            row[survey_setting_label(c)] = _f(v)
+        here = norm_dataset(r.method) in {norm_dataset(m) for m in ran}
+        row["This project"] = (f"{r.method} (in this report)" if here else r.method if r.implemented
+                               else NOT_HERE)
+        rows.append(row)
+    notes = [f"{r.name}: {r.note}." for r in survey.itertuples(index=False) if r.note]
+    doc.table(pd.DataFrame(rows), [SURVEY_ATTRIBUTION, *notes])
 
 
 def _source_note(pub: dict) -> str:
@@ -307,6 +355,12 @@ _FACT_KEYS = [("support embedding", "Support embedding"), ("query embedding", "Q
               ("distance", "Distance"), ("distinctive", "Distinctive feature")]
 
 
+#: The survey's Table 2 columns shown beside the facts the runs recorded: (column of survey_table2.csv, heading)
+SURVEY_T2_COLUMNS = [("support_embedding", "Support embedding (survey)"), ("query_embedding", "Query embedding (survey)"),
+                     ("distance", "Distance (survey)"), ("strengths", "Strengths (survey)"),
+                     ("shortcomings", "Shortcomings (survey)")]
+
+
 def metric_methods(doc: Doc, entries: list[Entry]) -> None:
     doc.h(2, "2. Metric-based methods (survey Table 2)", "table2")
     infos = sorted({e.info.name: e.info for e in entries if e.info.family == "metric"}.values(), key=lambda i: i.order)
@@ -322,8 +376,7 @@ def metric_methods(doc: Doc, entries: list[Entry]) -> None:
 
     def survey_cells(name: str) -> dict:
         s2 = survey2.get(norm_dataset(name), {})
-        return {"Strengths (survey)": s2.get("strengths") or ("not transcribed" if s2 else "—"),
-                "Shortcomings (survey)": s2.get("shortcomings") or ("not transcribed" if s2 else "—")}
+        return {col: s2.get(k) or "—" for k, col in SURVEY_T2_COLUMNS}
 
     external = {e.info.name for e in entries if e.external}
     for info in infos:
@@ -338,27 +391,57 @@ def metric_methods(doc: Doc, entries: list[Entry]) -> None:
             row[col] = facts.pop(k, "—")
         for k, v in facts.items():
             row[k.capitalize()] = v
-        row.update(survey_cells(info.name) if not info.variant_of else {"Strengths (survey)": "—",
-                                                                          "Shortcomings (survey)": "—"})
+        row.update(survey_cells(info.name) if not info.variant_of else {col: "—" for _, col in SURVEY_T2_COLUMNS})
         rows.append(row)
     ran = {norm_dataset(i.name) for i in infos}
-    for m in t2["method"]:
-        if norm_dataset(m) not in ran:
-            rows.append({"Method": f"{m} (not in this report)", "Paper": "—", "Backbone (ran)": "—",
-                         **{col: "—" for _, col in _FACT_KEYS}, **survey_cells(m)})
-    if infos:
-        doc.p("The metric-based methods of this report, from the `metric_facts` their runs recorded (each method "
-              "class declares them): how support and query examples are embedded, the distance or similarity, and "
-              "what distinguishes the method; — where the runs recorded none (runs that predate recorded facts). "
-              "*Backbone (ran)*: the backbones of this report's runs. *Strengths* and *shortcomings* are the "
-              "survey's Table 2 columns (`benchmark/reference/survey_table2.csv`; *not transcribed* where that "
-              "file does not hold the survey's text yet); the survey's rows for methods without runs in this report "
-              "are listed as *not in this report*. A numbered note marks where this table follows the original paper "
-              "against the survey's.")
-        foot = [f"[{n}] {t}" for t, n in notes.items()]
-        doc.table(pd.DataFrame(rows).fillna("—"), foot)
-    else:
+    for r in t2.to_dict("records"):
+        if norm_dataset(r["method"]) not in ran:
+            status = _survey_status(r["method"])
+            label = r["method"] if status != NOT_HERE or not r["name"] else r["name"]
+            rows.append({"Method": f"{label} ({status})", "Paper": "—", "Backbone (ran)": "—",
+                         **{col: "—" for _, col in _FACT_KEYS}, **survey_cells(r["method"])})
+    doc.p("The metric-based methods: first what this project's runs recorded (`metric_facts`, declared by each "
+          "method class): how support and query examples are embedded, the distance or similarity, and what "
+          "distinguishes the method; — where the runs recorded none (runs that predate recorded facts). *Backbone "
+          "(ran)*: the backbones of this report's runs. Then the survey's Table 2 (section 4.2, its comparison of "
+          "metric-based methods), all five of its rows: the survey's support and query embedding, distance, "
+          "strengths and shortcomings (`benchmark/reference/survey_table2.csv`); the survey's rows for methods "
+          "without runs in this report are listed as *not in this report* or *not implemented here*. A numbered "
+          "note marks where this project follows the original paper against the survey's table.")
+    foot = [f"[{n}] {t}" for t, n in notes.items()]
+    if "matching" not in ran and any(r["note"] for r in t2.to_dict("records")):
+        foot += [f"{r['name'] or r['method']}: {r['note']}" for r in t2.to_dict("records") if r["note"]]
+    doc.table(pd.DataFrame(rows).fillna("—"), foot + [SURVEY_ATTRIBUTION])
+    if not infos:
         doc.p("No metric-based method in this report.")
+    survey_remarks(doc, {e.info.variant_of or e.info.name for e in entries})
+
+
+def _survey_status(method: str) -> str:
+    survey = load_survey()
+    row = survey[survey["method"].map(norm_dataset) == norm_dataset(method)]
+    return "not in this report" if len(row) and bool(row["implemented"].iloc[0]) else NOT_HERE
+
+
+def survey_remarks(doc: Doc, ran: set[str]) -> None:
+    """The survey's remarks on MAML, Reptile and MTL (it has no comparison table for their families), with their
+    section: Table 2's companion for the initialization-based methods this project runs."""
+    doc.h(3, "The survey on MAML, Reptile and MTL", "survey-remarks")
+    rm = load_survey_remarks()
+    if not len(rm):
+        doc.p("The reference holds no remarks of the survey (`survey_remarks.csv` is absent).")
+        return
+    doc.p("The survey has no comparison table for the initialization-based methods; these are its own remarks on "
+          "the three this project runs, with the section of the survey they come from. Each method's recorded "
+          "description is in [section 1](#table1).")
+    here = {norm_dataset(m) for m in ran}
+    kinds = {"strength": "strength", "shortcoming": "shortcoming", "remark": "remark"}
+    names = {"maml": "MAML", "reptile": "Reptile", "mtl": "MTL"}
+    rows = [{"Method": f"{names.get(r.method, r.method)} ({r.method}"
+             + ("; in this report)" if norm_dataset(r.method) in here else ")"),
+             "Survey section": r.section, "Kind": kinds.get(r.kind, r.kind), "The survey's remark": r.remark}
+            for r in rm.itertuples(index=False)]
+    doc.table(pd.DataFrame(rows), [SURVEY_ATTRIBUTION])
 
 
 def paired(doc: Doc, stats, alpha: float) -> tuple[pd.DataFrame, list[str]]:
@@ -422,7 +505,9 @@ def paired(doc: Doc, stats, alpha: float) -> tuple[pd.DataFrame, list[str]]:
     return pd.DataFrame(rows, columns=cols), refusals
 
 
-def convergence(doc: Doc, entries: list[Entry]) -> None:
+def convergence(doc: Doc, entries: list[Entry]) -> pd.DataFrame:
+    """Section 4: validation accuracy against episodes and seconds, then against FLOPs with the "accuracy at equal
+    compute" table (returned in long form)."""
     doc.h(2, "4. Convergence", "convergence")
     doc.p("Validation accuracy against meta-training episodes (tasks) and against training seconds (validation "
           "time excluded), both on a log scale; one line per method (mean over seeds, aligned on the training "
@@ -441,6 +526,104 @@ def convergence(doc: Doc, entries: list[Entry]) -> None:
             png = convergence_png(series, x, title, xl, chance=100.0 / int(d["ways"]))
             doc.img(f"convergence-{tag}-{_slug(setting)}.png", png,
                     f"Validation accuracy vs {tag}, {title}; {band}")
+    return compute_convergence(doc, entries)
+
+
+def flops_text(v: float) -> str:
+    """FLOPs as ``1e13``, ``2.5e12`` (two significant digits)."""
+    if v is None or math.isnan(v) or v <= 0:
+        return "—"
+    k = math.floor(math.log10(v) + 1e-9)
+    m = round(v / 10.0 ** k, 1)
+    if m >= 10:
+        m, k = m / 10, k + 1
+    return f"{m:g}e{k}"
+
+
+#: What the compute axis counts, in the captions of the figure and the table (Markdown, HTML and LaTeX)
+COMPUTE_COUNTS = ("FLOPs: the forward and backward passes of meta-training steps (the run's "
+                  "`flops_per_train_episode`, counted by the harness on its first training step, × the meta-training "
+                  "episodes seen); validation and test are excluded, and so is pretraining (MTL's, the transfer "
+                  "baselines'): the records do not hold its FLOPs")
+
+
+def compute_figure_name(setting: tuple) -> str:
+    return f"convergence-flops-{_slug(setting)}.png"
+
+
+def compute_entries(es: list[Entry]) -> tuple[list[Entry], list[Entry]]:
+    """(entries with a compute curve, entries without: no FLOPs recorded or no validation points)."""
+    has = [e for e in es if len(compute_curve(e))]
+    return has, [e for e in es if e not in has]
+
+
+def pretraining_note(es: list[Entry]) -> str | None:
+    """The note naming the entries whose runs used a shared pretrained artefact (e.g. MTL's pretraining), whose
+    FLOPs are not in the compute axis."""
+    pre = [e for e in es if e.row["shared_seconds"]]
+    if not pre:
+        return None
+    return ("Pretraining not counted: " + ", ".join(
+        f"{_method_cell(e)} ({', '.join(sorted({c.get('name') or c.get('file') for r in e.runs for c in r['cache'] or []}))})"
+        for e in pre) + (" used a pretrained artefact" if len(pre) == 1 else " used pretrained artefacts")
+        + " (section 6) whose FLOPs no record holds: the compute axis starts after the pretraining.")
+
+
+def equal_compute_frame(table: pd.DataFrame, setting: tuple, es: list[Entry]) -> pd.DataFrame:
+    """One setting's "accuracy at equal compute" table (rows: entries with FLOPs; columns: budgets), cells as text
+    (accuracy %, "not reached", "before first validation")."""
+    t = table[(table[SETTING_KEYS].astype(str) == pd.Series(dict(zip(SETTING_KEYS, map(str, setting))))).all(axis=1)]
+    budgets = list(dict.fromkeys(t["budget_flops"]))
+    rows = []
+    for e in es:
+        g = t[t["method"] == e.label]
+        if not len(g):
+            continue
+        row = {"Method": _method_cell(e), "GFLOP / training episode": _f(g["flops_per_train_episode"].iloc[0] / 1e9),
+               "Training FLOPs (total)": flops_text(g["total_flops"].iloc[0])}
+        for b in budgets:
+            r = g[g["budget_flops"] == b].iloc[0]
+            row[f"{flops_text(b)} FLOPs"] = (_f(r["val_acc"]) if r["status"] == "reached" else r["status"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def compute_convergence(doc: Doc, entries: list[Entry]) -> pd.DataFrame:
+    """Section 4's second part: validation accuracy against cumulative meta-training FLOPs (a figure per setting)
+    and the "accuracy at equal compute" table; returns the long table (``equal_compute.csv``)."""
+    doc.h(3, "Against meta-training compute", "compute")
+    table = accuracy_at_compute(entries)
+    doc.p("Episodes are not equal work (a 60-way ProtoNet episode costs many times a MAML task) and seconds depend on "
+          "the device, the thread count and what else ran; floating-point operations do not. Per setting: "
+          "validation accuracy against cumulative meta-training FLOPs (log scale; lines and bands as above), and "
+          "**accuracy at equal compute**: each method's validation accuracy (%, mean over seeds) at common budgets "
+          "(powers of ten between the first validation point and the largest budget spent in the setting, or 1, 2 "
+          "and 5 × 10^k where fewer than three powers of ten lie between them): the "
+          "last validation point at or below the budget, so to one validation interval. **not reached**: the run "
+          "stopped before spending that much; **before first validation**: the budget lies below the method's "
+          "first validation point. " + COMPUTE_COUNTS + ". Long form: `equal_compute.csv`.")
+    for setting, es in _by_setting(entries).items():
+        d = dict(zip(SETTING_KEYS, setting))
+        title = _setting_title(setting)
+        doc.h(4, title)
+        has, missing = compute_entries(es)
+        missing_note = (f"No compute curve for {', '.join(_method_cell(e) for e in missing)}: "
+                        + "their runs recorded no FLOPs per training episode (runs older than the count, or "
+                        "methods that train no episodes, such as the transfer baselines) or no validation point.") \
+            if missing else None
+        if not has:
+            doc.p(missing_note or "No validation points.")
+            continue
+        series = [{"label": e.label, "curve": compute_curve(e), "dashed": bool(e.info.variant_of)} for e in has]
+        band = BAND_LABEL[band_kind(series)]
+        png = convergence_png(series, "flops", title, "meta-training FLOPs, forward + backward (log scale)",
+                              chance=100.0 / int(d["ways"]), powers=True)
+        doc.img(compute_figure_name(setting), png, f"Validation accuracy vs cumulative meta-training FLOPs, "
+                f"{title}; {band}. {COMPUTE_COUNTS.replace('`', '')}.")  # a caption: no Markdown
+        frame = equal_compute_frame(table, setting, has)
+        doc.table(frame, [f"Accuracy at equal compute (validation accuracy, %). {COMPUTE_COUNTS}."]
+                  + [n for n in (pretraining_note(has), missing_note) if n])
+    return table
 
 
 def episode_counts(doc: Doc, entries: list[Entry], thresholds) -> pd.DataFrame:

@@ -112,6 +112,87 @@ def episode_counts(entries: list[Entry], thresholds: dict[str, tuple[float, ...]
     return pd.DataFrame(rows)
 
 
+# ------------------------------------------------------------------------------------------------ compute
+#: At most this many common compute budgets per setting in the "accuracy at equal compute" table
+MAX_BUDGETS = 5
+
+
+def compute_curve(e: Entry) -> pd.DataFrame:
+    """The entry's seed-averaged validation curve with ``flops``: cumulative meta-training FLOPs at each validation
+    point (``flops_per_train_episode`` x meta-training episodes seen; forward and backward of training steps, no
+    validation or test, no pretraining: no record holds a pretraining's FLOPs). Empty when the runs recorded no
+    FLOPs (runs older than the count, methods that train no episodes)."""
+    fpe = e.row["flops_per_train_episode"]
+    if not len(e.curve) or fpe is None or math.isnan(fpe) or fpe <= 0:
+        return e.curve.iloc[0:0].assign(flops=pd.Series(dtype=float))
+    return e.curve.assign(flops=e.curve["episodes"].astype(float) * float(fpe))
+
+
+def total_compute(e: Entry) -> float:
+    """The meta-training FLOPs an entry's runs spent in all (mean over seeds): training episodes, or the last
+    validation point's episodes if more, x FLOPs per training episode; NaN without a FLOP count."""
+    c = compute_curve(e)
+    if not len(c):
+        return math.nan
+    episodes = max(float(e.row["train_episodes"]) if not math.isnan(e.row["train_episodes"]) else 0.0,
+                   float(e.curve["episodes"].max()))
+    return episodes * float(e.row["flops_per_train_episode"])
+
+
+def compute_budgets(entries: list[Entry], most: int = MAX_BUDGETS) -> list[float]:
+    """Common compute budgets for a setting's entries: the powers of ten from the earliest validation point's FLOPs
+    to the largest total spent (the ``most`` largest of them); where fewer than three powers of ten lie in that
+    range, 1, 2 and 5 x 10^k instead."""
+    firsts, totals = [], []
+    for e in entries:
+        c = compute_curve(e)
+        c = c[c["flops"] > 0]
+        if len(c):
+            firsts.append(float(c["flops"].min()))
+            totals.append(total_compute(e))
+    if not firsts:
+        return []
+    lo, hi = min(firsts), max(totals)
+    out = [10.0 ** k for k in range(math.ceil(math.log10(lo) - 1e-9), math.floor(math.log10(hi) + 1e-9) + 1)]
+    if len(out) < 3:
+        out = sorted({m * 10.0 ** k for k in range(math.floor(math.log10(lo)), math.floor(math.log10(hi)) + 1)
+                      for m in (1.0, 2.0, 5.0) if lo * (1 - 1e-9) <= m * 10.0 ** k <= hi * (1 + 1e-9)})
+    return out[-most:]
+
+
+def accuracy_at_compute(entries: list[Entry], budgets: list[float] | None = None) -> pd.DataFrame:
+    """Long table "accuracy at equal compute": per entry (with a FLOP count) and budget (default
+    :func:`compute_budgets` of each setting's entries), the seed-averaged validation accuracy of the last
+    validation point at or below the budget (what the run had learnt with that much compute, to one validation
+    interval). ``status``: "reached"; "not reached" where the run stopped before spending the budget (``total_flops``
+    below it); "before first validation" where the budget lies below the first validation point."""
+    cols = SETTING_KEYS + ["method", "budget_flops", "status", "val_acc", "at_flops", "at_episodes", "total_flops",
+                           "flops_per_train_episode", "n_seeds"]
+    by_setting: dict[tuple, list[Entry]] = {}
+    for e in entries:
+        by_setting.setdefault(e.setting, []).append(e)
+    rows = []
+    for setting, es in by_setting.items():
+        bs = compute_budgets(es) if budgets is None else sorted(budgets)
+        for e in es:
+            c = compute_curve(e)
+            if not len(c):
+                continue
+            total = total_compute(e)
+            for b in bs:
+                at = c[c["flops"] <= b * (1 + 1e-9)]
+                status = "not reached" if total < b * (1 - 1e-9) else "reached" if len(at) else \
+                    "before first validation"
+                last = at.iloc[-1] if status == "reached" else None
+                rows.append({**{k: e.key[k] for k in SETTING_KEYS}, "method": e.label, "budget_flops": b,
+                             "status": status, "val_acc": float(last["val_acc"]) if last is not None else math.nan,
+                             "at_flops": float(last["flops"]) if last is not None else math.nan,
+                             "at_episodes": float(last["episodes"]) if last is not None else math.nan,
+                             "total_flops": total, "flops_per_train_episode": float(e.row["flops_per_train_episode"]),
+                             "n_seeds": len(e.runs)})
+    return pd.DataFrame(rows, columns=cols)
+
+
 # ------------------------------------------------------------------------------------------------ shared artefacts
 def shared_artefacts(runs: list[Run]) -> pd.DataFrame:
     arts: dict[str, dict] = {}
