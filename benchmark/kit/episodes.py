@@ -143,14 +143,18 @@ class QueryHidden(_Shape):
     images, and no query labels. ``query_y`` and ``query_idx`` (whose rows are the classes) raise
     :class:`QueryLabelsHidden`; the harness scores the returned logits against the labels itself.
 
+    It holds no reference to the labelled :class:`Episode` it was made from (only its support set, query images,
+    identity and digest), so nothing reachable from it leads back to the query labels; asking it for anything else
+    raises :class:`QueryLabelsHidden` too.
+
     Queries keep the class-major order of :class:`Episode` (so that every method's numbers stay what they were);
     ``benchmark.check`` fails a method whose logits do not follow its queries when they are reordered."""
 
     def __init__(self, episode: Episode):
-        self._episode = episode
         self.spec, self.index, self.classes = episode.spec, episode.index, episode.classes
         self.support_idx, self.support_x, self.support_y = episode.support_idx, episode.support_x, episode.support_y
         self.query_x = episode.query_x
+        self._digest = episode.digest()
 
     @property
     def query_y(self):
@@ -159,11 +163,20 @@ class QueryHidden(_Shape):
 
     query_idx = query_y
 
+    def __getattr__(self, name: str):
+        raise QueryLabelsHidden(f"an evaluation episode has no {name!r}: it carries the support set and the query "
+                                "images only, no reference to the labelled episode (the harness scores the logits)")
+
     def to(self, device: torch.device | str) -> "QueryHidden":
-        return self if self.support_x.device == torch.device(device) else QueryHidden(self._episode.to(device))
+        if self.support_x.device == torch.device(device):
+            return self
+        other = copy.copy(self)
+        other.support_x, other.support_y = self.support_x.to(device), self.support_y.to(device)
+        other.query_x = self.query_x.to(device)
+        return other
 
     def digest(self) -> bytes:
-        return self._episode.digest()
+        return self._digest
 
     def hidden(self) -> "QueryHidden":
         return self
@@ -246,6 +259,19 @@ class EpisodeSet:
 
     def __iter__(self) -> Iterator[Episode]:
         return (self[i] for i in range(self.n))
+
+    def hidden(self, i: int) -> QueryHidden:
+        """Episode ``i`` as a method gets it (:class:`QueryHidden`): the labelled episode it is made from is not kept
+        anywhere."""
+        return self[i].hidden()
+
+    def query_labels(self, i: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The query labels of episode ``i`` (the labels of ``self[i].query_y``, on ``device``), which the harness
+        obtains only after the method has predicted: class-major, ``[0]*queries + [1]*queries + ...``, a pure
+        function of the episode's key (:func:`make_episode`)."""
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return torch.arange(self.spec.ways, device=device).repeat_interleave(self.spec.queries)
 
     @cached_property
     def fingerprint(self) -> str:
