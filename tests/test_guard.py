@@ -171,3 +171,12 @@ def test_a_method_that_breaks_the_rules_late_fails_the_longer_run(cheats, tmp_pa
         record["reason"] and "(in train_step)" in record["reason"], record
     assert record["step"] == 4 and "failed" in str(e.value)
     assert not list(tmp_path.joinpath("runs").rglob("episodes.csv")), folder
+
+
+def test_a_method_file_that_imports_the_harness_s_store_does_not_load(tmp_path):
+    plugin = tmp_path / "nosy.py"
+    plugin.write_text("from benchmark.store import folders\nfrom methods.protonet import ProtoNet\n\n\n"
+                      "class Nosy(ProtoNet):\n    name = 'nosy'\n")
+    with pytest.raises(registry.PluginError) as e:
+        registry._file_classes(plugin)
+    assert "raised on import: RuleBreach: harness rooms: the method imports benchmark.store at nosy.py:1" in str(e.value)

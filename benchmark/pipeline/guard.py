@@ -244,6 +244,8 @@ def method_files(method) -> frozenset[str]:
     owner = getattr(method, "__self__", None)
     if owner is not None and not isinstance(owner, type(sys)):
         method = owner
+    if isinstance(method, type(sys)):  # a method file's module, while it is imported
+        return frozenset([method.__file__]) if getattr(method, "__file__", None) else frozenset()
     if not isinstance(method, type) and not callable(getattr(method, "train_step", None)):
         path = getattr(sys.modules.get(getattr(method, "__module__", None) or ""), "__file__", None)
         return frozenset([path]) if path and not str(Path(path).resolve()).startswith(_BENCHMARK) else frozenset()
