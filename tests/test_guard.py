@@ -180,3 +180,22 @@ def test_a_method_file_that_imports_the_harness_s_store_does_not_load(tmp_path):
     with pytest.raises(registry.PluginError) as e:
         registry._file_classes(plugin)
     assert "raised on import: RuleBreach: harness rooms: the method imports benchmark.store at nosy.py:1" in str(e.value)
+
+
+def test_what_a_method_is_handed_holds_no_test_split():
+    """The context's sampler (also on a device copy of the pixels) and validation service hold no split but their
+    own: no test split's classes reachable from ``ctx``; the sampler's episodes are the same either way."""
+    from benchmark.pipeline import prepare
+    from benchmark.pipeline.config import RunConfig
+    from benchmark.pipeline.method_context import make_context
+
+    prepared = prepare(RunConfig("protonet", "omniglot", 5, 1, profile="smoke"))
+    images = prepared.dataset.to_device(CPU)
+    plain, on_device = make_context(prepared, CPU), make_context(prepared, CPU, images=images)
+    for ctx in (plain, on_device):
+        assert list(ctx.sampler._inner.ds.splits) == ["train"]
+        assert list(ctx.val_accuracy._ds.splits) == ["val"]
+    assert list(on_device.sampler._inner.images.ds.splits) == ["train"]
+    assert list(images.ds.splits) == ["train", "val", "test"]  # the harness's own copy is untouched
+    a, b = plain.sampler.episode(3, 5, 1, 2), on_device.sampler.episode(3, 5, 1, 2)
+    assert a.digest() == b.digest() and torch.equal(a.query_x, b.query_x) and torch.equal(a.support_y, b.support_y)

@@ -363,7 +363,10 @@ class TrainingSampler:
 
     def __init__(self, ds: FewShotDataset, seed: int, split: str = "train", images: DeviceImages | None = None):
         view = split_only(ds, split)
-        self._inner = TaskSampler(view, split, seed, images)  # images: the pixels on the device (the same episodes)
+        if images is not None:  # the pixels on the device (the same episodes), with the training split's classes only
+            images = copy.copy(images)
+            images.ds = view
+        self._inner = TaskSampler(view, split, seed, images)
         self.split, self.seed, self.n_classes = split, seed, len(view.splits[split])
         #: images of the training split: one epoch of classifier pretraining is this many images
         self.n_images = sum(len(m) for m in view.splits[split].members)
