@@ -81,6 +81,7 @@ def test_the_rules_hold_inside_a_watched_call(tmp_path):
     with watching(Spy, "train_step"):
         atomic_torch_save(tmp_path / "harness.pt", {})  # the harness's own files: allowed
         import colorsys  # noqa: F401 - a module not imported yet: allowed
+        source_line()  # a warning's or traceback's source line: allowed
     for act, rule in [(lambda: open(tmp_path / "x", "w"), "file I/O"),
                       (lambda: torch.load(tmp_path / "harness.pt"), "file I/O"),  # a library, on its behalf
                       (lambda: sys._getframe(), "frame introspection"),
@@ -114,6 +115,14 @@ def test_the_guard_can_be_switched_off_for_a_measurement(tmp_path, monkeypatch):
 
 class Spy:
     """A stand-in method class, defined in this (method-side) file."""
+
+
+def source_line():
+    """Method-side code reading a source line as a warning's display does (a fresh read of this file)."""
+    import linecache
+
+    linecache.clearcache()
+    return linecache.getline(__file__, 1)
 
 
 def swallowing(path):

@@ -41,9 +41,9 @@ _BENCHMARK = str(Path(__file__).resolve().parents[1]) + os.sep
 _LIBRARIES = tuple(sorted({str(Path(sysconfig.get_paths()[k]).resolve()) + os.sep for k in ("purelib", "platlib")}))
 _STDLIB = tuple(sorted({str(Path(sysconfig.get_paths()[k]).resolve()) + os.sep for k in ("stdlib", "platstdlib")}))
 #: installed code whose file I/O is PyTorch's own compilation (caches, generated kernels, compiler processes)
-_COMPILERS = tuple(f"{os.sep}{p}{os.sep}" for p in ("torch/_dynamo", "torch/_inductor", "torch/_functorch", "triton",
-                                                    "torch/utils/_triton.py", "torch/_higher_order_ops",
-                                                    "torch/fx", "torch/_subclasses", "torch/_export"))
+_COMPILERS = tuple(f"{os.sep}{p}" + ("" if p.endswith(".py") else os.sep)
+                   for p in ("torch/_dynamo", "torch/_inductor", "torch/_functorch", "triton", "torch/utils/_triton.py",
+                             "torch/_higher_order_ops", "torch/fx", "torch/_subclasses", "torch/_export"))
 #: standard-library modules whose own frame introspection hands the caller no frame (logging's caller lookup)
 _QUIET_INTROSPECTION = tuple(f"{os.sep}{p}" for p in ("logging/__init__.py", "warnings.py"))
 
@@ -192,12 +192,18 @@ _FORBIDDEN = {IO: "read or write files", NETWORK: "use the network", PROCESSES: 
               HOOKS: "add audit hooks", ROOMS: "import the harness's data, pipeline or store (benchmark.kit only)"}
 
 
+def _reads_source(args: tuple) -> bool:
+    """Whether an ``open`` reads a Python source file (a warning's or traceback's source line, ``inspect``): no data."""
+    path, mode = args[0], args[1] if len(args) > 1 else "r"
+    return isinstance(path, str) and path.endswith(".py") and (mode is None or mode in ("r", "rb"))
+
+
 def _hook(event: str, args: tuple) -> None:
     watch = _WATCH.get()
     if watch is None:
         return
     rule = rule_of(event, args)
-    if rule is None:
+    if rule is None or (event == "open" and _reads_source(args)):
         return
     token = _WATCH.set(None)  # the judging itself raises events (sys._getframe)
     try:
