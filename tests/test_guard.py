@@ -42,8 +42,10 @@ def test_a_hidden_episode_leads_back_to_no_label(test_set):
     full = test_set[0]
     assert not any(isinstance(v, Episode) for v in vars(h).values())
     assert h.digest() == full.digest() and torch.equal(h.query_x, full.query_x)
-    for name in ("query_y", "query_idx", "_episode"):
-        with pytest.raises(QueryLabelsHidden):
+    for name, says in (("query_y", "query labels of a validation or test episode are hidden"),
+                       ("query_idx", "query labels of a validation or test episode are hidden"),
+                       ("_episode", "an evaluation episode has no '_episode'")):
+        with pytest.raises(QueryLabelsHidden, match=says):
             getattr(h, name)
     assert torch.equal(test_set.query_labels(0), full.query_y)
     assert not any(isinstance(v, Episode) for v in vars(h.to("meta")).values())

@@ -138,6 +138,10 @@ class QueryLabelsHidden(AttributeError):
     """Raised when a method reads the query labels of an evaluation episode (:class:`QueryHidden`)."""
 
 
+_LABELS_HIDDEN = ("the query labels of a validation or test episode are hidden: predict from the support set and "
+                  "the query images (the harness scores the logits)")
+
+
 class QueryHidden(_Shape):
     """A validation or test episode as ``predict``/``predict_many`` receive it: support images and labels, query
     images, and no query labels. ``query_y`` and ``query_idx`` (whose rows are the classes) raise
@@ -158,12 +162,13 @@ class QueryHidden(_Shape):
 
     @property
     def query_y(self):
-        raise QueryLabelsHidden("the query labels of a validation or test episode are hidden: predict from the "
-                                "support set and the query images (the harness scores the logits)")
+        raise QueryLabelsHidden(_LABELS_HIDDEN)
 
     query_idx = query_y
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str):  # also reached when a property above raises (an AttributeError)
+        if name in ("query_y", "query_idx"):
+            raise QueryLabelsHidden(_LABELS_HIDDEN)
         raise QueryLabelsHidden(f"an evaluation episode has no {name!r}: it carries the support set and the query "
                                 "images only, no reference to the labelled episode (the harness scores the logits)")
 
