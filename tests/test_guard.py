@@ -178,8 +178,9 @@ def test_a_method_that_breaks_the_rules_late_fails_the_longer_run(cheats, tmp_pa
         run(prepare(cfg), tmp_path / "runs", CPU)
     folder = tmp_path / "runs" / "runs" / cfg.run_id
     record = json.loads(next(tmp_path.joinpath("runs").rglob("failed.json")).read_text())
-    assert record["reason"].startswith("RuleBreach: file I/O: the method opens ") and "cheating_methods.py:" in \
-        record["reason"] and "(in train_step)" in record["reason"], record
+    reason = record["reason"]
+    assert reason.startswith("RuleBreach: file I/O: the method opens ") and "omniglot28.npz" in reason, record
+    assert "cheating_methods.py:" in reason and "(in train_step)" in reason, record
     assert record["step"] == 4 and "failed" in str(e.value)
     assert not list(tmp_path.joinpath("runs").rglob("episodes.csv")), folder
 
