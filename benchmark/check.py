@@ -17,7 +17,13 @@ checks the method contract (:mod:`methods.base`), one line per check:
 * saved model: the saved ``model.pt`` reloads (:func:`benchmark.pipeline.models.load_run`) and predicts the run's test
   episodes with the same per-episode accuracies;
 * query labels: ``predict`` and ``predict_many`` classify test episodes that carry no query labels (reading
-  ``episode.query_y`` fails it);
+  ``episode.query_y``, or looking for the labelled episode behind one, fails it);
+* label invariance: a test episode scored twice, the query labels the harness holds (within reach of the call)
+  permuted in between, gets the same logits: nothing of the method reaches the labels, by whatever route;
+* the rules, in every check as in every run: the method's code (construction, ``train_step``, ``predict``,
+  ``predict_many``) runs watched (:mod:`benchmark.pipeline.guard`): file and other I/O, frame and garbage-collector
+  introspection and imports of the harness's rooms fail the check that ran it, with one line naming the rule and
+  the method's file:line;
 * training split: building the method and training it reach nothing beyond the run's training split (no dataset, no
   validation or test split through ``ctx.sampler``);
 * training budget: the training episodes a step consumes (the meta-batch plus those drawn through ``ctx.sampler``,
@@ -51,6 +57,7 @@ from pathlib import Path
 from typing import Callable
 
 from .cli.toolkit import EXIT_FAILED, EXIT_OK, Parser, UsageError, at_least, usage_errors
+from .pipeline.guard import RuleBreach
 from .pipeline.method_options import add_method_files, announce_method_files, load_method_files
 from .store.compare import first_difference, read_records, records_differ
 
@@ -123,14 +130,23 @@ class MethodChecker:
         ctx = make_context(self.prepared, self.device, self.workdir / "context")
         if sampler_log is not None:
             ctx.sampler = _SpySampler(ctx.sampler, sampler_log)
-        return self.cls(self.prepared.hp, ctx).to(self.device), ctx
+        with self._watched("construction"):
+            return self.cls(self.prepared.hp, ctx).to(self.device), ctx
+
+    def _watched(self, what: str):
+        """The rules of identical terms, watched around a call into the method (:mod:`benchmark.pipeline.guard`)."""
+        from .pipeline.guard import watching
+
+        return watching(self.cls, what)
 
     def _train(self, method, ctx, steps: int, before_step: Callable[[int], None] | None = None) -> list[dict]:
         out = []
         for step in range(steps):
             if before_step is not None:
                 before_step(step)
-            out.append(dict(method.train_step(self._meta_batch(method, ctx, step), step)))
+            episodes = self._meta_batch(method, ctx, step)
+            with self._watched("train_step"):
+                out.append(dict(method.train_step(episodes, step)))
         return out
 
     def _meta_batch(self, method, ctx, step: int) -> list:
@@ -189,10 +205,10 @@ class MethodChecker:
         bad = [k for k, v in metrics.items() if not torch.isfinite(torch.tensor(float(v)))]
         if bad:
             raise CheckFailed(f"train_step returned non-finite {', '.join(bad)}")
-        ep = self._test_set()[0]
-        with torch.set_grad_enabled(method.adapts_at_test):
-            logits = method.predict(ep.hidden())
-        want = (len(ep.query_y), ep.ways)
+        test = self._test_set()
+        with torch.set_grad_enabled(method.adapts_at_test), self._watched("predict"):
+            logits = method.predict(test.hidden(0))
+        want = (len(test.query_labels(0)), test.spec.ways)
         if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != want:
             got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise CheckFailed(f"predict returned {got}, expected a tensor of shape {list(want)} (queries x ways)")
@@ -218,9 +234,9 @@ class MethodChecker:
             before = states()
             self._train_one(method, ctx, step)
             touched.update(f"train_step ({n})" for n in same(before, states()))
-        ep = self._test_set()[0].hidden()
+        ep = self._test_set().hidden(0)
         before = states()
-        with torch.set_grad_enabled(method.adapts_at_test):
+        with torch.set_grad_enabled(method.adapts_at_test), self._watched("predict"):
             method.predict(ep)
         touched.update(f"predict ({n})" for n in same(before, states()))
         disturbed: list = []
@@ -249,7 +265,8 @@ class MethodChecker:
     def _train_one(self, method, ctx, step: int) -> None:
         eps = self._meta_batch(method, ctx, step)
         ctx.sampler._log.append(("step", step, (), (), b"".join(e.digest() for e in eps)))
-        method.train_step(eps, step)
+        with self._watched("train_step"):
+            method.train_step(eps, step)
 
     def check_predict_many(self) -> str:
         import torch
@@ -258,10 +275,12 @@ class MethodChecker:
         self._train(method, ctx, min(2, self.steps))
         test = self._test_set()
         n = min(len(test), max(2, int(getattr(method, "eval_group", 1)), 4))
-        eps = [test[i].hidden() for i in range(n)]
+        eps = [test.hidden(i) for i in range(n)]
         with torch.set_grad_enabled(method.adapts_at_test):
-            one = [method.predict(e) for e in eps]
-            many = method.predict_many(eps)
+            with self._watched("predict"):
+                one = [method.predict(e) for e in eps]
+            with self._watched("predict_many"):
+                many = method.predict_many(eps)
         if len(many) != len(one):
             raise CheckFailed(f"predict_many returned {len(many)} results for {len(one)} episodes")
         for i, (a, b) in enumerate(zip(one, many)):
@@ -279,15 +298,19 @@ class MethodChecker:
         method, ctx = self._fresh()
         self._train(method, ctx, 1)
         test = self._test_set()
-        eps = [test[i].hidden() for i in range(min(2, len(test)))]
+        eps = [test.hidden(i) for i in range(min(2, len(test)))]
         try:
             with torch.set_grad_enabled(method.adapts_at_test):
-                method.predict(eps[0])
-                method.predict_many(eps)
-        except QueryLabelsHidden:
-            raise CheckFailed("predict reads the query labels (episode.query_y) of test episodes: evaluation "
-                              "episodes carry none (the harness scores the logits); classify from the support set "
-                              "and the query images") from None
+                with self._watched("predict"):
+                    method.predict(eps[0])
+                with self._watched("predict_many"):
+                    method.predict_many(eps)
+        except QueryLabelsHidden as e:
+            if "query labels" in str(e):
+                raise CheckFailed("predict reads the query labels (episode.query_y) of test episodes: evaluation "
+                                  "episodes carry none (the harness scores the logits); classify from the support "
+                                  "set and the query images") from None
+            raise CheckFailed(f"predict looks behind the test episode it is handed for its labels: {e}") from None
         return "predict and predict_many classify test episodes without their query labels"
 
     def check_training_split(self) -> str:
@@ -355,7 +378,7 @@ class MethodChecker:
         def logits(order) -> torch.Tensor:
             sub = Episode(ep.spec, ep.index, ep.classes, ep.support_idx, ep.query_idx, ep.support_x, ep.support_y,
                           ep.query_x[order], ep.query_y[order])
-            with torch.set_grad_enabled(method.adapts_at_test):
+            with torch.set_grad_enabled(method.adapts_at_test), self._watched("predict"):
                 return method.predict(sub.hidden()).detach()
 
         full = logits(torch.arange(n))
@@ -378,6 +401,32 @@ class MethodChecker:
         note = " (declared transductive, not measured so on this episode)" if declared else ""
         return (f"not transductive{note}: {len(alone)} queries scored alone get the logits they get among all {n}; "
                 "reordered queries get reordered logits")
+
+    def check_label_invariance(self) -> str:
+        import torch
+
+        method, ctx = self._fresh()
+        self._train(method, ctx, min(2, self.steps))
+        labelled = self._test_set()[0]  # the harness's labelled copy, deliberately within reach while predict runs
+        ways, n = labelled.ways, len(labelled.query_y)
+
+        def logits() -> torch.Tensor:
+            state = torch.get_rng_state()
+            try:
+                with torch.set_grad_enabled(method.adapts_at_test), self._watched("predict"):
+                    return method.predict(labelled.hidden()).detach().clone()
+            finally:
+                torch.set_rng_state(state)
+
+        first = logits()
+        labelled.query_y.copy_((labelled.query_y + 1) % ways)  # every query's label changes, nothing else
+        second = logits()
+        change = (second - first).abs().max().item()
+        tol = 1e-4 * max(1.0, first.abs().max().item())
+        if change > tol:
+            raise CheckFailed(f"the logits change by up to {change:.3g} when the harness's query labels are permuted "
+                              "between two predictions of the same episode: predict reaches the labels")
+        return f"the same logits for the {n} queries of a test episode scored twice, its labels permuted in between"
 
     def _val_set(self):
         from .pipeline.episode_sets import validation_set
@@ -445,7 +494,8 @@ class MethodChecker:
         return f"all {len(own)} fields of {self.cls.Hyper.__name__} carry a source comment"
 
     CHECKS = (("profiles", "check_profiles", FAILED), ("logits", "check_logits", FAILED),
-              ("query labels", "check_query_labels", FAILED), ("training split", "check_training_split", FAILED),
+              ("query labels", "check_query_labels", FAILED), ("label invariance", "check_label_invariance", FAILED),
+              ("training split", "check_training_split", FAILED),
               ("training budget", "check_training_budget", FAILED), ("transduction", "check_transduction", FAILED),
               ("global random state", "check_global_random_state", FAILED),
               ("predict_many", "check_predict_many", FAILED), ("same seed", "check_same_seed", FAILED),
@@ -462,6 +512,8 @@ class MethodChecker:
             return Check(name, PASSED, getattr(self, fn)())
         except CheckFailed as e:
             return Check(name, on_fail, str(e))
+        except RuleBreach as e:  # the guard's one line: the rule, what the method did, where
+            return Check(name, FAILED, str(e))
         except Exception as e:  # noqa: BLE001 - the method raised: that is the verdict
             where = traceback.extract_tb(e.__traceback__)[-1]
             return Check(name, FAILED, f"raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "

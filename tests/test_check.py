@@ -57,7 +57,7 @@ def test_command_line_exit_codes(tmp_path):
     lines = r.stdout.splitlines()
     assert lines[0].startswith("broken-many (file ") and "sha256" in lines[0]
     assert any(line.strip().startswith("FAILED   predict_many:") for line in lines)
-    assert sum(line.strip().startswith("PASSED") for line in lines) == 11  # the eleven other checks
+    assert sum(line.strip().startswith("PASSED") for line in lines) == 12  # the twelve other checks
     r = subprocess.run([sys.executable, "-m", "benchmark.check", "nonesuch"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error: unknown method 'nonesuch'")

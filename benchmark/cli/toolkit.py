@@ -34,8 +34,12 @@ class Parser(argparse.ArgumentParser):
 
 
 def usage_errors(body: Callable[[], int]) -> int:
-    """``body()``'s exit code; a :class:`UsageError` it raises becomes one line on stderr and :data:`EXIT_USAGE`."""
+    """``body()``'s exit code; a :class:`UsageError` it raises becomes one line on stderr and :data:`EXIT_USAGE`.
+    A ``BENCHMARK_GUARD`` other than "on" or "off" (:mod:`benchmark.pipeline.guard`) is one too."""
     try:
+        guard = os.environ.get("BENCHMARK_GUARD", "on")
+        if guard not in ("on", "off"):
+            raise UsageError(f"BENCHMARK_GUARD must be 'on' or 'off', not {guard!r}")
         return body()
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)

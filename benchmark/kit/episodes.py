@@ -138,32 +138,50 @@ class QueryLabelsHidden(AttributeError):
     """Raised when a method reads the query labels of an evaluation episode (:class:`QueryHidden`)."""
 
 
+_LABELS_HIDDEN = ("the query labels of a validation or test episode are hidden: predict from the support set and "
+                  "the query images (the harness scores the logits)")
+
+
 class QueryHidden(_Shape):
     """A validation or test episode as ``predict``/``predict_many`` receive it: support images and labels, query
     images, and no query labels. ``query_y`` and ``query_idx`` (whose rows are the classes) raise
     :class:`QueryLabelsHidden`; the harness scores the returned logits against the labels itself.
 
+    It holds no reference to the labelled :class:`Episode` it was made from (only its support set, query images,
+    identity and digest), so nothing reachable from it leads back to the query labels; asking it for anything else
+    raises :class:`QueryLabelsHidden` too.
+
     Queries keep the class-major order of :class:`Episode` (so that every method's numbers stay what they were);
     ``benchmark.check`` fails a method whose logits do not follow its queries when they are reordered."""
 
     def __init__(self, episode: Episode):
-        self._episode = episode
         self.spec, self.index, self.classes = episode.spec, episode.index, episode.classes
         self.support_idx, self.support_x, self.support_y = episode.support_idx, episode.support_x, episode.support_y
         self.query_x = episode.query_x
+        self._digest = episode.digest()
 
     @property
     def query_y(self):
-        raise QueryLabelsHidden("the query labels of a validation or test episode are hidden: predict from the "
-                                "support set and the query images (the harness scores the logits)")
+        raise QueryLabelsHidden(_LABELS_HIDDEN)
 
     query_idx = query_y
 
+    def __getattr__(self, name: str):  # also reached when a property above raises (an AttributeError)
+        if name in ("query_y", "query_idx"):
+            raise QueryLabelsHidden(_LABELS_HIDDEN)
+        raise QueryLabelsHidden(f"an evaluation episode has no {name!r}: it carries the support set and the query "
+                                "images only, no reference to the labelled episode (the harness scores the logits)")
+
     def to(self, device: torch.device | str) -> "QueryHidden":
-        return self if self.support_x.device == torch.device(device) else QueryHidden(self._episode.to(device))
+        if self.support_x.device == torch.device(device):
+            return self
+        other = copy.copy(self)
+        other.support_x, other.support_y = self.support_x.to(device), self.support_y.to(device)
+        other.query_x = self.query_x.to(device)
+        return other
 
     def digest(self) -> bytes:
-        return self._episode.digest()
+        return self._digest
 
     def hidden(self) -> "QueryHidden":
         return self
@@ -246,6 +264,19 @@ class EpisodeSet:
 
     def __iter__(self) -> Iterator[Episode]:
         return (self[i] for i in range(self.n))
+
+    def hidden(self, i: int) -> QueryHidden:
+        """Episode ``i`` as a method gets it (:class:`QueryHidden`): the labelled episode it is made from is not kept
+        anywhere."""
+        return self[i].hidden()
+
+    def query_labels(self, i: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The query labels of episode ``i`` (the labels of ``self[i].query_y``, on ``device``), which the harness
+        obtains only after the method has predicted: class-major, ``[0]*queries + [1]*queries + ...``, a pure
+        function of the episode's key (:func:`make_episode`)."""
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return torch.arange(self.spec.ways, device=device).repeat_interleave(self.spec.queries)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -337,7 +368,10 @@ class TrainingSampler:
 
     def __init__(self, ds: FewShotDataset, seed: int, split: str = "train", images: DeviceImages | None = None):
         view = split_only(ds, split)
-        self._inner = TaskSampler(view, split, seed, images)  # images: the pixels on the device (the same episodes)
+        if images is not None:  # the pixels on the device (the same episodes), with the training split's classes only
+            images = copy.copy(images)
+            images.ds = view
+        self._inner = TaskSampler(view, split, seed, images)
         self.split, self.seed, self.n_classes = split, seed, len(view.splits[split])
         #: images of the training split: one epoch of classifier pretraining is this many images
         self.n_images = sum(len(m) for m in view.splits[split].members)

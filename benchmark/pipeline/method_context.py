@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from ..kit.context import Context
-from ..kit.episodes import EpisodeSet, TrainingSampler
+from ..kit.episodes import EpisodeSet, TrainingSampler, split_only
 from ..store.files import FileLock, atomic_torch_save
 from ..store.folders import artefact_dir
+from .guard import suspended, watching
 
 
 class ArtefactCache:
@@ -41,6 +42,10 @@ class ArtefactCache:
         self.log: list[dict] = []
 
     def __call__(self, name: str, key: dict, fn: Callable[[], Any]) -> Any:
+        with suspended():  # the harness's own files; the method's ``fn`` is watched again
+            return self._value(name, key, fn)
+
+    def _value(self, name: str, key: dict, fn: Callable[[], Any]) -> Any:
         full = {"name": name, "key": key, **self.scope}
         h = hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()[:16]
         path = artefact_dir(self.results_dir) / f"{name}-{h}.pt"
@@ -51,7 +56,8 @@ class ArtefactCache:
                     computed = True
                     drawn = self.sampler.images_drawn if self.sampler is not None else None
                     t0 = time.perf_counter()
-                    value = fn()
+                    with watching(fn, f"ctx.cached({name!r})"):
+                        value = fn()
                     secs = time.perf_counter() - t0
                     if drawn is not None:
                         images = self.sampler.images_drawn - drawn
@@ -66,23 +72,42 @@ class ArtefactCache:
 
 class ValAccuracy:
     """``ctx.val_accuracy``: the harness scores a method's own validation (e.g. MTL's pretraining checkpoints) on
-    fixed validation episodes it hands the method without query labels (:class:`~benchmark.kit.episodes.QueryHidden`).
-    ``busy`` is True while it runs (``benchmark.check`` tells the harness's reads of the validation split from the
-    method's)."""
+    fixed validation episodes it hands the method without query labels (:class:`~benchmark.kit.episodes.QueryHidden`),
+    drawn label-free; the labels are obtained after ``predict`` returned, and ``predict`` runs watched
+    (:func:`~benchmark.pipeline.guard.watching`). It keeps the validation split only (no test split, no training
+    split). ``busy`` is True while it runs (``benchmark.check`` tells the harness's reads of the validation split
+    from the method's)."""
 
     def __init__(self, ds, eval_seed: int, device: torch.device):
-        self._ds, self.eval_seed, self.device, self.busy = ds, eval_seed, device, False
+        self._ds, self.eval_seed, self.device, self.busy = split_only(ds, "val"), eval_seed, device, False
 
     def __call__(self, predict: Callable, ways: int, shots: int, queries: int, n: int, stream: str) -> float:
+        with suspended():  # harness code, called by the method; its ``predict`` is watched again
+            return self._score(predict, ways, shots, queries, n, stream)
+
+    def _score(self, predict: Callable, ways: int, shots: int, queries: int, n: int, stream: str) -> float:
         self.busy = True
         try:
             accs = []
-            for ep in EpisodeSet(self._ds, "val", ways, shots, queries, self.eval_seed, n, stream=stream):
-                ep = ep.to(self.device)
-                accs.append((predict(ep.hidden()).argmax(-1) == ep.query_y).float().mean().item())
+            episodes = EpisodeSet(self._ds, "val", ways, shots, queries, self.eval_seed, n, stream=stream)
+            for i in range(n):
+                with watching(predict, "ctx.val_accuracy's predict"):
+                    logits = predict(episodes.hidden(i).to(self.device))
+                accs.append((logits.argmax(-1) == episodes.query_labels(i, logits.device)).float().mean().item())
             return float(np.mean(accs))
         finally:
             self.busy = False
+
+
+def _unwatched(progress: Callable | None) -> Callable | None:
+    """The harness's progress-bar factory, run unwatched when a method calls it (``ctx.iterate``)."""
+    if progress is None:
+        return None
+
+    def bar(*args, **kwargs):
+        with suspended():
+            return progress(*args, **kwargs)
+    return bar
 
 
 def make_context(prepared, device: torch.device, results_dir: str | Path | None = None,
@@ -99,4 +124,4 @@ def make_context(prepared, device: torch.device, results_dir: str | Path | None 
         "cached": ArtefactCache(results_dir, ds.fingerprint, cfg.backbone, cfg.seed, device, sampler)}
     return Context(setting=prepared.setting, image_shape=ds.image_shape, backbone_name=cfg.backbone,
                    sampler=sampler, eval_seed=cfg.eval_seed, device=device, seed=cfg.seed, profile=cfg.profile,
-                   progress=progress, val_accuracy=ValAccuracy(ds, cfg.eval_seed, device), **extra)
+                   progress=_unwatched(progress), val_accuracy=ValAccuracy(ds, cfg.eval_seed, device), **extra)

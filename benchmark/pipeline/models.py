@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from ..store.folders import RunFolder, model_path
+from .guard import watching
 
 FORMAT = 1  # model.pt layout version
 
@@ -115,7 +116,8 @@ def rebuild(payload: dict[str, Any], device: str | torch.device = "cpu"):
                   sampler=RestoredSampler(int(payload["train_classes"])), eval_seed=None, device=device,
                   seed=int(payload["seed"]), profile=payload["profile"], restoring=True)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        method = cls(hp, ctx).to(device)
+        with watching(cls, "construction"):
+            method = cls(hp, ctx).to(device)
     try:
         method.load_state_dict(payload["state_dict"])
     except RuntimeError as e:

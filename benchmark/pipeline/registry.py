@@ -189,7 +189,10 @@ def _env_files() -> list[Path]:
 
 
 def _file_classes(path: Path) -> list:
-    """The methods of one file, imported once per process as module ``fewshot_method_file_<sha>``."""
+    """The methods of one file, imported once per process as module ``fewshot_method_file_<sha>``; its import runs
+    watched (:mod:`benchmark.pipeline.guard`: e.g. importing the harness's data or store fails it)."""
+    from .guard import watching
+
     key = str(path)
     if not path.is_file():
         raise PluginError(f"method file {path} (from --method-file or ${FILES_ENV}) does not exist")
@@ -202,7 +205,8 @@ def _file_classes(path: Path) -> list:
         module = importlib.util.module_from_spec(spec)
         sys.modules[mod_name] = module
         try:
-            spec.loader.exec_module(module)
+            with watching(module, f"the import of {path.name}"):  # the method's own code: the rules hold
+                spec.loader.exec_module(module)
         except Exception as e:  # noqa: BLE001 - the author's code: say where it failed, in one line
             del sys.modules[mod_name]
             raise PluginError(f"method file {path} raised on import: {type(e).__name__}: "

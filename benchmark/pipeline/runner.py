@@ -50,6 +50,7 @@ from .config import prepare as config_prepare
 from .episode_sets import test_set, validation_set
 from .execution import CAPTURE_MODE, Execution
 from .facts import record_facts
+from .guard import watching
 from .machine import NondeterministicOps, PeakMemory, code_version, configure_determinism, environment
 from .machine import placement as where
 from .method_context import make_context
@@ -298,7 +299,8 @@ class _Attempt:
         watch = NondeterministicOps(device.type == "cuda" and ex.deterministic, attempt["nondeterministic_ops"],
                                      lambda: attempt.update(deterministic=False))
         with PeakMemory(device) as mem, watch:
-            method = prepared.cls(prepared.hp, ctx).to(device)
+            with watching(prepared.cls, "construction"):
+                method = prepared.cls(prepared.hp, ctx).to(device)
             if ex.compile or ex.capture:  # --capture: compiled for CUDA graphs (Execution's docstring)
                 attempt["compiled"] = compile_method(method, CAPTURE_MODE if ex.capture else None)
             self.trainer = trainer = Trainer(method, prepared.hp, ctx, validation_set(prepared).gathered_by(images),

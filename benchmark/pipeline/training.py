@@ -33,10 +33,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..kit.episodes import Episode, EpisodeSet, TaskSampler, uncounted
+from ..kit.episodes import Episode, EpisodeSet, QueryHidden, TaskSampler, uncounted
 from ..store.files import atomic_torch_save
 from ..store.statistics import mean_ci95
 from .execution import PRECISIONS, check_precision, group_size  # noqa: F401 - PRECISIONS re-exported
+from .guard import watching
 from .prefetch import prefetched
 
 
@@ -229,7 +230,7 @@ def timed_step(method, episodes: list[Episode], step: int, device: torch.device,
         events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
         events[0].record()
     t0 = time.perf_counter()
-    with counter, opt_steps, ctx:
+    with counter, opt_steps, ctx, watching(method, "train_step"):
         metrics = dict(method.train_step(episodes, step))
     if sync:
         synchronize(device)
@@ -277,12 +278,27 @@ def compile_method(method, mode: str | None = None) -> list[str]:
     return sorted(mods)
 
 
+def hidden_episode(episodes, i: int) -> QueryHidden:
+    """Episode ``i`` of ``episodes`` as the method gets it: drawn label-free from an
+    :class:`~benchmark.kit.episodes.EpisodeSet` (the labelled episode is not kept), else ``episodes[i].hidden()``."""
+    return episodes.hidden(i) if isinstance(episodes, EpisodeSet) else episodes[i].hidden()
+
+
+def query_labels(episodes, i: int, device: torch.device) -> torch.Tensor:
+    """The query labels of episode ``i`` on ``device``, obtained after the method predicted: a pure function of the
+    episode's key for an :class:`~benchmark.kit.episodes.EpisodeSet`, else ``episodes[i].query_y``."""
+    if isinstance(episodes, EpisodeSet):
+        return episodes.query_labels(i, device)
+    return episodes[i].query_y.to(device)
+
+
 def evaluate(method, episodes: EpisodeSet, device: torch.device, progress=None, desc: str = "eval",
              group: int | None = None, prefetch: int = 0, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
     """Per-episode query accuracy and adaptation seconds of ``method`` on every episode of ``episodes``.
 
-    The method gets each episode without its query labels (:class:`~benchmark.kit.episodes.QueryHidden`); the
-    accuracy is scored here.
+    The method gets each episode without its query labels (:class:`~benchmark.kit.episodes.QueryHidden`), drawn
+    label-free, and runs watched (:func:`~benchmark.pipeline.guard.watching`); the labels are obtained only after it
+    returned, and the accuracy is scored here: no frame below the method's call holds a query label while it runs.
 
     Episodes go to ``method.predict_many`` in groups of :func:`group_size` (``group``, default the method's
     ``eval_group``, capped by input size; on CUDA sized by the free device memory), which
@@ -300,21 +316,20 @@ def evaluate(method, episodes: EpisodeSet, device: torch.device, progress=None, 
     bar = progress(total=n, desc=desc) if progress is not None else None
     starts = range(0, n, group)
 
-    def draw(start: int, dev: torch.device) -> list[Episode]:
-        return [episodes[i].to(dev) for i in range(start, min(n, start + group))]
+    def draw(start: int, dev: torch.device) -> list[QueryHidden]:
+        return [hidden_episode(episodes, i).to(dev) for i in range(start, min(n, start + group))]
 
     try:
         with prefetched(draw, starts, prefetch, device) as groups:
             for start in starts:
-                idx = range(start, min(n, start + group))
-                eps = groups.get(start)
+                eps = groups.get(start)  # label-free: no query label is held here while the method runs
                 t0 = time.perf_counter()
-                with torch.set_grad_enabled(method.adapts_at_test), cast:
-                    logits = method.predict_many([ep.hidden() for ep in eps])  # no query labels
+                with torch.set_grad_enabled(method.adapts_at_test), cast, watching(method, "predict_many"):
+                    logits = method.predict_many(eps)
                 synchronize(device)
                 secs[start:start + len(eps)] = (time.perf_counter() - t0) / len(eps)
-                for i, ep, lg in zip(idx, eps, logits):
-                    acc[i] = (lg.argmax(-1) == ep.query_y).float().mean().item()
+                for i, lg in zip(range(start, start + len(eps)), logits):  # the labels, only now
+                    acc[i] = (lg.argmax(-1) == query_labels(episodes, i, lg.device)).float().mean().item()
                 if bar is not None:
                     bar.update(len(eps))
     finally:
