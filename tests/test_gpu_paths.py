@@ -543,3 +543,42 @@ def test_captured_methods_mark_each_step_and_evaluation_group(monkeypatch):
     training.timed_step(method, draw_episodes(method.ctx.sampler, 0, 1, method.train_shape(), CPU), 0, CPU)
     training.evaluate(method, test_set(prepared, 4), CPU, group=2)
     assert marks == [1, 1, 1]  # one step, two groups
+
+
+# ------------------------------------------------------------------------------------------------ benchmark.speed
+def test_speed_applies_the_runs_determinism_settings(monkeypatch, capsys):
+    """``benchmark.speed`` configures determinism as runs do (a CUDA measurement ran without it before);
+    ``--no-deterministic`` allows non-deterministic kernels, as ``benchmark.run``'s flag does."""
+    import json
+
+    import benchmark.pipeline.machine as machine
+    import benchmark.speed as speed
+
+    seen = []
+    monkeypatch.setattr(machine, "configure_determinism",
+                        lambda device, deterministic=True: seen.append((str(device), deterministic)) or {"d": 1})
+    monkeypatch.setattr(speed, "time_run", lambda *a, **k: {"ms": 1.0})
+    for extra in ([], ["--no-deterministic"]):
+        assert speed.main(["--method", "protonet", "--profile", "smoke", "--device", "cpu", "--json", *extra]) == 0
+    assert seen == [("cpu", True), ("cpu", False)]
+    assert json.loads(capsys.readouterr().out.splitlines()[0]) == {"ms": 1.0, "determinism": {"d": 1}}
+
+
+def test_speed_warms_the_test_timing_up_with_the_measured_group(tmp_path, monkeypatch):
+    """The test timing's warm-up evaluates a whole group of the size measured (a smaller warm-up group left the
+    measured group's shapes to the timed part: cuDNN's and the compiler's first calls)."""
+    from benchmark.speed import prepare_measurement, time_run
+
+    calls = []
+    original = training.evaluate
+
+    def recorded(method, episodes, device, *a, **k):
+        calls.append((len(episodes), training.group_size(method, episodes, k.get("group"), device)))
+        return original(method, episodes, device, *a, **k)
+
+    monkeypatch.setattr(training, "evaluate", recorded)
+    prepared = prepare_measurement("protonet", shots=1, profile="smoke", train_queries=2)
+    r = time_run(prepared, "cpu", steps=1, warmup=1, test_episodes=3, results_dir=None, eval_group=0)
+    assert r["eval_group"] == calls[1][1] > 1
+    assert calls[0] == (r["eval_group"], r["eval_group"])  # the warm-up: one group of the measured size
+    assert r["dynamo"]["frames"] == 0
