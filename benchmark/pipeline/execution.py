@@ -18,7 +18,7 @@ its run id when not fp32).
   their forward and backward passes are replayed as captured CUDA graphs (one launch per graph instead of one per
   kernel) wherever their shapes repeat, eager elsewhere; a method that compiles nothing captures nothing (its
   ``compile_note`` says why). Off by default until the GPU check measures it faster with the same accuracy on the
-  same episodes (``benchmark.gpu_check``, parts (a) and (b)).
+  same episodes (``benchmark.gpu_check``, its capture part).
 
 Evaluation groups: :func:`group_size` sizes the groups of test episodes one ``predict_many`` call takes, by
 input size on the CPU and, on CUDA, by the device's total memory on a fixed ladder of sizes (never by the memory
