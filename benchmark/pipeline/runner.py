@@ -326,7 +326,7 @@ class _Attempt:
             attempt["eval_group"] = group_size(method, tests, None, device)  # what evaluate takes (recorded)
             acc, secs = evaluate(method, tests, device, job.progress, desc=f"{label} test", prefetch=prefetch,
                                  precision=cfg.precision)
-        # whether anything was compiled in this attempt (Dynamo's frames compiled, graph breaks, recompilations), not
+        # whether anything was compiled in this attempt (Dynamo's frames compiled, graphs made, graph breaks), not
         # only whether compiling was asked for (the process's counters: runs of one process follow each other)
         attempt["dynamo"] = count_difference(dynamo_before, dynamo_counts())
         config, curve, episodes, summary = _records(prepared, trainer, tests, acc, secs, mem, device)
