@@ -4,29 +4,41 @@ Parts (each catches its own failure and records it, so one failing part does not
 rewritten after every part, so a check cut short keeps what it measured):
 
 (a) speed: milliseconds per training episode and per test episode of every main method, 1- and 5-shot, at the
-    ``paper`` profile's training shapes (fp32 cases first, then the 1-shot ones of the methods that compile modules
-    again with ``--capture``, CUDA graphs, each started only with 60 s of the part left for compiling, then bf16
-    while time is left, and MAML with ``vectorize`` on and off), with each one's FLOPs per training episode
-    (``torch.utils.flop_counter``), the share of the device's peak that achieves, and its projected paper-length
-    hours (:func:`benchmark.speed.paper_projection`), under :func:`benchmark.pipeline.machine.configure_determinism`;
+    ``paper`` profile's training shapes (fp32 cases first, then bf16 while time is left, and MAML with
+    ``vectorize`` on and off), with each one's FLOPs per training episode (``torch.utils.flop_counter``, counted
+    eagerly), the share of the device's peak that achieves, and its projected paper-length hours
+    (:func:`benchmark.speed.paper_projection`), under :func:`benchmark.pipeline.machine.configure_determinism`;
     warnings about operations without a deterministic CUDA kernel are listed;
+(capture) ``--capture`` (CUDA graphs), in its own share of the budget: ProtoNet's and Matching's 1-shot smoke runs
+    eager and captured (two jobs side by side, Dynamo's recompilations logged), per-episode and mean accuracy of
+    each captured run against the eager one on the same episodes, and the frames Dynamo compiled; captured results
+    equal to the eager ones bit for bit say that capture probably did not happen. Then, while time is left, the
+    same methods' paper-shape steps timed eager and captured. Not run without a C compiler and ``Python.h``
+    (Triton needs both), said in one line. Informative: the default stays eager until it shows the same accuracy
+    and a faster step;
 (b) determinism: the smoke main job twice, into two results folders; every run both finished must have identical
     records (:func:`benchmark.store.compare.folders_differ`), and a run only one finished fails the part unless the
-    other job was stopped at its time limit before reaching it; then, on CUDA, ProtoNet's and Matching's 1-shot
-    smoke runs again with ``--capture``: per-episode and mean accuracy against the eager job's same runs (the paired
-    comparison that decides whether capture may become a default; informative, not part of the verdict);
+    other job was stopped at its time limit before reaching it;
 (c) resume: a run stopped mid-way and resumed must equal an uninterrupted one (runner API);
 (d) packing: the quick main job with ``--executor processes --workers K`` for K = 1, 2, 4, 8, each for an equal
     window: runs finished per minute, training episodes per second (finished runs' and stopped runs' checkpoints')
-    and the GPU's mean utilisation;
+    and the GPU's mean utilisation (throughput runs: ``--no-deterministic``);
 (e) the quick main job ``--methods all`` on the GPU with the most workers, to the end (or the part's deadline): wall
-    clock, runs finished, utilisation;
+    clock, runs finished, utilisation (``--no-deterministic``);
 (f) reproduce: the ``paper`` profile of the cheapest settings by projected cost (from (a); the paper's training
     episodes otherwise), as many as the time left allows, packed; each finished one with its published figure and
-    the difference.
+    the difference. "not run (time)" when no projection fits the time left, or when nothing could finish in it.
+
+The check ends within ``--budget-s`` (its parts stop :data:`STOP_MARGIN_S` early, for stopping their jobs). Its
+jobs run in their own process groups and are stopped (Ctrl-C, then killed) whenever the check ends: normally, on an
+error, on Ctrl-C or on SIGTERM/SIGHUP. Everything it measured stays in its files folder (``--keep``; default
+``<out>-files`` next to the summary): each job's full output (``logs/``), the runs' folders (records of what
+finished, ``failed.json`` and ``traceback.txt`` of what failed, checkpoints of what was stopped), the GPU
+utilisation samples (``utilisation-<part>.csv``), and the summary itself.
 
 ``--dry-run`` (or ``--device cpu``) runs the same parts at tiny sizes on the CPU, so the script itself is tested
-without a GPU. Exit code: 0 when every part passed, 1 otherwise, 2 on bad arguments.
+without a GPU. Exit code: 0 when every part passed (or was not run for lack of time or a compiler), 1 otherwise, 2
+on bad arguments.
 
 Example: python -m benchmark.gpu_check --budget-s 540 --out gpu_check.md
 """
@@ -36,9 +48,10 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
-import tempfile
+import sysconfig
 import threading
 import time
 import traceback
@@ -50,21 +63,28 @@ from .cli.toolkit import Parser
 
 ROOT = Path(__file__).resolve().parents[1]
 #: share of the budget each part may take (time a part leaves unused carries over to the next); (f) gets the rest
-SHARES = {"speed": 0.18, "determinism": 0.12, "resume": 0.05, "packing": 0.20, "quick": 0.25}
+SHARES = {"speed": 0.15, "capture": 0.25, "determinism": 0.1, "resume": 0.05, "packing": 0.15, "quick": 0.12}
+#: seconds at the end of the budget no part is given: stopping the last part's jobs (Ctrl-C, then up to
+#: :data:`STOP_GRACE_S` for their checkpoints) and writing the summary (a tenth of the budget when that is less)
+STOP_MARGIN_S = 45.0
+#: seconds a stopped job has to save its checkpoints after Ctrl-C before it is killed
+STOP_GRACE_S = 30.0
 TITLES = {"speed": "(a) Speed: ms and FLOPs per training episode, ms per test episode, paper-profile shapes",
+          "capture": "(capture) --capture (CUDA graphs) against eager: paired smoke runs, timed steps",
           "determinism": "(b) Determinism: the smoke main job twice",
           "resume": "(c) Resume: stopped mid-way and resumed = uninterrupted",
           "packing": "(d) Packing: K worker processes on one GPU, quick profile",
           "quick": "(e) The quick main job on one GPU",
           "reproduce": "(f) Reproduce: paper-profile runs of the cheapest settings"}
 #: dense peak FLOP/s by device name, for the achieved share: (fp32 without tensor cores, bf16 tensor cores). The
-#: fp32 share is against the CUDA-core peak; cuDNN may run fp32 convolutions as TF32 on tensor cores (PyTorch's
-#: default, ``torch.backends.cudnn.allow_tf32``), so it can exceed what pure fp32 would allow.
+#: fp32 share is against the CUDA-core peak: runs turn TF32 off (``configure_kernels``), so fp32 is fp32.
 PEAKS = {"H200": (67e12, 989e12), "H100": (67e12, 989e12), "A100": (19.5e12, 312e12)}
-#: part (a) starts a ``--capture`` case (compiling, then recording CUDA graphs) only with this many seconds of its
-#: share left: on the CPU ``--compile`` took about 25 s per method (see docs/measurements.md), and a case that overran would
-#: take its time from the later parts
+#: the capture part starts a timed ``--capture`` case (compiling, then recording CUDA graphs) only with this many
+#: seconds of its share left: on the CPU ``--compile`` took about 25 s per method (see docs/measurements.md), and a
+#: case that overran would take its time from the later parts
 CAPTURE_START_S = 60.0
+#: the capture part's paired smoke jobs may take this share of the part's time (the rest: the timed cases)
+CAPTURE_JOBS_SHARE = 0.6
 #: what part (a) measured, for part (f): (method, shots) -> projected paper hours of training + test
 MEASURED: dict[tuple[str, int], float] = {}
 
@@ -99,8 +119,9 @@ class Plan:
     quick_args: list[str]  # benchmark.run arguments of the packing and quick parts (the executor is added)
     workers: list[int]  # K of the packing part; the quick part uses the last
     reproduce_args: list[str]  # benchmark.run arguments of a reproduction, besides --methods and --shots
-    capture: bool = False  # (a) also times --capture (CUDA graphs), (b) compares a captured job with the eager one
-    capture_args: tuple = ()  # benchmark.run arguments of (b)'s captured job (a subset of job_args' runs)
+    capture: bool = False  # the capture part runs --capture (CUDA); else its jobs run eager twice (the dry run)
+    capture_args: tuple = ()  # benchmark.run arguments of the capture part's paired jobs (eager, then --capture)
+    capture_methods: tuple = ("protonet", "matching")  # the capture part's timed cases (1-shot)
 
 
 def make_plan(device: str, dry: bool) -> Plan:
@@ -112,7 +133,8 @@ def make_plan(device: str, dry: bool) -> Plan:
                     ["--methods", "protonet", "--shots", "1", "--profile", "smoke", *tiny],
                     ["protonet"], (("train_steps", 4), ("val_every", 2), ("train_ways", 5), ("train_queries", 5)), 3,
                     ["--methods", "protonet", "--shots", "1", "--profile", "smoke", *tiny], [2],
-                    ["--profile", "smoke", *tiny])
+                    ["--profile", "smoke", *tiny], False,
+                    ("--methods", "protonet", "--shots", "1", "--profile", "smoke", *tiny), ("protonet",))
     return Plan(device, False, registry.main_methods(), [1, 5], ["fp32", "bf16"], "paper", 5, 2, 10,
                 ["--methods", "all", "--profile", "smoke"],
                 ["protonet", "maml"], (("train_steps", 12), ("val_every", 4)), 6,
@@ -123,11 +145,72 @@ def make_plan(device: str, dry: bool) -> Plan:
 
 # ------------------------------------------------------------------------------------------------ helpers
 def _python_run(args: list[str], device: str, deterministic: bool = True) -> list[str]:
-    """A ``python`` command running ``benchmark.run`` with ``args`` after configuring determinism in its process."""
+    """A ``python`` command running ``benchmark.run`` with ``args`` after configuring determinism in its process;
+    ``deterministic=False`` also passes ``--no-deterministic``, so that the runs themselves (which configure
+    determinism for each run) allow non-deterministic kernels, not only the driver."""
     code = ("import sys; from benchmark.pipeline.machine import configure_determinism, resolve_device; "
             f"configure_determinism(resolve_device({device!r}), deterministic={deterministic!r}); "
             "from benchmark.run import main; sys.exit(main(sys.argv[1:]))")
-    return [sys.executable, "-c", code, *args, "--device", device, "--no-report", "--no-progress"]
+    return [sys.executable, "-c", code, *args, "--device", device, "--no-report", "--no-progress",
+            *([] if deterministic else ["--no-deterministic"])]
+
+
+def compiler_missing() -> str | None:
+    """None when compiled kernels can be built here: a C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``) and
+    Python's ``Python.h`` (Triton builds a small C module with both, Inductor's CPU kernels need the compiler); else
+    what is missing, in words."""
+    cc = os.environ.get("CC")
+    found = shutil.which(cc) if cc else next((shutil.which(c) for c in ("cc", "gcc", "clang") if shutil.which(c)),
+                                             None)
+    header = Path(sysconfig.get_paths().get("include") or "") / "Python.h"
+    missing = ([] if found else [f"no C compiler ({'$CC=' + cc if cc else 'cc, gcc, clang'} not found)"]) + \
+        ([] if header.is_file() else [f"no Python.h (looked in {header.parent}; install the Python headers, e.g. "
+                                      "python3-dev)"])
+    return "; ".join(missing) or None
+
+
+#: the check's running jobs (their process groups), stopped whenever the check ends (:func:`stop_children`)
+_CHILDREN: set = set()
+_CHILDREN_LOCK = threading.Lock()
+#: where the jobs' full output goes (set by main: ``<files>/logs``); None: not kept
+_LOGS: list = [None]
+
+
+def stop_children(grace: float = STOP_GRACE_S) -> int:
+    """Stop every job still running: Ctrl-C to its process group (its runs save their checkpoints), then, after
+    ``grace`` seconds, SIGKILL to what is left. Returns the number of jobs stopped."""
+    with _CHILDREN_LOCK:
+        procs = [p for p in _CHILDREN if p.poll() is None]
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGINT)
+        except OSError:
+            pass
+    end = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            p.wait()
+    return len(procs)
+
+
+def _log_path(name: str) -> Path | None:
+    if _LOGS[0] is None:
+        return None
+    _LOGS[0].mkdir(parents=True, exist_ok=True)
+    stem, k = name, 1
+    while (_LOGS[0] / f"{stem}.log").exists():
+        k += 1
+        stem = f"{name}-{k}"
+    return _LOGS[0] / f"{stem}.log"
 
 
 def _env() -> dict:
@@ -141,26 +224,52 @@ def _packed(args: list[str], workers: int) -> list[str]:
     return [*args, "--executor", "processes", "--workers", str(workers)]
 
 
-def _run_until(cmd: list[str], timeout: float) -> tuple[int | None, str]:
-    """Run ``cmd`` (a new process group) for at most ``timeout`` seconds; (exit code, or None when it was stopped:
-    Ctrl-C first, so runs save their checkpoints, then killed; last output line)."""
-    import signal
-
-    p = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         start_new_session=True)
+def _run_until(cmd: list[str], timeout: float, name: str = "job", env: dict | None = None
+               ) -> tuple[int | None, str]:
+    """Run ``cmd`` (a new process group, registered so that the check stops it whenever it ends) for at most
+    ``timeout`` seconds; (exit code, or None when it was stopped: Ctrl-C first, so runs save their checkpoints,
+    then killed after :data:`STOP_GRACE_S`; last output line). Its whole output goes to ``logs/<name>.log`` of the
+    check's files folder; ``env``: variables added to its environment."""
+    log = _log_path(name)
+    sink = open(log, "w") if log is not None else tempfile_sink()
     try:
-        out, _ = p.communicate(timeout=timeout)
-        rc = p.returncode
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGINT)
+        p = subprocess.Popen(cmd, cwd=ROOT, env={**_env(), **(env or {})}, stdout=sink, stderr=subprocess.STDOUT,
+                             text=True, start_new_session=True)
+        with _CHILDREN_LOCK:
+            _CHILDREN.add(p)
         try:
-            out, _ = p.communicate(timeout=30)
+            p.wait(timeout=timeout)
+            rc = p.returncode
         except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            out, _ = p.communicate()
-        rc = None
-    lines = (out or "").strip().splitlines()
+            try:
+                os.killpg(p.pid, signal.SIGINT)
+            except OSError:
+                pass
+            try:
+                p.wait(timeout=STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                p.wait()
+            rc = None
+        finally:
+            with _CHILDREN_LOCK:
+                _CHILDREN.discard(p)
+        sink.flush()
+        sink.seek(0)
+        lines = sink.read().strip().splitlines() if log is None else log.read_text(errors="replace").strip().splitlines()
+    finally:
+        sink.close()
     return rc, (lines[-1] if lines else "")
+
+
+def tempfile_sink():
+    """A temporary file for a job's output when no logs folder is kept."""
+    import tempfile
+
+    return tempfile.TemporaryFile("w+")
 
 
 class GpuSampler:
@@ -211,6 +320,13 @@ class GpuSampler:
         if self._thread.is_alive():
             self._thread.join()
 
+    def save(self, path: Path) -> None:
+        """The samples as CSV (sample number, seconds since the first, utilisation %, memory used MiB)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = ["sample,seconds,utilisation_percent,memory_used_mib"]
+        rows += [f"{i},{i * self.every:g},{u:g},{m:g}" for i, (u, m) in enumerate(self.samples)]
+        path.write_text("\n".join(rows) + "\n")
+
     def summary(self) -> str:
         if not self.source:
             return "GPU utilisation: not sampled (no nvidia-smi and no CUDA)"
@@ -241,10 +357,7 @@ def part_speed(plan: Plan, deadline: float, results_dir: Path) -> Part:
                    " | GFLOP/train episode | achieved TFLOP/s (share of peak) | peak MB | projected paper training h "
                    "| projected test h |",
                    "|---|---|---|---|---|---|---|---|---|---|---|"]
-    from .pipeline import registry
-
-    cases = []  # every fp32 case first: the paper's precision is the one the projection needs most; then, with
-    # plan.capture, each fp32 case of a method that compiles modules again with --capture (CUDA graphs), then bf16
+    cases = []  # every fp32 case first: the paper's precision is the one the projection needs most; then bf16
     for precision in plan.precisions:
         for name in plan.speed_methods:
             variants = [("vectorize=True", (("vectorize", True),)), ("vectorize=False", (("vectorize", False),))] \
@@ -253,14 +366,9 @@ def part_speed(plan: Plan, deadline: float, results_dir: Path) -> Part:
                 for label, over in variants:
                     over = tuple(PAPER_MEASUREMENT_OVERRIDES.get(name, ()) if paper else ()) + over
                     cases.append((name, shots, precision, label, over))
-        if precision == "fp32" and plan.capture:
-            cases += [(n, s, p, "captured", o) for n, s, p, label, o in list(cases)  # 1-shot: compiling takes time
-                      if p == "fp32" and not label and s == plan.speed_shots[0] and registry.get(n).compile_note is None]
     failures, det_warnings, skipped = 0, set(), 0
-    for name, shots, precision, label, over in cases:
-        # a captured case compiles first (tens of seconds): started only when that much of the part's time is left,
-        # so it cannot eat into the later parts' shares
-        if time.monotonic() > deadline - (CAPTURE_START_S if label == "captured" and not plan.dry else 0.0):
+    for k, (name, shots, precision, label, over) in enumerate(cases):
+        if k and time.monotonic() > deadline:  # the first case always runs
             skipped += 1
             continue
         try:
@@ -268,8 +376,7 @@ def part_speed(plan: Plan, deadline: float, results_dir: Path) -> Part:
                 warnings.simplefilter("always")
                 prepared = prepare_measurement(name, shots=shots, profile=plan.speed_profile, overrides=over)
                 r = time_run(prepared, plan.device, plan.speed_steps, plan.speed_warmup, plan.speed_test_episodes,
-                             results_dir, eval_group=0, precision=precision, flops=True,
-                             capture=label == "captured")
+                             results_dir, eval_group=0, precision=precision, flops=True)
             for w in caught:
                 text = str(w.message)
                 if "determinis" in text.lower():
@@ -300,6 +407,87 @@ def part_speed(plan: Plan, deadline: float, results_dir: Path) -> Part:
     return part
 
 
+def timed_cases(plan: Plan, deadline: float, results_dir: Path, variants: list[str]) -> tuple[list[str], int]:
+    """The capture part's timed cases: each of ``plan.capture_methods`` (1-shot, the speed part's profile and
+    shapes) measured once per variant ("eager", "captured"); a captured case (compiling first, tens of seconds) is
+    started only with :data:`CAPTURE_START_S` of the part's time left, so it cannot overrun into the later parts.
+    (table lines, cases skipped)."""
+    from .speed import PAPER_MEASUREMENT_OVERRIDES, prepare_measurement, time_run
+
+    lines, skipped = [], 0
+    for name in plan.capture_methods:
+        for variant in variants:
+            need = CAPTURE_START_S if variant == "captured" and not plan.dry else 0.0
+            if time.monotonic() > deadline - need:
+                skipped += 1
+                continue
+            over = PAPER_MEASUREMENT_OVERRIDES.get(name, ()) if plan.speed_profile == "paper" else ()
+            try:
+                prepared = prepare_measurement(name, shots=plan.speed_shots[0], profile=plan.speed_profile,
+                                               overrides=over)
+                r = time_run(prepared, plan.device, plan.speed_steps, plan.speed_warmup, plan.speed_test_episodes,
+                             results_dir, eval_group=0, capture=variant == "captured")
+                lines.append(f"| {name} | {plan.speed_shots[0]} | {variant} | {r['ms_per_train_episode_median']:.2f} | "
+                             f"{r['ms_per_test_episode_median']:.2f} | {r['eval_group']} | "
+                             f"{r['dynamo']['frames']} | {r['peak_memory_mb']:.0f} |")
+            except Exception as e:  # noqa: BLE001 - recorded; the other cases go on
+                lines.append(f"| {name} | {plan.speed_shots[0]} | {variant} | FAILED: {type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:150] if str(e) else ''} | | | | |")
+    return lines, skipped
+
+
+def part_capture(plan: Plan, deadline: float, work: Path) -> Part:
+    """``--capture`` against eager (see the module's docstring): the paired smoke jobs first (side by side, each
+    with :data:`CAPTURE_JOBS_SHARE` of the part's time at most; Dynamo's recompilations logged to the captured job's
+    log), then the timed cases while time is left. The dry run (CPU, where ``--capture`` is refused) runs the
+    "captured" job eager, which exercises the comparison (and its verdict that capture did not happen)."""
+    part = Part("capture", TITLES["capture"])
+    if plan.capture:
+        missing = compiler_missing()
+        if missing:
+            part.lines.append(f"- not run: {missing}; Triton, which compiles the captured kernels, needs both")
+            return part  # ok None: not run
+    else:
+        part.lines.append("- dry run: --capture needs CUDA; the \"captured\" job runs eager (the comparison's "
+                          "plumbing is what is checked)")
+    dirs = {"eager": work / "capture-eager", "captured": work / "capture-captured"}
+    flags = {"eager": [], "captured": ["--capture"] if plan.capture else []}
+    limit = max(10.0, CAPTURE_JOBS_SHARE * (deadline - time.monotonic()))
+    outcome: dict = {}
+
+    def job(kind: str) -> None:
+        args = [*plan.capture_args, *flags[kind], "--results-dir", str(dirs[kind])]
+        env = {"TORCH_LOGS": "recompiles"} if kind == "captured" else None
+        t0 = time.monotonic()
+        outcome[kind] = (*_run_until(_python_run(args, plan.device), limit, f"capture-{kind}", env),
+                         time.monotonic() - t0)
+
+    threads = [threading.Thread(target=job, args=(k,), daemon=True) for k in dirs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for kind, (rc, tail, secs) in outcome.items():
+        part.lines.append(f"- `benchmark.run {' '.join(plan.capture_args)} {' '.join(flags[kind])}` ({kind}): "
+                          f"{'stopped at its time limit' if rc is None else f'exit code {rc}'}, {secs:.0f} s" +
+                          (f"; output tail: `{tail[:300]}`" if rc not in (0, None) and tail else ""))
+    eager, captured = _finished(dirs["eager"]), _finished(dirs["captured"])
+    part.lines += captured_against_eager(eager, captured)
+    failed = failure_lines(list(dirs.values()))
+    part.lines += failed
+    part.lines += ["", "Timed steps (the speed part's profile and shapes, 1-shot; a captured case starts only with "
+                   f"{CAPTURE_START_S:.0f} s of the part left; compiling falls in the warm-up):", "",
+                   "| method | shots | variant | ms/train episode (median) | ms/test episode (median) | eval group | "
+                   "frames compiled | peak MB |", "|---|---|---|---|---|---|---|---|"]
+    lines, skipped = timed_cases(plan, deadline, work / "cache", ["eager", "captured"] if plan.capture
+                                 else ["eager"])
+    part.lines += lines
+    if skipped:
+        part.lines.append(f"{skipped} timed case(s) not run: the part's time ran out.")
+    part.ok = bool(set(eager) & set(captured)) and not failed
+    return part
+
+
 def _finished(results_dir: Path) -> dict:
     """Run id -> :class:`~benchmark.store.folders.RunFolder` of each finished run under ``results_dir``."""
     from .store.folders import run_folders
@@ -311,15 +499,13 @@ def part_determinism(plan: Plan, deadline: float, work: Path) -> Part:
     part = Part("determinism", TITLES["determinism"])
     dirs = [work / "det-1", work / "det-2"]
     jobs = [[*plan.job_args, "--results-dir", str(d)] for d in dirs]
-    if plan.capture:  # the paired comparison of --capture: a third job, captured, on the same episodes
-        jobs.append([*plan.capture_args, "--capture", "--results-dir", str(work / "det-captured")])
     stopped = []  # per job: whether it was stopped at its time limit
     for k, args in enumerate(jobs):
         cmd = _python_run(args, plan.device)
-        # each job may take up to its share of the time left (the first half of it, or a third with --capture)
+        # each job may take up to its share of the time left (the first half of it)
         left = max(10.0, (deadline - time.monotonic()) / (len(jobs) - k))
         t0 = time.monotonic()
-        rc, tail = _run_until(cmd, left)
+        rc, tail = _run_until(cmd, left, f"determinism-{k + 1}")
         stopped.append(rc is None)
         part.lines.append(f"- `benchmark.run {' '.join(a if '/' not in a else Path(a).name for a in args)}`: "
                           f"{'timed out' if rc is None else f'exit code {rc}'}, {time.monotonic() - t0:.0f} s")
@@ -342,8 +528,6 @@ def part_determinism(plan: Plan, deadline: float, work: Path) -> Part:
     failed = failure_lines(dirs)  # a failed run is no effect of the time limit, whichever job it was in
     part.lines += failed
     part.ok = bool(same) and not differ and not missing and not failed
-    if plan.capture:
-        part.lines += captured_against_eager(a, _finished(work / "det-captured"))
     return part
 
 
@@ -371,21 +555,31 @@ def captured_against_eager(eager: dict, captured: dict) -> list[str]:
     episodes: the fingerprints, episodes with the same accuracy, the mean accuracies and their difference, and the
     training seconds of each (compilation included). Informative, not a verdict: the default stays eager until these
     show the same accuracy and a faster step."""
+    from .store.compare import folders_differ
+
     lines = ["", "Captured (--capture) against eager, same runs and test episodes (training seconds include "
-             "compiling):", "",
-             "| run | same fingerprint | equal episodes | eager mean | captured mean | Δ | eager s | captured s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "compiling; frames: Dynamo's frames compiled in the captured run):", "",
+             "| run | same fingerprint | equal episodes | eager mean | captured mean | Δ | eager s | captured s | "
+             "frames |", "|---|---|---|---|---|---|---|---|---|"]
     both = sorted(set(eager) & set(captured))
+    identical = 0
     for r in both:
         e, c = eager[r], captured[r]
         se, sc = e.read_summary(), c.read_summary()
         ae, ac = (f.read_test_episodes()["accuracy"].tolist() for f in (e, c))
         equal = sum(x == y for x, y in zip(ae, ac))
+        identical += folders_differ(e, c) is None
+        frames = ((sc.get("execution") or {}).get("dynamo") or {}).get("frames", "?")
         lines.append(f"| {r} | {se['test_fingerprint'] == sc['test_fingerprint']} | {equal}/{len(ae)} | "
                      f"{se['mean']:.2f} | {sc['mean']:.2f} | {sc['mean'] - se['mean']:+.2f} | "
-                     f"{se.get('train_seconds', float('nan')):.1f} | {sc.get('train_seconds', float('nan')):.1f} |")
+                     f"{se.get('train_seconds', float('nan')):.1f} | {sc.get('train_seconds', float('nan')):.1f} | "
+                     f"{frames} |")
     if not both:
-        lines.append("| (no captured run finished) | | | | | | | |")
+        lines.append("| (no captured run finished) | | | | | | | | |")
+    elif identical == len(both):
+        lines += ["", f"All {len(both)} captured run(s) equal the eager ones bit for bit (every test episode and "
+                  "validation accuracy): capture probably did not happen (compiled kernels round differently from "
+                  "eager ones); see the frames compiled and the captured job's log."]
     return lines
 
 
@@ -399,8 +593,8 @@ def part_resume(plan: Plan, deadline: float, work: Path) -> Part:
     device = resolve_device(plan.device)
     configure_determinism(device)
     ok = True
-    for name in plan.resume_methods:
-        if time.monotonic() > deadline:
+    for k, name in enumerate(plan.resume_methods):
+        if k and time.monotonic() > deadline:  # the first method always runs (a smoke run: seconds on a GPU)
             part.lines.append(f"- {name}: skipped (time)")
             continue
         cfg = RunConfig(name, "omniglot", 5, 1, profile="smoke", test_episodes=20, val_episodes=5,
@@ -460,14 +654,17 @@ def trained_episodes(results_dir: Path) -> int:
 
 def _window(args: list[str], results_dir: Path, seconds: float, every: float) -> tuple[int | None, str, float,
                                                                                           int, "GpuSampler", int]:
-    """Run ``benchmark.run args`` into ``results_dir`` for at most ``seconds``, sampling the GPU: (exit code or None
-    when stopped, last output line, minutes, runs finished, the sampler, training episodes consumed)."""
+    """Run ``benchmark.run args`` into ``results_dir`` for at most ``seconds`` with non-deterministic kernels allowed
+    (``--no-deterministic``: a throughput measurement), sampling the GPU (the samples saved next to the results
+    folder, ``utilisation-<folder>.csv``): (exit code or None when stopped, last output line, minutes, runs
+    finished, the sampler, training episodes consumed)."""
     from .store.folders import run_folders
 
     t0 = time.monotonic()
     with GpuSampler(every=every) as sampler:
         rc, tail = _run_until(_python_run([*args, "--results-dir", str(results_dir)], _DEVICE[0],
-                                          deterministic=False), max(5.0, seconds))
+                                          deterministic=False), max(5.0, seconds), results_dir.name)
+    sampler.save(results_dir.parent / f"utilisation-{results_dir.name}.csv")
     minutes = (time.monotonic() - t0) / 60
     done = sum(f.is_finished() for f in run_folders(results_dir))
     return rc, tail, minutes, done, sampler, trained_episodes(results_dir)
@@ -479,8 +676,8 @@ _DEVICE = ["cuda"]  # the plan's device, for _window (set by main)
 def part_packing(plan: Plan, deadline: float, work: Path) -> Part:
     part = Part("packing", TITLES["packing"])
     part.lines += [f"`benchmark.run {' '.join(plan.quick_args)} --executor processes --workers K`, each K for an "
-                   "equal window from an empty results folder (non-deterministic kernels allowed, as a throughput "
-                   "run would). Training episodes: finished runs' and, for runs stopped at the window's end, their "
+                   "equal window from an empty results folder (`--no-deterministic`: non-deterministic kernels "
+                   "allowed, as a throughput run would). Training episodes: finished runs' and, for runs stopped at the window's end, their "
                    "checkpoints' (the work a window shorter than a run still did; the job's mix of methods differs "
                    "with K, since K runs start at once).", "",
                    "| K workers | window min | runs finished | runs per minute | training episodes per second | GPU "
@@ -547,6 +744,14 @@ def part_reproduce(plan: Plan, deadline: float, work: Path) -> Part:
     left = deadline - time.monotonic()
     order = reproduction_order(plan.speed_methods, plan.speed_shots)
     k = plan.workers[-1]
+    cheapest = min((MEASURED[c] for c in order if c in MEASURED), default=None)
+    if cheapest is not None and cheapest * 3600 > left:  # part (a)'s projections: nothing can finish in time
+        part.lines.append(f"- not run (time): the cheapest projected setting needs {cheapest * 3600:.0f} s of "
+                          f"training and testing, {left:.0f} s are left (a larger `--budget-s` runs it)")
+        return part  # ok None: not run
+    if left < 10 and not plan.dry:
+        part.lines.append(f"- not run (time): {left:.0f} s left")
+        return part
     # as many as the time left holds, K at a time: projected hours (when measured) against the window
     chosen, budget = [], k * left / 3600
     for c in order:
@@ -569,12 +774,14 @@ def part_reproduce(plan: Plan, deadline: float, work: Path) -> Part:
     for s, names in by_shots.items():
         args = _packed(["--methods", ",".join(names), "--shots", str(s), *plan.reproduce_args,
                         "--results-dir", str(d)], max(1, k // len(by_shots)))
-        procs.append(threading.Thread(target=_run_until, args=(_python_run(args, plan.device), max(5.0, left))))
+        procs.append(threading.Thread(target=_run_until, daemon=True,
+                                      args=(_python_run(args, plan.device), max(5.0, left), f"reproduce-{s}shot")))
     with GpuSampler(every=0.5 if plan.dry else 1.0) as sampler:
         for t in procs:
             t.start()
         for t in procs:
             t.join()
+    sampler.save(work / "utilisation-reproduce.csv")
     ref = load_reference()
     part.lines += ["", "| setting | run | accuracy | published | difference | training episodes | minutes |",
                    "|---|---|---|---|---|---|---|"]
@@ -596,7 +803,13 @@ def part_reproduce(plan: Plan, deadline: float, work: Path) -> Part:
                           f"{published if published is not None else 'none'} | {diff} | {sm['train_episodes']} | "
                           f"{(sm['train_seconds'] + sm.get('val_seconds', 0)) / 60:.1f} |")
     part.lines.append(f"- {sampler.summary()}")
-    part.ok = finished > 0
+    failed = failure_lines([d])
+    part.lines += failed
+    if finished == 0 and not failed:  # stopped at the deadline with nothing finished: a matter of time, not a fault
+        part.lines.append("- not run to the end (time): no setting finished within the time left")
+        part.ok = None
+    else:
+        part.ok = finished > 0 and not failed
     return part
 
 
@@ -614,7 +827,8 @@ def write_summary(path: Path, plan: Plan, parts: list[Part], budget_s: float, st
              f"{time.monotonic() - started:.0f} s.", "", "## Verdict", "", "| part | result | seconds |",
              "|---|---|---|"]
     for p in parts:
-        verdict = "PASS" if p.ok else ("FAIL" if p.ok is False else "not run")
+        verdict = "PASS" if p.ok else ("FAIL" if p.ok is False else "not run (time)" if any(
+            "(time)" in line for line in p.lines) else "not run")
         lines.append(f"| {p.title} | {verdict} | {p.seconds:.0f} |")
     for p in parts:
         lines += ["", f"## {p.title}", ""] + p.lines
@@ -632,11 +846,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU, to test the script")
     p.add_argument("--budget-s", type=float, default=540.0, help="total seconds for all parts; default 540")
     p.add_argument("--out", default="gpu_check.md", help="markdown summary; default gpu_check.md")
-    p.add_argument("--keep", default=None, help="keep the parts' results folders here (default: a temporary folder, "
-                   "removed at the end)")
+    p.add_argument("--keep", default=None, help="the check's files folder: the parts' results folders, the jobs' "
+                   "logs, utilisation samples and a copy of the summary (default: <out>-files next to the summary)")
     p.add_argument("--parts", default=",".join(TITLES), help=f"comma list of the parts to run; default "
                    f"{','.join(TITLES)}")
     return p
+
+
+def _stop_on_signal(signum, frame):
+    """SIGTERM or SIGHUP: end the check as Ctrl-C would (its summary written, its jobs stopped)."""
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -650,14 +869,21 @@ def main(argv: list[str] | None = None) -> int:
     plan = make_plan(device, dry)
     wanted = [w.strip() for w in args.parts.split(",") if w.strip()]
     _DEVICE[0] = device
-    runners = {"speed": part_speed, "determinism": part_determinism, "resume": part_resume,
+    runners = {"speed": part_speed, "capture": part_capture, "determinism": part_determinism, "resume": part_resume,
                "packing": part_packing, "quick": part_quick, "reproduce": part_reproduce}
     unknown = [w for w in wanted if w not in runners]
     if unknown:
         print(f"error: unknown part(s) {', '.join(unknown)}; choose from {', '.join(runners)}", file=sys.stderr)
         return 2
-    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="gpu_check-"))
+    out = Path(args.out)
+    work = Path(args.keep) if args.keep else out.with_name(f"{out.stem}-files")
     work.mkdir(parents=True, exist_ok=True)
+    _LOGS[0] = work / "logs"
+    usable = args.budget_s - min(STOP_MARGIN_S, 0.1 * args.budget_s)  # the rest: stopping the jobs, the summary
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            handlers[sig] = signal.signal(sig, _stop_on_signal)
     parts: list[Part] = []
     try:
         elapsed_share = 0.0
@@ -665,7 +891,7 @@ def main(argv: list[str] | None = None) -> int:
             if name not in wanted:
                 continue
             elapsed_share += SHARES.get(name, 1.0 - sum(SHARES.values()))
-            deadline = started + args.budget_s * min(1.0, elapsed_share)  # time left over carries to later parts
+            deadline = started + usable * min(1.0, elapsed_share)  # time left over carries to later parts
             t0 = time.monotonic()
             try:
                 part = runners[name](plan, deadline, work / "cache" if name == "speed" else work)
@@ -674,15 +900,21 @@ def main(argv: list[str] | None = None) -> int:
                             traceback.format_exc(limit=-3))
             part.seconds = time.monotonic() - t0
             parts.append(part)
-            write_summary(Path(args.out), plan, parts, args.budget_s, started)  # nothing measured is lost
+            write_summary(out, plan, parts, args.budget_s, started)  # nothing measured is lost
             print(f"{part.title}: {'PASS' if part.ok else 'FAIL' if part.ok is False else 'not run'} "
                   f"({part.seconds:.0f} s)", flush=True)
     finally:
-        write_summary(Path(args.out), plan, parts, args.budget_s, started)
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-    print(f"summary: {args.out}")
-    return 0 if parts and all(p.ok for p in parts) else 1
+        stopped = stop_children()  # on any exit: an error, Ctrl-C, SIGTERM/SIGHUP
+        if stopped:
+            print(f"stopped {stopped} job(s) still running", file=sys.stderr, flush=True)
+        write_summary(out, plan, parts, args.budget_s, started)
+        if out.resolve() != (work / out.name).resolve():
+            shutil.copyfile(out, work / out.name)
+        for sig, old in handlers.items():
+            signal.signal(sig, old)
+        _LOGS[0] = None
+    print(f"summary: {args.out}; files: {work}")
+    return 0 if parts and all(p.ok is not False for p in parts) and any(p.ok for p in parts) else 1
 
 
 if __name__ == "__main__":

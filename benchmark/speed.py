@@ -56,20 +56,33 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
     own time (``ms_per_train_episode_*``), the wall clock per training episode from one
     step's end to the next (``ms_per_train_episode_wall_median``) includes drawing the meta-batch and moving it to
     the device, or waiting for the prefetcher: what prefetching saves shows there. ``flops``: also count the
-    floating-point operations of one more training step (forward and backward, ``torch.utils.flop_counter``), per
-    training episode (``flops_per_train_episode``; None where the counter fails)."""
+    floating-point operations of one more training step (forward and backward, ``torch.utils.flop_counter``, run
+    eagerly), per training episode (``flops_per_train_episode``; None where the counter fails). The test timing's
+    warm-up evaluates a whole group of the measured size (``eval_group`` in the result), so the measured groups meet
+    no shape the warm-up did not. ``dynamo``: Dynamo's frames compiled during the measurement (0: nothing was
+    compiled, whatever was asked)."""
     import time
 
     import torch
 
     from .pipeline.episode_sets import test_set
-    from .pipeline.execution import CAPTURE_MODE
-    from .pipeline.machine import PeakMemory, environment, resolve_device
+    from .pipeline.execution import CAPTURE_MODE, group_size
+    from .pipeline.machine import PeakMemory, environment, resolve_device, use_device
     from .pipeline.method_context import make_context
     from .pipeline.prefetch import prefetched
-    from .pipeline.training import compile_method, counted_step, draw_episodes, evaluate, seed_everything
+    from .pipeline.training import (
+        compile_method,
+        count_difference,
+        counted_step,
+        draw_episodes,
+        dynamo_counts,
+        evaluate,
+        seed_everything,
+    )
 
     dev, cfg, hp = resolve_device(device), prepared.cfg, prepared.hp
+    use_device(dev)
+    dynamo_before = dynamo_counts()
     seed_everything(cfg.seed)
     ctx = make_context(prepared, dev, results_dir)
     with PeakMemory(dev) as mem:
@@ -89,16 +102,19 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
                     walls.append((t_end - t_prev) / r.tasks)
         counted = step_flops(m, ctx.sampler, draw_episodes(ctx.sampler, warmup + steps, hp.meta_batch, shape, dev),
                              warmup + steps, dev, precision) if flops else None
-        test = test_set(prepared, test_episodes + warmup)
         group = eval_group or None  # 0: as runs evaluate (group_size picks for the method and the device)
-        evaluate(m, [test[i] for i in range(warmup)], dev, group=group, precision=precision)  # warm-up
-        _, ttimes = evaluate(m, [test[i] for i in range(warmup, len(test))], dev, group=group, precision=precision,
+        measured_group = group_size(m, test_set(prepared, 1), group, dev)
+        warm = max(warmup, measured_group)  # the warm-up meets the measured groups' shapes
+        test = test_set(prepared, test_episodes + warm)
+        evaluate(m, [test[i] for i in range(warm)], dev, group=group, precision=precision)  # warm-up
+        _, ttimes = evaluate(m, [test[i] for i in range(warm, len(test))], dev, group=group, precision=precision,
                              prefetch=prefetch)
     return {
         "method": cfg.method, "dataset": cfg.dataset, "ways": cfg.ways, "shots": cfg.shots, "backbone": cfg.backbone,
         "train_episode": list(m.train_shape()), "meta_batch": hp.meta_batch, "device": str(dev),
         "threads": torch.get_num_threads(), **({"precision": precision} if precision != "fp32" else {}),
         "prefetch": prefetch, "compiled": compiled, "capture": bool(capture and compiled),
+        "dynamo": count_difference(dynamo_before, dynamo_counts()), "eval_group": measured_group,
         "ms_per_train_episode_median": 1000 * statistics.median(times),
         "ms_per_train_episode_mean": 1000 * statistics.fmean(times),
         "ms_per_train_episode_wall_median": 1000 * statistics.median(walls),
@@ -195,6 +211,9 @@ def parser() -> argparse.ArgumentParser:
                    "(compilation falls in the 3 warm-up steps)")
     p.add_argument("--capture", action="store_true", help="CUDA: compile them with mode reduce-overhead instead, so "
                    "that their passes replay as captured CUDA graphs (as benchmark.run --capture); refused on the CPU")
+    p.add_argument("--no-deterministic", action="store_true", help="CUDA: let cuDNN pick fast, possibly "
+                   "non-deterministic kernels (as benchmark.run --no-deterministic); by default a CUDA measurement "
+                   "runs under the runs' determinism settings")
     p.add_argument("--sampler", action="store_true", help="measure only the sampler: training episodes per second "
                    "of each method's training episode shape (--train-ways etc. apply), drawn and moved to --device")
     p.add_argument("--results-dir", default="results", help="where shared artefacts are cached (cache/), as runs "
@@ -212,11 +231,12 @@ def _main(args) -> int:
     from .data import DataError
     from .pipeline import registry
     from .pipeline.config import parse_overrides
-    from .pipeline.machine import setup_torch  # imports torch: after the arguments are read
+    from .pipeline.machine import configure_determinism, setup_torch  # torch: after the arguments are read
 
     device = setup_torch(args.device, args.threads)
     if args.capture and device.type != "cuda":
         raise UsageError(f"--capture records CUDA graphs and needs --device cuda (this is {device})")
+    determinism = configure_determinism(device, not args.no_deterministic)  # as the runs have it (CPU: nothing)
     at_least("--steps", args.steps)
     at_least("--test-episodes", args.test_episodes)
     at_least("--eval-group", args.eval_group, low=0)
@@ -240,6 +260,7 @@ def _main(args) -> int:
             continue
         r = time_run(prepared, args.device, args.steps, 3, args.test_episodes, args.results_dir, args.eval_group,
                      args.precision, args.prefetch, args.compile, capture=args.capture)
+        r["determinism"] = determinism
         if args.json:
             print(json.dumps(r))
         else:

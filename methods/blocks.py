@@ -7,7 +7,9 @@
 * batched test-time adaptation (several test episodes adapted in one vectorised pass, ``torch.func.vmap`` over
   per-episode parameter copies): ``resolve_batched_adaptation`` (the per-device default), ``shape_groups`` (episodes
   of one shape, which can be stacked), ``stack_episodes``, ``episode_copies`` (one copy of each tensor per episode)
-  and ``gather_batches`` (each episode's own mini-batch of its support set);
+  and ``gather_batches`` (each episode's own mini-batch of its support set); ``device_indices``, the one way a
+  method copies host indices (mini-batches drawn on the host) to the device: once per step or group, never per
+  inner iteration (on CUDA pinned and without waiting);
 * the classifier pretraining of the transfer methods (MTL and its ``pretrain-only`` variant, Baseline and
   Baseline++): ``train_image_count`` (epochs are counted in images of the training split), ``seeded_fork`` (the
   pretraining's own seeded torch RNG, so that computing or reusing a cached pretraining leaves the run's later random
@@ -68,7 +70,7 @@ def resolve_batched_adaptation(hp, device: torch.device) -> bool:
 
 
 #: test episodes one batched ``predict_many`` call adapts together on the CPU (tests force the batched path there);
-#: on CUDA the harness sizes groups by free memory (``benchmark.pipeline.execution.group_size``)
+#: on CUDA the harness sizes groups by the device's total memory (``benchmark.pipeline.execution.group_size``)
 BATCHED_EVAL_GROUP = 8
 
 
@@ -93,14 +95,24 @@ def episode_copies(tensors: dict[str, torch.Tensor], n: int) -> dict[str, torch.
     return {k: v.detach().unsqueeze(0).expand(n, *v.shape).clone() for k, v in tensors.items()}
 
 
-def gather_batches(x: torch.Tensor, y: torch.Tensor, indices: Sequence[np.ndarray]) -> tuple[torch.Tensor,
-                                                                                             torch.Tensor]:
+def device_indices(a, device: torch.device) -> torch.Tensor:
+    """An integer host array (or a list of equal-length arrays, stacked) as an int64 tensor on ``device``: the one
+    copy of host indices to the device a method makes per step or per group of episodes (CUDA: from pinned memory,
+    without waiting for the device; the CPU: ``torch.as_tensor``'s tensor, as before). Index rows of the result per
+    inner iteration instead of copying each iteration's indices (a blocking copy each time)."""
+    a = np.ascontiguousarray(np.stack(a) if isinstance(a, (list, tuple)) else a, dtype=np.int64)
+    t = torch.as_tensor(a)
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def gather_batches(x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Episode ``g``'s mini-batch ``x[g, indices[g]]``, ``y[g, indices[g]]`` for every ``g``, from stacked support
-    sets ``x`` ``[G, n, ...]`` and labels ``y`` ``[G, n]``; all index arrays have one length ``b``
-    (-> ``[G, b, ...]``, ``[G, b]``)."""
-    idx = torch.as_tensor(np.stack(indices), device=x.device)
-    rows = torch.arange(len(indices), device=x.device).unsqueeze(1)
-    return x[rows, idx], y[rows, idx]
+    sets ``x`` ``[G, n, ...]`` and labels ``y`` ``[G, n]``; ``indices``: ``[G, b]`` on ``x``'s device (a row of
+    :func:`device_indices`' one copy of every iteration's indices) -> ``[G, b, ...]``, ``[G, b]``."""
+    rows = torch.arange(indices.shape[0], device=x.device).unsqueeze(1)
+    return x[rows, indices], y[rows, indices]
 
 
 # ------------------------------------------------------------------------------------------------ pretraining

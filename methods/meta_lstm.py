@@ -79,6 +79,7 @@ from .base import Context, Hyper, Method, Setting
 from .blocks import (  # the learner: backbone + linear head, as MAML's network
     BATCHED_EVAL_GROUP,
     MAMLNet,
+    device_indices,
     gather_batches,
     resolve_batched_adaptation,
     shape_groups,
@@ -254,6 +255,18 @@ class MetaLSTM(Method):
     def adapted_parameters(self) -> int:
         return int(self.c0.numel())
 
+    #: estimated bytes per learner coordinate per episode of a batched adaptation (:meth:`adapt_many`): the cell
+    #: state, gradient, gates and their previous values, the LSTM's input, hidden and cell states (``hidden`` wide)
+    #: and its gate pre-activations, float32, with the temporaries of one update: about 800 bytes
+    EVAL_BYTES_PER_COORDINATE = 800
+
+    @property
+    def eval_episode_bytes(self) -> int:
+        """Memory a test episode of a batched ``predict_many`` takes besides its images' activations, for the
+        harness's CUDA group size (:func:`benchmark.pipeline.execution.group_size`): every coordinate of the
+        learner is updated by the meta-learner side by side with the other episodes' (``G x n`` coordinates)."""
+        return self.EVAL_BYTES_PER_COORDINATE * int(self.c0.numel())
+
     # ------------------------------------------------------------------ the update procedure
     def minibatches(self, episode: Episode) -> list[np.ndarray]:
         """Support indices of each of the T updates: drawn without replacement per update, a pure function of the
@@ -276,8 +289,10 @@ class MetaLSTM(Method):
         state = None
         f_prev = i_prev = torch.zeros(n, device=c.device)
         f_sum = i_sum = 0.0
-        for t, idx in enumerate(self.minibatches(episode)):
-            idx_t = torch.as_tensor(idx, device=c.device)
+        batches = self.minibatches(episode)
+        every = device_indices(batches, c.device) if batches else None  # one copy of every update's indices
+        for t, idx in enumerate(batches):
+            idx_t = every[t]
             x, y = episode.support_x[idx_t], episode.support_y[idx_t]
             with torch.enable_grad():
                 theta = c.detach().requires_grad_(True)  # second derivatives dropped (Sec. 3.2)
@@ -325,6 +340,8 @@ class MetaLSTM(Method):
         buffers = {k: v.unsqueeze(0).expand(g, *v.shape).clone() for k, v in self.fresh_buffers().items()}
         batches = [self.minibatches(ep) for ep in episodes]
         xs, ys = stack_episodes(episodes, "support_x", "support_y")
+        every = (device_indices([np.stack([b[t] for b in batches]) for t in range(hp.inner_steps)], xs.device)
+                 if hp.inner_steps else None)  # one copy of every iteration's indices of the group
 
         def loss_of(theta, x, y, buf):
             return F.cross_entropy(self.learner_forward(theta, x, buf, batch_stats=True, channels_last=False), y)
@@ -333,7 +350,7 @@ class MetaLSTM(Method):
         state = None
         f_prev = i_prev = torch.zeros(g * n, device=c.device, dtype=c.dtype)
         for t in range(hp.inner_steps):
-            x, y = gather_batches(xs, ys, [b[t] for b in batches])
+            x, y = gather_batches(xs, ys, every[t])
             with torch.enable_grad():
                 grad, loss = grads_of(c, x, y, buffers)
             if hp.batch_divided_grad:

@@ -72,6 +72,7 @@ from .base import Context, Hyper, Method, Setting
 from .blocks import (
     BATCHED_EVAL_GROUP,
     MAMLNet,
+    device_indices,
     episode_copies,
     gather_batches,
     resolve_batched_adaptation,
@@ -159,6 +160,7 @@ class Reptile(Method):
         self.net = MAMLNet(backbone, math.prod(ctx.feature_shape(backbone)), ctx.setting.ways).to(ctx.device)
         # Inner Adam state carried between tasks (authors' code); buffers, so checkpoints and snapshots keep it.
         self.register_buffer("adam_t", torch.zeros((), dtype=torch.float64, device=ctx.device))
+        self._adam_t_host: float | None = None  # adam_t's value, kept on the host (None: read it from the buffer)
         self.adam_m, self.adam_v = torch.nn.Module(), torch.nn.Module()
         for k, p in self.net.named_parameters():
             self.adam_m.register_buffer(_buf(k), torch.zeros_like(p))
@@ -171,14 +173,21 @@ class Reptile(Method):
         if fresh:
             zeros = lambda: {k: torch.zeros_like(p) for k, p in self.net.named_parameters()}  # noqa: E731
             return {"t": 0.0, "m": zeros(), "v": zeros()}
-        return {"t": float(self.adam_t), **{s: {k: getattr(getattr(self, f"adam_{s}"), _buf(k)).clone() for k in names}
+        if self._adam_t_host is None:  # once after building or loading: a device read waits for the device
+            self._adam_t_host = float(self.adam_t)
+        return {"t": self._adam_t_host, **{s: {k: getattr(getattr(self, f"adam_{s}"), _buf(k)).clone() for k in names}
                                             for s in ("m", "v")}}
 
     def _store_state(self, state: dict) -> None:
         self.adam_t.fill_(state["t"])
+        self._adam_t_host = float(state["t"])
         for s in ("m", "v"):
             for k, v in state[s].items():
                 getattr(getattr(self, f"adam_{s}"), _buf(k)).copy_(v)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._adam_t_host = None  # a loaded adam_t (checkpoint, best state) is read again when next needed
 
     @staticmethod
     def batch_indices(n: int, batch: int, iters: int, key: tuple) -> list[np.ndarray]:
@@ -193,11 +202,13 @@ class Reptile(Method):
     def inner_train(self, params: dict[str, torch.Tensor], state: dict, x: torch.Tensor, y: torch.Tensor,
                     batches: list[np.ndarray]) -> tuple[float | torch.Tensor, float | torch.Tensor]:
         """Train ``params`` (leaf tensors, updated in place) on the mini-batches; returns the last batch's loss and
-        accuracy (before its update), as metrics (:meth:`~methods.base.Method.metric`)."""
+        accuracy (before its update), as metrics (:meth:`~methods.base.Method.metric`). The mini-batches' indices
+        reach the device in one copy (:func:`~methods.blocks.device_indices`), not one per iteration."""
         names, tensors = list(params), tuple(params.values())
         last = None
-        for idx in batches:
-            idx_t = torch.as_tensor(idx, device=x.device)
+        every = device_indices(batches, x.device) if batches else None
+        for i in range(len(batches)):
+            idx_t = every[i]
             logits = functional_call(self.net, params, (x[idx_t],))
             loss = F.cross_entropy(logits, y[idx_t])
             grads = torch.autograd.grad(loss, tensors)
@@ -317,13 +328,15 @@ class Reptile(Method):
         batches = [self.batch_indices(len(ep.support_y), hp.eval_batch, hp.eval_iters,
                                       ("reptile-eval", *ep.spec.key(ep.index))) for ep in episodes]
         xs, ys = stack_episodes(episodes, "support_x", "support_y")
+        every = (device_indices([np.stack([b[i] for b in batches]) for i in range(hp.eval_iters)], xs.device)
+                 if hp.eval_iters else None)  # one copy of every iteration's indices of the group
 
         def loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(functional_call(self.net, p, (x,)), y)
 
         grads_of = vmap(grad(loss))
         for i in range(hp.eval_iters):
-            x, y = gather_batches(xs, ys, [b[i] for b in batches])
+            x, y = gather_batches(xs, ys, every[i])
             with torch.enable_grad():
                 g = grads_of(params, x, y)
             with torch.no_grad():

@@ -2,7 +2,7 @@
 does not stop the others."""
 import benchmark.gpu_check as gc
 
-SECTIONS = ["## Verdict", "## (a) Speed", "## (b) Determinism", "## (c) Resume", "## (d) Packing", "## (e) The quick",
+SECTIONS = ["## Verdict", "## (a) Speed", "## (capture)", "## (b) Determinism", "## (c) Resume", "## (d) Packing", "## (e) The quick",
             "## (f) Reproduce"]
 
 
@@ -13,8 +13,12 @@ def test_dry_run_writes_every_section(tmp_path):
     for s in SECTIONS:
         assert s in text, s
     assert "Device `cpu`" in text and "dry run" in text
-    assert text.count("| PASS |") + text.count("| FAIL |") == 6  # a verdict for each part
+    table = text.split("## Verdict", 1)[1].split("\n## ", 1)[0]
+    verdicts = [line for line in table.splitlines() if line.startswith("| (")]
+    assert len(verdicts) == 7 and all(v.split(" | ")[1] in ("PASS", "FAIL", "not run (time)") for v in verdicts)
     assert "| protonet | 1 | fp32 |" in text  # the first speed case always runs
+    assert (tmp_path / "work" / "gpu_check.md").read_text() == text  # the files folder holds the summary too
+    assert list((tmp_path / "work" / "logs").glob("determinism-1.log"))  # and every job's output
     assert rc in (0, 1)
 
 
@@ -32,14 +36,14 @@ def test_a_failing_part_is_recorded_and_the_others_run(tmp_path, monkeypatch):
         return part
 
     monkeypatch.setattr(gc, "part_speed", broken)
-    for name, fn in (("determinism", "part_determinism"), ("resume", "part_resume"), ("packing", "part_packing"),
-                     ("quick", "part_quick"), ("reproduce", "part_reproduce")):
+    for name, fn in (("capture", "part_capture"), ("determinism", "part_determinism"), ("resume", "part_resume"),
+                     ("packing", "part_packing"), ("quick", "part_quick"), ("reproduce", "part_reproduce")):
         monkeypatch.setattr(gc, fn, fine(name))
     out = tmp_path / "g.md"
     assert gc.main(["--dry-run", "--out", str(out)]) == 1
     text = out.read_text()
-    assert calls == ["speed", "determinism", "resume", "packing", "quick", "reproduce"]
-    assert "RuntimeError: no kernel image" in text and text.count("| PASS |") == 5 and text.count("| FAIL |") == 1
+    assert calls == ["speed", "capture", "determinism", "resume", "packing", "quick", "reproduce"]
+    assert "RuntimeError: no kernel image" in text and text.count("| PASS |") == 6 and text.count("| FAIL |") == 1
     assert gc.main(["--dry-run", "--parts", "nosuch", "--out", str(out)]) == 2
 
 
@@ -99,22 +103,95 @@ def test_captured_runs_are_set_against_the_eager_runs_of_the_same_id(tmp_path):
     (row,) = [line for line in lines if line.startswith(f"| {cfg.run_id}")]
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "True" and cells[2] == "5/5" and cells[5] == "+0.00"  # the same computation here
+    assert cells[8] == "0"  # no frame compiled
+    assert "capture probably did not happen" in "".join(lines)  # equal bit for bit
     assert "no captured run finished" in "".join(gc.captured_against_eager({}, {}))
 
 
 def test_a_capture_case_starts_only_with_time_to_compile(tmp_path):
-    """Part (a) starts a captured case (compilation first) only with CAPTURE_START_S of its share left, so it cannot
-    overrun into the later parts: with 30 s left the eager case runs and the captured one is skipped (started, it
-    would compile for about 40 s on this CPU)."""
+    """The capture part starts a captured timed case (compilation first) only with CAPTURE_START_S of its share
+    left, so it cannot overrun into the later parts: with 30 s left the eager case runs and the captured one is
+    skipped (started, it would compile for about 40 s on this CPU)."""
     import dataclasses
     import time
 
-    plan = dataclasses.replace(gc.make_plan("cpu", False), speed_methods=["protonet"], speed_shots=[1],
-                               precisions=["fp32"], speed_profile="smoke", speed_steps=1, speed_warmup=1,
-                               speed_test_episodes=2, capture=True)
-    part = gc.part_speed(plan, deadline=time.monotonic() + 30, results_dir=tmp_path)
-    assert part.ok and "1 of 2 cases skipped: the part's time ran out." in part.lines, part.lines
-    assert not any("captured" in line for line in part.lines if line.startswith("| protonet")), part.lines
+    plan = dataclasses.replace(gc.make_plan("cpu", False), speed_shots=[1], speed_profile="smoke", speed_steps=1,
+                               speed_warmup=1, speed_test_episodes=2, capture_methods=("protonet",))
+    lines, skipped = gc.timed_cases(plan, time.monotonic() + 30, tmp_path, ["eager", "captured"])
+    assert skipped == 1 and len(lines) == 1 and lines[0].startswith("| protonet | 1 | eager |"), lines
+    assert lines[0].split(" | ")[6] == "0"  # nothing compiled in the eager case
+
+
+def test_the_capture_part_is_not_run_without_a_compiler(tmp_path, monkeypatch):
+    """On CUDA the capture part first checks for a C compiler and Python.h (Triton needs both) and, when one is
+    missing, says so in one line and is "not run", which does not fail the check."""
+    import dataclasses
+
+    plan = dataclasses.replace(gc.make_plan("cpu", True), capture=True)
+    monkeypatch.setattr(gc, "compiler_missing", lambda: "no C compiler (cc, gcc, clang not found)")
+    monkeypatch.setattr(gc, "_run_until", lambda *a, **k: (_ for _ in ()).throw(AssertionError("a job started")))
+    part = gc.part_capture(plan, 0.0, tmp_path)
+    assert part.ok is None and part.lines == ["- not run: no C compiler (cc, gcc, clang not found); Triton, which "
+                                              "compiles the captured kernels, needs both"]
+
+
+def test_compiler_check_names_what_is_missing(monkeypatch, tmp_path):
+    import shutil
+    import sysconfig
+
+    assert gc.compiler_missing() is None  # this machine has both
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert gc.compiler_missing() == "no C compiler (cc, gcc, clang not found)"
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {"include": str(tmp_path)})
+    assert "no Python.h" in gc.compiler_missing() and "no C compiler" in gc.compiler_missing()
+
+
+def test_throughput_jobs_allow_non_deterministic_kernels_in_their_runs():
+    """Parts (d) and (e) measure throughput: their runs get --no-deterministic (the flag reached only the driver
+    before, and each run configured deterministic kernels again)."""
+    assert "--no-deterministic" in gc._python_run(["--methods", "protonet"], "cuda", deterministic=False)
+    assert "--no-deterministic" not in gc._python_run(["--methods", "protonet"], "cuda")
+
+
+def test_the_checks_jobs_are_stopped_when_it_ends_on_an_interrupt(tmp_path, monkeypatch):
+    """A job the check started (its own process group) does not outlive the check: Ctrl-C (or SIGTERM/SIGHUP,
+    turned into an exit) stops it, and the summary is still written."""
+    import sys
+    import threading
+    import time
+
+    import pytest
+
+    started = []
+
+    def hanging(plan, deadline, work):
+        cmd = [sys.executable, "-c", "import time; time.sleep(600)"]
+        threading.Thread(target=gc._run_until, args=(cmd, 600, "hang"), daemon=True).start()
+        while not gc._CHILDREN:
+            time.sleep(0.05)
+        started.extend(gc._CHILDREN)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gc, "part_speed", hanging)
+    out = tmp_path / "g.md"
+    with pytest.raises(KeyboardInterrupt):
+        gc.main(["--dry-run", "--parts", "speed", "--out", str(out)])
+    (proc,) = started
+    assert proc.poll() is not None and out.is_file()
+
+
+def test_reproduction_is_not_run_when_no_projection_fits_the_time_left(tmp_path, monkeypatch):
+    """Part (f) with part (a)'s projections all longer than the time left is "not run (time)", not a failure (it
+    failed every check shorter than its cheapest projection before)."""
+    import time
+
+    monkeypatch.setattr(gc, "MEASURED", {("protonet", 1): 2.0, ("maml", 1): 5.0})
+    monkeypatch.setattr(gc, "_run_until", lambda *a, **k: (_ for _ in ()).throw(AssertionError("a job started")))
+    part = gc.part_reproduce(gc.make_plan("cpu", True), time.monotonic() + 60, tmp_path)
+    assert part.ok is None and part.lines[0].startswith("- not run (time): the cheapest projected setting needs 7200 s")
+    text = gc.write_summary(tmp_path / "g.md", gc.make_plan("cpu", True), [part], 60, time.monotonic())
+    assert "| not run (time) |" in text
 
 
 def test_runs_a_stopped_job_did_not_reach_are_no_determinism_failure():
@@ -183,7 +260,7 @@ def test_the_determinism_part_fails_on_a_failed_run_even_in_a_stopped_job(tmp_pa
     bad = tmp_path / "det-2" / "matching-omniglot-5w1s.partial"
     bad.mkdir()
     (bad / "failed.json").write_text(json.dumps({"run_id": "matching-omniglot-5w1s", "reason": "non-finite loss"}))
-    monkeypatch.setattr(gc, "_run_until", lambda cmd, timeout: (None, ""))  # both jobs "stopped at their limit"
+    monkeypatch.setattr(gc, "_run_until", lambda cmd, timeout, name="": (None, ""))  # both "stopped at the limit"
     part = gc.part_determinism(gc.make_plan("cpu", True), 0.0, tmp_path)
     assert not part.ok and "- failed run: matching-omniglot-5w1s: non-finite loss" in part.lines, part.lines
     bad.joinpath("failed.json").unlink()

@@ -206,15 +206,48 @@ def test_device_gathered_images_with_channels_rotations_and_normalisation():
     assert torch.equal(gray.tensor("train", classes, samples), gray.to_device(CPU).tensor("train", classes, samples))
 
 
-def test_device_gathering_is_cuda_only_and_needs_the_data_to_fit(omniglot, monkeypatch):
+def test_device_gathering_is_cuda_only_and_needs_the_data_to_fit_the_runs_share(omniglot, monkeypatch):
+    """The pixels must fit DEVICE_DATA_SHARE of the run's part of the GPU's total memory (K packed workers: 1/K of
+    it each); the free memory, which changes with earlier runs and neighbours, is never asked."""
+    from types import SimpleNamespace
+
     from benchmark.pipeline.prefetch import DEVICE_DATA_SHARE, gather_on_device
 
     assert omniglot.nbytes == 32460 * 28 * 28 and not gather_on_device(omniglot, CPU)
     fits = omniglot.nbytes / DEVICE_DATA_SHARE
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (fits, 2 * fits))
-    assert gather_on_device(omniglot, "cuda")
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (fits - 1, 2 * fits))
+    total = {"bytes": fits}
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=total["bytes"]))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (0, 0))  # never consulted
+    assert gather_on_device(omniglot, "cuda") and gather_on_device(omniglot, "cuda", gpu_fraction=1.0)
+    assert not gather_on_device(omniglot, "cuda", gpu_fraction=0.5)  # two workers share the GPU
+    total["bytes"] = 8 * fits
+    assert gather_on_device(omniglot, "cuda", gpu_fraction=1 / 8)
+    total["bytes"] = fits - 1
     assert not gather_on_device(omniglot, "cuda")
+
+
+def test_one_device_copy_of_the_pixels_per_process_across_runs(omniglot, monkeypatch):
+    """The device copy is made once per process and dataset (the same fingerprint) and reused by later runs; a run
+    on another dataset replaces it (one copy held at a time)."""
+    from benchmark.data import FewShotDataset, Split
+    from benchmark.pipeline import prefetch
+
+    monkeypatch.setattr(prefetch, "_DEVICE_PIXELS", {})
+    copies = []
+    original = FewShotDataset.to_device
+
+    def counted(self, device, pixels=None):
+        copies.append(pixels is None)
+        return original(self, device, pixels)
+
+    monkeypatch.setattr(FewShotDataset, "to_device", counted)
+    a, b = prefetch.device_images(omniglot, CPU), prefetch.device_images(omniglot, CPU)
+    assert copies == [True, False] and b.images is a.images and b.ds is omniglot
+    pixels = np.zeros((4, 2, 2), dtype=np.uint8)
+    other = FewShotDataset("other", pixels, {"train": Split(["c"], [np.arange(4)], np.array([0]))})
+    c = prefetch.device_images(other, CPU)
+    assert copies == [True, False, True] and tuple(c.images.shape) == (4, 2, 2)
+    assert list(prefetch._DEVICE_PIXELS) == [(other.fingerprint, "cpu")]
 
 
 def test_a_run_with_device_gathered_episodes_gives_the_host_results(tmp_path, monkeypatch):
@@ -223,7 +256,7 @@ def test_a_run_with_device_gathered_episodes_gives_the_host_results(tmp_path, mo
     over = (("train_steps", 4), ("val_every", 2), ("train_ways", 5), ("train_queries", 5))
     cfg = RunConfig("protonet", "omniglot", 5, 1, profile="smoke", test_episodes=10, val_episodes=5, overrides=over)
     host = run(cfg, tmp_path / "host", CPU)
-    monkeypatch.setattr(runner, "gather_on_device", lambda ds, device: True)
+    monkeypatch.setattr(runner, "gather_on_device", lambda ds, device, gpu_fraction=None: True)
     dev = run(cfg, tmp_path / "dev", CPU)
     (c0, a0), (c1, a1) = records(tmp_path / "host", cfg), records(tmp_path / "dev", cfg)
     pd.testing.assert_frame_equal(c0, c1, check_exact=True)
@@ -244,3 +277,308 @@ def test_provenance_does_not_need_torchvision(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision", None)  # "import torchvision" now raises ImportError
     env = environment(CPU)
     assert env["torchvision"] is None and env["torch"] == torch.__version__
+
+
+# ------------------------------------------------------------------------------------------------ compiled, counted
+class _Compiled(torch.nn.Module):
+    """A method-like object whose step runs a compiled module (Dynamo's ``eager`` backend: compiled frames without
+    Inductor's minutes), and which records the compiler's stance during each step."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(4, 2)
+        self.net.compile(backend="eager")
+        self.stances = []
+
+    def train_step(self, episodes, step):
+        from torch._dynamo.eval_frame import _stance
+
+        self.stances.append(_stance.stance)
+        loss = self.net(torch.ones(3, 4)).pow(2).mean()
+        loss.backward()
+        return {"loss": float(loss.detach())}
+
+
+def test_the_flop_counted_step_runs_eagerly_and_compiling_happens_after_it():
+    """The first step counts its FLOPs under the compiler's force_eager stance, so Dynamo neither compiles nor
+    skips (PyTorch up to 2.11: skips forever) the compiled frames under the counter; the next step compiles them.
+    The counts of Dynamo's frames tell which steps compiled anything."""
+    torch._dynamo.reset()
+    m = _Compiled()
+    before = training.dynamo_counts()
+    counted = training.timed_step(m, [], 0, CPU, count_flops=True)
+    during = training.count_difference(before, training.dynamo_counts())
+    training.timed_step(m, [], 1, CPU)
+    after = training.count_difference(before, training.dynamo_counts())
+    assert m.stances == ["force_eager", "default"]
+    assert counted.flops == 2 * (2 * 3 * 4 * 2)  # forward and weight gradient of the linear layer, counted eagerly
+    assert during["frames"] == 0 and after["frames"] >= 1 and after["graphs"] >= 1
+
+
+def test_a_run_records_whether_anything_was_compiled(tmp_path, monkeypatch):
+    """``execution.dynamo`` of a run's summary: frames Dynamo compiled during the run (0 for an eager run), not
+    just that compiling was asked for (``execution.compile``)."""
+    import benchmark.pipeline.runner as runner
+    from benchmark.pipeline import Execution
+
+    def compile_eager_backend(method, mode=None):  # the inductor backend would take minutes on this CPU
+        mods = method.compile_modules()
+        for m in mods.values():
+            m.compile(backend="eager")
+        return sorted(mods)
+
+    monkeypatch.setattr(runner, "compile_method", compile_eager_backend)
+    torch._dynamo.reset()
+    over = (("train_steps", 2), ("val_every", 2), ("train_ways", 5), ("train_queries", 2))
+    cfg = RunConfig("protonet", "omniglot", 5, 1, profile="smoke", test_episodes=4, val_episodes=2, overrides=over)
+    eager = run(cfg, tmp_path / "eager", CPU, save_model=False)
+    compiled = run(cfg, tmp_path / "compiled", CPU, save_model=False, execution=Execution(compile=True))
+    assert eager["execution"]["dynamo"]["frames"] == 0 and eager["execution"]["compiled"] == []
+    assert compiled["execution"]["compiled"] and compiled["execution"]["dynamo"]["frames"] >= 1
+    assert compiled["flops_per_train_episode"] == eager["flops_per_train_episode"]  # counted eagerly in both
+    assert eager["execution"]["eval_group"] >= 1
+
+
+# ------------------------------------------------------------------------------------------------ host copies
+def _method(name: str, **over):
+    from benchmark.pipeline import make_context, prepare
+
+    prepared = prepare(RunConfig(name, "omniglot", 5, 1, "conv4-32", profile="smoke", queries=2, val_episodes=1,
+                                 overrides=tuple(over.items())))
+    torch.manual_seed(0)
+    return prepared.cls(prepared.hp, make_context(prepared, CPU)), prepared
+
+
+def _copies(monkeypatch, module):
+    """Count the calls of ``module``'s index-copy helper (``methods.blocks.device_indices``)."""
+    import methods.blocks as blocks
+
+    calls = []
+
+    def counted(a, device):
+        calls.append(len(a))
+        return blocks.device_indices(a, device)
+
+    monkeypatch.setattr(module, "device_indices", counted)
+    return calls
+
+
+@pytest.mark.parametrize("name", ["reptile", "meta_lstm"])
+def test_indices_reach_the_device_once_per_task_and_group_not_per_inner_iteration(name, monkeypatch):
+    """Reptile (5 inner iterations per task, 10 per test episode here) and the Meta-LSTM (5 learner updates) copy
+    their mini-batch indices to the device once per task in training and once per group of test episodes in a
+    batched ``predict_many`` (each copy holding every iteration's indices): one blocking copy per inner iteration
+    made each iteration wait for the device on CUDA."""
+    import importlib
+
+    from benchmark.pipeline.training import draw_episodes
+
+    module = importlib.import_module(f"methods.{name}")
+    method, prepared = _method(name, meta_batch=2, batched_adaptation=True)
+    iters = method.hp.inner_iters if name == "reptile" else method.hp.inner_steps
+    eval_iters = method.hp.eval_iters if name == "reptile" else method.hp.inner_steps
+    calls = _copies(monkeypatch, module)
+    episodes = draw_episodes(method.ctx.sampler, 0, 2, method.train_shape(), CPU)
+    method.train_step(episodes, 0)
+    assert calls == [iters] * len(episodes)  # one copy per task, of every inner iteration's indices
+    calls.clear()
+    from benchmark.pipeline.episode_sets import test_set
+
+    tests = test_set(prepared, 3)
+    method.predict_many([tests[i].hidden() for i in range(3)])
+    assert calls == [eval_iters]  # one group of 3 test episodes: one copy
+
+
+def test_reptile_keeps_its_adam_step_count_on_the_host():
+    """Reptile's carried Adam step count is read from its buffer once (after building or loading), then kept on the
+    host: a training step does not read a device value to know it. A loaded state is read again."""
+    from benchmark.pipeline.training import draw_episodes
+
+    method, _ = _method("reptile", meta_batch=1)
+    for step in range(2):
+        method.train_step(draw_episodes(method.ctx.sampler, step, 1, method.train_shape(), CPU), step)
+    t = method.hp.inner_iters * 2
+    assert method._adam_t_host == float(method.adam_t) == t
+    state = {k: v.clone() for k, v in method.state_dict().items()}
+    state["adam_t"].fill_(3.0)
+    method.load_state_dict(state)
+    assert method._adam_t_host is None and method._state(fresh=False)["t"] == 3.0 == method._adam_t_host
+
+
+def test_evaluate_reads_a_groups_accuracies_in_one_copy(monkeypatch):
+    """The evaluation loop reads each group's accuracies together, not one ``.item()`` per episode (each a wait for
+    the device on CUDA); the values are the ones ``.item()`` gave."""
+    from benchmark.pipeline.episode_sets import test_set
+
+    method, prepared = _method("protonet")
+    tests = test_set(prepared, 6)
+    expected, _ = training.evaluate(method, tests, CPU, group=3)
+
+    def no_item(self):
+        raise AssertionError("evaluate read an accuracy with .item()")
+
+    monkeypatch.setattr(torch.Tensor, "item", no_item)
+    acc, _ = training.evaluate(method, tests, CPU, group=3)
+    assert acc.tolist() == expected.tolist()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["reptile", "meta_lstm"])
+def test_no_host_synchronisation_in_a_training_step_or_batched_prediction_on_cuda(name):
+    """On a GPU: a training step and a batched ``predict_many`` under ``torch.cuda.set_sync_debug_mode("error")``
+    (a synchronising call raises) once the first step has run (reading the carried state once is allowed)."""
+    from benchmark.pipeline import make_context, prepare
+    from benchmark.pipeline.episode_sets import test_set
+    from benchmark.pipeline.training import draw_episodes
+
+    gpu = torch.device("cuda")
+    prepared = prepare(RunConfig(name, "omniglot", 5, 1, "conv4-32", profile="smoke", queries=2, val_episodes=1,
+                                 overrides=(("meta_batch", 2), ("batched_adaptation", True))))
+    method = prepared.cls(prepared.hp, make_context(prepared, gpu)).to(gpu)
+    shape = method.train_shape()
+    method.train_step(draw_episodes(method.ctx.sampler, 0, 2, shape, gpu), 0)
+    episodes = draw_episodes(method.ctx.sampler, 1, 2, shape, gpu)
+    tests = [test_set(prepared, 2)[i].to(gpu).hidden() for i in range(2)]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        method.train_step(episodes, 1)
+        method.predict_many(tests)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+# ------------------------------------------------------------------------------------------------ the run's device
+def test_the_runs_cuda_device_is_made_current_in_runs_and_workers(monkeypatch):
+    """``use_device`` makes cuda:N the current device (CUDA events, streams and a worker's context then act on
+    it, not on cuda:0); a pool worker does so when it takes its GPU."""
+    import signal
+
+    import benchmark.pipeline.executors as executors
+    from benchmark.pipeline.machine import use_device
+
+    made = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: made.append(torch.device(d)))
+    use_device("cuda:1")
+    use_device(CPU)
+    use_device("cuda")  # no index: whatever is current (e.g. the one Ray made visible)
+    assert made == [torch.device("cuda:1")]
+
+    class Counter:
+        value = 3
+
+        def get_lock(self):
+            import contextlib
+            return contextlib.nullcontext()
+
+    previous, threads = signal.getsignal(signal.SIGINT), torch.get_num_threads()
+    try:
+        executors._init_worker(1, ["cuda:0", "cuda:1"], Counter())
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        torch.set_num_threads(threads)
+        executors._WORKER.pop("device", None)
+    assert made == [torch.device("cuda:1"), torch.device("cuda:1")]
+
+
+def test_deferred_step_times_are_recorded_on_the_runs_device_stream(monkeypatch):
+    """On cuda:1 the step's CUDA events are recorded on cuda:1's current stream (not the current device's, cuda:0,
+    where they would time nothing of the step)."""
+    streams = {}
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            self.on = None
+
+        def record(self, stream=None):
+            self.on = stream
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: streams.setdefault(str(device), object()))
+
+    class Method:
+        def train_step(self, episodes, step):
+            return {"loss": 1.0}
+
+    r = training.timed_step(Method(), [], 0, torch.device("cuda:1"), sync=False)
+    assert r.events[0].on is streams["cuda:1"] and r.events[1].on is streams["cuda:1"]
+
+
+def test_checkpoints_keep_only_the_runs_own_cuda_generator(monkeypatch):
+    """The RNG states saved and restored are the run's device's only: a checkpoint written where more GPUs were
+    visible (the older format, a list of every GPU's state) resumes where fewer are."""
+    states = {i: torch.full((4,), i, dtype=torch.uint8) for i in range(4)}
+    restored = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda index: states[index])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, index: restored.append((index, state.tolist())))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    saved = training.rng_state("cuda:2")
+    assert saved["cuda_index"] == 2 and torch.equal(saved["cuda"], states[2])
+    assert training.rng_state(CPU)["cuda"] is None
+    training.set_rng_state(saved, "cuda:2")
+    training.set_rng_state(saved, CPU)  # a CUDA checkpoint resumed on the CPU: no CUDA state restored
+    old = {**saved, "cuda": [states[i] for i in range(4)]}
+    training.set_rng_state(old, "cuda:1")
+    training.set_rng_state({**saved, "cuda": [states[0]]}, "cuda:3")  # written with one GPU visible: left out
+    training.set_rng_state(old, "cuda")  # no index: the current device's
+    assert restored == [(2, [2] * 4), (1, [1] * 4), (0, [0] * 4)]
+
+
+def test_captured_methods_mark_each_step_and_evaluation_group(monkeypatch):
+    """Compiled for CUDA graphs (``--capture``'s mode), a method's training steps and evaluation groups each begin
+    with ``torch.compiler.cudagraph_mark_step_begin``; nothing is marked for an eager or plainly compiled one."""
+    from benchmark.pipeline.episode_sets import test_set
+    from benchmark.pipeline.execution import CAPTURE_MODE
+
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    method, prepared = _method("protonet")
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: None)  # nothing compiled, only the mode
+    training.compile_method(method, None)
+    training.evaluate(method, test_set(prepared, 4), CPU, group=2)
+    assert marks == [] and not getattr(method, "cudagraph_steps", False)
+    assert training.compile_method(method, CAPTURE_MODE)
+    from benchmark.pipeline.training import draw_episodes
+
+    training.timed_step(method, draw_episodes(method.ctx.sampler, 0, 1, method.train_shape(), CPU), 0, CPU)
+    training.evaluate(method, test_set(prepared, 4), CPU, group=2)
+    assert marks == [1, 1, 1]  # one step, two groups
+
+
+# ------------------------------------------------------------------------------------------------ benchmark.speed
+def test_speed_applies_the_runs_determinism_settings(monkeypatch, capsys):
+    """``benchmark.speed`` configures determinism as runs do (a CUDA measurement ran without it before);
+    ``--no-deterministic`` allows non-deterministic kernels, as ``benchmark.run``'s flag does."""
+    import json
+
+    import benchmark.pipeline.machine as machine
+    import benchmark.speed as speed
+
+    seen = []
+    monkeypatch.setattr(machine, "configure_determinism",
+                        lambda device, deterministic=True: seen.append((str(device), deterministic)) or {"d": 1})
+    monkeypatch.setattr(speed, "time_run", lambda *a, **k: {"ms": 1.0})
+    for extra in ([], ["--no-deterministic"]):
+        assert speed.main(["--method", "protonet", "--profile", "smoke", "--device", "cpu", "--json", *extra]) == 0
+    assert seen == [("cpu", True), ("cpu", False)]
+    assert json.loads(capsys.readouterr().out.splitlines()[0]) == {"ms": 1.0, "determinism": {"d": 1}}
+
+
+def test_speed_warms_the_test_timing_up_with_the_measured_group(tmp_path, monkeypatch):
+    """The test timing's warm-up evaluates a whole group of the size measured (a smaller warm-up group left the
+    measured group's shapes to the timed part: cuDNN's and the compiler's first calls)."""
+    from benchmark.speed import prepare_measurement, time_run
+
+    calls = []
+    original = training.evaluate
+
+    def recorded(method, episodes, device, *a, **k):
+        calls.append((len(episodes), training.group_size(method, episodes, k.get("group"), device)))
+        return original(method, episodes, device, *a, **k)
+
+    monkeypatch.setattr(training, "evaluate", recorded)
+    prepared = prepare_measurement("protonet", shots=1, profile="smoke", train_queries=2)
+    r = time_run(prepared, "cpu", steps=1, warmup=1, test_episodes=3, results_dir=None, eval_group=0)
+    assert r["eval_group"] == calls[1][1] > 1
+    assert calls[0] == (r["eval_group"], r["eval_group"])  # the warm-up: one group of the measured size
+    assert r["dynamo"]["frames"] == 0

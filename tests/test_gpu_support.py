@@ -14,9 +14,15 @@ CPU = torch.device("cpu")
 @pytest.fixture
 def restore_determinism(monkeypatch):
     """Put PyTorch's global determinism flags back after a test that sets them."""
+    import torch.utils.deterministic
+
     saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", torch.backends.cudnn.allow_tf32)  # restored after
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", torch.backends.cuda.matmul.allow_tf32)
+    monkeypatch.setattr(torch.utils.deterministic, "fill_uninitialized_memory",
+                        torch.utils.deterministic.fill_uninitialized_memory)
     yield
     torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
@@ -39,10 +45,15 @@ def test_determinism_changes_nothing_on_the_cpu(restore_determinism):
 def test_determinism_on_cuda_sets_the_flags_once(restore_determinism, monkeypatch):
     # The CUDA branch only sets flags and an environment variable, none of which needs a GPU.
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    torch.backends.cudnn.allow_tf32 = True  # PyTorch's defaults, which a CUDA run turns off
+    torch.utils.deterministic.fill_uninitialized_memory = True
     dev = torch.device("cuda:0")
     out = configure_determinism(dev)
     assert out == {"deterministic": True, "deterministic_warn_only": True, "cudnn_benchmark": False,
-                   "cudnn_deterministic": True, "cublas_workspace_config": ":4096:8"}
+                   "cudnn_deterministic": True, "cublas_workspace_config": ":4096:8",
+                   "fill_uninitialized_memory": False, "tf32_convolutions": False, "tf32_matmul": False}
+    assert not torch.backends.cudnn.allow_tf32 and not torch.utils.deterministic.fill_uninitialized_memory
+    assert environment(CPU).get("tf32_convolutions") is None  # recorded for CUDA runs only
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8" and torch.are_deterministic_algorithms_enabled()
     assert configure_determinism(dev) == out == determinism_state(dev)  # idempotent
     strict = configure_determinism(dev, warn_only=False)
@@ -55,39 +66,48 @@ def test_determinism_on_cuda_sets_the_flags_once(restore_determinism, monkeypatc
     assert late["cublas_workspace_config"] == ":4096:8" and "cublas_note" in late
 
 
-def test_group_size_on_cuda_follows_free_memory(monkeypatch):
-    """The CUDA branch of group_size, with the free memory faked; the CPU rule is unchanged."""
+def test_group_size_on_cuda_follows_total_memory_on_a_ladder_never_free_memory(monkeypatch):
+    """The CUDA branch of group_size, with the device's total memory faked: the largest ladder size whose estimate
+    fits an eighth of it; the free memory is never asked (it changes with earlier runs and packed neighbours); the
+    CPU rule is unchanged."""
     from types import SimpleNamespace
 
-    from benchmark.pipeline.execution import group_size
+    from benchmark.pipeline.execution import EVAL_GROUP_LADDER, group_size
 
     def episodes(ways, shots, queries, shape):
         return [SimpleNamespace(support_x=torch.zeros(ways * shots, *shape),
                                 query_x=torch.zeros(ways * queries, *shape))]
 
-    free = {"bytes": 80e9}
+    total = {"bytes": 141e9}
     asked = []
 
-    def mem_get_info(device):
+    def properties(device):
         asked.append(device)
-        return int(free["bytes"]), int(141e9)
+        return SimpleNamespace(total_memory=int(total["bytes"]))
 
-    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    def free_memory(device=None):
+        raise AssertionError("group_size must not depend on the free memory")
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", properties)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", free_memory)
     gpu, metric = torch.device("cuda:0"), SimpleNamespace(eval_group=20)
     omni = episodes(5, 5, 15, (1, 28, 28))  # 78,400 input values: ~160 MB of estimated activations
-    assert group_size(metric, omni, device=gpu) == 64  # 124 would fit: the cap
+    assert group_size(metric, omni, device=gpu) == 64  # 109 would fit: the cap
     assert asked == [gpu]
-    free["bytes"] = 8e9
-    assert group_size(metric, omni, device=gpu) == 12  # a quarter of 8 GB
-    free["bytes"] = 1e9
+    total["bytes"] = 16e9
+    assert group_size(metric, omni, device=gpu) == 8  # 12 fit an eighth of 16 GB: the ladder's 8
+    total["bytes"] = 1e9
     assert group_size(metric, omni, device=gpu) == 1
-    free["bytes"] = 139e9
-    rgb = episodes(5, 1, 15, (3, 84, 84))
-    assert group_size(metric, rgb, device=gpu) == 10
+    total["bytes"] = 141e9
+    rgb = episodes(5, 1, 15, (3, 84, 84))  # ~3.5 GB per episode: 5 fit, the ladder's 4
+    assert group_size(metric, rgb, device=gpu) == 4
     resnet = SimpleNamespace(eval_group=20, ctx=SimpleNamespace(backbone_name="resnet12"))
-    assert group_size(resnet, rgb, device=gpu) == 2
-    assert group_size(metric, omni, group=7, device=gpu) == 7  # an explicit group is kept when it fits
+    assert group_size(resnet, rgb, device=gpu) == 1
+    lstm = SimpleNamespace(eval_group=20, eval_episode_bytes=int(1.6e9))  # per-episode state beyond activations
+    assert group_size(lstm, omni, device=gpu) == 8
+    assert group_size(metric, omni, group=7, device=gpu) == 4  # an explicit group: the ladder's size under it
     assert group_size(SimpleNamespace(eval_group=1), omni, device=gpu) == 1  # a looped predict_many stays 1
+    assert all(group_size(metric, omni, group=g, device=gpu) in EVAL_GROUP_LADDER for g in range(1, 70))
     # CPU: today's rule, whatever the GPU would say
     assert group_size(metric, omni, device=CPU) == group_size(metric, omni) == 20
     assert group_size(metric, rgb, device=CPU) == 1

@@ -126,10 +126,10 @@ class FewShotDataset:
         """Bytes of all its pixels as uint8 (what :meth:`to_device` copies)."""
         return int(np.prod(self.images.shape))
 
-    def to_device(self, device) -> "DeviceImages":
+    def to_device(self, device, pixels=None) -> "DeviceImages":
         """Its pixels copied once to ``device``, building the same float images as :meth:`tensor` there by index
-        gathers (:class:`DeviceImages`)."""
-        return DeviceImages(self, device)
+        gathers (:class:`DeviceImages`); ``pixels``: a copy already there (of these pixels) to use instead."""
+        return DeviceImages(self, device, pixels)
 
 
 class DeviceImages:
@@ -148,15 +148,22 @@ class DeviceImages:
     pixels in host memory at once. Index copies to CUDA go through pinned memory, asynchronously, so building an
     episode never waits for the device."""
 
-    def __init__(self, ds: FewShotDataset, device):
+    def __init__(self, ds: FewShotDataset, device, pixels=None):
         import torch
 
         self.ds, self.device = ds, torch.device(device)
-        images = torch.empty(tuple(int(d) for d in ds.images.shape), dtype=torch.uint8, device=self.device)
-        at = 0
-        for chunk in image_chunks(ds.images):
-            images[at:at + len(chunk)].copy_(torch.from_numpy(chunk))
-            at += len(chunk)
+        shape = tuple(int(d) for d in ds.images.shape)
+        if pixels is not None:  # a copy of these pixels already on the device (one per process, across runs)
+            if tuple(pixels.shape) != shape or pixels.dtype != torch.uint8:
+                raise ValueError(f"the device copy {tuple(pixels.shape)} ({pixels.dtype}) is not {ds.name}'s uint8 "
+                                 f"pixels {shape}")
+            images = pixels
+        else:
+            images = torch.empty(shape, dtype=torch.uint8, device=self.device)
+            at = 0
+            for chunk in image_chunks(ds.images):
+                images[at:at + len(chunk)].copy_(torch.from_numpy(chunk))
+                at += len(chunk)
         self.images = images
         channels = ds.image_shape[0]
         # the host path's arithmetic (FewShotDataset.tensor) on every byte value, one channel per row

@@ -18,10 +18,11 @@ its run id when not fp32).
   their forward and backward passes are replayed as captured CUDA graphs (one launch per graph instead of one per
   kernel) wherever their shapes repeat, eager elsewhere; a method that compiles nothing captures nothing (its
   ``compile_note`` says why). Off by default until the GPU check measures it faster with the same accuracy on the
-  same episodes (``benchmark.gpu_check``, parts (a) and (b)).
+  same episodes (``benchmark.gpu_check``, its capture part).
 
 Evaluation groups: :func:`group_size` sizes the groups of test episodes one ``predict_many`` call takes, by
-input size on the CPU and by free memory on CUDA (speed and memory only, never results).
+input size on the CPU and, on CUDA, by the device's total memory on a fixed ladder of sizes (never by the memory
+free at the moment, so identical, resumed and packed runs evaluate in the same groups).
 
 This module imports no PyTorch (:func:`group_size` imports it when called), so the command line can check these values before loading anything.
 """
@@ -86,10 +87,12 @@ class Execution:
 EVAL_GROUP_VALUES = 2_000_000
 
 
-#: CUDA: a grouped evaluation pass may fill at most this share of the device's free memory (``torch.cuda.mem_get_info``
-#: when the evaluation starts) with activations; the rest is the safety margin (the model, the allocator's cache,
-#: another run sharing the GPU under Ray's fractional GPUs).
-EVAL_MEMORY_SHARE = 0.25
+#: CUDA: a grouped evaluation pass may fill at most this share of the device's total memory
+#: (``torch.cuda.get_device_properties(device).total_memory``) with activations: an eighth, so that eight runs packed
+#: on one GPU (``--executor processes --workers 8``, the most the GPU check packs) fit beside each other. Total, not
+#: free memory: a group size that followed the free memory would change with earlier runs of the process and with
+#: packed neighbours, and different groups are different grouped-convolution shapes, which can round differently.
+EVAL_MEMORY_SHARE = 0.125
 #: CUDA: estimated bytes of activations per input value of a pass: float32 (4 bytes) x 512. A Conv-4 block's
 #: convolution, BatchNorm and ReLU outputs hold 64 channels per input channel at full resolution (3 x 64 = 192 values
 #: per value of a 1-channel image, the pooled later blocks add about a third), and a method that adapts at test time
@@ -99,6 +102,9 @@ EVAL_ACTIVATION_BYTES = 4 * 512
 RESNET_ACTIVATION_SCALE = 4
 #: CUDA: most episodes one grouped pass takes (methods that group at all, ``eval_group > 1``).
 EVAL_GROUP_MAX_CUDA = 64
+#: CUDA: the group sizes a grouped pass may take (the largest that fits is chosen): a fixed ladder, so that nearby
+#: memory sizes give the same groups.
+EVAL_GROUP_LADDER = (1, 2, 4, 8, 16, 32, 64)
 
 
 def group_size(method, episodes, group: int | None = None, device=None) -> int:
@@ -107,10 +113,13 @@ def group_size(method, episodes, group: int | None = None, device=None) -> int:
     CPU (or no ``device``): ``group`` (default: the method's ``eval_group``), capped so that a call takes at most
     :data:`EVAL_GROUP_VALUES` input values.
 
-    CUDA, for a method that groups (``eval_group > 1``): ``group`` (default: :data:`EVAL_GROUP_MAX_CUDA`), capped so
-    that the estimated activations of a call (input values x :data:`EVAL_ACTIVATION_BYTES`, or the method's
-    ``eval_activation_bytes``; x :data:`RESNET_ACTIVATION_SCALE` on a ResNet backbone) fill at most
-    :data:`EVAL_MEMORY_SHARE` of the device's free memory, and at most :data:`EVAL_GROUP_MAX_CUDA`. A method that
+    CUDA, for a method that groups (``eval_group > 1``): the largest size of :data:`EVAL_GROUP_LADDER` that is at
+    most ``group`` (default: :data:`EVAL_GROUP_MAX_CUDA`) and whose estimated memory fits
+    :data:`EVAL_MEMORY_SHARE` of the device's total memory: per episode, its input values x
+    :data:`EVAL_ACTIVATION_BYTES` (or the method's ``eval_activation_bytes``; x :data:`RESNET_ACTIVATION_SCALE` on
+    a ResNet backbone) plus the method's ``eval_episode_bytes`` (memory per episode that does not scale with the
+    images, e.g. the Meta-LSTM's per-coordinate state). A function of the configuration and the device model only,
+    so every run of a configuration on a GPU model evaluates in the same groups (the runs record it). A method that
     does not group (``eval_group == 1``: its ``predict_many`` is a loop) keeps 1.
     """
     import torch
@@ -124,9 +133,11 @@ def group_size(method, episodes, group: int | None = None, device=None) -> int:
         backbone = str(getattr(getattr(method, "ctx", None), "backbone_name", "") or "")
         if backbone.startswith("resnet"):
             per_value *= RESNET_ACTIVATION_SCALE
-        free, _total = torch.cuda.mem_get_info(torch.device(device))
-        fits = int(EVAL_MEMORY_SHARE * free // max(1, values * per_value))
-        return max(1, min(int(group or EVAL_GROUP_MAX_CUDA), fits, EVAL_GROUP_MAX_CUDA))
+        per_episode = values * per_value + int(getattr(method, "eval_episode_bytes", 0) or 0)
+        total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+        fits = int(EVAL_MEMORY_SHARE * total // max(1, per_episode))
+        cap = min(int(group or EVAL_GROUP_MAX_CUDA), fits, EVAL_GROUP_MAX_CUDA)
+        return max([g for g in EVAL_GROUP_LADDER if g <= cap] or [1])
     group = max(1, int(group or own))
     if group > 1 and len(episodes):
         e = episodes[0]

@@ -375,11 +375,11 @@ _WORKER: dict = {}  # the pool worker's own settings, set by _init_worker: its d
 def _init_worker(threads: int, devices: list[str], counter) -> None:
     """A pool worker's start (spawn: a fresh interpreter): Ctrl-C is ignored while no run is being trained (a run
     catches it, see :func:`process_task`), the allocator and PyTorch's threads are set up, and the worker takes the
-    next of ``devices`` round-robin (``counter``: the workers started so far)."""
+    next of ``devices`` round-robin (``counter``: the workers started so far), made its current CUDA device."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
 
-    from .machine import tune_cpu
+    from .machine import tune_cpu, use_device
 
     with counter.get_lock():
         index = counter.value
@@ -387,6 +387,7 @@ def _init_worker(threads: int, devices: list[str], counter) -> None:
     tune_cpu()
     torch.set_num_threads(max(1, int(threads)))
     _WORKER["device"] = torch.device(devices[index % len(devices)])
+    use_device(_WORKER["device"])  # before any CUDA work: the worker's context opens on its own GPU, not on GPU 0
 
 
 def _interrupt_once(signum, frame):

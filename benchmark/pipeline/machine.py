@@ -121,15 +121,60 @@ CUBLAS_WORKSPACE = ":4096:8"  # NVIDIA's cuBLAS docs (results reproducibility): 
 
 def determinism_state(device: torch.device | str) -> dict[str, Any]:
     """The determinism settings in force, for provenance: ``deterministic`` (``torch.use_deterministic_algorithms``)
-    and ``deterministic_warn_only``; on CUDA also ``cudnn_benchmark``, ``cudnn_deterministic`` and
-    ``cublas_workspace_config`` (the environment variable, None when unset)."""
+    and ``deterministic_warn_only``; on CUDA also ``cudnn_benchmark``, ``cudnn_deterministic``,
+    ``cublas_workspace_config`` (the environment variable, None when unset), ``fill_uninitialized_memory``
+    (``torch.utils.deterministic``) and whether float32 convolutions and matrix products may run as TF32
+    (``tf32_convolutions``: ``torch.backends.cudnn.allow_tf32``; ``tf32_matmul``:
+    ``torch.backends.cuda.matmul.allow_tf32``)."""
     out: dict[str, Any] = {"deterministic": torch.are_deterministic_algorithms_enabled(),
                            "deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled()}
     if torch.device(device).type == "cuda":
         out.update(cudnn_benchmark=bool(torch.backends.cudnn.benchmark),
                    cudnn_deterministic=bool(torch.backends.cudnn.deterministic),
-                   cublas_workspace_config=os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+                   cublas_workspace_config=os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+                   fill_uninitialized_memory=_fill_uninitialized_memory(),
+                   tf32_convolutions=bool(torch.backends.cudnn.allow_tf32),
+                   tf32_matmul=bool(torch.backends.cuda.matmul.allow_tf32))
     return out
+
+
+def _fill_uninitialized_memory() -> bool | None:
+    """``torch.utils.deterministic.fill_uninitialized_memory`` (None on a PyTorch without it)."""
+    try:
+        import torch.utils.deterministic as d
+    except ImportError:
+        return None
+    return bool(d.fill_uninitialized_memory) if hasattr(d, "fill_uninitialized_memory") else None
+
+
+def configure_kernels(device: torch.device | str) -> None:
+    """CUDA settings every run has, deterministic or not: float32 is float32 (TF32 off for convolutions and matrix
+    products: ``torch.backends.cudnn.allow_tf32`` and ``torch.backends.cuda.matmul.allow_tf32`` False; PyTorch lets
+    cuDNN run float32 convolutions as TF32 by default, with 10-bit mantissas, which the papers' float32 numbers never
+    had; ``--precision bf16`` is the fast, reduced-precision choice, named in the run id), and new allocations are
+    not filled (``torch.utils.deterministic.fill_uninitialized_memory`` False: under deterministic algorithms PyTorch
+    otherwise writes NaN into every new CUDA tensor, a cost for no result of ours, since no method reads memory it
+    has not written). Nothing on the CPU. Recorded by :func:`determinism_state`."""
+    if torch.device(device).type != "cuda":
+        return
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        import torch.utils.deterministic as d
+
+        if hasattr(d, "fill_uninitialized_memory"):
+            d.fill_uninitialized_memory = False
+    except ImportError:
+        pass
+
+
+def use_device(device: torch.device | str) -> None:
+    """Make a CUDA ``device`` with an index this process's current device (``torch.cuda.set_device``), before any
+    CUDA work of a run or worker on it: CUDA events, streams and the allocator otherwise act on the current device
+    (cuda:0), and every process would open a context on GPU 0. Nothing for the CPU or ``cuda`` without an index."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
 
 
 def configure_determinism(device: torch.device | str, deterministic: bool = True, warn_only: bool = True,
@@ -148,7 +193,8 @@ def configure_determinism(device: torch.device | str, deterministic: bool = True
     runs; the warning names the operation, and such a method's results can differ between runs in the last bits.
     With ``deterministic=False`` (``--no-deterministic``) on CUDA: ``torch.use_deterministic_algorithms(False)``,
     ``cudnn.deterministic = False`` and ``cudnn.benchmark = True`` (cuDNN times its algorithms for each new shape and
-    keeps the fastest, which may be non-deterministic; atomics-based kernels are allowed). On the CPU nothing is changed either: the CPU kernels these methods use are deterministic for a
+    keeps the fastest, which may be non-deterministic; atomics-based kernels are allowed). On CUDA either way:
+    :func:`configure_kernels` (no TF32, no filling of new allocations). On the CPU nothing is changed either: the CPU kernels these methods use are deterministic for a
     fixed number of threads (tests: ``tests/test_runner.py``'s resumed run equals the uninterrupted one).
 
     Operations of the eight methods without a deterministic CUDA kernel (read from ``help(torch.use_deterministic_
@@ -176,6 +222,7 @@ def configure_determinism(device: torch.device | str, deterministic: bool = True
     """
     device = torch.device(device)
     out: dict[str, Any] = {}
+    configure_kernels(device)
     if device.type == "cuda" and deterministic:
         if os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in (":4096:8", ":16:8"):
             if torch.cuda.is_initialized():

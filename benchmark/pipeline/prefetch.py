@@ -48,22 +48,44 @@ def default_prefetch(device: torch.device | str) -> int:
     return 2 if torch.device(device).type == "cuda" else 0
 
 
-#: CUDA: a dataset whose pixels (uint8) take at most this share of the device's free memory is copied to it once and
-#: its episodes are gathered there (:func:`gather_on_device`); the rest stays for the runs' models and activations.
+#: CUDA: a dataset whose pixels (uint8) take at most this share of the run's share of the device's total memory is
+#: copied to it once per process and its episodes are gathered there (:func:`gather_on_device`); the rest stays for
+#: the runs' models and activations.
 DEVICE_DATA_SHARE = 0.25
 
 
-def gather_on_device(ds, device: torch.device | str, share: float = DEVICE_DATA_SHARE) -> bool:
+def gather_on_device(ds, device: torch.device | str, share: float = DEVICE_DATA_SHARE,
+                     gpu_fraction: float | None = None) -> bool:
     """Whether a run on ``device`` builds its episodes on the device from a copy of ``ds``'s pixels
     (:class:`~benchmark.data.DeviceImages`) instead of on the host (and, with prefetching, copied over): on CUDA when
-    the pixels fit within ``share`` of the device's free memory (the embedded Omniglot's 25 MB always do); never on
-    the CPU, where the host path is the device path. The episodes are the same either way (tested); the one place
-    this is decided."""
+    the pixels fit within ``share`` of the run's part of the device's total memory (``gpu_fraction``: the share of
+    the GPU the run was given, 1/K for K workers packed on it; None or 0: all of it), so K packed workers' copies
+    together stay within ``share`` of the GPU (the embedded Omniglot's 25 MB always fit); never on the CPU, where
+    the host path is the device path. Total, not free memory: the decision does not change with earlier runs or
+    neighbours. The episodes are the same either way (tested); the one place this is decided."""
     device = torch.device(device)
     if device.type != "cuda":
         return False
-    free, _total = torch.cuda.mem_get_info(device)
-    return ds.nbytes <= share * free
+    total = torch.cuda.get_device_properties(device).total_memory
+    return ds.nbytes <= share * (gpu_fraction or 1.0) * total
+
+
+#: this process's device copy of a dataset's pixels, kept across its runs: (fingerprint, device) -> uint8 tensor
+_DEVICE_PIXELS: dict[tuple[str, str], torch.Tensor] = {}
+
+
+def device_images(ds, device: torch.device | str):
+    """``ds``'s pixels on ``device`` (:class:`~benchmark.data.DeviceImages`), copied once per process: a later run
+    on the same pixels (the same fingerprint) and device reuses the copy instead of making another. One dataset's
+    copy is kept at a time (a run on another dataset frees it first), so a worker never holds two."""
+    key = (ds.fingerprint, str(torch.device(device)))
+    pixels = _DEVICE_PIXELS.get(key)
+    if pixels is None:
+        _DEVICE_PIXELS.clear()
+        images = ds.to_device(device)
+        _DEVICE_PIXELS[key] = images.images
+        return images
+    return ds.to_device(device, pixels=pixels)
 
 
 def transfer(obj: Any, device: torch.device, non_blocking: bool = False, pin: bool = False) -> Any:

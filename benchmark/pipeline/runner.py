@@ -48,15 +48,25 @@ from ..store.statistics import at_chance, mean_ci95
 from .config import PreparedRun, RunConfig
 from .config import prepare as config_prepare
 from .episode_sets import test_set, validation_set
-from .execution import CAPTURE_MODE, Execution
+from .execution import CAPTURE_MODE, Execution, group_size
 from .facts import record_facts
 from .guard import watching
-from .machine import NondeterministicOps, PeakMemory, code_version, configure_determinism, environment
+from .machine import NondeterministicOps, PeakMemory, code_version, configure_determinism, environment, use_device
 from .machine import placement as where
 from .method_context import make_context
 from .models import model_payload
-from .prefetch import gather_on_device
-from .training import Checkpointing, Interrupted, NonFiniteLoss, Trainer, compile_method, evaluate, seed_everything
+from .prefetch import device_images, gather_on_device
+from .training import (
+    Checkpointing,
+    Interrupted,
+    NonFiniteLoss,
+    Trainer,
+    compile_method,
+    count_difference,
+    dynamo_counts,
+    evaluate,
+    seed_everything,
+)
 
 
 class RunFailed(Exception):
@@ -278,11 +288,13 @@ class _Attempt:
     def _train_and_test(self) -> dict:
         job, prepared, t = self.job, self.job.prepared, self.job.template
         device, ex, cfg, folder = t.device, t.execution, prepared.cfg, job.folder
+        use_device(device)  # cuda:N the current device: its events, streams and allocator
         determinism = configure_determinism(device, ex.deterministic)  # before any CUDA work of the run
         folder.start()
-        # a dataset that fits on the GPU is copied there once and its episodes are built there (the same episodes);
-        # nothing is then left to prefetch
-        images = prepared.dataset.to_device(device) if gather_on_device(prepared.dataset, device) else None
+        # a dataset that fits the run's share of the GPU is copied there once per process and its episodes are built
+        # there (the same episodes); nothing is then left to prefetch
+        on_device = gather_on_device(prepared.dataset, device, gpu_fraction=job.placement.get("gpu_fraction"))
+        images = device_images(prepared.dataset, device) if on_device else None
         tests = test_set(prepared).gathered_by(images)
         seed_everything(cfg.seed)
         ctx = make_context(prepared, device, t.results_dir, job.progress, images)
@@ -298,6 +310,7 @@ class _Attempt:
                    "nondeterministic_ops": []}
         watch = NondeterministicOps(device.type == "cuda" and ex.deterministic, attempt["nondeterministic_ops"],
                                      lambda: attempt.update(deterministic=False))
+        dynamo_before = dynamo_counts()
         with PeakMemory(device) as mem, watch:
             with watching(prepared.cls, "construction"):
                 method = prepared.cls(prepared.hp, ctx).to(device)
@@ -312,8 +325,12 @@ class _Attempt:
             trainer.state.setdefault("executions", []).append(attempt)
             trainer.train(job.progress, f"{label} train", t.stop_after)
             trainer.restore_best()
+            attempt["eval_group"] = group_size(method, tests, None, device)  # what evaluate takes (recorded)
             acc, secs = evaluate(method, tests, device, job.progress, desc=f"{label} test", prefetch=prefetch,
                                  precision=cfg.precision)
+        # whether anything was compiled in this attempt (Dynamo's frames compiled, graphs made, graph breaks), not
+        # only whether compiling was asked for (the process's counters: runs of one process follow each other)
+        attempt["dynamo"] = count_difference(dynamo_before, dynamo_counts())
         config, curve, episodes, summary = _records(prepared, trainer, tests, acc, secs, mem, device)
         summary["placement"] = job.placement
         summary["model_bytes"] = folder.write_model(model_payload(prepared, method)) if t.save_model else None

@@ -16,7 +16,7 @@ one.
 For a GPU: ``prefetch`` (:class:`Trainer`, :func:`evaluate`) draws meta-batches and evaluation groups ahead on a
 background thread (:mod:`benchmark.pipeline.prefetch`; 0, the default, draws them when needed), ``precision`` ("fp32", the
 default, or "bf16": :func:`autocast`) sets the autocast of the steps and evaluations, and :func:`group_size` sizes
-evaluation groups by the free device memory on CUDA. None of them changes anything on the CPU at their defaults.
+evaluation groups by the device's total memory on CUDA (a fixed ladder). None of them changes anything on the CPU at their defaults.
 On CUDA the trainer does not wait for the GPU after each step (:func:`sync_every_step_default`): the steps' metrics,
 times (CUDA events) and non-finite check are read at each validation and checkpoint, giving the eager path's records.
 """
@@ -36,7 +36,7 @@ import torch
 from ..kit.episodes import Episode, EpisodeSet, QueryHidden, TaskSampler, uncounted
 from ..store.files import atomic_torch_save
 from ..store.statistics import mean_ci95
-from .execution import PRECISIONS, check_precision, group_size  # noqa: F401 - PRECISIONS re-exported
+from .execution import CAPTURE_MODE, PRECISIONS, check_precision, group_size  # noqa: F401 - PRECISIONS re-exported
 from .guard import watching
 from .prefetch import prefetched
 
@@ -70,20 +70,41 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+def rng_state(device: torch.device | str | None = None) -> dict:
+    """The random states a checkpoint keeps: the CPU generator's, NumPy's, Python's and, on CUDA, the generator of
+    the run's own ``device`` only (``cuda``: its state, ``cuda_index``: its index), so that a checkpoint resumes on
+    a machine that shows fewer GPUs than the one that wrote it."""
+    out = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+           "cuda": None}
+    if device is not None and torch.device(device).type == "cuda":
+        index = _cuda_index(device)
+        out.update(cuda=torch.cuda.get_rng_state(index), cuda_index=index)
+    return out
 
 
-def set_rng_state(s: dict) -> None:
-    """Restore :func:`rng_state`'s states. Torch keeps every generator's state (the CPU's and each GPU's) as a CPU
-    ``ByteTensor``; states that were moved to a device on the way (a checkpoint loaded onto a GPU) are brought back to
-    the host first, since ``torch.set_rng_state``/``torch.cuda.set_rng_state_all`` refuse them there."""
+def _cuda_index(device: torch.device | str) -> int:
+    """The index of a CUDA device (``cuda`` without one: the current device)."""
+    device = torch.device(device)
+    return torch.cuda.current_device() if device.index is None else device.index
+
+
+def set_rng_state(s: dict, device: torch.device | str | None = None) -> None:
+    """Restore :func:`rng_state`'s states; the CUDA state goes to the run's ``device`` (a CUDA run) and is left
+    out elsewhere. Torch keeps every generator's state as a CPU ``ByteTensor``; states that were moved to a device on
+    the way (a checkpoint loaded onto a GPU) are brought back to the host first, since ``torch.set_rng_state`` and
+    ``torch.cuda.set_rng_state`` refuse them there. A checkpoint written before only the run's device's state was
+    kept holds a list of every visible GPU's state: the entry of the run's device is taken (the one it wrote)."""
     torch.set_rng_state(s["torch"].cpu())
     np.random.set_state(s["numpy"])
     random.setstate(s["python"])
-    if s.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([t.cpu() for t in s["cuda"]])
+    state = s.get("cuda")
+    if state is None or device is None or torch.device(device).type != "cuda":
+        return
+    index = _cuda_index(device)
+    if isinstance(state, (list, tuple)):  # the older format: every GPU's state, by index
+        state = state[index] if index < len(state) else None
+    if state is not None:
+        torch.cuda.set_rng_state(state.cpu(), index)
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -217,29 +238,70 @@ def timed_step(method, episodes: list[Episode], step: int, device: torch.device,
 
     ``count_flops``: also count the step's FLOPs (forward and backward: ``torch.utils.flop_counter.FlopCounterMode``,
     which observes the operations without changing their results) and its ``torch.optim`` optimiser steps; its time
-    then includes the counter's overhead."""
+    then includes the counter's overhead. The counted step runs eagerly (:func:`eager_step`): compiled modules are
+    not compiled under the counter (Dynamo would skip their frames under its dispatch mode, and PyTorch up to 2.11
+    then never compiled them), and their FLOPs are the eager operations' count.
+
+    A method compiled for CUDA graphs (:func:`compile_method` with ``--capture``'s mode) has each step marked as a
+    new CUDA-graph step (``torch.compiler.cudagraph_mark_step_begin``) before it runs."""
     ctx = autocast(device, precision)
     if count_flops:
-        counter, opt_steps = flop_counter(), OptimizerSteps()
+        counter, opt_steps, eager = flop_counter(), OptimizerSteps(), eager_step()
     else:
-        counter = opt_steps = contextlib.nullcontext()
+        counter = opt_steps = eager = contextlib.nullcontext()
+    mark_cudagraph_step(method)
     events = None
     if sync:
         synchronize(device)
     elif device.type == "cuda":
+        stream = torch.cuda.current_stream(device)  # the run's device's stream, not the current device's
         events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-        events[0].record()
+        events[0].record(stream)
     t0 = time.perf_counter()
-    with counter, opt_steps, ctx, watching(method, "train_step"):
+    with eager, counter, opt_steps, ctx, watching(method, "train_step"):
         metrics = dict(method.train_step(episodes, step))
     if sync:
         synchronize(device)
     elif events is not None:
-        events[1].record()
+        events[1].record(stream)
     secs = None if events is not None else time.perf_counter() - t0
     reported = metrics.pop("tasks", None)
     return StepResult(metrics, len(episodes), secs, events, None if reported is None else int(reported),
                       counter.get_total_flops() if count_flops else None, opt_steps.n if count_flops else None)
+
+
+def eager_step():
+    """A context in which compiled modules run their eager code and nothing is compiled
+    (``torch.compiler.set_stance("force_eager")``; a null context on a PyTorch without it)."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
+
+
+def mark_cudagraph_step(method) -> None:
+    """Before a training step or an evaluation group of a method compiled for CUDA graphs (``--capture``): tell
+    PyTorch a new step begins (``torch.compiler.cudagraph_mark_step_begin``), so that the outputs of the previous
+    replay may be overwritten; nothing for any other method."""
+    if getattr(method, "cudagraph_steps", False):
+        torch.compiler.cudagraph_mark_step_begin()
+
+
+def dynamo_counts() -> dict[str, int]:
+    """Dynamo's counters of this process so far (``torch._dynamo.utils.counters``): frames compiled (``frames``:
+    Dynamo's ``frames["ok"]``; a recompilation for new shapes counts again), frames it looked at (``frames_seen``:
+    ``frames["total"]``), graphs made (``graphs``: ``stats["unique_graphs"]``) and graph breaks. The difference over
+    a run says whether anything of it was compiled (a compiled module whose frame Dynamo skipped is not)."""
+    try:
+        from torch._dynamo.utils import counters
+    except Exception:  # noqa: BLE001 - a PyTorch without Dynamo compiles nothing
+        return {"frames": 0, "frames_seen": 0, "graphs": 0, "graph_breaks": 0}
+    return {"frames": int(counters["frames"].get("ok", 0)), "frames_seen": int(counters["frames"].get("total", 0)),
+            "graphs": int(counters["stats"].get("unique_graphs", 0)),
+            "graph_breaks": int(sum(counters["graph_break"].values()))}
+
+
+def count_difference(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """``after - before`` of two :func:`dynamo_counts`."""
+    return {k: int(after.get(k, 0)) - int(before.get(k, 0)) for k in after}
 
 
 def drawn(sampler) -> tuple[int, int]:
@@ -275,6 +337,8 @@ def compile_method(method, mode: str | None = None) -> list[str]:
             m.compile()
         else:
             m.compile(mode=mode)
+    if mods and mode == CAPTURE_MODE:
+        method.cudagraph_steps = True  # steps and evaluation groups are marked (mark_cudagraph_step)
     return sorted(mods)
 
 
@@ -301,7 +365,7 @@ def evaluate(method, episodes: EpisodeSet, device: torch.device, progress=None, 
     returned, and the accuracy is scored here: no frame below the method's call holds a query label while it runs.
 
     Episodes go to ``method.predict_many`` in groups of :func:`group_size` (``group``, default the method's
-    ``eval_group``, capped by input size; on CUDA sized by the free device memory), which
+    ``eval_group``, capped by input size; on CUDA by the device's total memory, on a fixed ladder), which
     methods implement as fewer, larger passes with the same per-episode results as ``predict`` one at a time
     (tested); an episode's seconds are its group's time divided by the group's size.
     ``prefetch``: groups drawn and moved to the device ahead by a background thread (:mod:`benchmark.pipeline.prefetch`; 0:
@@ -323,13 +387,17 @@ def evaluate(method, episodes: EpisodeSet, device: torch.device, progress=None, 
         with prefetched(draw, starts, prefetch, device) as groups:
             for start in starts:
                 eps = groups.get(start)  # label-free: no query label is held here while the method runs
+                mark_cudagraph_step(method)
                 t0 = time.perf_counter()
                 with torch.set_grad_enabled(method.adapts_at_test), cast, watching(method, "predict_many"):
                     logits = method.predict_many(eps)
                 synchronize(device)
                 secs[start:start + len(eps)] = (time.perf_counter() - t0) / len(eps)
-                for i, lg in zip(range(start, start + len(eps)), logits):  # the labels, only now
-                    acc[i] = (lg.argmax(-1) == query_labels(episodes, i, lg.device)).float().mean().item()
+                # the labels, only now; the group's accuracies read in one copy (each the float32 mean .item()
+                # gave, as a Python float)
+                acc[start:start + len(eps)] = torch.stack([
+                    (lg.argmax(-1) == query_labels(episodes, i, lg.device)).float().mean()
+                    for i, lg in zip(range(start, start + len(eps)), logits)]).tolist()
                 if bar is not None:
                     bar.update(len(eps))
     finally:
@@ -430,7 +498,7 @@ class Trainer:
             ck = load_checkpoint(self.checkpoint)  # on the host: see load_checkpoint
             self.method.load_training_state(ck["method"])
             self.state = upgrade_state(ck["state"])
-            set_rng_state(ck["rng"])
+            set_rng_state(ck["rng"], self.device)
             self.state.setdefault("resumed_at", []).append(self.state["step"])  # provenance: where it resumed
         else:
             self.state["episodes"] += self._drawn_in_init
@@ -440,7 +508,7 @@ class Trainer:
         self.settle()  # a deferred non-finite loss is raised here, before anything is written
         self.state["cache_log"] = self.cache_log
         atomic_torch_save(self.checkpoint, {"method": self.method.training_state(), "state": self.state,
-                                            "rng": rng_state(), "config": self.config})
+                                            "rng": rng_state(self.device), "config": self.config})
 
     def train(self, progress: Callable | None = None, desc: str = "train", stop_after: int | None = None) -> None:
         """Train from the current step to ``hp.train_steps``; ``stop_after`` steps in this call at most (then
