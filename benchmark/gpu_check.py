@@ -738,6 +738,7 @@ def reproduction_order(methods: list[str], shots: list[int]) -> list[tuple[str, 
 
 def part_reproduce(plan: Plan, deadline: float, work: Path) -> Part:
     from .report.reference import load_reference
+    from .reproduce import add as add_to_bundle
     from .store.folders import RunFolder
 
     part = Part("reproduce", TITLES["reproduce"])
@@ -770,10 +771,11 @@ def part_reproduce(plan: Plan, deadline: float, work: Path) -> Part:
     for m, s in chosen:
         by_shots.setdefault(s, []).append(m)
     d = work / "reproduce"
-    procs = []
+    procs, commands = [], {}
     for s, names in by_shots.items():
         args = _packed(["--methods", ",".join(names), "--shots", str(s), *plan.reproduce_args,
                         "--results-dir", str(d)], max(1, k // len(by_shots)))
+        commands[s] = " ".join(["python -m benchmark.run", *args, "--device", plan.device])
         procs.append(threading.Thread(target=_run_until, daemon=True,
                                       args=(_python_run(args, plan.device), max(5.0, left), f"reproduce-{s}shot")))
     with GpuSampler(every=0.5 if plan.dry else 1.0) as sampler:
@@ -798,11 +800,17 @@ def part_reproduce(plan: Plan, deadline: float, work: Path) -> Part:
             continue
         finished += 1
         sm = done[0].read_summary()
+        if sm.get("budget_fraction") == 1.0:  # a paper-budget run, in the bundle layout (benchmark.reproduce)
+            add_to_bundle([str(done[0].path)], work / "bundle", commands[s])
         diff = f"{sm['mean'] - published:+.2f}" if published is not None else ""
         part.lines.append(f"| {m} 5-way {s}-shot | {done[0].run_id} | {sm['mean']:.2f} ± {sm['ci95']:.2f} | "
                           f"{published if published is not None else 'none'} | {diff} | {sm['train_episodes']} | "
                           f"{(sm['train_seconds'] + sm.get('val_seconds', 0)) / 60:.1f} |")
     part.lines.append(f"- {sampler.summary()}")
+    if (work / "bundle").is_dir():
+        part.lines.append(f"- finished paper-budget runs in the bundle layout (records, model.pt, manifest.json): "
+                          f"`{work / 'bundle'}`; copy their folders into `reproduce/omniglot/` and re-test them with "
+                          "`python -m benchmark.reproduce verify`")
     failed = failure_lines([d])
     part.lines += failed
     if finished == 0 and not failed:  # stopped at the deadline with nothing finished: a matter of time, not a fault

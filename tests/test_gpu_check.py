@@ -1,5 +1,7 @@
 """python -m benchmark.gpu_check: its dry mode runs every part on the CPU and writes the summary; one failing part
 does not stop the others."""
+from pathlib import Path
+
 import benchmark.gpu_check as gc
 
 SECTIONS = ["## Verdict", "## (a) Speed", "## (capture)", "## (b) Determinism", "## (c) Resume", "## (d) Packing", "## (e) The quick",
@@ -265,3 +267,34 @@ def test_the_determinism_part_fails_on_a_failed_run_even_in_a_stopped_job(tmp_pa
     assert not part.ok and "- failed run: matching-omniglot-5w1s: non-finite loss" in part.lines, part.lines
     bad.joinpath("failed.json").unlink()
     assert gc.part_determinism(gc.make_plan("cpu", True), 0.0, tmp_path).ok
+
+
+def test_reproduction_keeps_finished_paper_budget_runs_in_the_bundle_layout(tmp_path, monkeypatch):
+    """Part (f) copies each finished paper-budget run (records, model, a manifest with the command) into
+    ``<work>/bundle``, ready for reproduce/omniglot and ``benchmark.reproduce verify``."""
+    import json
+    import time
+
+    import torch
+
+    from benchmark import reproduce
+    from benchmark.pipeline import RunConfig, run
+
+    def fake_job(cmd, timeout, name):  # the job's run, short, then marked as trained to the paper's budget
+        d = Path(cmd[cmd.index("--results-dir") + 1])
+        cfg = RunConfig("protonet", "omniglot", 5, 1, profile="smoke", test_episodes=4, val_episodes=2,
+                        overrides=(("train_steps", 2), ("val_every", 2)))
+        run(cfg, d, torch.device("cpu"))
+        s = d / cfg.run_id / "summary.json"
+        s.write_text(json.dumps({**json.loads(s.read_text()), "budget_fraction": 1.0}))
+        return 0, ""
+
+    monkeypatch.setattr(gc, "MEASURED", {("protonet", 1): 0.001})
+    monkeypatch.setattr(gc, "_run_until", fake_job)
+    part = gc.part_reproduce(gc.make_plan("cpu", True), time.monotonic() + 60, tmp_path)
+    (shipped,) = reproduce.bundle_runs(tmp_path / "bundle")
+    manifest = json.loads((shipped / reproduce.MANIFEST).read_text())
+    cmd = manifest["command"].split()
+    assert cmd[:4] == ["python", "-m", "benchmark.run", "--methods"] and "protonet" in cmd[4].split(",")
+    assert cmd[cmd.index("--shots") + 1] == "1" and cmd[-2:] == ["--device", "cpu"]
+    assert any("bundle layout" in line for line in part.lines)
