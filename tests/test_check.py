@@ -94,14 +94,6 @@ def test_an_unfair_method_fails_with_one_line_saying_what_it_did(unfair, tmp_pat
     assert "\n" not in check.line()
 
 
-@pytest.mark.parametrize("name", ["protonet", "mtl"])
-def test_fair_play_checks_pass_a_builtin(name, tmp_path):
-    """The four fair-play checks pass built-ins (the full parametrisation above runs them on every built-in)."""
-    checks = check_method(name, steps=2, test_episodes=2, workdir=tmp_path,
-                          only=["query labels", "training split", "training budget", "transduction"])
-    assert [c.status for c in checks] == [PASSED] * 4, [c.line() for c in checks]
-
-
 def test_speed_counts_training_episodes_as_runs_do(unfair, tmp_path):
     """benchmark.speed divides a step's time and FLOPs by the training episodes the step consumed as the harness
     counts them (meta-batch plus draws through ctx.sampler), as runs do: unfair-extra's 1 + 9 episodes cost what
