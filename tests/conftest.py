@@ -12,6 +12,12 @@ if str(ROOT) not in sys.path:
 torch.set_num_threads(2)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a long end-to-end test (whole method checks, worker processes, Ray, "
+                                       "signals); CI runs them (python -m pytest -q runs every test), "
+                                       "-m 'not slow' leaves them out of a quick local loop")
+
+
 @pytest.fixture(scope="session")
 def omniglot():
     from benchmark.data import load_dataset

@@ -13,6 +13,7 @@ BROKEN = FIXTURES / "methods" / "broken_methods.py"
 UNFAIR = FIXTURES / "methods" / "unfair_methods.py"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", registry.resolve("all,baselines"))
 def test_every_builtin_method_passes(name, tmp_path):
     from benchmark.check import MethodChecker
@@ -47,6 +48,7 @@ def test_a_broken_method_fails_the_right_check(broken, tmp_path, name, failing):
         assert "predict_many differs from predict on episode 0" in checks[failing].detail
 
 
+@pytest.mark.slow
 def test_command_line_exit_codes(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop(registry.FILES_ENV, None)

@@ -87,6 +87,7 @@ def test_a_failing_run_is_recorded_and_does_not_sink_the_other(tmp_path, one_thr
     assert got.read_summary()["mean"] == ref.summary["mean"]
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_replaced_and_its_run_resumes_from_the_checkpoint(tmp_path, one_thread, smoke_run):
     import os
     import signal
@@ -122,6 +123,7 @@ def test_a_killed_worker_is_replaced_and_its_run_resumes_from_the_checkpoint(tmp
     assert s["mean"] == ref.summary["mean"]
 
 
+@pytest.mark.slow
 def test_a_worker_that_keeps_dying_fails_its_run_after_the_retries(tmp_path):
     import os
     import signal
@@ -158,6 +160,7 @@ def test_a_worker_that_keeps_dying_fails_its_run_after_the_retries(tmp_path):
     assert rec["placement"]["executor"] == "processes"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how, code", [("ctrl-c", 130), ("sigterm", 143)])
 def test_ctrl_c_or_sigterm_stops_the_workers_with_their_checkpoints(tmp_path, how, code):
     """Ctrl-C reaches the driver and its workers (the terminal's process group); SIGTERM (kill, a SLURM pre-emption)

@@ -18,6 +18,7 @@ from benchmark.run import main
 from benchmark.store.folders import RunFolder, finished_runs
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
 
 CPU = torch.device("cpu")
 TINY = (("train_steps", 6), ("val_every", 3), ("train_ways", 5))
