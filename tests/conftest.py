@@ -12,8 +12,52 @@ if str(ROOT) not in sys.path:
 torch.set_num_threads(2)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a long end-to-end test (whole method checks, worker processes, Ray, "
+                                       "signals); CI runs them (python -m pytest -q runs every test), "
+                                       "-m 'not slow' leaves them out of a quick local loop")
+
+
 @pytest.fixture(scope="session")
 def omniglot():
     from benchmark.data import load_dataset
 
     return load_dataset("omniglot")
+
+
+class SmokeRun:
+    """A finished run trained once for the session (see :func:`smoke_run`): ``results`` (its results directory),
+    ``summary`` (as :func:`benchmark.pipeline.run` returned it), ``folder`` (its :class:`RunFolder`)."""
+
+    def __init__(self, results: Path, summary: dict, run_id: str):
+        from benchmark.store.folders import RunFolder
+
+        self.results, self.summary, self.folder = results, summary, RunFolder(results, run_id)
+
+    def episodes(self) -> list[float]:
+        return self.folder.read_test_episodes()["accuracy"].tolist()
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """``smoke_run(cfg, threads=None)``: the run of ``cfg`` (a RunConfig) trained on the CPU once for the whole
+    session, at ``threads`` torch threads (1: the reference of an executor's workers, which train on one thread so that
+    even the rounding of the convolutions is the same; None: the suite's 2), and shared by every test that asks for
+    it. For tests that only read it: a test that changes a record copies the folder first."""
+    from benchmark.pipeline import run
+
+    cache = {}
+
+    def get(cfg, threads=None) -> SmokeRun:
+        if (cfg, threads) not in cache:
+            results = tmp_path_factory.mktemp("smoke-run")
+            n = torch.get_num_threads()
+            torch.set_num_threads(threads or n)
+            try:
+                summary = run(cfg, results, torch.device("cpu"))
+            finally:
+                torch.set_num_threads(n)
+            cache[cfg, threads] = SmokeRun(results, summary, cfg.run_id)
+        return cache[cfg, threads]
+
+    return get

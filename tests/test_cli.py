@@ -13,6 +13,7 @@ def cli(*args, cwd=None):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_smoke(tmp_path):
     r = cli("--methods", "protonet", "--shots", "1", "5", "--profile", "smoke", "--test-episodes", "20",
             "--val-episodes", "5", "--set", "train_steps=6", "val_every=3", "train_ways=5", "--no-progress",
@@ -162,6 +163,7 @@ def test_set_values_check_types_and_budgets():
             build_hyper(meta_lstm, RunConfig("meta_lstm", overrides=parse_overrides(bad)), setting)
 
 
+@pytest.mark.slow
 def test_sigterm_keeps_checkpoint_exit_143_then_resumes(tmp_path):
     """SIGTERM (kill, a SLURM preemption) stops like Ctrl-C: checkpoint kept, exit 143; the same command resumes."""
     import signal

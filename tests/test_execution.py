@@ -1,6 +1,7 @@
 """How runs execute, from the command line to the records: --precision, --prefetch, --no-deterministic, --compile,
 what the summary, the per-run leaderboard and the report say about them, and bad values refused in one line."""
 import json
+import shutil
 import warnings
 
 import numpy as np
@@ -22,6 +23,18 @@ def run(tmp_path, name, *extra):
                                  *extra])
     assert code == 0
     return results
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory):
+    """One SMOKE run through the command line with prefetch off (--prefetch 0, the CPU's default, asked for), trained
+    once for the module; a test that changes its records works on a copy (:func:`copy_of`)."""
+    return run(tmp_path_factory.mktemp("execution"), "shared", "--prefetch", "0", "--no-report")
+
+
+def copy_of(results, tmp_path, name):
+    shutil.copytree(results, tmp_path / name)
+    return tmp_path / name
 
 
 def summary(results):
@@ -53,9 +66,9 @@ def test_precision_is_part_of_the_run_id_only_when_not_fp32():
         Execution(prefetch=-2)
 
 
-def test_prefetch_changes_no_record_and_execution_is_recorded(tmp_path):
-    off = run(tmp_path, "off", "--prefetch", "0")
-    on = run(tmp_path, "on", "--prefetch", "2", "--no-deterministic")
+def test_prefetch_changes_no_record_and_execution_is_recorded(tmp_path, smoke_results):
+    off = smoke_results  # --prefetch 0
+    on = run(tmp_path, "on", "--prefetch", "2", "--no-deterministic", "--no-report")
     (f_off, s_off), (f_on, s_on) = summary(off), summary(on)
     assert f_off.name == f_on.name  # how a run executes is not part of what it is
     a = pd.read_csv(f_off / "test_episodes.csv")["accuracy"].to_numpy()
@@ -72,8 +85,8 @@ def test_prefetch_changes_no_record_and_execution_is_recorded(tmp_path):
     assert board.loc[0, "precision"] == "fp32" and bool(board.loc[0, "deterministic"]) is True
 
 
-def test_a_bf16_run_is_its_own_labelled_entry_in_the_report(tmp_path):
-    results = run(tmp_path, "mixed", "--no-report")
+def test_a_bf16_run_is_its_own_labelled_entry_in_the_report(tmp_path, smoke_results):
+    copy_of(smoke_results, tmp_path, "mixed")  # the fp32 run
     results = run(tmp_path, "mixed", "--precision", "bf16")
     folders = sorted(d.name for d in results.iterdir() if (d / "summary.json").is_file())
     assert len(folders) == 2  # the fp32 run was not replaced
@@ -89,10 +102,10 @@ def test_a_bf16_run_is_its_own_labelled_entry_in_the_report(tmp_path):
     assert sorted(settings["precision"]) == ["bf16", "fp32"] and len(settings) == 2
 
 
-def test_the_report_names_a_non_deterministic_run_and_its_operation(tmp_path):
+def test_the_report_names_a_non_deterministic_run_and_its_operation(tmp_path, smoke_results):
     from benchmark.report import build_report
 
-    results = run(tmp_path, "nondet", "--no-report")
+    results = copy_of(smoke_results, tmp_path, "nondet")
     folder, s = summary(results)
     s["deterministic"] = False  # as a CUDA run where an operation warned records it
     s["execution"]["nondeterministic_ops"] = ["adaptive_avg_pool2d_backward_cuda"]
@@ -102,10 +115,10 @@ def test_the_report_names_a_non_deterministic_run_and_its_operation(tmp_path):
     assert pd.read_csv(tmp_path / "rep" / "leaderboard.csv").loc[0, "deterministic"] in (False, "False")
 
 
-def test_the_report_names_a_run_that_any_attempt_compiled(tmp_path):
+def test_the_report_names_a_run_that_any_attempt_compiled(tmp_path, smoke_results):
     from benchmark.report import build_report
 
-    results = run(tmp_path, "comp", "--no-report")
+    results = copy_of(smoke_results, tmp_path, "comp")
     folder, s = summary(results)
     assert "torch.compile" not in build_report(results, tmp_path / "eager").read_text()
     # as a run first trained eagerly, then resumed with --compile, records it

@@ -112,6 +112,7 @@ def test_artefact_computed_once_when_asked_for_at_the_same_time(tmp_path):
     assert sorted(c.log[0]["computed_in_this_run"] for c in caches) == [False, True]
 
 
+@pytest.mark.slow
 def test_two_commands_on_one_results_dir(tmp_path):
     """Two processes run the same runs at once: each run is trained by one of them, the other waits and reads it."""
     args = [sys.executable, "-m", "benchmark.run", "--methods", "protonet", "--shots", "1", "5", *TINY,

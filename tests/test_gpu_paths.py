@@ -24,13 +24,13 @@ META = torch.device("meta")  # a device that is not the CPU, on every machine
 
 
 # ------------------------------------------------------------------------------------------------ 1. resume
-def test_resume_loads_the_checkpoint_on_the_host_whatever_the_device(tmp_path, monkeypatch):
+def test_resume_loads_the_checkpoint_on_the_host_whatever_the_device(tmp_path, monkeypatch, smoke_run):
     """Resume as on a GPU: the trainer's device is not the CPU while it loads its checkpoint. The old code loaded
     with ``map_location=self.device`` and ``torch.set_rng_state`` refused the moved state ("RNG state must be a
     torch.ByteTensor"); now the checkpoint is loaded on the host and the resumed run equals the uninterrupted one."""
     over = (("train_steps", 8), ("val_every", 4), ("train_ways", 5), ("train_queries", 5))
     cfg = RunConfig("protonet", "omniglot", 5, 1, profile="smoke", test_episodes=10, val_episodes=5, overrides=over)
-    full = run(cfg, tmp_path / "a", CPU)
+    full = smoke_run(cfg)
     with pytest.raises(Interrupted):
         run(cfg, tmp_path / "b", CPU, stop_after=6)
     original = training.Trainer.resume
@@ -47,8 +47,8 @@ def test_resume_loads_the_checkpoint_on_the_host_whatever_the_device(tmp_path, m
     monkeypatch.setattr(training.Trainer, "resume", resume_on_another_device)
     resumed = run(cfg, tmp_path / "b", CPU)
     assert seen == [6] and resumed["resumed_at_steps"] == [6]
-    ea, eb = (pd.read_csv(tmp_path / d / cfg.run_id / "test_episodes.csv")["accuracy"] for d in ("a", "b"))
-    assert ea.tolist() == eb.tolist() and full["mean"] == resumed["mean"]
+    eb = pd.read_csv(tmp_path / "b" / cfg.run_id / "test_episodes.csv")["accuracy"]
+    assert full.episodes() == eb.tolist() and full.summary["mean"] == resumed["mean"]
 
 
 def test_cached_artefacts_are_read_back_on_the_host(tmp_path):
@@ -76,10 +76,10 @@ def records(results, cfg):
     return curve, pd.read_csv(d / "test_episodes.csv")["accuracy"].tolist()
 
 
-def test_deferred_steps_give_the_eager_curve_metrics_results_and_resume(tmp_path, monkeypatch):
+def test_deferred_steps_give_the_eager_curve_metrics_results_and_resume(tmp_path, monkeypatch, smoke_run):
     cfg = RunConfig("protonet", "omniglot", 5, 1, profile="smoke", test_episodes=10, val_episodes=5, overrides=OVER)
-    deferred(monkeypatch, False)
-    eager = run(cfg, tmp_path / "eager", CPU)
+    shared = smoke_run(cfg)  # eager: the CPU's default
+    eager = shared.summary
     deferred(monkeypatch, True)
     late = run(cfg, tmp_path / "deferred", CPU)
     with pytest.raises(Interrupted):  # stopped between two validations: the pending steps go into the checkpoint
@@ -87,7 +87,7 @@ def test_deferred_steps_give_the_eager_curve_metrics_results_and_resume(tmp_path
     ck = torch.load(tmp_path / "resumed" / f"{cfg.run_id}.partial" / "checkpoint.pt", weights_only=False)
     assert ck["state"]["metric_count"] == 2 and ck["state"]["episodes"] == 6  # meta-batches of 1
     resumed = run(cfg, tmp_path / "resumed", CPU)
-    c0, a0 = records(tmp_path / "eager", cfg)
+    c0, a0 = records(shared.results, cfg)
     assert list(c0["step"]) == [4, 8] and {"train_loss", "train_acc"} <= set(c0.columns)
     for name in ("deferred", "resumed"):
         c, a = records(tmp_path / name, cfg)

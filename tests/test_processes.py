@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.pipeline import RunConfig, run
+from benchmark.pipeline import RunConfig
 from benchmark.run import main
 from benchmark.store.folders import RunFolder
 
@@ -30,7 +30,7 @@ def test_bad_values_are_one_line_exit_2(tmp_path, capsys, argv, words):
     assert len(err.splitlines()) == 1 and words in err, err
 
 
-def test_processes_give_the_sequential_results(tmp_path, capsys):
+def test_processes_give_the_sequential_results(tmp_path, capsys, smoke_run):
     res = tmp_path / "pool"
     argv = ["--methods", "protonet", "--shots", "1", "5", "--profile", "smoke", "--test-episodes", "20",
             "--val-episodes", "5", "--set", "train_steps=6", "val_every=3", "train_ways=5", "--no-progress",
@@ -39,19 +39,13 @@ def test_processes_give_the_sequential_results(tmp_path, capsys):
     assert "2 runs done" in capsys.readouterr().err
     board = pd.read_csv(res / "leaderboard.csv")
     assert board["executor"].tolist() == ["processes", "processes"]
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for shots in (1, 5):
-            cfg = RunConfig("protonet", shots=shots, profile="smoke", test_episodes=20, val_episodes=5, overrides=TINY)
-            ref = run(cfg, tmp_path / "seq", CPU)
-            got = RunFolder(res, cfg.run_id)
-            assert got.read_test_episodes()["accuracy"].tolist() == \
-                RunFolder(tmp_path / "seq", cfg.run_id).read_test_episodes()["accuracy"].tolist()
-            assert got.read_summary()["test_fingerprint"] == ref["test_fingerprint"]
-            assert got.read_summary()["placement"]["cpus"] == 1
-    finally:
-        torch.set_num_threads(n)
+    for shots in (1, 5):
+        cfg = RunConfig("protonet", shots=shots, profile="smoke", test_episodes=20, val_episodes=5, overrides=TINY)
+        ref = smoke_run(cfg, threads=1)  # the sequential executor's run, on the workers' one thread
+        got = RunFolder(res, cfg.run_id)
+        assert got.read_test_episodes()["accuracy"].tolist() == ref.episodes()
+        assert got.read_summary()["test_fingerprint"] == ref.summary["test_fingerprint"]
+        assert got.read_summary()["placement"]["cpus"] == 1
 
 
 def _pool(res, workers=2, max_retries=3):
@@ -73,7 +67,7 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def test_a_failing_run_is_recorded_and_does_not_sink_the_other(tmp_path, one_thread):
+def test_a_failing_run_is_recorded_and_does_not_sink_the_other(tmp_path, one_thread, smoke_run):
     from benchmark.pipeline import prepare
 
     cfg = RunConfig("protonet", shots=1, profile="smoke", test_episodes=20, val_episodes=5, overrides=TINY)
@@ -87,14 +81,14 @@ def test_a_failing_run_is_recorded_and_does_not_sink_the_other(tmp_path, one_thr
     failed = RunFolder(res, nan.run_id)
     assert failed.is_failed() and failed.read_failure()["kind"] == "non_finite_loss"
     assert failed.read_failure()["placement"]["executor"] == "processes"
-    ref = run(cfg, tmp_path / "seq", CPU)
+    ref = smoke_run(cfg, threads=1)
     got = RunFolder(res, cfg.run_id)
-    assert got.read_test_episodes()["accuracy"].tolist() == \
-        RunFolder(tmp_path / "seq", cfg.run_id).read_test_episodes()["accuracy"].tolist()
-    assert got.read_summary()["mean"] == ref["mean"]
+    assert got.read_test_episodes()["accuracy"].tolist() == ref.episodes()
+    assert got.read_summary()["mean"] == ref.summary["mean"]
 
 
-def test_a_killed_worker_is_replaced_and_its_run_resumes_from_the_checkpoint(tmp_path, one_thread):
+@pytest.mark.slow
+def test_a_killed_worker_is_replaced_and_its_run_resumes_from_the_checkpoint(tmp_path, one_thread, smoke_run):
     import os
     import signal
     import threading
@@ -124,12 +118,12 @@ def test_a_killed_worker_is_replaced_and_its_run_resumes_from_the_checkpoint(tmp
     assert killed and [o.status for o in outs] == ["done"]
     s = outs[0].summary
     assert s["placement"]["pid"] != killed[0] and s["resumed_at_steps"] and s["resumed_at_steps"][0] >= 10
-    ref = run(cfg, tmp_path / "seq", CPU)
-    assert folder.read_test_episodes()["accuracy"].tolist() == \
-        RunFolder(tmp_path / "seq", cfg.run_id).read_test_episodes()["accuracy"].tolist()
-    assert s["mean"] == ref["mean"]
+    ref = smoke_run(cfg, threads=1)
+    assert folder.read_test_episodes()["accuracy"].tolist() == ref.episodes()
+    assert s["mean"] == ref.summary["mean"]
 
 
+@pytest.mark.slow
 def test_a_worker_that_keeps_dying_fails_its_run_after_the_retries(tmp_path):
     import os
     import signal
@@ -166,6 +160,7 @@ def test_a_worker_that_keeps_dying_fails_its_run_after_the_retries(tmp_path):
     assert rec["placement"]["executor"] == "processes"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how, code", [("ctrl-c", 130), ("sigterm", 143)])
 def test_ctrl_c_or_sigterm_stops_the_workers_with_their_checkpoints(tmp_path, how, code):
     """Ctrl-C reaches the driver and its workers (the terminal's process group); SIGTERM (kill, a SLURM pre-emption)

@@ -12,12 +12,13 @@ import pytest
 import torch
 from conftest import ROOT
 
-from benchmark.pipeline import JobTemplate, RunConfig, prepare, run
+from benchmark.pipeline import JobTemplate, RunConfig, prepare
 from benchmark.pipeline.plan import RaySettings
 from benchmark.run import main
 from benchmark.store.folders import RunFolder, finished_runs
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
 
 CPU = torch.device("cpu")
 TINY = (("train_steps", 6), ("val_every", 3), ("train_ways", 5))
@@ -50,7 +51,7 @@ def episodes(res, run_id):
     return RunFolder(res, run_id).read_test_episodes()["accuracy"].tolist()
 
 
-def test_ray_gives_the_sequential_results(tmp_path, local_ray, one_thread, capsys):
+def test_ray_gives_the_sequential_results(tmp_path, local_ray, one_thread, capsys, smoke_run):
     res = tmp_path / "ray"
     argv = ["--methods", "protonet", "--shots", "1", "5", "--profile", "smoke", "--test-episodes", "20",
             "--val-episodes", "5", "--set", "train_steps=6", "val_every=3", "train_ways=5", "--no-progress",
@@ -61,15 +62,15 @@ def test_ray_gives_the_sequential_results(tmp_path, local_ray, one_thread, capsy
     assert board["executor"].tolist() == ["ray", "ray"] and board["node"].notna().all()
     for shots in (1, 5):
         cfg = RunConfig("protonet", shots=shots, profile="smoke", test_episodes=20, val_episodes=5, overrides=TINY)
-        ref = run(cfg, tmp_path / "seq", CPU)
-        got = RunFolder(res, cfg.run_id).read_summary()
-        assert episodes(res, cfg.run_id) == episodes(tmp_path / "seq", cfg.run_id)
+        seq = smoke_run(cfg, threads=1)  # the sequential executor's run, on the tasks' one thread
+        ref, got = seq.summary, RunFolder(res, cfg.run_id).read_summary()
+        assert episodes(res, cfg.run_id) == seq.episodes()
         assert got["test_fingerprint"] == ref["test_fingerprint"] and got["val_fingerprint"] == ref["val_fingerprint"]
         assert got["mean"] == ref["mean"] and got["placement"]["executor"] == "ray" and got["placement"]["cpus"] == 1
         assert got["placement"]["ray_node_id"] and ref["placement"]["executor"] == "sequential"
 
 
-def test_without_a_shared_filesystem_the_run_folder_comes_back(tmp_path, local_ray, one_thread):
+def test_without_a_shared_filesystem_the_run_folder_comes_back(tmp_path, local_ray, one_thread, smoke_run):
     from benchmark.pipeline.executors import RayExecutor, local_results_dir
 
     cfg = RunConfig("protonet", shots=1, profile="smoke", test_episodes=20, val_episodes=5, overrides=TINY)
@@ -88,9 +89,9 @@ def test_without_a_shared_filesystem_the_run_folder_comes_back(tmp_path, local_r
     assert sorted(f.name for f in folder.path.iterdir()) == ["config.json", "curve.csv", "model.pt",
                                                              "summary.json", "test_episodes.csv"]
     assert (folder.path / "model.pt").stat().st_size == folder.read_summary()["model_bytes"]  # the model came too
-    ref = run(cfg, tmp_path / "seq", CPU)
-    assert episodes(res, cfg.run_id) == episodes(tmp_path / "seq", cfg.run_id)
-    assert ref["mean"] == outs[0].summary["mean"]
+    ref = smoke_run(cfg, threads=1)
+    assert episodes(res, cfg.run_id) == ref.episodes()
+    assert ref.summary["mean"] == outs[0].summary["mean"]
     origin = f"{os.uname().nodename}:{res.resolve()}"
     node = local_results_dir(origin)
     assert not RunFolder(node, cfg.run_id).path.exists()  # the node's copy of a finished run is not kept
@@ -98,7 +99,7 @@ def test_without_a_shared_filesystem_the_run_folder_comes_back(tmp_path, local_r
     shutil.rmtree(node)
 
 
-def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path, local_ray, one_thread):
+def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path, local_ray, one_thread, smoke_run):
     from benchmark.pipeline.executors import RayExecutor
 
     over = (("train_steps", 60), ("val_every", 10), ("train_ways", 5), ("train_queries", 5))
@@ -123,10 +124,10 @@ def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path, lo
     assert killed and [o.status for o in outs] == ["done"]
     s = outs[0].summary
     assert s["placement"]["pid"] != killed[0] and s["resumed_at_steps"] and s["resumed_at_steps"][0] >= 10
-    ref = run(cfg, tmp_path / "seq", CPU)
-    assert episodes(res, cfg.run_id) == episodes(tmp_path / "seq", cfg.run_id) and s["mean"] == ref["mean"]
+    ref = smoke_run(cfg, threads=1)
+    assert episodes(res, cfg.run_id) == ref.episodes() and s["mean"] == ref.summary["mean"]
     assert pd.read_csv(folder.path / "curve.csv")["val_acc"].tolist() == \
-        pd.read_csv(tmp_path / "seq" / cfg.run_id / "curve.csv")["val_acc"].tolist()
+        pd.read_csv(ref.folder.path / "curve.csv")["val_acc"].tolist()
 
 
 def test_mtl_pretraining_computed_once_for_variants_started_together(tmp_path, local_ray):

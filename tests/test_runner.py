@@ -66,12 +66,12 @@ def test_resume_gives_the_uninterrupted_result(tmp_path):
     assert not part.exists()
 
 
-def test_checkpoint_with_the_old_metric_keys_resumes(tmp_path):
+def test_checkpoint_with_the_old_metric_keys_resumes(tmp_path, smoke_run):
     """A checkpoint written before ``acc_sum``/``acc_n`` were renamed ``metric_sums``/``metric_count`` resumes to the
     uninterrupted result (it stops between two validations, so the sums carry into the next curve point)."""
     over = (("train_steps", 8), ("val_every", 4), ("train_ways", 5), ("train_queries", 5))
     cfg = RunConfig("protonet", "omniglot", 5, 1, profile="smoke", test_episodes=10, val_episodes=5, overrides=over)
-    full = run(cfg, tmp_path / "a", CPU)
+    full = smoke_run(cfg)
     with pytest.raises(Interrupted):
         run(cfg, tmp_path / "b", CPU, stop_after=6)
     path = tmp_path / "b" / f"{cfg.run_id}.partial" / "checkpoint.pt"
@@ -81,9 +81,9 @@ def test_checkpoint_with_the_old_metric_keys_resumes(tmp_path):
     state["acc_sum"], state["acc_n"] = state.pop("metric_sums"), state.pop("metric_count")  # as the old code wrote
     torch.save(ck, path)
     resumed = run(cfg, tmp_path / "b", CPU)
-    ca, cb = (pd.read_csv(tmp_path / d / cfg.run_id / "curve.csv") for d in ("a", "b"))
+    ca, cb = (pd.read_csv(d / cfg.run_id / "curve.csv") for d in (full.results, tmp_path / "b"))
     assert ca["train_loss"].tolist() == cb["train_loss"].tolist() and ca["train_acc"].tolist() == cb["train_acc"].tolist()
-    assert full["mean"] == resumed["mean"]
+    assert full.summary["mean"] == resumed["mean"]
 
 
 def test_finished_runs_are_skipped_and_leaderboard_rebuilt(tmp_path):
