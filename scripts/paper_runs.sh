@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Paper-budget runs for the reproduction bundle (docs/reproduction.md), one lane: each METHOD:SHOTS in turn, Omniglot
 # 5-way, conv4, seed 0, the paper profile, one PyTorch thread, at the lowest CPU priority, so other work goes on.
-# Stopping it (Ctrl-C, SIGTERM) keeps each run's checkpoint; the same command resumes. Run it from a worktree at a
+# Stopping a run (Ctrl-C in the foreground; SIGTERM to its python process in the background, where SIGINT is
+# ignored) keeps its checkpoint and ends the lane; the same command resumes. Run it from a worktree at a
 # fixed commit so that later changes cannot touch a run in flight, e.g.
 #   git worktree add ../paper-wt COMMIT && cd ../paper-wt
 #   scripts/paper_runs.sh ../paper-results ../paper-logs/a matching-nofce:1 matching:1 tadam:1 &
