@@ -12,6 +12,15 @@ if str(ROOT) not in sys.path:
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def _two_threads():
+    """Every test starts at the suite's 2 torch threads: a command run in-process with ``--threads 1`` sets the
+    process's count and leaves it, and a later test comparing against a shared reference run (``smoke_run``) would
+    then train at another thread count and round differently."""
+    torch.set_num_threads(2)
+    yield
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: a long end-to-end test (whole method checks, worker processes, Ray, "
                                        "signals); CI runs them (python -m pytest -q runs every test), "
@@ -52,7 +61,7 @@ def smoke_run(tmp_path_factory):
         if (cfg, threads) not in cache:
             results = tmp_path_factory.mktemp("smoke-run")
             n = torch.get_num_threads()
-            torch.set_num_threads(threads or n)
+            torch.set_num_threads(threads or 2)
             try:
                 summary = run(cfg, results, torch.device("cpu"))
             finally:
