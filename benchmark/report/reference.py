@@ -53,9 +53,15 @@ def load_survey_table2() -> pd.DataFrame:
     """The survey's Table 2 (``survey_table2.csv``), translated: method, name, support and query embedding,
     distance, strengths, shortcomings, note (empty strings where a cell is empty); an empty frame when the file is
     absent (an older copy of the reference)."""
-    cols = ["method", "name", "support_embedding", "query_embedding", "distance", "strengths", "shortcomings", "note"]
+    return _text_table("survey_table2.csv", ["method", "name", "support_embedding", "query_embedding", "distance",
+                                             "strengths", "shortcomings", "note"])
+
+
+def _text_table(name: str, cols: list[str]) -> pd.DataFrame:
+    """A reference file of text cells, its columns ``cols`` (empty strings where a cell is empty); an empty frame
+    when the file is absent (an older copy of the reference)."""
     try:
-        with _ref_file("survey_table2.csv").open("r") as f:
+        with _ref_file(name).open("r") as f:
             df = pd.read_csv(f, dtype=str)
     except FileNotFoundError:
         return pd.DataFrame(columns=cols)
@@ -94,13 +100,7 @@ def measured_spread(table: pd.DataFrame, method: str, dataset: str, ways: int, s
 def load_survey_remarks() -> pd.DataFrame:
     """The survey's remarks on the non-metric methods this project runs (``survey_remarks.csv``): method, section,
     kind (strength, shortcoming or remark) and the remark translated; empty when the file is absent."""
-    cols = ["method", "section", "kind", "remark"]
-    try:
-        with _ref_file("survey_remarks.csv").open("r") as f:
-            df = pd.read_csv(f, dtype=str)
-    except FileNotFoundError:
-        return pd.DataFrame(columns=cols)
-    return df.reindex(columns=cols).fillna("")
+    return _text_table("survey_remarks.csv", ["method", "section", "kind", "remark"])
 
 
 _SURVEY_COLUMN = re.compile(r"^([a-z0-9]+)_(\d+)w(\d+)s$")
