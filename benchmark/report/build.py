@@ -27,12 +27,12 @@ from ..store.files import atomic_write_bytes, atomic_write_csv, atomic_write_tex
 from ..store.leaderboard import integer_column
 from . import latex, sections
 from .common import LEGACY_DEFAULT_SPLITS, ReportError, norm_dataset, setting_label
-from .entries import REPORT_LEADERBOARD_COLUMNS, build_entries, few_seeds, seeds_summary
+from .entries import build_entries, few_seeds, leaderboard_frame, seeds_summary
 from .records import load_evaluations, load_runs, results_dirs
 from .render import Doc, to_html, to_markdown
 from .sections import _percent
 from .stats import MIN_SEEDS
-from .tables import paired_statistics, parse_thresholds
+from .tables import entry_ranks, paired_statistics, parse_thresholds
 
 ALPHA = 0.05
 SETTINGS_LEADERBOARD = "leaderboard.csv"  # the report's leaderboard: one row per entry (settings aggregated over seeds)
@@ -113,7 +113,7 @@ def build(results_dir: Path | Sequence[Path], out_dir: Path, run_ids: list[str] 
           "tables as a document of its own).")
 
     defaults = default_splits(runs, evaluations)
-    board = _named_splits(pd.DataFrame([e.row for e in entries])[REPORT_LEADERBOARD_COLUMNS], defaults)
+    board = _named_splits(leaderboard_frame(entries, entry_ranks(stats)), defaults)
     for c in INTEGER_COLUMNS:
         board[c] = integer_column(board[c])
     paired_df = _named_splits(paired_df, defaults)

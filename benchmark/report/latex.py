@@ -81,7 +81,7 @@ from .sections import (
     table1_settings,
 )
 from .stats import MIN_SEEDS
-from .tables import accuracy_at_compute
+from .tables import accuracy_at_compute, entry_ranks
 
 __all__ = ["escape", "significant_winners", "tables_tex", "report_tex", "REQUIRED_PACKAGES"]
 
@@ -241,7 +241,7 @@ def _seeds_note(es: list[Entry]) -> str | None:
 
 
 def _published(e: Entry, notes: _Notes, survey: pd.DataFrame) -> str:
-    r, pub = e.row, e.row["_published"]
+    r, pub = e.row, e.published
     if not pub:
         return "---"
     cell = f"{pub['accuracy']:.2f}" + ("" if math.isnan(pub["ci95"]) else f" $\\pm$ {pub['ci95']:.2f}")
@@ -368,6 +368,7 @@ def leaderboard_tables(entries: list[Entry], stats, alpha: float, survey: pd.Dat
     """The leaderboard: one LaTeX table per setting (see the module docstring)."""
     survey = load_survey() if survey is None else survey
     winners = significant_winners(stats)
+    ranks = entry_ranks(stats)
     by_setting = {st.setting: st for st in stats}
     groups: dict[tuple, list[Entry]] = {}
     for e in entries:
@@ -387,8 +388,7 @@ def leaderboard_tables(entries: list[Entry], stats, alpha: float, survey: pd.Dat
                 _measured(e, notes, winners, several),
                 "---" if math.isnan(r["seed_sd"]) else f"{r['seed_sd']:.2f}", str(int(r["n_seeds"])),
                 f"{int(r['n_episodes']):,}",
-                "---" if r["rank"] is None or (isinstance(r["rank"], float) and math.isnan(r["rank"]))
-                else str(int(r["rank"])),
+                str(ranks[e.ident]) if e.ident in ranks else "---",
                 _published(e, notes, survey),
                 "---" if math.isnan(r["difference"]) else
                 f"${r['difference']:+.2f}$" + ("" if r["published_comparable"] else r"\dag")]))

@@ -248,7 +248,7 @@ def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
                     cells["measured"].append("not run")
                     cells["published"].append(_published_cell(pub, notes, _source_note(pub) if pub else ""))
                 for e in here:
-                    r, pub = e.row, e.row["_published"]
+                    r, pub = e.row, e.published
                     txt = f"{r['mean']:.2f} ± {r['ci95']:.2f}"
                     if r["n_seeds"] > 1:
                         txt += f" ({r['n_seeds']} seeds, sd {r['seed_sd']:.2f})"
@@ -329,7 +329,7 @@ def published_note(e: Entry, survey: pd.DataFrame | None = None) -> str:
     """The footnote of an entry's published figure (the entry must have one): source, the reference's note, the
     hyperparameters it was published with, the survey's figure where it differs, and "† other protocol: ..." with
     the known protocol differences."""
-    r, pub = e.row, e.row["_published"]
+    r, pub = e.row, e.published
     survey = load_survey() if survey is None else survey
     note = pub["source"]
     if pub["note"]:
