@@ -27,12 +27,13 @@ from ..store.files import atomic_write_bytes, atomic_write_csv, atomic_write_tex
 from ..store.leaderboard import integer_column
 from . import latex, sections
 from .common import LEGACY_DEFAULT_SPLITS, ReportError, norm_dataset, setting_label
-from .entries import build_entries, few_seeds, leaderboard_frame, seeds_summary
+from .entries import build_entries, few_seeds, leaderboard_frame, seeds_summary, short_budgets
 from .records import load_evaluations, load_runs, results_dirs
 from .render import Doc, to_html, to_markdown
-from .sections import _percent
 from .stats import MIN_SEEDS
+from .table1 import table1
 from .tables import entry_ranks, paired_statistics, parse_thresholds
+from .text import percent_range
 
 ALPHA = 0.05
 SETTINGS_LEADERBOARD = "leaderboard.csv"  # the report's leaderboard: one row per entry (settings aggregated over seeds)
@@ -93,7 +94,8 @@ def build(results_dir: Path | Sequence[Path], out_dir: Path, run_ids: list[str] 
     if notes or refusal_summary:
         doc.p("**Notes**")
         doc.ul(notes + [f"Refused pairing: {s}" for s in refusal_summary])
-    sections.table1_mirror(doc, entries)
+    mirror = table1(entries, stats)
+    sections.table1_mirror(doc, mirror)
     sections.metric_methods(doc, entries)
     paired_df, refusals = sections.paired(doc, stats, alpha)
     compute = sections.convergence(doc, entries)
@@ -132,9 +134,9 @@ def build(results_dir: Path | Sequence[Path], out_dir: Path, run_ids: list[str] 
     atomic_write_csv(out_dir / "equal_compute.csv", compute.round(4))
     atomic_write_csv(out_dir / "cross_evaluation.csv", cross.round(4))
     atomic_write_text(out_dir / "report.html", to_html(doc))
-    tables = latex.tables_tex(entries, stats, alpha)
+    tables = latex.tables_tex(entries, stats, alpha, table=mirror)
     atomic_write_text(out_dir / "tables.tex", tables)
-    atomic_write_text(out_dir / "tables-wide.tex", latex.tables_tex(entries, stats, alpha, wide=True))
+    atomic_write_text(out_dir / "tables-wide.tex", latex.tables_tex(entries, stats, alpha, wide=True, table=mirror))
     intro = (f"\\textbf{{Profile {latex.escape(', '.join(profiles))}; {eps_text} test episodes per setting.}} "
              + (latex.inline(banner) + " " if banner else "") + f"{len(runs)} runs from "
              + ", ".join(r"\texttt{" + latex.escape(d) + "}" for d in dirs)
@@ -152,17 +154,14 @@ def build(results_dir: Path | Sequence[Path], out_dir: Path, run_ids: list[str] 
 def budget_banner(entries) -> str | None:
     """The warning at the top of a report whose runs trained on less than the paper's budget (or whose profile is
     not ``paper`` where no budget was recorded); None when every run trained on the paper's budget."""
-    fracs = [e.row["budget_fraction"] for e in entries if not math.isnan(e.row["budget_fraction"])]
-    short = [f for f in fracs if f < 0.995]
+    short = short_budgets(entries)
     unknown = sorted({e.key["profile"] for e in entries if math.isnan(e.row["budget_fraction"])
                       and e.key["profile"] != "paper"})
     if not short and not unknown:
         return None
     parts = []
     if short:
-        lo, hi = min(short), max(short)
-        share = _percent(lo) if _percent(lo) == _percent(hi) else f"{_percent(lo)}–{_percent(hi)}"
-        parts.append(f"{share} of the paper's training")
+        parts.append(f"{percent_range(short, '–')} of the paper's training")
     if unknown:
         parts.append(f"profile {', '.join(unknown)} with no recorded budget")
     return (f"**Not comparable with published figures: {'; '.join(parts)}** (meta-training episodes as a share of "

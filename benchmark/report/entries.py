@@ -230,3 +230,18 @@ def leaderboard_frame(entries: list[Entry], ranks: dict[tuple, int]) -> pd.DataF
     """The settings leaderboard: one row per entry, columns :data:`REPORT_LEADERBOARD_COLUMNS`; ``rank`` from
     ``ranks`` (entry :attr:`~Entry.ident` -> rank, :func:`~benchmark.report.tables.entry_ranks`; NaN where none)."""
     return pd.DataFrame([{**e.row, "rank": ranks.get(e.ident, math.nan)} for e in entries])[REPORT_LEADERBOARD_COLUMNS]
+
+
+def by_setting(entries: list[Entry]) -> dict[tuple, list[Entry]]:
+    """The entries by :attr:`~Entry.setting`, in order."""
+    out: dict[tuple, list[Entry]] = {}
+    for e in entries:
+        out.setdefault(e.setting, []).append(e)
+    return out
+
+
+def short_budgets(entries: list[Entry]) -> list[float]:
+    """The training budgets, in % of the meta-training episodes of the method's ``paper`` profile (mean over seeds),
+    of the entries that trained on less than the paper's budget (below 99.5%); entries with no recorded budget are
+    left out."""
+    return [100.0 * f for f in (e.row["budget_fraction"] for e in entries) if not math.isnan(f) and f < 0.995]

@@ -49,39 +49,25 @@ import re
 
 import pandas as pd
 
-from .common import FAMILY_LABEL, short
-from .entries import Entry, few_seeds, seed_note
-from .reference import (
-    load_reference,
-    load_survey,
-    load_survey_remarks,
-    load_survey_table2,
-    published_figure,
-    survey_figure,
-    survey_settings,
-)
-from .sections import (
+from .common import FAMILY_LABEL
+from .entries import Entry, by_setting, few_seeds, short_budgets
+from .reference import load_survey, load_survey_remarks, load_survey_table2, survey_figure, survey_settings
+from .sections import compute_entries, compute_figure_name, equal_compute_frame, pretraining_note
+from .stats import MIN_SEEDS
+from .table1 import MEASURED, Block, Cell, Measured, Published, measured, significant_winners, table1
+from .tables import accuracy_at_compute, entry_ranks
+from .text import (
     COMPUTE_COUNTS,
     PUBLISHED_FOOTER,
     STAT_TEST,
     SURVEY_ATTRIBUTION,
-    _method_cell,
-    _percent,
-    _setting_title,
-    _slug,
-    _source_note,
-    _st,
-    compute_entries,
-    compute_figure_name,
-    equal_compute_frame,
-    pretraining_note,
-    published_note,
-    table1_blocks,
-    table1_rows,
-    table1_settings,
+    Footnotes,
+    episodes_text,
+    method_cell,
+    percent_range,
+    setting_slug,
+    setting_title,
 )
-from .stats import MIN_SEEDS
-from .tables import accuracy_at_compute, entry_ranks
 
 __all__ = ["escape", "significant_winners", "tables_tex", "report_tex", "REQUIRED_PACKAGES"]
 
@@ -145,39 +131,12 @@ def _label(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.:-]", "-", text)
 
 
-def significant_winners(stats) -> dict[tuple, str | None]:
-    """Per setting (:attr:`~benchmark.report.tables.SettingStats.setting`): the label of the entry that the paired
-    tests (Holm-corrected) find significantly better than every other entry of the setting, or None: when no entry
-    is, when the setting has one entry only, when its entries ran on different test episodes (several
-    fingerprints: not every pair was tested), or when an entry has fewer than :data:`MIN_SEEDS` seeds (then the
-    tests compare trained models, not methods)."""
-    out: dict[tuple, str | None] = {}
-    for st in stats:
-        win = None
-        if len(st.groups) == 1:
-            _, ges, res = st.groups[0]
-            if len(ges) >= 2 and not few_seeds(ges):
-                best = [r.label for r in res.ranks.itertuples() if len(r.better_than) == len(ges) - 1]
-                win = best[0] if len(best) == 1 else None
-        out[st.setting] = win
-    return out
-
-
-class _Notes:
-    """The footnotes of one table, numbered in order of first use (the same text gets the same number)."""
-
-    def __init__(self):
-        self.texts: dict[str, int] = {}
-
-    def mark(self, text: str) -> int:
-        return self.texts.setdefault(text, len(self.texts) + 1)
-
-    def lines(self) -> list[str]:
-        """The notes as one run-in paragraph (one line of the float's notes), so that a table with many notes
-        stays short enough for a page."""
-        if not self.texts:
-            return []
-        return ["; ".join(r"\textsuperscript{" + str(n) + "}~" + inline(t) for t, n in self.texts.items()) + "."]
+def notes_line(notes: Footnotes) -> list[str]:
+    """A table's footnotes as one run-in paragraph (one line of the float's notes), so that a table with many notes
+    stays short enough for a page; no line without notes."""
+    if not notes.texts:
+        return []
+    return ["; ".join(r"\textsuperscript{" + str(n) + "}~" + inline(t) for t, n in notes.texts.items()) + "."]
 
 
 def _legend(alpha: float) -> str:
@@ -213,19 +172,23 @@ def _stack(cells: list[str]) -> str:
     return cells[0] if len(cells) == 1 else r"\begin{tabular}[t]{@{}c@{}}" + r" \\ ".join(cells) + r"\end{tabular}"
 
 
-def _measured(e: Entry, notes: _Notes, winners: dict, several_fps: bool) -> str:
-    r = e.row
-    cell = _pm(r["mean"], r["ci95"])
-    if winners.get(e.setting) == e.label:
+def _measured(m: Measured, notes: Footnotes) -> str:
+    cell = _pm(m.mean, m.ci95)
+    if m.bold:
         cell = _bold(cell)
     marks = []
-    if several_fps:
-        marks.append(notes.mark(f"Tested on the episodes with fingerprint {short(e.key['test_fingerprint'])} "
-                                f"({r['n_episodes']} episodes); entries of this setting on other episodes are not "
-                                "paired with it, so no entry of the setting is bold."))
-    if seed_note(e):
-        marks.append(notes.mark(seed_note(e) + "."))
+    if m.episodes_note:
+        marks.append(notes.mark(m.episodes_note))
+    if m.seed_note:
+        marks.append(notes.mark(m.seed_note + "."))
     return cell + _sup(marks)
+
+
+def _published(pub: Published | None, notes: Footnotes) -> str:
+    if not pub:
+        return "---"
+    cell = f"{pub.accuracy:.2f}" + ("" if math.isnan(pub.ci95) else f" $\\pm$ {pub.ci95:.2f}")
+    return cell + _sup([notes.mark(pub.note)]) + ("" if pub.comparable else r"\dag")
 
 
 def _seeds_note(es: list[Entry]) -> str | None:
@@ -240,24 +203,6 @@ def _seeds_note(es: list[Entry]) -> str | None:
             "variance.")
 
 
-def _published(e: Entry, notes: _Notes, survey: pd.DataFrame) -> str:
-    r, pub = e.row, e.published
-    if not pub:
-        return "---"
-    cell = f"{pub['accuracy']:.2f}" + ("" if math.isnan(pub["ci95"]) else f" $\\pm$ {pub['ci95']:.2f}")
-    return cell + _sup([notes.mark(published_note(e, survey))]) + ("" if r["published_comparable"] else r"\dag")
-
-
-def _family_rows(labels: list[str], first: dict[str, Entry]) -> list[tuple[str, str]]:
-    """(family cell, label) per row: the family written on its first row only."""
-    out, prev = [], None
-    for lab in labels:
-        fam = first[lab].info.family
-        out.append((escape(FAMILY_LABEL.get(fam, fam or "---")) if fam != prev else "", lab))
-        prev = fam
-    return out
-
-
 def _method(e: Entry) -> str:
     return escape(e.label) + (f" {{\\footnotesize (variant of {escape(e.info.variant_of)})}}"
                               if e.info.variant_of else "")
@@ -270,97 +215,82 @@ SETTINGS_PER_TABLE = {False: 2, True: 4}
 
 def _budget_note(es: list[Entry]) -> str | None:
     """One note for the whole table on the training budget of its runs (not one per cell)."""
-    fr = [e.row["budget_fraction"] for e in es if not math.isnan(e.row["budget_fraction"])]
-    short = [f for f in fr if f < 0.995]
-    if not short:
+    budgets = short_budgets(es)
+    if not budgets:
         return None
-    lo, hi = min(short), max(short)
-    share = _percent(lo) if _percent(lo) == _percent(hi) else f"{_percent(lo)}--{_percent(hi)}"
-    return (f"Ours: trained on {share} of the meta-training episodes of each method's `paper` profile (per entry: "
-            "`budget_fraction` in leaderboard.csv); not comparable with the published figures, and a gap to them "
-            "is expected.")
+    return (f"Ours: trained on {percent_range(budgets, '--')} of the meta-training episodes of each method's `paper` "
+            "profile (per entry: `budget_fraction` in leaderboard.csv); not comparable with the published figures, "
+            "and a gap to them is expected.")
 
 
 def table1_tables(entries: list[Entry], stats, alpha: float, survey: pd.DataFrame | None = None,
-                  wide: bool = False) -> list[str]:
-    """The Table 1 mirror: per backbone x profile x test queries, the survey's rows in its order and its settings
-    (then any other setting run), two columns per setting (Ours, Published), at most
-    :data:`SETTINGS_PER_TABLE` settings per float (``wide``: ``table*`` floats for a two-column paper)."""
-    survey = load_survey() if survey is None else survey
-    ref = load_reference()
-    winners = significant_winners(stats)
-    n_fps = {st.setting: len(st.groups) for st in stats}
+                  wide: bool = False, table: list[Block] | None = None) -> list[str]:
+    """The Table 1 mirror (``table``, else the model :func:`~benchmark.report.table1.table1` of ``entries`` and
+    ``stats``): per block (backbone x profile x test queries), the survey's rows in its order and its settings (then
+    any other setting run), two columns per setting (Ours, Published), at most :data:`SETTINGS_PER_TABLE` settings
+    per float (``wide``: ``table*`` floats for a two-column paper)."""
+    table = table1(entries, stats, survey) if table is None else table
+    k = SETTINGS_PER_TABLE[wide]
     out = []
-    for (backbone, profile, queries), es in table1_blocks(entries).items():
-        settings = table1_settings(es, survey)
-        rows = table1_rows(es, survey)
-        k = SETTINGS_PER_TABLE[wide]
-        chunks = [settings[i:i + k] for i in range(0, len(settings), k)]
-        episodes = "/".join(f"{n:,}" for n in sorted({int(e.row["n_episodes"]) for e in es}))
-        for part, chunk in enumerate(chunks, 1):
-            notes = _Notes()
-            n = 1 + 2 * len(chunk)
-            groups: list[list] = []
-            for st in chunk:
-                name = st[0] + (f" ({st[3]} split)" if st[3] else "")
-                if groups and groups[-1][0] == name:
-                    groups[-1][1] += 1
-                else:
-                    groups.append([name, 1])
-            head0 = [""] + [r"\multicolumn{" + str(2 * c) + "}{c}{" + escape(g) + "}" for g, c in groups]
-            head1 = [""] + [r"\multicolumn{2}{c}{" + f"{int(st[1])}-way {int(st[2])}-shot" + "}" for st in chunk]
-            rules = " ".join(f"\\cmidrule(lr){{{2 + 2 * i}-{3 + 2 * i}}}" for i in range(len(chunk)))
-            body = [r"\toprule", _row(head0), _row(head1), rules, _row(["Method"] + ["Ours", "Published"] * len(chunk)),
-                    r"\midrule"]
-            prev = None
-            for kind, name, res in rows:
-                fam = res[0].info.family if res else survey.loc[survey["method"] == name, "family"].iloc[0]
-                if fam != prev:
-                    if prev is not None:
-                        body.append(r"\midrule")
-                    body.append(r"\multicolumn{" + str(n) + r"}{@{}l}{\textit{"
-                                + escape(FAMILY_LABEL.get(fam, fam or "other")) + "}}" + r" \\")
-                    prev = fam
-                if res:
-                    e0 = res[0]
-                    cells = [(r"\quad " if e0.info.variant_of else "") + escape(e0.label)]
-                else:
-                    cells = [escape(name)]
-                for st in chunk:
-                    here = [e for e in res if _st(e) == st]
-                    if not res:
-                        fig = survey_figure(survey, name, st[0], st[1], st[2]) if not st[3] else None
-                        cells += ["n.r.", "---" if fig is None else
-                                  f"{fig:.2f}" + _sup([notes.mark("survey Table 1")])]
-                    elif not here:
-                        pub = None if st[3] else published_figure(
-                            ref, survey, res[0].info, st[0], st[1], st[2],
-                            [r.config.get("hyperparameters") for r in res[0].runs])
-                        cells += ["n.r.", "---" if pub is None else
-                                  f"{pub['accuracy']:.2f}" + ("" if math.isnan(pub["ci95"]) else
-                                                              f" $\\pm$ {pub['ci95']:.2f}")
-                                  + _sup([notes.mark(_source_note(pub))])]
-                    else:
-                        cells.append(_stack([_measured(e, notes, winners, n_fps.get(e.setting, 1) > 1)
-                                             for e in here]))
-                        cells.append(_stack([_published(e, notes, survey) for e in here]))
-                body.append(_row(cells))
-            body.append(r"\bottomrule")
-            of = f" (part {part} of {len(chunks)})" if len(chunks) > 1 else ""
-            caption = (f"Survey Table 1 mirror{of}: measured (ours) vs published accuracy (\\%); profile "
-                       f"\\textbf{{{escape(profile)}}}, backbone {escape(backbone)}, {int(queries)} test queries per "
-                       f"class, {episodes} test episodes.")
-            budget = _budget_note(es)
-            seeds = _seeds_note(es)
-            foot = [_legend(alpha) + " n.r.: not run in this report (the published figure is shown; "
-                    "benchmark/reference/README.md names the survey's methods this project does not implement); "
-                    "---: no figure." + (" " + inline(budget) if budget else "") + (" " + inline(seeds) if seeds
-                                                                                   else "")] \
-                + notes.lines() + [inline(PUBLISHED_FOOTER)]
-            out.append(_float(caption, _label(f"tab:fewshot-table1-{backbone}-{profile}-q{queries}"
-                                              + (f"-{part}" if len(chunks) > 1 else "")),
-                              "@{}l" + "cc" * len(chunk) + "@{}", body, foot, wide))
+    for block in table:
+        chunks = [list(range(i, min(i + k, len(block.settings)))) for i in range(0, len(block.settings), k)]
+        out += [_table1_float(block, cols, part, len(chunks), alpha, wide) for part, cols in enumerate(chunks, 1)]
     return out
+
+
+def _table1_head(chunk: list[tuple]) -> list[str]:
+    """The header of a Table 1 float: dataset (and split) over ways and shots over Ours and Published."""
+    groups: list[list] = []
+    for st in chunk:
+        name = st[0] + (f" ({st[3]} split)" if st[3] else "")
+        if groups and groups[-1][0] == name:
+            groups[-1][1] += 1
+        else:
+            groups.append([name, 1])
+    head0 = [""] + [r"\multicolumn{" + str(2 * c) + "}{c}{" + escape(g) + "}" for g, c in groups]
+    head1 = [""] + [r"\multicolumn{2}{c}{" + f"{int(st[1])}-way {int(st[2])}-shot" + "}" for st in chunk]
+    rules = " ".join(f"\\cmidrule(lr){{{2 + 2 * i}-{3 + 2 * i}}}" for i in range(len(chunk)))
+    return [r"\toprule", _row(head0), _row(head1), rules, _row(["Method"] + ["Ours", "Published"] * len(chunk)),
+            r"\midrule"]
+
+
+def _table1_cell(cell: Cell, notes: Footnotes) -> list[str]:
+    """A cell as its two columns, Ours and Published (several values stacked in one cell)."""
+    if cell.status != MEASURED:
+        return ["n.r.", _published(cell.published, notes)]
+    return [_stack([_measured(m, notes) for m in cell.values]),
+            _stack([_published(m.published, notes) for m in cell.values])]
+
+
+def _table1_float(block: Block, cols: list[int], part: int, parts: int, alpha: float, wide: bool) -> str:
+    """One float of a Table 1 block: the settings at the positions ``cols``, as part ``part`` of ``parts``."""
+    chunk = [block.settings[i] for i in cols]
+    notes = Footnotes()
+    body = _table1_head(chunk)
+    prev = None
+    for row in block.rows:
+        if row.family != prev:
+            if prev is not None:
+                body.append(r"\midrule")
+            body.append(r"\multicolumn{" + str(1 + 2 * len(chunk)) + r"}{@{}l}{\textit{"
+                        + escape(FAMILY_LABEL.get(row.family, row.family or "other")) + "}}" + r" \\")
+            prev = row.family
+        cells = [(r"\quad " if row.ran and row.variant_of else "") + escape(row.name)]
+        for i in cols:
+            cells += _table1_cell(row.cells[i], notes)
+        body.append(_row(cells))
+    body.append(r"\bottomrule")
+    of = f" (part {part} of {parts})" if parts > 1 else ""
+    caption = (f"Survey Table 1 mirror{of}: measured (ours) vs published accuracy (\\%); profile "
+               f"\\textbf{{{escape(block.profile)}}}, backbone {escape(block.backbone)}, {int(block.queries)} test "
+               f"queries per class, {episodes_text(block.n_episodes)} test episodes.")
+    budget, seeds = _budget_note(list(block.entries)), _seeds_note(list(block.entries))
+    foot = [_legend(alpha) + " n.r.: not run in this report (the published figure is shown; "
+            "benchmark/reference/README.md names the survey's methods this project does not implement); "
+            "---: no figure." + (" " + inline(budget) if budget else "") + (" " + inline(seeds) if seeds else "")] \
+        + notes_line(notes) + [inline(PUBLISHED_FOOTER)]
+    label = f"tab:fewshot-table1-{block.backbone}-{block.profile}-q{block.queries}" + (f"-{part}" if parts > 1 else "")
+    return _float(caption, _label(label), "@{}l" + "cc" * len(chunk) + "@{}", body, foot, wide)
 
 
 def leaderboard_tables(entries: list[Entry], stats, alpha: float, survey: pd.DataFrame | None = None,
@@ -369,29 +299,23 @@ def leaderboard_tables(entries: list[Entry], stats, alpha: float, survey: pd.Dat
     survey = load_survey() if survey is None else survey
     winners = significant_winners(stats)
     ranks = entry_ranks(stats)
-    by_setting = {st.setting: st for st in stats}
-    groups: dict[tuple, list[Entry]] = {}
-    for e in entries:
-        groups.setdefault(e.setting, []).append(e)
+    stats_of = {st.setting: st for st in stats}
     out = []
-    for setting, es in groups.items():
-        st = by_setting.get(setting)
+    for setting, es in by_setting(entries).items():
+        st = stats_of.get(setting)
         several = st is not None and len(st.groups) > 1
-        notes = _Notes()
+        notes = Footnotes()
         head = ["Method", "Family", r"Accuracy (\%)", "Seed sd", "Seeds", "Episodes", "Rank",
                 r"Published (\%)", r"$\Delta$"]
         body = [r"\toprule", _row(head), r"\midrule"]
         for e in es:
-            r = e.row
+            m = measured(e, winners, several, survey)
             body.append(_row([
-                _method(e), escape(FAMILY_LABEL.get(e.info.family, e.info.family or "---")),
-                _measured(e, notes, winners, several),
-                "---" if math.isnan(r["seed_sd"]) else f"{r['seed_sd']:.2f}", str(int(r["n_seeds"])),
-                f"{int(r['n_episodes']):,}",
-                str(ranks[e.ident]) if e.ident in ranks else "---",
-                _published(e, notes, survey),
-                "---" if math.isnan(r["difference"]) else
-                f"${r['difference']:+.2f}$" + ("" if r["published_comparable"] else r"\dag")]))
+                _method(e), escape(FAMILY_LABEL.get(e.info.family, e.info.family or "---")), _measured(m, notes),
+                "---" if math.isnan(m.seed_sd) else f"{m.seed_sd:.2f}", str(int(m.n_seeds)), f"{int(m.n_episodes):,}",
+                str(ranks[e.ident]) if e.ident in ranks else "---", _published(m.published, notes),
+                "---" if math.isnan(m.difference) else
+                f"${m.difference:+.2f}$" + ("" if m.published.comparable else r"\dag")]))
         body.append(r"\bottomrule")
         budget = _budget_note(es)
         if budget:
@@ -400,11 +324,11 @@ def leaderboard_tables(entries: list[Entry], stats, alpha: float, survey: pd.Dat
             notes.mark(_seeds_note(es))
         for msg in (st.refusals if st is not None else []):
             notes.mark(f"Refused: {msg}.")
-        caption = f"Leaderboard: {escape(_setting_title(setting))}."
+        caption = f"Leaderboard: {escape(setting_title(setting))}."
         foot = [_legend(alpha) + r" Rank: 1 + the number of entries significantly better (entries no entry beats "
                 r"share rank 1); $\Delta$: ours $-$ published, percentage points. Seed sd: sd of the per-seed "
-                "means (--- for one seed)."] + notes.lines() + [inline(PUBLISHED_FOOTER)]
-        out.append(_float(caption, _label(f"tab:fewshot-leaderboard-{_slug(setting)}"), "@{}llccccccc@{}", body,
+                "means (--- for one seed)."] + notes_line(notes) + [inline(PUBLISHED_FOOTER)]
+        out.append(_float(caption, _label(f"tab:fewshot-leaderboard-{setting_slug(setting)}"), "@{}llccccccc@{}", body,
                           foot, wide))
     return out
 
@@ -452,7 +376,7 @@ def survey_tables(ran: set[str], wide: bool = False) -> list[str]:
     starts = [3 + sum(k for _, k in groups[:i]) for i in range(len(groups))]
     rules = " ".join(f"\\cmidrule(lr){{{a}-{a + k - 1}}}" for a, (_, k) in zip(starts, groups))
     body = [r"\toprule", _row(head0), rules, _row(head1), r"\midrule"]
-    prev, notes = None, _Notes()
+    prev, notes = None, Footnotes()
     for r in survey.itertuples(index=False):
         if r.family != prev:
             if prev is not None:
@@ -471,12 +395,12 @@ def survey_tables(ran: set[str], wide: bool = False) -> list[str]:
     body.append(r"\bottomrule")
     foot = [inline(SURVEY_ATTRIBUTION) + " Figures in \\%; ---: the survey prints None (or leaves the cell blank). "
             "Here: the method of this project that implements the row (*: with runs in this report); n.i.: not "
-            "implemented here. Reptile is not in the survey's table (its section 4.3 discusses it)."] + notes.lines()
+            "implemented here. Reptile is not in the survey's table (its section 4.3 discusses it)."] + notes_line(notes)
     out.append(_float("The survey's Table 1 in English (section 4.1.2: recognition accuracy on miniImageNet and "
                       "Omniglot, 5-way), all its rows in its order.", "tab:fewshot-survey-table1",
                       "@{}ll" + "c" * len(cols) + "l@{}", body, foot, wide))
     # Table 2
-    notes = _Notes()
+    notes = Footnotes()
     head = ["Method", "Support embedding", "Query embedding", "Distance", "Strengths", "Shortcomings"]
     body = [r"\toprule", _row(head), r"\midrule"]
     for r in t2.itertuples(index=False):
@@ -486,7 +410,7 @@ def survey_tables(ran: set[str], wide: bool = False) -> list[str]:
                           _wrap(r.distance, _width("distance", wide)), _wrap(r.strengths, _width("judgement", wide)),
                           _wrap(r.shortcomings, _width("judgement", wide))]))
     body.append(r"\bottomrule")
-    foot = [inline(SURVEY_ATTRIBUTION)] + notes.lines()
+    foot = [inline(SURVEY_ATTRIBUTION)] + notes_line(notes)
     out.append(_float("The survey's Table 2 in English (section 4.2: comparison of metric-based meta-learning "
                       "methods).", "tab:fewshot-survey-table2", "@{}llllll@{}", body, foot, wide))
     # remarks
@@ -508,17 +432,14 @@ def compute_floats(entries: list[Entry], wide: bool = False) -> list[str]:
     report's PNG beside this file) and the "accuracy at equal compute" table (``table``/``figure``, or ``wide``:
     ``table*``/``figure*``)."""
     table = accuracy_at_compute(entries)
-    by_setting: dict[tuple, list[Entry]] = {}
-    for e in entries:
-        by_setting.setdefault(e.setting, []).append(e)
     out = []
     star = "*" if wide else ""
-    for setting, es in by_setting.items():
+    for setting, es in by_setting(entries).items():
         has, missing = compute_entries(es)
         if not has:
             continue
-        title = escape(_setting_title(setting))
-        label = _label(f"fewshot-compute-{_slug(setting)}")
+        title = escape(setting_title(setting))
+        label = _label(f"fewshot-compute-{setting_slug(setting)}")
         out.append("\n".join([r"\begin{figure" + star + "}[htbp]", r"\centering",
                               r"\includegraphics[width=\linewidth]{" + compute_figure_name(setting) + "}",
                               r"\caption{Validation accuracy against cumulative meta-training FLOPs (log scale), "
@@ -537,7 +458,7 @@ def compute_floats(entries: list[Entry], wide: bool = False) -> list[str]:
         if pretraining_note(has):
             foot.append(inline(pretraining_note(has)))
         if missing:
-            foot.append("No FLOPs recorded (no compute curve): " + escape(", ".join(_method_cell(e) for e in missing))
+            foot.append("No FLOPs recorded (no compute curve): " + escape(", ".join(method_cell(e) for e in missing))
                         + ".")
         out.append(_float("Accuracy at equal compute: " + title + ".", _label("tab:" + label), "@{}l"
                           + "c" * (len(head) - 1) + "@{}", body, foot, wide))
@@ -553,9 +474,10 @@ def _power(text: str) -> str:
     return f"$10^{{{k}}}$" if float(mant) == 1 else f"${mant}\\times10^{{{k}}}$"
 
 
-def tables_tex(entries: list[Entry], stats, alpha: float, wide: bool = False) -> str:
-    r"""``tables.tex``: the Table 1 mirror and the leaderboard, only ``table`` floats (for ``\input`` into a
-    one-column paper); ``wide``: ``tables-wide.tex``, the same as ``table*`` floats for a two-column paper."""
+def tables_tex(entries: list[Entry], stats, alpha: float, wide: bool = False, table: list[Block] | None = None) -> str:
+    r"""``tables.tex``: the Table 1 mirror (``table``, else built from ``entries`` and ``stats``) and the
+    leaderboard, only ``table`` floats (for ``\input`` into a one-column paper); ``wide``: ``tables-wide.tex``, the
+    same as ``table*`` floats for a two-column paper."""
     survey = load_survey()
     name, env = ("tables-wide.tex", "table* floats, for a two-column paper") if wide else \
         ("tables.tex", "table floats, for a one-column paper")
@@ -565,7 +487,7 @@ def tables_tex(entries: list[Entry], stats, alpha: float, wide: bool = False) ->
             "tables.tex: one-column papers, tables-wide.tex: two-column papers; report.tex is the standalone "
             "document.", ""]
     ran = {e.info.variant_of or e.info.name for e in entries}
-    parts = [r"% ---- Survey Table 1 mirror", *table1_tables(entries, stats, alpha, survey, wide),
+    parts = [r"% ---- Survey Table 1 mirror", *table1_tables(entries, stats, alpha, survey, wide, table),
              r"% ---- Leaderboard", *leaderboard_tables(entries, stats, alpha, survey, wide),
              r"% ---- The survey in English: Table 1, Table 2, remarks on MAML, Reptile and MTL",
              *survey_tables(ran, wide),

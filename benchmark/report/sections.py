@@ -11,79 +11,51 @@ import pandas as pd
 
 from ..store.compare import PROVENANCE
 from ..store.compare import provenance as recorded_facts
-from .common import FAMILY_LABEL, FAMILY_ORDER, SETTING_KEYS, norm_dataset, setting_label, short
-from .entries import Entry, few_seeds, seed_note
-from .reference import (
-    load_reference,
-    load_survey,
-    load_survey_remarks,
-    load_survey_table2,
-    published_figure,
-    survey_figure,
-    survey_settings,
-)
+from .common import FAMILY_LABEL, SETTING_KEYS, norm_dataset, setting_label, short
+from .entries import Entry, by_setting, few_seeds, seed_note
+from .reference import load_survey, load_survey_remarks, load_survey_table2, survey_figure, survey_settings
 from .render import BAND_LABEL, Doc, band_kind, convergence_png
 from .stats import MIN_SEEDS
+from .table1 import (
+    MEASURED,
+    Block,
+    Cell,
+    Published,
+    Row,
+    published_note,
+    table1_blocks,
+    table1_rows,
+    table1_settings,
+)
 from .tables import FINAL_FRACTION, accuracy_at_compute, compute_curve, shared_artefacts
 from .tables import cross_evaluation as cross_table
 from .tables import episode_counts as count_episodes
+from .text import (
+    COMPUTE_COUNTS,
+    NOT_HERE,
+    PUBLISHED_FOOTER,
+    STAT_TEST,
+    SURVEY_ATTRIBUTION,
+    Footnotes,
+    commit_text,
+    count_text,
+    decimal_text,
+    episodes_text,
+    method_cell,
+    p_text,
+    percent_text,
+    seconds_text,
+    setting_slug,
+    setting_title,
+)
 
-STAT_TEST = "two-sided paired t-test (scipy.stats.ttest_rel) on per-episode accuracy"
-
-
-# ------------------------------------------------------------------------------------------------ formatting
-def _f(v, nd=2) -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
-
-
-def _int(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "—"
-    try:
-        return f"{int(round(float(v))):,}"
-    except ValueError:
-        return str(v)
-
-
-def _secs(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "—"
-    return f"{v:.1f} s" if v < 100 else f"{v:,.0f} s"
-
-
-def _p(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "—"
-    return "< 1e-4" if v < 1e-4 else f"{v:.4f}"
-
-
-def _commit(v) -> str:
-    if not v:
-        return "—"
-    head, _, rest = str(v).partition("-")
-    return head[:12] + (f"-{rest}" if rest else "")
-
-
-def _setting_title(setting: tuple) -> str:
-    d = dict(zip(SETTING_KEYS, setting))
-    return (f"{setting_label(d['dataset'], d['ways'], d['shots'], d['split'])} — backbone {d['backbone']}, profile "
-            f"{d['profile']}, {d['queries']} test queries per class")
-
-
-def _slug(setting: tuple) -> str:
-    d = dict(zip(SETTING_KEYS, setting))
-    s = f"{d['dataset']}-{d['ways']}w{d['shots']}s-q{d['queries']}-{d['backbone']}-{d['profile']}"
-    s += f"-{d['split']}" if d["split"] else ""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", s)
-
-
-def _percent(fraction: float) -> str:
-    p = 100.0 * fraction
-    return f"{p:.0f}%" if p >= 10 else f"{p:.1f}%" if p >= 1 else f"{p:.2g}%"
-
-
-def _method_cell(e: Entry) -> str:
-    return e.label + (f" (variant of {e.info.variant_of})" if e.info.variant_of else "")
+__all__ = ["table1_mirror", "survey_table1", "metric_methods", "survey_remarks", "paired", "convergence",
+           "compute_convergence", "episode_counts", "cost", "cross_evaluation", "provenance", "varying_facts",
+           "survey_setting_label", "budget_text", "flops_text", "compute_figure_name", "compute_entries",
+           "pretraining_note", "equal_compute_frame", "SURVEY_T2_COLUMNS",
+           # moved: the Table 1 model (benchmark.report.table1) and the shared texts (benchmark.report.text)
+           "table1_blocks", "table1_settings", "table1_rows", "published_note", "STAT_TEST", "NOT_HERE",
+           "SURVEY_ATTRIBUTION", "PUBLISHED_FOOTER", "COMPUTE_COUNTS"]
 
 
 def _seeds_label(e: Entry) -> str:
@@ -91,98 +63,60 @@ def _seeds_label(e: Entry) -> str:
     return f"{e.label} ({n} seed{'s' if n != 1 else ''})"
 
 
-def _by_setting(entries: list[Entry]) -> dict[tuple, list[Entry]]:
-    out: dict[tuple, list[Entry]] = {}
-    for e in entries:
-        out.setdefault(e.setting, []).append(e)
+# ------------------------------------------------------------------------------------------------ sections
+def _block_title(backbone, profile, queries, n_episodes) -> str:
+    return (f"Backbone {backbone}, profile {profile}, {queries} test queries per class, {episodes_text(n_episodes)} "
+            "test episodes per setting")
+
+
+def _mirror_row(row: Row, settings: tuple, notes: Footnotes) -> dict:
+    """A row of the Markdown/HTML mirror: the row's header cells, then four per setting (measured, published, Δ,
+    budget); the footnotes numbered in ``notes``."""
+    if row.ran:
+        method = row.name + (f" (variant of {row.variant_of})" if row.variant_of else "")
+    else:
+        method = f"{row.name} ({'not in this report' if row.implemented else NOT_HERE})"
+    out = {("", "Family"): FAMILY_LABEL.get(row.family, row.family or "—"), ("", "Method"): method,
+           ("", "Idea (survey)"): row.idea or ("—" if row.kind == "survey" else "not in the survey's table"),
+           ("", "Description (this project)"): row.description or "—"}
+    for st, cell in zip(settings, row.cells):
+        for sub, vals in _mirror_cell(cell, notes).items():
+            out[(setting_label(*st), sub)] = "; ".join(vals) if vals else "—"
     return out
 
 
-# ------------------------------------------------------------------------------------------------ sections
-def _block_title(backbone, profile, queries, n_episodes) -> str:
-    eps = "/".join(f"{n:,}" for n in n_episodes)
-    return (f"Backbone {backbone}, profile {profile}, {queries} test queries per class, {eps} test episodes per "
-            "setting")
-
-
-def table1_blocks(entries: list[Entry]) -> dict[tuple, list[Entry]]:
-    """The entries by (backbone, profile, test queries): one Table 1 per block."""
-    blocks: dict[tuple, list[Entry]] = {}
-    for e in entries:
-        blocks.setdefault((e.key["backbone"], e.key["profile"], e.key["queries"]), []).append(e)
-    return blocks
-
-
-def _st(e: Entry) -> tuple:
-    return (e.key["dataset"], e.key["ways"], e.key["shots"], e.key["split"])
-
-
-def table1_settings(es: list[Entry], survey: pd.DataFrame) -> list[tuple]:
-    """The columns of one Table 1: the survey's settings always (in its order), then the other settings run. A
-    survey column is (survey dataset key, ways, shots, ""); a run setting with the same normalised dataset and
-    the default split takes its place."""
-    cols = list(survey_settings(survey))
-    run = list(dict.fromkeys(_st(e) for e in es))
-    for st in run:
-        same = [i for i, c in enumerate(cols) if c[3] == "" and st[3] == "" and norm_dataset(c[0]) ==
-                norm_dataset(st[0]) and (int(c[1]), int(c[2])) == (int(st[1]), int(st[2]))]
-        if same:
-            cols[same[0]] = st
-        elif st not in cols:
-            cols.append(st)
+def _mirror_cell(cell: Cell, notes: Footnotes) -> dict[str, list[str]]:
+    """A cell of the mirror as its four columns' texts (one per value of the cell)."""
+    cols: dict[str, list[str]] = {"measured": [], "published": [], "Δ": [], "budget": []}
+    if cell.status != MEASURED:
+        cols["measured"].append("not run")
+        cols["published"].append(_published_text(cell.published, notes))
+    for m in cell.values:
+        txt = f"{m.mean:.2f} ± {m.ci95:.2f}"
+        if m.n_seeds > 1:
+            txt += f" ({m.n_seeds} seeds, sd {m.seed_sd:.2f})"
+        elif m.seed_note:
+            txt += f" (1 seed) [{notes.mark(m.seed_note)}]"
+        if len(cell.values) > 1:
+            txt += f" (episodes {short(m.fingerprint, 8)})"
+        cols["measured"].append(txt)
+        cols["published"].append(_published_text(m.published, notes))
+        dag = "" if not m.published or m.published.comparable else "†"
+        cols["Δ"].append(f"{m.difference:+.2f}{dag}" if m.published else "—")
+        cols["budget"].append(percent_text(m.budget) if not math.isnan(m.budget) else "—")
     return cols
 
 
-def table1_rows(es: list[Entry], survey: pd.DataFrame) -> list[tuple[str, str, list[Entry]]]:
-    """The rows of one Table 1 as (kind, name, entries of the row's label): the survey's rows in its order within
-    each family ("survey"; entries empty for a method not benchmarked), each followed by its variants, then the
-    methods run that the survey's table does not have ("run"); families in the survey's order (metric,
-    initialization, optimizer, external memory, surprise-based, memory matching network), then the others of
-    :data:`FAMILY_ORDER` (transfer), then any other family run."""
-    labels = list(dict.fromkeys(e.label for e in sorted(es, key=lambda e: (e.info.order, e.label))))
-    by_label = {lab: [e for e in es if e.label == lab] for lab in labels}
-    surveyed = {norm_dataset(m): m for m in survey["method"]}
-    fam_of = {m: f for m, f in zip(survey["method"], survey["family"])}
-    rows, used = [], set()
-
-    def labels_of(method: str, variants: bool) -> list[str]:
-        return [lab for lab in labels if lab not in used and (
-            norm_dataset(by_label[lab][0].info.variant_of or "") == norm_dataset(method) if variants
-            else norm_dataset(by_label[lab][0].key["method"]) == norm_dataset(method))]
-
-    families = list(dict.fromkeys([f for f in survey["family"] if f] + list(FAMILY_ORDER) + sorted(
-        {e.info.family or "" for e in es} - set(FAMILY_ORDER) - {""}) + [""]))
-    for fam in families:
-        for m in [m for m in survey["method"] if (fam_of[m] or "") == fam]:
-            own = labels_of(m, False)
-            if not own:
-                rows.append(("survey", m, []))
-            for lab in own + labels_of(m, True):
-                used.add(lab)
-                rows.append(("survey" if lab in own else "run", lab, by_label[lab]))
-        for lab in labels:
-            info = by_label[lab][0].info
-            if lab not in used and (info.family or "") == fam and norm_dataset(info.variant_of or info.name) \
-                    not in surveyed:
-                used.add(lab)
-                rows.append(("run", lab, by_label[lab]))
-    for lab in labels:  # anything left (e.g. a variant of a surveyed method in another family)
-        if lab not in used:
-            rows.append(("run", lab, by_label[lab]))
-    return rows
-
-
-def _published_cell(pub: dict | None, notes: dict, note: str, comparable: bool = True) -> str:
+def _published_text(pub: Published | None, notes: Footnotes) -> str:
     if not pub:
         return "—"
-    n = notes.setdefault(note, len(notes) + 1)
-    txt = f"{pub['accuracy']:.2f}"
-    if not math.isnan(pub["ci95"]):
-        txt += f" ± {pub['ci95']:.2f}"
-    return txt + f" [{n}]" + ("" if comparable else "†")
+    txt = f"{pub.accuracy:.2f}" + ("" if math.isnan(pub.ci95) else f" ± {pub.ci95:.2f}")
+    return txt + f" [{notes.mark(pub.note)}]" + ("" if pub.comparable else "†")
 
 
-def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
+def table1_mirror(doc: Doc, table: list[Block]) -> None:
+    """Section 1: the Table 1 mirror (the model :func:`benchmark.report.table1.table1` built) as one table per
+    block, then the survey's Table 1 in English."""
     doc.h(2, "1. Survey Table 1 mirror: measured vs published", "table1")
     doc.p("Rows: the survey's Table 1 in its order, within the survey's families (metric-based, initialization-based, "
           "optimizer-based), each method's variants beneath it, then the methods run that the survey's table does "
@@ -209,75 +143,14 @@ def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
           "**[transductive]** marks a method that scores a query using the other queries of its episode (recorded "
           "with each run, measured by `benchmark.check`; MAML's BatchNorm uses the query batch's statistics): its "
           "accuracy is not like for like with the non-transductive entries beside it.")
-    survey = load_survey()
-    ref = load_reference()
-    for (backbone, profile, queries), es in table1_blocks(entries).items():
-        doc.h(3, _block_title(backbone, profile, queries, sorted({int(e.row["n_episodes"]) for e in es})))
-        settings = table1_settings(es, survey)
-        notes: dict[str, int] = {}
-        rows = []
-        survey_idea = {m: i for m, i in zip(survey["method"], survey["idea"])}
-        for kind, name, res in table1_rows(es, survey):
-            if res:
-                first = res[0]
-                info = first.info
-                fam = FAMILY_LABEL.get(info.family, info.family or "—")
-                idea = survey_idea.get(info.name, "") if kind == "survey" and not info.variant_of else ""
-                row = {("", "Family"): fam, ("", "Method"): _method_cell(first),
-                       ("", "Idea (survey)"): idea or ("—" if kind == "survey" else "not in the survey's table"),
-                       ("", "Description (this project)"): info.idea or "—"}
-            else:
-                srow = survey[survey["method"] == name].iloc[0]
-                row = {("", "Family"): FAMILY_LABEL.get(srow["family"], srow["family"] or "—"),
-                       ("", "Method"): f"{name} ({'not in this report' if srow['implemented'] else NOT_HERE})",
-                       ("", "Idea (survey)"): srow["idea"] or "—",
-                       ("", "Description (this project)"): "—"}
-            for st in settings:
-                col = setting_label(*st)
-                here = [e for e in res if _st(e) == st]
-                cells = {"measured": [], "published": [], "Δ": [], "budget": []}
-                if not res:
-                    fig = survey_figure(survey, name, st[0], st[1], st[2]) if not st[3] else None
-                    pub = {"accuracy": fig, "ci95": math.nan} if fig is not None else None
-                    cells["measured"].append("not run")
-                    cells["published"].append(_published_cell(pub, notes, "survey Table 1"))
-                elif not here:
-                    pub = None if st[3] else published_figure(
-                        ref, survey, res[0].info, st[0], st[1], st[2], [r.config.get("hyperparameters")
-                                                                        for r in res[0].runs])
-                    cells["measured"].append("not run")
-                    cells["published"].append(_published_cell(pub, notes, _source_note(pub) if pub else ""))
-                for e in here:
-                    r, pub = e.row, e.published
-                    txt = f"{r['mean']:.2f} ± {r['ci95']:.2f}"
-                    if r["n_seeds"] > 1:
-                        txt += f" ({r['n_seeds']} seeds, sd {r['seed_sd']:.2f})"
-                    elif seed_note(e):
-                        txt += f" (1 seed) [{notes.setdefault(seed_note(e), len(notes) + 1)}]"
-                    if len(here) > 1:
-                        txt += f" (episodes {short(e.key['test_fingerprint'], 8)})"
-                    cells["measured"].append(txt)
-                    mark = "" if not pub or r["published_comparable"] else "†"
-                    cells["published"].append(_published_cell(pub, notes, published_note(e, survey) if pub else "",
-                                                              not mark))
-                    cells["Δ"].append(f"{r['difference']:+.2f}{mark}" if pub else "—")
-                    cells["budget"].append(_percent(r["budget_fraction"]) if not math.isnan(r["budget_fraction"])
-                                           else "—")
-                for sub, vals in cells.items():
-                    row[(col, sub)] = "; ".join(vals) if vals else "—"
-            rows.append(row)
-        foot = [f"[{n}] {t}" for t, n in sorted(notes.items(), key=lambda kv: kv[1])]
-        foot.append(PUBLISHED_FOOTER)
+    for block in table:
+        doc.h(3, _block_title(block.backbone, block.profile, block.queries, block.n_episodes))
+        notes = Footnotes()
+        rows = [_mirror_row(row, block.settings, notes) for row in block.rows]
         df = pd.DataFrame(rows)
         df.columns = pd.MultiIndex.from_tuples(df.columns)
-        doc.table(df, foot)
-    survey_table1(doc, survey, {e.info.variant_of or e.info.name for e in entries})
-
-
-NOT_HERE = "not implemented here"
-#: The attribution under every table that shows the survey's text in English.
-SURVEY_ATTRIBUTION = ("The survey's text, translated from its Chinese by this project (a faithful translation, not the "
-                      "survey's own English); the Chinese beside each cell in `benchmark/reference/`.")
+        doc.table(df, [f"[{n}] {t}" for t, n in notes.texts.items()] + [PUBLISHED_FOOTER])
+    survey_table1(doc, load_survey(), {e.info.variant_of or e.info.name for block in table for e in block.entries})
 
 
 def survey_setting_label(col: tuple) -> str:
@@ -300,7 +173,7 @@ def survey_table1(doc: Doc, survey: pd.DataFrame, ran: set[str]) -> None:
                "Family": FAMILY_LABEL.get(r.family, r.family or "—"), "Idea": r.idea or "—"}
         for c in cols:
             v = survey_figure(survey, r.method, c[0], c[1], c[2])
-            row[survey_setting_label(c)] = _f(v)
+            row[survey_setting_label(c)] = decimal_text(v)
         here = norm_dataset(r.method) in {norm_dataset(m) for m in ran}
         row["This project"] = (f"{r.method} (in this report)" if here else r.method if r.implemented
                                else NOT_HERE)
@@ -309,46 +182,9 @@ def survey_table1(doc: Doc, survey: pd.DataFrame, ran: set[str]) -> None:
     doc.table(pd.DataFrame(rows), [SURVEY_ATTRIBUTION, *notes])
 
 
-def _source_note(pub: dict) -> str:
-    """The footnote of a published figure shown for a setting not run (no protocol comparison: nothing ran)."""
-    note = pub["source"] + (f"; note: {pub['note']}" if pub.get("note") else "")
-    if pub.get("hyperparameters"):
-        note += "; published with " + ", ".join(f"{k}={v}" for k, v in pub["hyperparameters"].items())
-    return note
-
-
-#: The closing footnote of the Table 1 mirror (also under the LaTeX tables).
-PUBLISHED_FOOTER = ("Published figures and the survey's Table 1: `benchmark/reference/paper_results.csv` and "
-                    "`survey_table1.csv` (sources as listed). CIs are not comparable across papers: MAML and MTL "
-                    "report 1 query per class, ProtoNets 15. Where the reference does not record a protocol fact "
-                    "(queries, episodes or hyperparameters), or a run does not record a hyperparameter, it is not "
-                    "flagged.")
-
-
-def published_note(e: Entry, survey: pd.DataFrame | None = None) -> str:
-    """The footnote of an entry's published figure (the entry must have one): source, the reference's note, the
-    hyperparameters it was published with, the survey's figure where it differs, and "† other protocol: ..." with
-    the known protocol differences."""
-    r, pub = e.row, e.published
-    survey = load_survey() if survey is None else survey
-    note = pub["source"]
-    if pub["note"]:
-        note += f"; note: {pub['note']}"
-    if pub.get("hyperparameters"):
-        hp = pub["hyperparameters"]
-        note += "; published with " + ", ".join(f"{k}={v}" for k, v in hp.items())
-    sfig = survey_figure(survey, pub["ref_method"], e.key["dataset"], e.key["ways"], e.key["shots"]) \
-        if not pub["ablation"] else None
-    if sfig is not None and abs(sfig - pub["accuracy"]) > 0.005:
-        note += f"; the survey's Table 1 cites {sfig:.2f}"
-    if r["protocol_differences"]:
-        note += f"; † other protocol: {r['protocol_differences']}"
-    return note
-
-
 def budget_text(fraction: float) -> str:
     """A run's meta-training budget as a share of the paper profile's, as the Table 1 mirror writes it."""
-    return f"budget {_percent(fraction)} of the paper's"
+    return f"budget {percent_text(100.0 * fraction)} of the paper's"
 
 
 _FACT_KEYS = [("support embedding", "Support embedding"), ("query embedding", "Query embedding"),
@@ -464,7 +300,7 @@ def paired(doc: Doc, stats, alpha: float) -> tuple[pd.DataFrame, list[str]]:
           "measured (`benchmark/reference/seed_spread.csv`), a one-seed entry's note gives it.")
     rows, refusals = [], []
     for st in stats:
-        doc.h(3, _setting_title(st.setting))
+        doc.h(3, setting_title(st.setting))
         for fp, ges, res in st.groups:
             if len(st.groups) > 1:
                 doc.p(f"Test episodes with fingerprint `{short(fp)}` ({len(ges[0].accuracy)} episodes):")
@@ -472,9 +308,9 @@ def paired(doc: Doc, stats, alpha: float) -> tuple[pd.DataFrame, list[str]]:
             rk = []
             for r in res.ranks.itertuples():
                 e = by_label[r.label]
-                rk.append({"Rank": int(r.rank), "Method": _method_cell(e),
+                rk.append({"Rank": int(r.rank), "Method": method_cell(e),
                            "Accuracy (%)": f"{e.row['mean']:.2f} ± {e.row['ci95']:.2f}",
-                           "Seeds": e.row["n_seeds"], "Seed sd": _f(e.row["seed_sd"]),
+                           "Seeds": e.row["n_seeds"], "Seed sd": decimal_text(e.row["seed_sd"]),
                            "Episodes": e.row["n_episodes"],
                            "Significantly better than": ", ".join(r.better_than) or "—",
                            "Not significantly different from": ", ".join(r.tied_with) or "—"})
@@ -487,8 +323,8 @@ def paired(doc: Doc, stats, alpha: float) -> tuple[pd.DataFrame, list[str]]:
             if len(res.pairs):
                 pt = pd.DataFrame({"Method A": res.pairs["a"], "Method B": res.pairs["b"],
                                    "Δ accuracy (A − B)": res.pairs["difference"].map(lambda v: f"{v:+.2f}"),
-                                   "t": res.pairs["t"].map(lambda v: _f(v, 2)), "p": res.pairs["p"].map(_p),
-                                   "p (Holm)": res.pairs["p_holm"].map(_p),
+                                   "t": res.pairs["t"].map(lambda v: decimal_text(v, 2)), "p": res.pairs["p"].map(p_text),
+                                   "p (Holm)": res.pairs["p_holm"].map(p_text),
                                    f"Significant (α = {alpha:g})": res.pairs["significant"].map(
                                        lambda v: "yes" if v else "no")})
                 doc.table(pt)
@@ -515,16 +351,16 @@ def convergence(doc: Doc, entries: list[Entry]) -> pd.DataFrame:
           "dotted line is chance. Each figure draws one kind of band for every line, named in its legend and "
           "caption: ± 1 sd over seeds when every method of the setting ran several seeds, else the 95% CI over "
           "validation episodes (the mean of the runs' own CIs).")
-    for setting, es in _by_setting(entries).items():
+    for setting, es in by_setting(entries).items():
         d = dict(zip(SETTING_KEYS, setting))
-        doc.h(3, _setting_title(setting))
+        doc.h(3, setting_title(setting))
         series = [{"label": e.label, "curve": e.curve, "dashed": bool(e.info.variant_of)} for e in es]
-        title = _setting_title(setting)
+        title = setting_title(setting)
         band = BAND_LABEL[band_kind(series)]
         for x, xl, tag in (("episodes", "meta-training episodes (log scale)", "episodes"),
                            ("train_seconds", "training seconds (log scale)", "seconds")):
             png = convergence_png(series, x, title, xl, chance=100.0 / int(d["ways"]))
-            doc.img(f"convergence-{tag}-{_slug(setting)}.png", png,
+            doc.img(f"convergence-{tag}-{setting_slug(setting)}.png", png,
                     f"Validation accuracy vs {tag}, {title}; {band}")
     return compute_convergence(doc, entries)
 
@@ -540,15 +376,8 @@ def flops_text(v: float) -> str:
     return f"{m:g}e{k}"
 
 
-#: What the compute axis counts, in the captions of the figure and the table (Markdown, HTML and LaTeX)
-COMPUTE_COUNTS = ("FLOPs: the forward and backward passes of meta-training steps (the run's "
-                  "`flops_per_train_episode`, counted by the harness on its first training step, × the meta-training "
-                  "episodes seen); validation and test are excluded, and so is pretraining (MTL's, the transfer "
-                  "baselines'): the records do not hold its FLOPs")
-
-
 def compute_figure_name(setting: tuple) -> str:
-    return f"convergence-flops-{_slug(setting)}.png"
+    return f"convergence-flops-{setting_slug(setting)}.png"
 
 
 def compute_entries(es: list[Entry]) -> tuple[list[Entry], list[Entry]]:
@@ -564,7 +393,7 @@ def pretraining_note(es: list[Entry]) -> str | None:
     if not pre:
         return None
     return ("Pretraining not counted: " + ", ".join(
-        f"{_method_cell(e)} ({', '.join(sorted({c.get('name') or c.get('file') for r in e.runs for c in r['cache'] or []}))})"
+        f"{method_cell(e)} ({', '.join(sorted({c.get('name') or c.get('file') for r in e.runs for c in r['cache'] or []}))})"
         for e in pre) + (" used a pretrained artefact" if len(pre) == 1 else " used pretrained artefacts")
         + " (section 6) whose FLOPs no record holds: the compute axis starts after the pretraining.")
 
@@ -579,11 +408,11 @@ def equal_compute_frame(table: pd.DataFrame, setting: tuple, es: list[Entry]) ->
         g = t[t["method"] == e.label]
         if not len(g):
             continue
-        row = {"Method": _method_cell(e), "GFLOP / training episode": _f(g["flops_per_train_episode"].iloc[0] / 1e9),
+        row = {"Method": method_cell(e), "GFLOP / training episode": decimal_text(g["flops_per_train_episode"].iloc[0] / 1e9),
                "Training FLOPs (total)": flops_text(g["total_flops"].iloc[0])}
         for b in budgets:
             r = g[g["budget_flops"] == b].iloc[0]
-            row[f"{flops_text(b)} FLOPs"] = (_f(r["val_acc"]) if r["status"] == "reached" else r["status"])
+            row[f"{flops_text(b)} FLOPs"] = (decimal_text(r["val_acc"]) if r["status"] == "reached" else r["status"])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -602,12 +431,12 @@ def compute_convergence(doc: Doc, entries: list[Entry]) -> pd.DataFrame:
           "last validation point at or below the budget, so to one validation interval. **not reached**: the run "
           "stopped before spending that much; **before first validation**: the budget lies below the method's "
           "first validation point. " + COMPUTE_COUNTS + ". Long form: `equal_compute.csv`.")
-    for setting, es in _by_setting(entries).items():
+    for setting, es in by_setting(entries).items():
         d = dict(zip(SETTING_KEYS, setting))
-        title = _setting_title(setting)
+        title = setting_title(setting)
         doc.h(4, title)
         has, missing = compute_entries(es)
-        missing_note = (f"No compute curve for {', '.join(_method_cell(e) for e in missing)}: "
+        missing_note = (f"No compute curve for {', '.join(method_cell(e) for e in missing)}: "
                         + "their runs recorded no FLOPs per training episode (runs older than the count, or "
                         "methods that train no episodes, such as the transfer baselines) or no validation point.") \
             if missing else None
@@ -635,25 +464,25 @@ def episode_counts(doc: Doc, entries: list[Entry], thresholds) -> pd.DataFrame:
           "*validated every*, in episodes); the figures are the "
           "first validation point at or above the target. **not reached** means no validation point reached it "
           "(the best accuracy is given). Thresholds are configurable (`--thresholds`).")
-    for setting, es in _by_setting(entries).items():
-        doc.h(3, _setting_title(setting))
+    for setting, es in by_setting(entries).items():
+        doc.h(3, setting_title(setting))
         rows = []
         for e in es:
             c = counts[counts["method"] == e.label]
             c = c[(c[SETTING_KEYS].astype(str) == pd.Series(dict(zip(SETTING_KEYS, map(str, setting))))).all(axis=1)]
-            row = {"Method": _method_cell(e)}
+            row = {"Method": method_cell(e)}
             for r in c.itertuples():
-                col = f"≥ {r.target}" if r.target.endswith("%") else f"{r.target} ({_f(r.threshold, 1)}%)"
+                col = f"≥ {r.target}" if r.target.endswith("%") else f"{r.target} ({decimal_text(r.threshold, 1)}%)"
                 if "final" in r.target:
                     col = f"{r.target}"
-                    row[col] = (f"{_int(r.train_episodes)} ep · {_secs(r.train_seconds)} (≥ {_f(r.threshold, 1)}%)"
-                                if r.reached else f"not reached (target {_f(r.threshold, 1)}%)")
+                    row[col] = (f"{count_text(r.train_episodes)} ep · {seconds_text(r.train_seconds)} (≥ {decimal_text(r.threshold, 1)}%)"
+                                if r.reached else f"not reached (target {decimal_text(r.threshold, 1)}%)")
                 else:
-                    row[col] = (f"{_int(r.train_episodes)} ep · {_secs(r.train_seconds)}" if r.reached
-                                else f"not reached (best {_f(r.best_val_acc, 1)}%)")
+                    row[col] = (f"{count_text(r.train_episodes)} ep · {seconds_text(r.train_seconds)}" if r.reached
+                                else f"not reached (best {decimal_text(r.best_val_acc, 1)}%)")
             if len(c):
-                row["Final val. acc (%)"] = _f(c["final_val_acc"].iloc[0])
-                row["Validated every (episodes)"] = _int(c["val_every_episodes"].iloc[0])
+                row["Final val. acc (%)"] = decimal_text(c["final_val_acc"].iloc[0])
+                row["Validated every (episodes)"] = count_text(c["val_every_episodes"].iloc[0])
                 row["Seeds"] = int(c["n_seeds"].iloc[0])
             rows.append(row)
         doc.table(pd.DataFrame(rows).fillna("—"))
@@ -673,32 +502,32 @@ def cost(doc: Doc, entries: list[Entry], runs) -> None:
           "(earlier runs of the same job, libraries), so it rises with a run's place in the job and does not rank "
           "methods. *Adapted per task* counts the parameters changed by test-time adaptation (gradient-based "
           "methods; — for methods that do not adapt).")
-    for setting, es in _by_setting(entries).items():
-        doc.h(3, _setting_title(setting))
+    for setting, es in by_setting(entries).items():
+        doc.h(3, setting_title(setting))
         rows = []
         for e in es:
             r = e.row
             gradient = e.info.family in ("initialization", "optimizer") or e.info.adapts_at_test
-            rows.append({"Method": _method_cell(e), "Training episodes": _int(r["train_episodes"]),
-                         "Training time": _secs(r["train_seconds"]),
-                         "ms / training episode": _f(r["ms_per_train_episode"], 1),
-                         "GFLOP / training episode": _f(r["flops_per_train_episode"] / 1e9, 2)
+            rows.append({"Method": method_cell(e), "Training episodes": count_text(r["train_episodes"]),
+                         "Training time": seconds_text(r["train_seconds"]),
+                         "ms / training episode": decimal_text(r["ms_per_train_episode"], 1),
+                         "GFLOP / training episode": decimal_text(r["flops_per_train_episode"] / 1e9, 2)
                          if not math.isnan(r["flops_per_train_episode"]) else "—",
-                         "ms / test episode": _f(r["ms_per_test_episode"], 1),
-                         "Memory added by the run (MB)": (f"{_f(r['peak_memory_increase_mb'], 0)} "
+                         "ms / test episode": decimal_text(r["ms_per_test_episode"], 1),
+                         "Memory added by the run (MB)": (f"{decimal_text(r['peak_memory_increase_mb'], 0)} "
                                                           f"({_memory_label(r['memory_kind'])})"
                                                           if not math.isnan(r["peak_memory_increase_mb"]) else "—"),
-                         "Peak memory (MB)": f"{_f(r['peak_memory_mb'], 0)} ({r['memory_kind'] or '?'})",
-                         "Trainable parameters": _int(r["trainable_params"]) if str(r["trainable_params"]).isdigit()
+                         "Peak memory (MB)": f"{decimal_text(r['peak_memory_mb'], 0)} ({r['memory_kind'] or '?'})",
+                         "Trainable parameters": count_text(r["trainable_params"]) if str(r["trainable_params"]).isdigit()
                          else r["trainable_params"],
-                         "Adapted per task": (_int(r["adapted_params"]) if str(r["adapted_params"]).isdigit()
+                         "Adapted per task": (count_text(r["adapted_params"]) if str(r["adapted_params"]).isdigit()
                                               else r["adapted_params"]) if gradient else "—",
-                         "Shared artefacts used (s)": _secs(r["shared_seconds"]) if r["shared_seconds"] else "—"})
+                         "Shared artefacts used (s)": seconds_text(r["shared_seconds"]) if r["shared_seconds"] else "—"})
         doc.table(pd.DataFrame(rows))
     arts = shared_artefacts(runs)
     doc.h(3, "Shared artefacts (counted once)")
     if len(arts):
-        t = pd.DataFrame({"Artefact": arts["artefact"], "File": arts["file"], "Seconds": arts["seconds"].map(_secs),
+        t = pd.DataFrame({"Artefact": arts["artefact"], "File": arts["file"], "Seconds": arts["seconds"].map(seconds_text),
                           "Computed by": arts["computed_by"].replace("", "an earlier run"),
                           "Used by (runs)": arts["n_runs"]})
         doc.table(t, ["Computed once and reused from the results cache; not included in any run's training time."])
@@ -820,7 +649,7 @@ def provenance(doc: Doc, runs, evaluations=(), results_dirs=()) -> None:
             "Profile": r["profile"], "Device": r["device"],
                      "Device name": env.get("device_name", "—"), "Python": env.get("python", "—"),
                      "PyTorch": env.get("torch", "—"), "NumPy": env.get("numpy", "—"),
-                     "pandas": env.get("pandas", "—"), "Code version": _commit(r["code_version"]),
+                     "pandas": env.get("pandas", "—"), "Code version": commit_text(r["code_version"]),
                      "Test episodes": short(r["test_fingerprint"]), "Dataset": short(r["dataset_fingerprint"]),
                      "Finished": r["finished_at"] or "—",
                      "CPU instruction set": facts["cpu_capability"] or "—",
@@ -831,8 +660,8 @@ def provenance(doc: Doc, runs, evaluations=(), results_dirs=()) -> None:
         doc.p("Evaluations of saved models (section 7), from their `evaluation.json`:")
         doc.table(pd.DataFrame([{
             "Evaluation": f"{ev.run.path.name}/evaluations/{ev.path.name}", "Device": ev["device"] or "—",
-            "PyTorch": (ev["environment"] or {}).get("torch", "—"), "Code version": _commit(ev["code_version"]),
-            "Model made by": _commit(ev["model_code_version"]), "Test episodes": short(ev["test_fingerprint"]),
+            "PyTorch": (ev["environment"] or {}).get("torch", "—"), "Code version": commit_text(ev["code_version"]),
+            "Model made by": commit_text(ev["model_code_version"]), "Test episodes": short(ev["test_fingerprint"]),
             "Dataset": short(ev["dataset_fingerprint"]), "Finished": ev["finished_at"] or "—"}
             for ev in sorted(evaluations, key=lambda ev: str(ev.path))]))
 
