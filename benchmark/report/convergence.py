@@ -11,7 +11,7 @@ import pandas as pd
 from .common import SETTING_KEYS
 from .entries import Entry, by_setting
 from .render import BAND_LABEL, Doc, band_kind, convergence_png
-from .tables import accuracy_at_compute, compute_curve
+from .tables import accuracy_at_compute, compute_curve, setting_rows
 from .text import COMPUTE_COUNTS, decimal_text, method_cell, setting_slug, setting_title
 
 __all__ = ["convergence", "compute_convergence", "flops_text", "compute_figure_name", "compute_entries",
@@ -78,7 +78,7 @@ def pretraining_note(es: list[Entry]) -> str | None:
 def equal_compute_frame(table: pd.DataFrame, setting: tuple, es: list[Entry]) -> pd.DataFrame:
     """One setting's "accuracy at equal compute" table (rows: entries with FLOPs; columns: budgets), cells as text
     (accuracy %, "not reached", "before first validation")."""
-    t = table[(table[SETTING_KEYS].astype(str) == pd.Series(dict(zip(SETTING_KEYS, map(str, setting))))).all(axis=1)]
+    t = setting_rows(table, setting)
     budgets = list(dict.fromkeys(t["budget_flops"]))
     rows = []
     for e in es:

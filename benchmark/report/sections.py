@@ -33,7 +33,7 @@ from .survey_sections import (
     table1_mirror,
 )
 from .table1 import published_note, table1_blocks, table1_rows, table1_settings
-from .tables import FINAL_FRACTION, shared_artefacts
+from .tables import FINAL_FRACTION, setting_rows, shared_artefacts
 from .tables import cross_evaluation as cross_table
 from .tables import episode_counts as count_episodes
 from .text import (
@@ -147,8 +147,7 @@ def episode_counts(doc: Doc, entries: list[Entry], thresholds) -> pd.DataFrame:
           "(the best accuracy is given). Thresholds are configurable (`--thresholds`).")
     for setting, es in by_setting(entries).items():
         doc.h(3, setting_title(setting))
-        here = counts[(counts[SETTING_KEYS].astype(str)
-                       == pd.Series(dict(zip(SETTING_KEYS, map(str, setting))))).all(axis=1)]
+        here = setting_rows(counts, setting)
         rows = [_count_row(e, here[here["method"] == e.label]) for e in es]
         doc.table(pd.DataFrame(rows).fillna("—"))
     return counts

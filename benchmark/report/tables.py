@@ -65,6 +65,12 @@ def entry_ranks(stats: list[SettingStats]) -> dict[tuple, int]:
     return {k: v for st in stats for k, v in st.ranks.items()}
 
 
+def setting_rows(table: pd.DataFrame, setting: tuple) -> pd.DataFrame:
+    """The rows of a long table (columns :data:`~benchmark.report.common.SETTING_KEYS` among others) of one
+    setting."""
+    return table[(table[SETTING_KEYS].astype(str) == pd.Series(dict(zip(SETTING_KEYS, map(str, setting))))).all(axis=1)]
+
+
 # ------------------------------------------------------------------------------------------------ thresholds
 def parse_thresholds(items: list[str] | None) -> dict[str, tuple[float, ...]]:
     """Accuracy thresholds (%) per dataset ("*": any other) from the CLI: plain numbers (``50 80 90`` or ``50,80``)
