@@ -525,3 +525,22 @@ def test_wide_tables_keep_sentences_readable_and_figures_on_one_line():
     from benchmark.report.render import _CSS
 
     assert "td.txt{min-width:" in _CSS and "td.nw{white-space:nowrap}" in _CSS
+
+
+def test_family_order_is_the_registrys():
+    """The report keeps its own copy of the families' order (it reads records and imports only the store, not the
+    pipeline's registry); the copy must stay the registry's."""
+    from benchmark.pipeline.registry import FAMILY_ORDER as registry
+    from benchmark.report.common import FAMILY_ORDER as report
+
+    assert report == registry
+
+
+def test_the_report_command_leaves_benchmark_guard_alone(tmp_path, monkeypatch, capsys):
+    """The report calls no method, so an unknown BENCHMARK_GUARD is not its bad input (the other commands refuse
+    it): its own errors come as before, one line and exit code 2."""
+    monkeypatch.setenv("BENCHMARK_GUARD", "maybe")
+    assert main(["--results-dir", str(tmp_path / "none"), "--reports-dir", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: results directory {tmp_path / 'none'} does not exist; run python -m benchmark.run first " \
+                  "or pass --results-dir\n"

@@ -33,13 +33,14 @@ class Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def usage_errors(body: Callable[[], int]) -> int:
+def usage_errors(body: Callable[[], int], guard: bool = True) -> int:
     """``body()``'s exit code; a :class:`UsageError` it raises becomes one line on stderr and :data:`EXIT_USAGE`.
-    A ``BENCHMARK_GUARD`` other than "on" or "off" (:mod:`benchmark.pipeline.guard`) is one too."""
+    A ``BENCHMARK_GUARD`` other than "on" or "off" (:mod:`benchmark.pipeline.guard`) is one too, unless ``guard`` is
+    False (``benchmark.report``, which calls no method, leaves the variable alone)."""
     try:
-        guard = os.environ.get("BENCHMARK_GUARD", "on")
-        if guard not in ("on", "off"):
-            raise UsageError(f"BENCHMARK_GUARD must be 'on' or 'off', not {guard!r}")
+        value = os.environ.get("BENCHMARK_GUARD", "on")
+        if guard and value not in ("on", "off"):
+            raise UsageError(f"BENCHMARK_GUARD must be 'on' or 'off', not {value!r}")
         return body()
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -27,12 +27,15 @@ from ..store.files import atomic_write_bytes, atomic_write_csv, atomic_write_tex
 from ..store.leaderboard import integer_column
 from . import latex, sections
 from .common import LEGACY_DEFAULT_SPLITS, ReportError, norm_dataset, setting_label
-from .entries import REPORT_LEADERBOARD_COLUMNS, build_entries, few_seeds, seeds_summary
+from .convergence import convergence
+from .entries import build_entries, few_seeds, leaderboard_frame, seeds_summary, short_budgets
 from .records import load_evaluations, load_runs, results_dirs
 from .render import Doc, to_html, to_markdown
-from .sections import _percent
 from .stats import MIN_SEEDS
-from .tables import paired_statistics, parse_thresholds
+from .survey_sections import metric_methods, table1_mirror
+from .table1 import table1
+from .tables import entry_ranks, paired_statistics, parse_thresholds
+from .text import episodes_text, percent_range
 
 ALPHA = 0.05
 SETTINGS_LEADERBOARD = "leaderboard.csv"  # the report's leaderboard: one row per entry (settings aggregated over seeds)
@@ -68,13 +71,66 @@ def build(results_dir: Path | Sequence[Path], out_dir: Path, run_ids: list[str] 
     evaluations = load_evaluations(runs)
     stats = paired_statistics(entries, alpha)
 
+    profiles = list(dict.fromkeys(e.key["profile"] for e in entries))
+    eps_text = episodes_text(sorted({int(e.row["n_episodes"]) for e in entries}))
+    doc = Doc(f"Few-shot benchmark report: {'/'.join(profiles)} profile, {eps_text} test episodes")
+    banner = _front_matter(doc, runs, entries, dirs, profiles, eps_text)
+    notes = list(loaded.notes)
+    refusal_summary = [s for st in stats for s in st.refusals]
+    if notes or refusal_summary:
+        doc.p("**Notes**")
+        doc.ul(notes + [f"Refused pairing: {s}" for s in refusal_summary])
+    mirror = table1(entries, stats)
+    table1_mirror(doc, mirror)
+    metric_methods(doc, entries)
+    paired_df, refusals = sections.paired(doc, stats, alpha)
+    compute = convergence(doc, entries)
+    counts = sections.episode_counts(doc, entries, thr)
+    sections.cost(doc, entries, runs)
+    cross = sections.cross_evaluation(doc, entries, evaluations, alpha)
+    sections.provenance(doc, runs, evaluations, dirs)
+    doc.h(2, "Files", "files")
+    doc.p(FILES_TEXT)
+
+    defaults = default_splits(runs, evaluations)
+    board = _named_splits(leaderboard_frame(entries, entry_ranks(stats)), defaults)
+    for c in INTEGER_COLUMNS:
+        board[c] = integer_column(board[c])
+    _write_figures(out_dir, doc)
+    atomic_write_csv(out_dir / SETTINGS_LEADERBOARD,
+                     board.round({c: 4 for c in board.columns if c != "budget_fraction" and c not in INTEGER_COLUMNS}))
+    atomic_write_csv(out_dir / "paired.csv", _named_splits(paired_df, defaults))
+    atomic_write_csv(out_dir / "episode_counts.csv", _named_splits(counts, defaults))
+    atomic_write_csv(out_dir / "equal_compute.csv", _named_splits(compute, defaults).round(4))
+    atomic_write_csv(out_dir / "cross_evaluation.csv", _named_splits(cross, defaults).round(4))
+    atomic_write_text(out_dir / "report.html", to_html(doc))
+    _write_tex(out_dir, entries, stats, alpha, mirror, _tex_intro(runs, dirs, profiles, eps_text, banner))
+    md = out_dir / "report.md"
+    atomic_write_text(md, to_markdown(doc))
+    _readable(out_dir, [*doc.images, SETTINGS_LEADERBOARD, "paired.csv", "episode_counts.csv", "equal_compute.csv",
+                        "cross_evaluation.csv", "report.html", "report.md", "tables.tex", "tables-wide.tex",
+                        "report.tex"])
+    return BuildResult(md, out_dir / "report.html", board, notes, refusals, out_dir / "report.tex")
+
+
+#: The report's closing section: the files beside it
+FILES_TEXT = ("Beside this report: `leaderboard.csv` (one row per method × dataset × setting × backbone × profile, "
+              "aggregated over seeds; schema in docs/reports.md), `paired.csv` (every paired test), `episode_counts.csv` "
+              "(section 5 in long form), `equal_compute.csv` (section 4's accuracy at equal compute in long form), "
+              "`cross_evaluation.csv` (section 7 in long form), "
+              "the figures as PNG files, `report.html` (this report in one "
+              "self-contained file), and the Table 1 mirror and the leaderboard as LaTeX tables: `tables.tex` "
+              "(`table` floats, to `\\input` into a one-column paper loading booktabs and graphicx), `tables-wide.tex` "
+              "(the same as `table*` floats spanning both columns of a two-column paper) and `report.tex` (the same "
+              "tables as a document of its own).")
+
+
+def _front_matter(doc: Doc, runs, entries, dirs: list[Path], profiles: list[str], eps_text: str) -> str | None:
+    """The report's first paragraph (what was run, where, how to read the figures) and the budget banner; returns
+    the banner (None when every run trained on the paper's budget)."""
     settings = list(dict.fromkeys(setting_label(e.key["dataset"], e.key["ways"], e.key["shots"], e.key["split"])
                                   for e in entries))
     meths = list(dict.fromkeys(e.label for e in entries))
-    profiles = list(dict.fromkeys(e.key["profile"] for e in entries))
-    episodes = sorted({int(e.row["n_episodes"]) for e in entries})
-    eps_text = "/".join(f"{n:,}" for n in episodes)
-    doc = Doc(f"Few-shot benchmark report: {'/'.join(profiles)} profile, {eps_text} test episodes")
     where = ", ".join(f"`{d}`" for d in dirs)
     doc.p(f"**Profile {', '.join(profiles)}; {eps_text} test episodes per setting.** {len(runs)} runs from {where}: "
           f"{len(meths)} method(s) ({', '.join(meths)}) on {', '.join(settings)}. Built "
@@ -88,81 +144,46 @@ def build(results_dir: Path | Sequence[Path], out_dir: Path, run_ids: list[str] 
     banner = budget_banner(entries)
     if banner:
         doc.banner(banner)
-    notes = list(loaded.notes)
-    refusal_summary = [s for st in stats for s in st.refusals]
-    if notes or refusal_summary:
-        doc.p("**Notes**")
-        doc.ul(notes + [f"Refused pairing: {s}" for s in refusal_summary])
-    sections.table1_mirror(doc, entries)
-    sections.metric_methods(doc, entries)
-    paired_df, refusals = sections.paired(doc, stats, alpha)
-    compute = sections.convergence(doc, entries)
-    counts = sections.episode_counts(doc, entries, thr)
-    sections.cost(doc, entries, runs)
-    cross = sections.cross_evaluation(doc, entries, evaluations, alpha)
-    sections.provenance(doc, runs, evaluations, dirs)
-    doc.h(2, "Files", "files")
-    doc.p("Beside this report: `leaderboard.csv` (one row per method × dataset × setting × backbone × profile, "
-          "aggregated over seeds; schema in docs/reports.md), `paired.csv` (every paired test), `episode_counts.csv` "
-          "(section 5 in long form), `equal_compute.csv` (section 4's accuracy at equal compute in long form), "
-          "`cross_evaluation.csv` (section 7 in long form), "
-          "the figures as PNG files, `report.html` (this report in one "
-          "self-contained file), and the Table 1 mirror and the leaderboard as LaTeX tables: `tables.tex` "
-          "(`table` floats, to `\\input` into a one-column paper loading booktabs and graphicx), `tables-wide.tex` "
-          "(the same as `table*` floats spanning both columns of a two-column paper) and `report.tex` (the same "
-          "tables as a document of its own).")
+    return banner
 
-    defaults = default_splits(runs, evaluations)
-    board = _named_splits(pd.DataFrame([e.row for e in entries])[REPORT_LEADERBOARD_COLUMNS], defaults)
-    for c in INTEGER_COLUMNS:
-        board[c] = integer_column(board[c])
-    paired_df = _named_splits(paired_df, defaults)
-    counts = _named_splits(counts, defaults)
-    cross = _named_splits(cross, defaults)
-    compute = _named_splits(compute, defaults)
+
+def _write_figures(out_dir: Path, doc: Doc) -> None:
+    """The report's figures as PNG files in ``out_dir`` (created), in place of any of an earlier report."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("convergence-*.png"):
         old.unlink()
     for name, png in doc.images.items():
         atomic_write_bytes(out_dir / name, png)
-    atomic_write_csv(out_dir / SETTINGS_LEADERBOARD,
-                     board.round({c: 4 for c in board.columns if c != "budget_fraction" and c not in INTEGER_COLUMNS}))
-    atomic_write_csv(out_dir / "paired.csv", paired_df)
-    atomic_write_csv(out_dir / "episode_counts.csv", counts)
-    atomic_write_csv(out_dir / "equal_compute.csv", compute.round(4))
-    atomic_write_csv(out_dir / "cross_evaluation.csv", cross.round(4))
-    atomic_write_text(out_dir / "report.html", to_html(doc))
-    tables = latex.tables_tex(entries, stats, alpha)
+
+
+def _tex_intro(runs, dirs: list[Path], profiles: list[str], eps_text: str, banner: str | None) -> str:
+    """The line of LaTeX above the tables of the standalone ``report.tex``."""
+    return (f"\\textbf{{Profile {latex.escape(', '.join(profiles))}; {eps_text} test episodes per setting.}} "
+            + (latex.inline(banner) + " " if banner else "") + f"{len(runs)} runs from "
+            + ", ".join(r"\texttt{" + latex.escape(d) + "}" for d in dirs)
+            + ", built from the run records alone; the full report (paired tests, convergence, episode counts, "
+            "cost, cross-evaluation, provenance) is report.md / report.html beside this file.")
+
+
+def _write_tex(out_dir: Path, entries, stats, alpha: float, mirror, intro: str) -> None:
+    """``tables.tex``, ``tables-wide.tex`` and ``report.tex`` (:mod:`benchmark.report.latex`)."""
+    tables = latex.tables_tex(entries, stats, alpha, table=mirror)
     atomic_write_text(out_dir / "tables.tex", tables)
-    atomic_write_text(out_dir / "tables-wide.tex", latex.tables_tex(entries, stats, alpha, wide=True))
-    intro = (f"\\textbf{{Profile {latex.escape(', '.join(profiles))}; {eps_text} test episodes per setting.}} "
-             + (latex.inline(banner) + " " if banner else "") + f"{len(runs)} runs from "
-             + ", ".join(r"\texttt{" + latex.escape(d) + "}" for d in dirs)
-             + ", built from the run records alone; the full report (paired tests, convergence, episode counts, "
-             "cost, cross-evaluation, provenance) is report.md / report.html beside this file.")
+    atomic_write_text(out_dir / "tables-wide.tex", latex.tables_tex(entries, stats, alpha, wide=True, table=mirror))
     atomic_write_text(out_dir / "report.tex", latex.report_tex(tables, intro))
-    md = out_dir / "report.md"
-    atomic_write_text(md, to_markdown(doc))
-    _readable(out_dir, [*doc.images, SETTINGS_LEADERBOARD, "paired.csv", "episode_counts.csv", "equal_compute.csv",
-                        "cross_evaluation.csv", "report.html", "report.md", "tables.tex", "tables-wide.tex",
-                        "report.tex"])
-    return BuildResult(md, out_dir / "report.html", board, notes, refusals, out_dir / "report.tex")
 
 
 def budget_banner(entries) -> str | None:
     """The warning at the top of a report whose runs trained on less than the paper's budget (or whose profile is
     not ``paper`` where no budget was recorded); None when every run trained on the paper's budget."""
-    fracs = [e.row["budget_fraction"] for e in entries if not math.isnan(e.row["budget_fraction"])]
-    short = [f for f in fracs if f < 0.995]
+    short = short_budgets(entries)
     unknown = sorted({e.key["profile"] for e in entries if math.isnan(e.row["budget_fraction"])
                       and e.key["profile"] != "paper"})
     if not short and not unknown:
         return None
     parts = []
     if short:
-        lo, hi = min(short), max(short)
-        share = _percent(lo) if _percent(lo) == _percent(hi) else f"{_percent(lo)}–{_percent(hi)}"
-        parts.append(f"{share} of the paper's training")
+        parts.append(f"{percent_range(short, '–')} of the paper's training")
     if unknown:
         parts.append(f"profile {', '.join(unknown)} with no recorded budget")
     return (f"**Not comparable with published figures: {'; '.join(parts)}** (meta-training episodes as a share of "

@@ -33,7 +33,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli.toolkit import Parser, UsageError, folder_name, writable_dir
+from ..cli.toolkit import EXIT_OK, EXIT_USAGE, Parser, UsageError, folder_name, usage_errors, writable_dir
 from .build import ALPHA, build
 from .common import ReportError
 
@@ -44,9 +44,9 @@ def default_reports_dir(results_dir: Path) -> Path:
     return Path(results_dir).parent / "reports"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> Parser:
     p = Parser(prog="python -m benchmark.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results-dir", nargs="+", action="extend", default=None, metavar="DIR",
                    help="where the runs are: one results directory, or several (--results-dir A B, or the option "
                         "repeated) for one report from all their runs; default: results")
@@ -59,23 +59,29 @@ def main(argv: list[str] | None = None) -> int:
                         "(e.g. 50 80 90 95) and/or DATASET:50,80,90 (a DATASET none of the runs has is refused); "
                         "default: omniglot 50 80 90 95, other datasets 40 50 60 70")
     p.add_argument("--alpha", type=float, default=ALPHA, help="family-wise significance level; default: 0.05")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    # bad input, as in the other commands: one line (the toolkit's), exit code 2; the report calls no method, so
+    # BENCHMARK_GUARD is not its to judge
+    return usage_errors(lambda: _main(args), guard=False)
+
+
+def _main(args) -> int:
+    if not 0 < args.alpha < 1:
+        raise UsageError(f"--alpha must lie in (0, 1), got {args.alpha:g}")
+    dirs = [Path(d) for d in (args.results_dir or ["results"])]
+    reports = Path(args.reports_dir) if args.reports_dir else default_reports_dir(dirs[0])
+    folder_name("--name", args.name)
+    writable_dir("--reports-dir", reports)
+    writable_dir("--name", reports / args.name)
     try:
-        if not 0 < args.alpha < 1:
-            raise ReportError(f"--alpha must lie in (0, 1), got {args.alpha:g}")
-        dirs = [Path(d) for d in (args.results_dir or ["results"])]
-        reports = Path(args.reports_dir) if args.reports_dir else default_reports_dir(dirs[0])
-        try:
-            folder_name("--name", args.name)
-            writable_dir("--reports-dir", reports)
-            writable_dir("--name", reports / args.name)
-        except UsageError as e:
-            raise ReportError(str(e)) from None
         res = build(dirs[0] if len(dirs) == 1 else dirs, reports / args.name, thresholds=args.thresholds,
                     alpha=args.alpha)
-    except ReportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ReportError as e:  # the report's own one-line errors (it does not import the toolkit)
+        raise UsageError(str(e)) from None
     for n in res.notes:
         print(f"note: {n}", file=sys.stderr)
     print(res.path)
@@ -83,6 +89,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: paired comparison refused in {len(res.refusals)} case(s), the test episodes differ "
               f"(first: {res.refusals[0]}); the report was written without those pairs: {res.path}",
               file=sys.stderr)
-        return 2
-    return 0
-
+        return EXIT_USAGE
+    return EXIT_OK

@@ -17,7 +17,8 @@ ENTRY_KEYS = SETTING_KEYS + ["method", "overrides", "test_fingerprint", "precisi
 
 FAMILY_LABEL = {"metric": "metric-based", "initialization": "initialization-based", "optimizer": "optimizer-based",
                 "transfer": "transfer learning (fine-tuning)"}
-#: the survey's three meta-learning families, then the transfer-learning baselines they are compared with
+#: the survey's three meta-learning families, then the transfer-learning baselines they are compared with; a copy of
+#: ``benchmark.pipeline.registry.FAMILY_ORDER`` (the report imports only the store), held equal by tests/test_report.py
 FAMILY_ORDER = ("metric", "initialization", "optimizer", "transfer")
 
 

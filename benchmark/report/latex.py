@@ -10,10 +10,11 @@ Two files, written by :func:`benchmark.report.build.build` beside ``report.md``:
 
 Content, from the same entries, paired tests and notes as the Markdown/HTML report (nothing new is computed here):
 
-* **Table 1 mirror** (one table per backbone x profile x test queries, as in the report): rows the methods by family
-  (variants beneath their method; the survey's idea column is left out for width), two columns per setting:
-  *Ours* (mean $\pm$ 95% CI over test episodes of the seed-averaged accuracy) and *Published* (the published figure,
-  with its CI where the paper gives one). The measured-minus-published differences are in ``report.md``.
+* **Table 1 mirror** (one table per backbone x profile x test queries, as in the report; the model
+  :mod:`benchmark.report.table1` formatted, nothing decided here): rows the methods by family (variants beneath their
+  method; the survey's idea column is left out for width), two columns per setting: *Ours* (mean $\pm$ 95% CI over
+  test episodes of the seed-averaged accuracy) and *Published* (the published figure, with its CI where the paper
+  gives one). The measured-minus-published differences and the budgets are in ``report.md``.
 * **Leaderboard** (one table per setting: dataset, ways, shots, split, backbone, profile, test queries): method,
   family, accuracy (mean $\pm$ CI), sd over seeds, seeds, test episodes, rank, published figure, difference.
 * **The survey in English** (:func:`survey_tables`): its Table 1 (all 16 rows: name, idea, its four figures, the
@@ -40,144 +41,55 @@ than the paper's ("budget 2.0% of the paper's"), the test episodes of entries of
 episodes, and the refused pairings; then the report's closing note on published CIs (CI conventions and query
 counts differ between papers).
 
-Text from records (method names, overrides, notes, paths) is escaped for LaTeX (:func:`escape`).
+Text from records (method names, overrides, notes, paths) is escaped for LaTeX (:func:`escape`); the escaping and the
+pieces of the tables (cells, rows, floats, footnote lines) are in :mod:`benchmark.report.latex_text`.
 """
 from __future__ import annotations
 
 import math
-import re
 
 import pandas as pd
 
-from .common import FAMILY_LABEL, short
-from .entries import Entry, few_seeds, seed_note
-from .reference import (
-    load_reference,
-    load_survey,
-    load_survey_remarks,
-    load_survey_table2,
-    published_figure,
-    survey_figure,
-    survey_settings,
+from .common import FAMILY_LABEL, norm_dataset
+from .convergence import compute_entries, compute_figure_name, equal_compute_frame, pretraining_note
+from .entries import Entry, by_setting, few_seeds, short_budgets
+from .latex_text import (
+    ROW_SPACE,
+    bold,
+    escape,
+    inline,
+    notes_line,
+    plus_minus,
+    power,
+    stack,
+    superscript,
+    table_float,
+    tex_label,
+    tex_row,
+    wrap,
 )
-from .sections import (
+from .reference import load_survey, load_survey_remarks, load_survey_table2, survey_figure, survey_settings
+from .stats import MIN_SEEDS
+from .table1 import MEASURED, Block, Cell, Measured, Published, measured, significant_winners, table1
+from .tables import accuracy_at_compute, entry_ranks
+from .text import (
     COMPUTE_COUNTS,
     PUBLISHED_FOOTER,
     STAT_TEST,
     SURVEY_ATTRIBUTION,
-    _method_cell,
-    _percent,
-    _setting_title,
-    _slug,
-    _source_note,
-    _st,
-    compute_entries,
-    compute_figure_name,
-    equal_compute_frame,
-    pretraining_note,
-    published_note,
-    table1_blocks,
-    table1_rows,
-    table1_settings,
+    Footnotes,
+    episodes_text,
+    method_cell,
+    percent_range,
+    setting_slug,
+    setting_title,
 )
-from .stats import MIN_SEEDS
-from .tables import accuracy_at_compute
 
-__all__ = ["escape", "significant_winners", "tables_tex", "report_tex", "REQUIRED_PACKAGES"]
+__all__ = ["escape", "inline", "significant_winners", "tables_tex", "report_tex", "REQUIRED_PACKAGES", "table1_tables",
+           "leaderboard_tables", "survey_tables", "compute_floats", "SETTINGS_PER_TABLE"]
 
 #: What a paper's preamble must load to ``\input`` ``tables.tex``.
 REQUIRED_PACKAGES = ("booktabs", "graphicx")
-
-_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-            "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "[": "{[}", "]": "{]}",
-            "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}", '"': r"\textquotedbl{}",
-            "±": r"$\pm$", "Δ": r"$\Delta$", "†": r"\dag{}", "‡": r"\ddag{}", "—": "---", "–": "--",
-            "−": "$-$", "≥": r"$\geq$", "≤": r"$\leq$", "×": r"$\times$", "√": r"$\surd$", "α": r"$\alpha$",
-            "·": r"$\cdot$", "…": r"\ldots{}", "’": "'", "‘": "`", "“": "``", "”": "''", "\u00a0": "~"}
-
-
-def escape(text) -> str:
-    """``text`` as LaTeX text: the special characters escaped (``\\ & % $ # _ { } ~ ^``, and ``[ ]`` braced so that
-    a cell never starts an optional argument; ``--`` kept as two hyphens), the report's symbols (± Δ † ‡ — − ≥ × √ α ·) as LaTeX commands,
-    Latin-1 letters kept (``[T1]{fontenc}``), any other character replaced by ``?``."""
-    out = []
-    text = str(text)
-    for i, ch in enumerate(text):
-        if ch == "-" and text[i + 1:i + 2] == "-":  # "--eval-seed" stays two hyphens, not an en dash
-            out.append("-{}")
-        elif ch in _SPECIAL:
-            out.append(_SPECIAL[ch])
-        elif ord(ch) < 128:
-            out.append(ch if ch.isprintable() or ch == " " else " ")
-        elif ord(ch) < 256 and ch.isprintable():
-            out.append(ch)
-        else:
-            out.append("?")
-    return "".join(out)
-
-
-def inline(text: str) -> str:
-    """Report prose (Markdown inline: ```code```, ``**bold**``) as LaTeX: code spans in ``\\texttt``, bold in
-    ``\\textbf``, the rest escaped."""
-    out = []
-    for i, part in enumerate(re.split(r"`([^`]*)`", str(text))):
-        if i % 2:
-            out.append(r"\texttt{" + escape(part) + "}")
-        else:
-            bits = re.split(r"\*\*(.+?)\*\*", part)
-            out.append("".join(r"\textbf{" + escape(b) + "}" if j % 2 else escape(b) for j, b in enumerate(bits)))
-    return "".join(out)
-
-
-def _pm(mean: float, ci: float) -> str:
-    return f"{mean:.2f} $\\pm$ {ci:.2f}"
-
-
-def _bold(cell: str) -> str:
-    return r"\textbf{\boldmath " + cell + "}"
-
-
-def _sup(marks: list[int]) -> str:
-    return r"\textsuperscript{" + ",".join(map(str, marks)) + "}" if marks else ""
-
-
-def _label(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.:-]", "-", text)
-
-
-def significant_winners(stats) -> dict[tuple, str | None]:
-    """Per setting (:attr:`~benchmark.report.tables.SettingStats.setting`): the label of the entry that the paired
-    tests (Holm-corrected) find significantly better than every other entry of the setting, or None: when no entry
-    is, when the setting has one entry only, when its entries ran on different test episodes (several
-    fingerprints: not every pair was tested), or when an entry has fewer than :data:`MIN_SEEDS` seeds (then the
-    tests compare trained models, not methods)."""
-    out: dict[tuple, str | None] = {}
-    for st in stats:
-        win = None
-        if len(st.groups) == 1:
-            _, ges, res = st.groups[0]
-            if len(ges) >= 2 and not few_seeds(ges):
-                best = [r.label for r in res.ranks.itertuples() if len(r.better_than) == len(ges) - 1]
-                win = best[0] if len(best) == 1 else None
-        out[st.setting] = win
-    return out
-
-
-class _Notes:
-    """The footnotes of one table, numbered in order of first use (the same text gets the same number)."""
-
-    def __init__(self):
-        self.texts: dict[str, int] = {}
-
-    def mark(self, text: str) -> int:
-        return self.texts.setdefault(text, len(self.texts) + 1)
-
-    def lines(self) -> list[str]:
-        """The notes as one run-in paragraph (one line of the float's notes), so that a table with many notes
-        stays short enough for a page."""
-        if not self.texts:
-            return []
-        return ["; ".join(r"\textsuperscript{" + str(n) + "}~" + inline(t) for t, n in self.texts.items()) + "."]
 
 
 def _legend(alpha: float) -> str:
@@ -189,43 +101,23 @@ def _legend(alpha: float) -> str:
             "footnote says which).")
 
 
-def _float(caption: str, label: str, colspec: str, body: list[str], foot: list[str], wide: bool = False) -> str:
-    """One float: ``table`` (a column's width) or, ``wide``, ``table*`` (both columns of a two-column paper). The
-    tables are laid out to fit at ``\\footnotesize`` (no scaling); a table wider than the text would still be
-    shrunk to fit by the ``\\resizebox`` guard, which leaves narrower ones alone."""
-    env = "table*" if wide else "table"
-    lines = [r"\begin{" + env + "}[htbp]", r"\centering", r"\footnotesize", r"\setlength{\tabcolsep}{4pt}",
-             r"\caption{" + caption + "}", r"\label{" + label + "}",
-             r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%",
-             r"\begin{tabular}{" + colspec + "}", *body, r"\end{tabular}}", r"\par\smallskip",
-             r"\begin{minipage}{\linewidth}\scriptsize\raggedright"]
-    lines += [f + r"\par" for f in foot]
-    lines += [r"\end{minipage}", r"\end{" + env + "}", ""]
-    return "\n".join(lines)
-
-
-def _row(cells: list[str]) -> str:
-    return " & ".join(cells) + r" \\"
-
-
-def _stack(cells: list[str]) -> str:
-    """Several values in one cell, one per line."""
-    return cells[0] if len(cells) == 1 else r"\begin{tabular}[t]{@{}c@{}}" + r" \\ ".join(cells) + r"\end{tabular}"
-
-
-def _measured(e: Entry, notes: _Notes, winners: dict, several_fps: bool) -> str:
-    r = e.row
-    cell = _pm(r["mean"], r["ci95"])
-    if winners.get(e.setting) == e.label:
-        cell = _bold(cell)
+def _measured(m: Measured, notes: Footnotes) -> str:
+    cell = plus_minus(m.mean, m.ci95)
+    if m.bold:
+        cell = bold(cell)
     marks = []
-    if several_fps:
-        marks.append(notes.mark(f"Tested on the episodes with fingerprint {short(e.key['test_fingerprint'])} "
-                                f"({r['n_episodes']} episodes); entries of this setting on other episodes are not "
-                                "paired with it, so no entry of the setting is bold."))
-    if seed_note(e):
-        marks.append(notes.mark(seed_note(e) + "."))
-    return cell + _sup(marks)
+    if m.episodes_note:
+        marks.append(notes.mark(m.episodes_note))
+    if m.seed_note:
+        marks.append(notes.mark(m.seed_note + "."))
+    return cell + superscript(marks)
+
+
+def _published(pub: Published | None, notes: Footnotes) -> str:
+    if not pub:
+        return "---"
+    cell = f"{pub.accuracy:.2f}" + ("" if math.isnan(pub.ci95) else f" $\\pm$ {pub.ci95:.2f}")
+    return cell + superscript([notes.mark(pub.note)]) + ("" if pub.comparable else r"\dag")
 
 
 def _seeds_note(es: list[Entry]) -> str | None:
@@ -240,24 +132,6 @@ def _seeds_note(es: list[Entry]) -> str | None:
             "variance.")
 
 
-def _published(e: Entry, notes: _Notes, survey: pd.DataFrame) -> str:
-    r, pub = e.row, e.row["_published"]
-    if not pub:
-        return "---"
-    cell = f"{pub['accuracy']:.2f}" + ("" if math.isnan(pub["ci95"]) else f" $\\pm$ {pub['ci95']:.2f}")
-    return cell + _sup([notes.mark(published_note(e, survey))]) + ("" if r["published_comparable"] else r"\dag")
-
-
-def _family_rows(labels: list[str], first: dict[str, Entry]) -> list[tuple[str, str]]:
-    """(family cell, label) per row: the family written on its first row only."""
-    out, prev = [], None
-    for lab in labels:
-        fam = first[lab].info.family
-        out.append((escape(FAMILY_LABEL.get(fam, fam or "---")) if fam != prev else "", lab))
-        prev = fam
-    return out
-
-
 def _method(e: Entry) -> str:
     return escape(e.label) + (f" {{\\footnotesize (variant of {escape(e.info.variant_of)})}}"
                               if e.info.variant_of else "")
@@ -270,97 +144,82 @@ SETTINGS_PER_TABLE = {False: 2, True: 4}
 
 def _budget_note(es: list[Entry]) -> str | None:
     """One note for the whole table on the training budget of its runs (not one per cell)."""
-    fr = [e.row["budget_fraction"] for e in es if not math.isnan(e.row["budget_fraction"])]
-    short = [f for f in fr if f < 0.995]
-    if not short:
+    budgets = short_budgets(es)
+    if not budgets:
         return None
-    lo, hi = min(short), max(short)
-    share = _percent(lo) if _percent(lo) == _percent(hi) else f"{_percent(lo)}--{_percent(hi)}"
-    return (f"Ours: trained on {share} of the meta-training episodes of each method's `paper` profile (per entry: "
-            "`budget_fraction` in leaderboard.csv); not comparable with the published figures, and a gap to them "
-            "is expected.")
+    return (f"Ours: trained on {percent_range(budgets, '--')} of the meta-training episodes of each method's `paper` "
+            "profile (per entry: `budget_fraction` in leaderboard.csv); not comparable with the published figures, "
+            "and a gap to them is expected.")
 
 
 def table1_tables(entries: list[Entry], stats, alpha: float, survey: pd.DataFrame | None = None,
-                  wide: bool = False) -> list[str]:
-    """The Table 1 mirror: per backbone x profile x test queries, the survey's rows in its order and its settings
-    (then any other setting run), two columns per setting (Ours, Published), at most
-    :data:`SETTINGS_PER_TABLE` settings per float (``wide``: ``table*`` floats for a two-column paper)."""
-    survey = load_survey() if survey is None else survey
-    ref = load_reference()
-    winners = significant_winners(stats)
-    n_fps = {st.setting: len(st.groups) for st in stats}
+                  wide: bool = False, table: list[Block] | None = None) -> list[str]:
+    """The Table 1 mirror (``table``, else the model :func:`~benchmark.report.table1.table1` of ``entries`` and
+    ``stats``): per block (backbone x profile x test queries), the survey's rows in its order and its settings (then
+    any other setting run), two columns per setting (Ours, Published), at most :data:`SETTINGS_PER_TABLE` settings
+    per float (``wide``: ``table*`` floats for a two-column paper)."""
+    table = table1(entries, stats, survey) if table is None else table
+    k = SETTINGS_PER_TABLE[wide]
     out = []
-    for (backbone, profile, queries), es in table1_blocks(entries).items():
-        settings = table1_settings(es, survey)
-        rows = table1_rows(es, survey)
-        k = SETTINGS_PER_TABLE[wide]
-        chunks = [settings[i:i + k] for i in range(0, len(settings), k)]
-        episodes = "/".join(f"{n:,}" for n in sorted({int(e.row["n_episodes"]) for e in es}))
-        for part, chunk in enumerate(chunks, 1):
-            notes = _Notes()
-            n = 1 + 2 * len(chunk)
-            groups: list[list] = []
-            for st in chunk:
-                name = st[0] + (f" ({st[3]} split)" if st[3] else "")
-                if groups and groups[-1][0] == name:
-                    groups[-1][1] += 1
-                else:
-                    groups.append([name, 1])
-            head0 = [""] + [r"\multicolumn{" + str(2 * c) + "}{c}{" + escape(g) + "}" for g, c in groups]
-            head1 = [""] + [r"\multicolumn{2}{c}{" + f"{int(st[1])}-way {int(st[2])}-shot" + "}" for st in chunk]
-            rules = " ".join(f"\\cmidrule(lr){{{2 + 2 * i}-{3 + 2 * i}}}" for i in range(len(chunk)))
-            body = [r"\toprule", _row(head0), _row(head1), rules, _row(["Method"] + ["Ours", "Published"] * len(chunk)),
-                    r"\midrule"]
-            prev = None
-            for kind, name, res in rows:
-                fam = res[0].info.family if res else survey.loc[survey["method"] == name, "family"].iloc[0]
-                if fam != prev:
-                    if prev is not None:
-                        body.append(r"\midrule")
-                    body.append(r"\multicolumn{" + str(n) + r"}{@{}l}{\textit{"
-                                + escape(FAMILY_LABEL.get(fam, fam or "other")) + "}}" + r" \\")
-                    prev = fam
-                if res:
-                    e0 = res[0]
-                    cells = [(r"\quad " if e0.info.variant_of else "") + escape(e0.label)]
-                else:
-                    cells = [escape(name)]
-                for st in chunk:
-                    here = [e for e in res if _st(e) == st]
-                    if not res:
-                        fig = survey_figure(survey, name, st[0], st[1], st[2]) if not st[3] else None
-                        cells += ["n.r.", "---" if fig is None else
-                                  f"{fig:.2f}" + _sup([notes.mark("survey Table 1")])]
-                    elif not here:
-                        pub = None if st[3] else published_figure(
-                            ref, survey, res[0].info, st[0], st[1], st[2],
-                            [r.config.get("hyperparameters") for r in res[0].runs])
-                        cells += ["n.r.", "---" if pub is None else
-                                  f"{pub['accuracy']:.2f}" + ("" if math.isnan(pub["ci95"]) else
-                                                              f" $\\pm$ {pub['ci95']:.2f}")
-                                  + _sup([notes.mark(_source_note(pub))])]
-                    else:
-                        cells.append(_stack([_measured(e, notes, winners, n_fps.get(e.setting, 1) > 1)
-                                             for e in here]))
-                        cells.append(_stack([_published(e, notes, survey) for e in here]))
-                body.append(_row(cells))
-            body.append(r"\bottomrule")
-            of = f" (part {part} of {len(chunks)})" if len(chunks) > 1 else ""
-            caption = (f"Survey Table 1 mirror{of}: measured (ours) vs published accuracy (\\%); profile "
-                       f"\\textbf{{{escape(profile)}}}, backbone {escape(backbone)}, {int(queries)} test queries per "
-                       f"class, {episodes} test episodes.")
-            budget = _budget_note(es)
-            seeds = _seeds_note(es)
-            foot = [_legend(alpha) + " n.r.: not run in this report (the published figure is shown; "
-                    "benchmark/reference/README.md names the survey's methods this project does not implement); "
-                    "---: no figure." + (" " + inline(budget) if budget else "") + (" " + inline(seeds) if seeds
-                                                                                   else "")] \
-                + notes.lines() + [inline(PUBLISHED_FOOTER)]
-            out.append(_float(caption, _label(f"tab:fewshot-table1-{backbone}-{profile}-q{queries}"
-                                              + (f"-{part}" if len(chunks) > 1 else "")),
-                              "@{}l" + "cc" * len(chunk) + "@{}", body, foot, wide))
+    for block in table:
+        chunks = [list(range(i, min(i + k, len(block.settings)))) for i in range(0, len(block.settings), k)]
+        out += [_table1_float(block, cols, part, len(chunks), alpha, wide) for part, cols in enumerate(chunks, 1)]
     return out
+
+
+def _table1_head(chunk: list[tuple]) -> list[str]:
+    """The header of a Table 1 float: dataset (and split) over ways and shots over Ours and Published."""
+    groups: list[list] = []
+    for st in chunk:
+        name = st[0] + (f" ({st[3]} split)" if st[3] else "")
+        if groups and groups[-1][0] == name:
+            groups[-1][1] += 1
+        else:
+            groups.append([name, 1])
+    head0 = [""] + [r"\multicolumn{" + str(2 * c) + "}{c}{" + escape(g) + "}" for g, c in groups]
+    head1 = [""] + [r"\multicolumn{2}{c}{" + f"{int(st[1])}-way {int(st[2])}-shot" + "}" for st in chunk]
+    rules = " ".join(f"\\cmidrule(lr){{{2 + 2 * i}-{3 + 2 * i}}}" for i in range(len(chunk)))
+    return [r"\toprule", tex_row(head0), tex_row(head1), rules,
+            tex_row(["Method"] + ["Ours", "Published"] * len(chunk)), r"\midrule"]
+
+
+def _table1_cell(cell: Cell, notes: Footnotes) -> list[str]:
+    """A cell as its two columns, Ours and Published (several values stacked in one cell)."""
+    if cell.status != MEASURED:
+        return ["n.r.", _published(cell.published, notes)]
+    return [stack([_measured(m, notes) for m in cell.values]),
+            stack([_published(m.published, notes) for m in cell.values])]
+
+
+def _table1_float(block: Block, cols: list[int], part: int, parts: int, alpha: float, wide: bool) -> str:
+    """One float of a Table 1 block: the settings at the positions ``cols``, as part ``part`` of ``parts``."""
+    chunk = [block.settings[i] for i in cols]
+    notes = Footnotes()
+    body = _table1_head(chunk)
+    prev = None
+    for row in block.rows:
+        if row.family != prev:
+            if prev is not None:
+                body.append(r"\midrule")
+            body.append(r"\multicolumn{" + str(1 + 2 * len(chunk)) + r"}{@{}l}{\textit{"
+                        + escape(FAMILY_LABEL.get(row.family, row.family or "other")) + "}}" + r" \\")
+            prev = row.family
+        cells = [(r"\quad " if row.ran and row.variant_of else "") + escape(row.name)]
+        for i in cols:
+            cells += _table1_cell(row.cells[i], notes)
+        body.append(tex_row(cells))
+    body.append(r"\bottomrule")
+    of = f" (part {part} of {parts})" if parts > 1 else ""
+    caption = (f"Survey Table 1 mirror{of}: measured (ours) vs published accuracy (\\%); profile "
+               f"\\textbf{{{escape(block.profile)}}}, backbone {escape(block.backbone)}, {int(block.queries)} test "
+               f"queries per class, {episodes_text(block.n_episodes)} test episodes.")
+    budget, seeds = _budget_note(list(block.entries)), _seeds_note(list(block.entries))
+    foot = [_legend(alpha) + " n.r.: not run in this report (the published figure is shown; "
+            "benchmark/reference/README.md names the survey's methods this project does not implement); "
+            "---: no figure." + (" " + inline(budget) if budget else "") + (" " + inline(seeds) if seeds else "")] \
+        + notes_line(notes) + [inline(PUBLISHED_FOOTER)]
+    label = f"tab:fewshot-table1-{block.backbone}-{block.profile}-q{block.queries}" + (f"-{part}" if parts > 1 else "")
+    return table_float(caption, tex_label(label), "@{}l" + "cc" * len(chunk) + "@{}", body, foot, wide)
 
 
 def leaderboard_tables(entries: list[Entry], stats, alpha: float, survey: pd.DataFrame | None = None,
@@ -368,30 +227,24 @@ def leaderboard_tables(entries: list[Entry], stats, alpha: float, survey: pd.Dat
     """The leaderboard: one LaTeX table per setting (see the module docstring)."""
     survey = load_survey() if survey is None else survey
     winners = significant_winners(stats)
-    by_setting = {st.setting: st for st in stats}
-    groups: dict[tuple, list[Entry]] = {}
-    for e in entries:
-        groups.setdefault(e.setting, []).append(e)
+    ranks = entry_ranks(stats)
+    stats_of = {st.setting: st for st in stats}
     out = []
-    for setting, es in groups.items():
-        st = by_setting.get(setting)
+    for setting, es in by_setting(entries).items():
+        st = stats_of.get(setting)
         several = st is not None and len(st.groups) > 1
-        notes = _Notes()
+        notes = Footnotes()
         head = ["Method", "Family", r"Accuracy (\%)", "Seed sd", "Seeds", "Episodes", "Rank",
                 r"Published (\%)", r"$\Delta$"]
-        body = [r"\toprule", _row(head), r"\midrule"]
+        body = [r"\toprule", tex_row(head), r"\midrule"]
         for e in es:
-            r = e.row
-            body.append(_row([
-                _method(e), escape(FAMILY_LABEL.get(e.info.family, e.info.family or "---")),
-                _measured(e, notes, winners, several),
-                "---" if math.isnan(r["seed_sd"]) else f"{r['seed_sd']:.2f}", str(int(r["n_seeds"])),
-                f"{int(r['n_episodes']):,}",
-                "---" if r["rank"] is None or (isinstance(r["rank"], float) and math.isnan(r["rank"]))
-                else str(int(r["rank"])),
-                _published(e, notes, survey),
-                "---" if math.isnan(r["difference"]) else
-                f"${r['difference']:+.2f}$" + ("" if r["published_comparable"] else r"\dag")]))
+            m = measured(e, winners, several, survey)
+            body.append(tex_row([
+                _method(e), escape(FAMILY_LABEL.get(e.info.family, e.info.family or "---")), _measured(m, notes),
+                "---" if math.isnan(m.seed_sd) else f"{m.seed_sd:.2f}", str(int(m.n_seeds)), f"{int(m.n_episodes):,}",
+                str(ranks[e.ident]) if e.ident in ranks else "---", _published(m.published, notes),
+                "---" if math.isnan(m.difference) else
+                f"${m.difference:+.2f}$" + ("" if m.published.comparable else r"\dag")]))
         body.append(r"\bottomrule")
         budget = _budget_note(es)
         if budget:
@@ -400,28 +253,15 @@ def leaderboard_tables(entries: list[Entry], stats, alpha: float, survey: pd.Dat
             notes.mark(_seeds_note(es))
         for msg in (st.refusals if st is not None else []):
             notes.mark(f"Refused: {msg}.")
-        caption = f"Leaderboard: {escape(_setting_title(setting))}."
+        caption = f"Leaderboard: {escape(setting_title(setting))}."
         foot = [_legend(alpha) + r" Rank: 1 + the number of entries significantly better (entries no entry beats "
                 r"share rank 1); $\Delta$: ours $-$ published, percentage points. Seed sd: sd of the per-seed "
-                "means (--- for one seed)."] + notes.lines() + [inline(PUBLISHED_FOOTER)]
-        out.append(_float(caption, _label(f"tab:fewshot-leaderboard-{_slug(setting)}"), "@{}llccccccc@{}", body,
-                          foot, wide))
+                "means (--- for one seed)."] + notes_line(notes) + [inline(PUBLISHED_FOOTER)]
+        out.append(table_float(caption, tex_label(f"tab:fewshot-leaderboard-{setting_slug(setting)}"),
+                               "@{}llccccccc@{}", body, foot, wide))
     return out
 
 
-def _wrap(text: str, width: int) -> str:
-    """Text as a cell broken into lines of at most ``width`` characters (a one-column tabular inside the cell, so
-    that the table's columns stay ``l``/``c`` and long sentences do not widen it)."""
-    import textwrap
-
-    lines = textwrap.wrap(str(text), width) or [""]
-    if len(lines) == 1:
-        return escape(lines[0])
-    return r"\begin{tabular}[t]{@{}l@{}}" + r" \\ ".join(escape(x) for x in lines) + r"\end{tabular}"
-
-
-#: Before each row of a table whose cells run over several lines, so that rows stay apart (booktabs)
-_SPACE = r"\addlinespace[3pt]"
 #: Characters per line of the survey's sentences: (one column's width, two columns' width)
 _WRAP = {"idea": (46, 78), "embedding": (16, 20), "distance": (12, 14), "judgement": (30, 44), "remark": (70, 110)}
 
@@ -434,10 +274,13 @@ def survey_tables(ran: set[str], wide: bool = False) -> list[str]:
     """The survey in English: its Table 1 (16 rows: name, idea, its four figures, what this project has of the row),
     its Table 2 (five metric-based rows: embeddings, distance, strengths, shortcomings) and its remarks on MAML,
     Reptile and MTL, each attributed to the survey (this project's translation)."""
-    survey, t2, rm = load_survey(), load_survey_table2(), load_survey_remarks()
-    here = {norm for norm in (re.sub(r"[^a-z0-9]", "", m.lower()) for m in ran)}
-    out = []
-    # Table 1
+    rm = load_survey_remarks()
+    return [_survey_table1(load_survey(), {norm_dataset(m) for m in ran}, wide),
+            _survey_table2(load_survey_table2(), wide)] + ([_survey_remarks(rm, wide)] if len(rm) else [])
+
+
+def _survey_table1(survey: pd.DataFrame, here: set[str], wide: bool) -> str:
+    """The survey's Table 1 (``here``: the normalised names of the methods with runs in this report)."""
     cols = survey_settings(survey)
     groups: list[list] = []
     for c in cols:
@@ -451,8 +294,8 @@ def survey_tables(ran: set[str], wide: bool = False) -> list[str]:
         + ["Here"]
     starts = [3 + sum(k for _, k in groups[:i]) for i in range(len(groups))]
     rules = " ".join(f"\\cmidrule(lr){{{a}-{a + k - 1}}}" for a, (_, k) in zip(starts, groups))
-    body = [r"\toprule", _row(head0), rules, _row(head1), r"\midrule"]
-    prev, notes = None, _Notes()
+    body = [r"\toprule", tex_row(head0), rules, tex_row(head1), r"\midrule"]
+    prev, notes = None, Footnotes()
     for r in survey.itertuples(index=False):
         if r.family != prev:
             if prev is not None:
@@ -464,43 +307,46 @@ def survey_tables(ran: set[str], wide: bool = False) -> list[str]:
         for c in cols:
             v = survey_figure(survey, r.method, c[0], c[1], c[2])
             figs.append("---" if v is None else f"{v:.2f}")
-        name = escape(r.name) + (_sup([notes.mark(f"{r.name}: {r.note}")]) if r.note else "")
-        here_cell = (escape(r.method) + ("*" if re.sub(r"[^a-z0-9]", "", r.method.lower()) in here else "")) \
-            if r.implemented else "n.i."
-        body.append(_SPACE + _row([name, _wrap(r.idea, _width("idea", wide)), *figs, here_cell]))
+        name = escape(r.name) + (superscript([notes.mark(f"{r.name}: {r.note}")]) if r.note else "")
+        here_cell = (escape(r.method) + ("*" if norm_dataset(r.method) in here else "")) if r.implemented else "n.i."
+        body.append(ROW_SPACE + tex_row([name, wrap(r.idea, _width("idea", wide)), *figs, here_cell]))
     body.append(r"\bottomrule")
     foot = [inline(SURVEY_ATTRIBUTION) + " Figures in \\%; ---: the survey prints None (or leaves the cell blank). "
             "Here: the method of this project that implements the row (*: with runs in this report); n.i.: not "
-            "implemented here. Reptile is not in the survey's table (its section 4.3 discusses it)."] + notes.lines()
-    out.append(_float("The survey's Table 1 in English (section 4.1.2: recognition accuracy on miniImageNet and "
-                      "Omniglot, 5-way), all its rows in its order.", "tab:fewshot-survey-table1",
-                      "@{}ll" + "c" * len(cols) + "l@{}", body, foot, wide))
-    # Table 2
-    notes = _Notes()
+            "implemented here. Reptile is not in the survey's table (its section 4.3 discusses it)."] \
+        + notes_line(notes)
+    return table_float("The survey's Table 1 in English (section 4.1.2: recognition accuracy on miniImageNet and "
+                       "Omniglot, 5-way), all its rows in its order.", "tab:fewshot-survey-table1",
+                       "@{}ll" + "c" * len(cols) + "l@{}", body, foot, wide)
+
+
+def _survey_table2(t2: pd.DataFrame, wide: bool) -> str:
+    notes = Footnotes()
     head = ["Method", "Support embedding", "Query embedding", "Distance", "Strengths", "Shortcomings"]
-    body = [r"\toprule", _row(head), r"\midrule"]
+    body = [r"\toprule", tex_row(head), r"\midrule"]
     for r in t2.itertuples(index=False):
-        name = escape(r.name or r.method) + (_sup([notes.mark(r.note.rstrip("."))]) if r.note else "")
-        body.append(_SPACE + _row([name, _wrap(r.support_embedding, _width("embedding", wide)),
-                          _wrap(r.query_embedding, _width("embedding", wide)),
-                          _wrap(r.distance, _width("distance", wide)), _wrap(r.strengths, _width("judgement", wide)),
-                          _wrap(r.shortcomings, _width("judgement", wide))]))
+        name = escape(r.name or r.method) + (superscript([notes.mark(r.note.rstrip("."))]) if r.note else "")
+        body.append(ROW_SPACE + tex_row([name, wrap(r.support_embedding, _width("embedding", wide)),
+                                         wrap(r.query_embedding, _width("embedding", wide)),
+                                         wrap(r.distance, _width("distance", wide)),
+                                         wrap(r.strengths, _width("judgement", wide)),
+                                         wrap(r.shortcomings, _width("judgement", wide))]))
     body.append(r"\bottomrule")
-    foot = [inline(SURVEY_ATTRIBUTION)] + notes.lines()
-    out.append(_float("The survey's Table 2 in English (section 4.2: comparison of metric-based meta-learning "
-                      "methods).", "tab:fewshot-survey-table2", "@{}llllll@{}", body, foot, wide))
-    # remarks
-    if len(rm):
-        names = {"maml": "MAML", "reptile": "Reptile", "mtl": "MTL"}
-        body = [r"\toprule", _row(["Method", "Section", "Kind", "The survey's remark"]), r"\midrule"]
-        for r in rm.itertuples(index=False):
-            body.append(_SPACE + _row([escape(names.get(r.method, r.method)), escape(r.section), escape(r.kind),
-                              _wrap(r.remark, _width("remark", wide))]))
-        body.append(r"\bottomrule")
-        out.append(_float("The survey on MAML, Reptile and MTL (it has no comparison table for the "
-                          "initialization-based methods): its remarks, with their section.", "tab:fewshot-survey-remarks",
-                          "@{}llll@{}", body, [inline(SURVEY_ATTRIBUTION)], wide))
-    return out
+    foot = [inline(SURVEY_ATTRIBUTION)] + notes_line(notes)
+    return table_float("The survey's Table 2 in English (section 4.2: comparison of metric-based meta-learning "
+                       "methods).", "tab:fewshot-survey-table2", "@{}llllll@{}", body, foot, wide)
+
+
+def _survey_remarks(rm: pd.DataFrame, wide: bool) -> str:
+    names = {"maml": "MAML", "reptile": "Reptile", "mtl": "MTL"}
+    body = [r"\toprule", tex_row(["Method", "Section", "Kind", "The survey's remark"]), r"\midrule"]
+    for r in rm.itertuples(index=False):
+        body.append(ROW_SPACE + tex_row([escape(names.get(r.method, r.method)), escape(r.section), escape(r.kind),
+                                         wrap(r.remark, _width("remark", wide))]))
+    body.append(r"\bottomrule")
+    return table_float("The survey on MAML, Reptile and MTL (it has no comparison table for the "
+                       "initialization-based methods): its remarks, with their section.", "tab:fewshot-survey-remarks",
+                       "@{}llll@{}", body, [inline(SURVEY_ATTRIBUTION)], wide)
 
 
 def compute_floats(entries: list[Entry], wide: bool = False) -> list[str]:
@@ -508,17 +354,14 @@ def compute_floats(entries: list[Entry], wide: bool = False) -> list[str]:
     report's PNG beside this file) and the "accuracy at equal compute" table (``table``/``figure``, or ``wide``:
     ``table*``/``figure*``)."""
     table = accuracy_at_compute(entries)
-    by_setting: dict[tuple, list[Entry]] = {}
-    for e in entries:
-        by_setting.setdefault(e.setting, []).append(e)
     out = []
     star = "*" if wide else ""
-    for setting, es in by_setting.items():
+    for setting, es in by_setting(entries).items():
         has, missing = compute_entries(es)
         if not has:
             continue
-        title = escape(_setting_title(setting))
-        label = _label(f"fewshot-compute-{_slug(setting)}")
+        title = escape(setting_title(setting))
+        label = tex_label(f"fewshot-compute-{setting_slug(setting)}")
         out.append("\n".join([r"\begin{figure" + star + "}[htbp]", r"\centering",
                               r"\includegraphics[width=\linewidth]{" + compute_figure_name(setting) + "}",
                               r"\caption{Validation accuracy against cumulative meta-training FLOPs (log scale), "
@@ -526,10 +369,10 @@ def compute_floats(entries: list[Entry], wide: bool = False) -> list[str]:
                               r"\end{figure" + star + "}", ""]))
         frame = equal_compute_frame(table, setting, has)
         budgets = list(frame.columns[3:])
-        head = ["Method", "GFLOP/episode", "Total FLOPs"] + [_power(b) for b in budgets]
-        body = [r"\toprule", _row(head), r"\midrule"]
+        head = ["Method", "GFLOP/episode", "Total FLOPs"] + [power(b) for b in budgets]
+        body = [r"\toprule", tex_row(head), r"\midrule"]
         for i, r in enumerate(frame.itertuples(index=False)):
-            body.append(_row([escape(r[0]), escape(r[1]), _power(r[2])] + [escape(v) for v in r[3:]]))
+            body.append(tex_row([escape(r[0]), escape(r[1]), power(r[2])] + [escape(v) for v in r[3:]]))
         body.append(r"\bottomrule")
         foot = ["Validation accuracy (\\%, mean over seeds) of the last validation point at or below each budget of "
                 "meta-training FLOPs; not reached: the run stopped before spending it; before first validation: the "
@@ -537,25 +380,17 @@ def compute_floats(entries: list[Entry], wide: bool = False) -> list[str]:
         if pretraining_note(has):
             foot.append(inline(pretraining_note(has)))
         if missing:
-            foot.append("No FLOPs recorded (no compute curve): " + escape(", ".join(_method_cell(e) for e in missing))
+            foot.append("No FLOPs recorded (no compute curve): " + escape(", ".join(method_cell(e) for e in missing))
                         + ".")
-        out.append(_float("Accuracy at equal compute: " + title + ".", _label("tab:" + label), "@{}l"
+        out.append(table_float("Accuracy at equal compute: " + title + ".", tex_label("tab:" + label), "@{}l"
                           + "c" * (len(head) - 1) + "@{}", body, foot, wide))
     return out
 
 
-def _power(text: str) -> str:
-    """``1e13`` (or ``1e13 FLOPs``) as ``$10^{13}$``, ``2.5e12`` as ``$2.5\\times10^{12}$``; other text escaped."""
-    m = re.match(r"^(\d+(?:\.\d+)?)e(-?\d+)(?: FLOPs)?$", str(text))
-    if not m:
-        return escape(text)
-    mant, k = m.group(1), m.group(2)
-    return f"$10^{{{k}}}$" if float(mant) == 1 else f"${mant}\\times10^{{{k}}}$"
-
-
-def tables_tex(entries: list[Entry], stats, alpha: float, wide: bool = False) -> str:
-    r"""``tables.tex``: the Table 1 mirror and the leaderboard, only ``table`` floats (for ``\input`` into a
-    one-column paper); ``wide``: ``tables-wide.tex``, the same as ``table*`` floats for a two-column paper."""
+def tables_tex(entries: list[Entry], stats, alpha: float, wide: bool = False, table: list[Block] | None = None) -> str:
+    r"""``tables.tex``: the Table 1 mirror (``table``, else built from ``entries`` and ``stats``) and the
+    leaderboard, only ``table`` floats (for ``\input`` into a one-column paper); ``wide``: ``tables-wide.tex``, the
+    same as ``table*`` floats for a two-column paper."""
     survey = load_survey()
     name, env = ("tables-wide.tex", "table* floats, for a two-column paper") if wide else \
         ("tables.tex", "table floats, for a one-column paper")
@@ -565,7 +400,7 @@ def tables_tex(entries: list[Entry], stats, alpha: float, wide: bool = False) ->
             "tables.tex: one-column papers, tables-wide.tex: two-column papers; report.tex is the standalone "
             "document.", ""]
     ran = {e.info.variant_of or e.info.name for e in entries}
-    parts = [r"% ---- Survey Table 1 mirror", *table1_tables(entries, stats, alpha, survey, wide),
+    parts = [r"% ---- Survey Table 1 mirror", *table1_tables(entries, stats, alpha, survey, wide, table),
              r"% ---- Leaderboard", *leaderboard_tables(entries, stats, alpha, survey, wide),
              r"% ---- The survey in English: Table 1, Table 2, remarks on MAML, Reptile and MTL",
              *survey_tables(ran, wide),

@@ -209,6 +209,21 @@ def power_label(v: float) -> str:
     return f"$10^{{{k}}}$" if abs(m - 1) < 1e-6 else f"${m:.2g}\\times10^{{{k}}}$"
 
 
+def _log_x_axis(ax, lo: float, hi: float, powers: bool) -> None:
+    """A log x axis from ``lo`` to ``hi``: major ticks at 1, 2, 5 x 10^k over short ranges (more within one decade,
+    else each decade), labelled (``powers``: as powers of ten); minor ticks unlabelled, so that no two labels meet
+    ("90100")."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ratio = hi / max(lo, 1e-12)
+    subs = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0) if ratio < 10 else (1.0, 2.0, 5.0) if ratio < 300 else (1.0,)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.xaxis.set_major_formatter(FuncFormatter(
+        (lambda v, _: power_label(v)) if powers else (lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}")))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def convergence_png(series: list[dict], x: str, title: str, xlabel: str, chance: float | None = None,
                     powers: bool = False) -> bytes:
     """A PNG of validation accuracy against ``x`` (log scale) for each series: {label, curve (seed_curve frame),
@@ -219,7 +234,6 @@ def convergence_png(series: list[dict], x: str, title: str, xlabel: str, chance:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     frames = []
     for s in series:
@@ -244,17 +258,7 @@ def convergence_png(series: list[dict], x: str, title: str, xlabel: str, chance:
                 half = (c["val_sd"] if band == "sd" else c["val_ci95"]).fillna(0.0)
                 ax.fill_between(c[x], c["val_acc"] - half, c["val_acc"] + half, color=colour, alpha=0.15,
                                 linewidth=0)
-            ax.set_xscale("log")
-            lo, hi = float(df[x].min()), float(df[x].max())
-            # major ticks at 1, 2, 5 x 10^k over short ranges (more within one decade, else each decade), labelled;
-            # minor ticks unlabelled,
-            # so that no two labels meet ("90100")
-            ratio = hi / max(lo, 1e-12)
-            subs = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0) if ratio < 10 else (1.0, 2.0, 5.0) if ratio < 300 else (1.0,)
-            ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
-            ax.xaxis.set_major_formatter(FuncFormatter(
-                (lambda v, _: power_label(v)) if powers else (lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}")))
-            ax.xaxis.set_minor_formatter(NullFormatter())
+            _log_x_axis(ax, float(df[x].min()), float(df[x].max()), powers)
             handles, labels = ax.get_legend_handles_labels()
             handles.append(Patch(color="0.6", alpha=0.4))
             labels.append(BAND_LABEL[band])

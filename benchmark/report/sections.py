@@ -1,89 +1,65 @@
 """The report's sections, each written into a :class:`~benchmark.report.render.Doc` from the entries and tables:
-1 the survey's Table 1 mirrored (measured vs published), 2 the metric methods (survey Table 2), 3 paired statistics
-and ranks, 4 convergence, 5 episode counts to accuracy thresholds, 6 cost, 7 cross-evaluation of saved models
-(``benchmark.evaluate`` records), 8 provenance."""
+1 the survey's Table 1 mirrored (measured vs published) and 2 the metric methods (survey Table 2), in
+:mod:`benchmark.report.survey_sections`; 3 paired statistics and ranks; 4 convergence, in
+:mod:`benchmark.report.convergence`; 5 episode counts to accuracy thresholds; 6 cost; 7 cross-evaluation of saved
+models (``benchmark.evaluate`` records); 8 provenance. Sections 1, 2 and 4 stay importable from here."""
 from __future__ import annotations
 
 import math
-import re
 
 import pandas as pd
 
 from ..store.compare import PROVENANCE
 from ..store.compare import provenance as recorded_facts
-from .common import FAMILY_LABEL, FAMILY_ORDER, SETTING_KEYS, norm_dataset, setting_label, short
-from .entries import Entry, few_seeds, seed_note
-from .reference import (
-    load_reference,
-    load_survey,
-    load_survey_remarks,
-    load_survey_table2,
-    published_figure,
-    survey_figure,
-    survey_settings,
+from .common import SETTING_KEYS, short
+from .convergence import (
+    compute_convergence,
+    compute_entries,
+    compute_figure_name,
+    convergence,
+    equal_compute_frame,
+    flops_text,
+    pretraining_note,
 )
-from .render import BAND_LABEL, Doc, band_kind, convergence_png
+from .entries import Entry, by_setting, few_seeds, seed_note
+from .render import Doc
 from .stats import MIN_SEEDS
-from .tables import FINAL_FRACTION, accuracy_at_compute, compute_curve, shared_artefacts
+from .survey_sections import (
+    SURVEY_T2_COLUMNS,
+    metric_methods,
+    survey_remarks,
+    survey_setting_label,
+    survey_table1,
+    table1_mirror,
+)
+from .table1 import published_note, table1_blocks, table1_rows, table1_settings
+from .tables import FINAL_FRACTION, setting_rows, shared_artefacts
 from .tables import cross_evaluation as cross_table
 from .tables import episode_counts as count_episodes
+from .text import (
+    COMPUTE_COUNTS,
+    NOT_HERE,
+    PUBLISHED_FOOTER,
+    STAT_TEST,
+    SURVEY_ATTRIBUTION,
+    commit_text,
+    count_text,
+    decimal_text,
+    method_cell,
+    p_text,
+    percent_text,
+    seconds_text,
+    setting_title,
+)
 
-STAT_TEST = "two-sided paired t-test (scipy.stats.ttest_rel) on per-episode accuracy"
-
-
-# ------------------------------------------------------------------------------------------------ formatting
-def _f(v, nd=2) -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
-
-
-def _int(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "—"
-    try:
-        return f"{int(round(float(v))):,}"
-    except ValueError:
-        return str(v)
-
-
-def _secs(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "—"
-    return f"{v:.1f} s" if v < 100 else f"{v:,.0f} s"
-
-
-def _p(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "—"
-    return "< 1e-4" if v < 1e-4 else f"{v:.4f}"
-
-
-def _commit(v) -> str:
-    if not v:
-        return "—"
-    head, _, rest = str(v).partition("-")
-    return head[:12] + (f"-{rest}" if rest else "")
-
-
-def _setting_title(setting: tuple) -> str:
-    d = dict(zip(SETTING_KEYS, setting))
-    return (f"{setting_label(d['dataset'], d['ways'], d['shots'], d['split'])} — backbone {d['backbone']}, profile "
-            f"{d['profile']}, {d['queries']} test queries per class")
-
-
-def _slug(setting: tuple) -> str:
-    d = dict(zip(SETTING_KEYS, setting))
-    s = f"{d['dataset']}-{d['ways']}w{d['shots']}s-q{d['queries']}-{d['backbone']}-{d['profile']}"
-    s += f"-{d['split']}" if d["split"] else ""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", s)
-
-
-def _percent(fraction: float) -> str:
-    p = 100.0 * fraction
-    return f"{p:.0f}%" if p >= 10 else f"{p:.1f}%" if p >= 1 else f"{p:.2g}%"
-
-
-def _method_cell(e: Entry) -> str:
-    return e.label + (f" (variant of {e.info.variant_of})" if e.info.variant_of else "")
+__all__ = ["paired", "episode_counts", "cost", "cross_evaluation", "provenance", "varying_facts", "budget_text",
+           # sections 1 and 2 (benchmark.report.survey_sections) and 4 (benchmark.report.convergence)
+           "table1_mirror", "survey_table1", "metric_methods", "survey_remarks", "survey_setting_label",
+           "SURVEY_T2_COLUMNS", "convergence", "compute_convergence", "flops_text", "compute_figure_name",
+           "compute_entries", "pretraining_note", "equal_compute_frame",
+           # the Table 1 model (benchmark.report.table1) and the shared texts (benchmark.report.text)
+           "table1_blocks", "table1_settings", "table1_rows", "published_note", "STAT_TEST", "NOT_HERE",
+           "SURVEY_ATTRIBUTION", "PUBLISHED_FOOTER", "COMPUTE_COUNTS"]
 
 
 def _seeds_label(e: Entry) -> str:
@@ -91,357 +67,9 @@ def _seeds_label(e: Entry) -> str:
     return f"{e.label} ({n} seed{'s' if n != 1 else ''})"
 
 
-def _by_setting(entries: list[Entry]) -> dict[tuple, list[Entry]]:
-    out: dict[tuple, list[Entry]] = {}
-    for e in entries:
-        out.setdefault(e.setting, []).append(e)
-    return out
-
-
-# ------------------------------------------------------------------------------------------------ sections
-def _block_title(backbone, profile, queries, n_episodes) -> str:
-    eps = "/".join(f"{n:,}" for n in n_episodes)
-    return (f"Backbone {backbone}, profile {profile}, {queries} test queries per class, {eps} test episodes per "
-            "setting")
-
-
-def table1_blocks(entries: list[Entry]) -> dict[tuple, list[Entry]]:
-    """The entries by (backbone, profile, test queries): one Table 1 per block."""
-    blocks: dict[tuple, list[Entry]] = {}
-    for e in entries:
-        blocks.setdefault((e.key["backbone"], e.key["profile"], e.key["queries"]), []).append(e)
-    return blocks
-
-
-def _st(e: Entry) -> tuple:
-    return (e.key["dataset"], e.key["ways"], e.key["shots"], e.key["split"])
-
-
-def table1_settings(es: list[Entry], survey: pd.DataFrame) -> list[tuple]:
-    """The columns of one Table 1: the survey's settings always (in its order), then the other settings run. A
-    survey column is (survey dataset key, ways, shots, ""); a run setting with the same normalised dataset and
-    the default split takes its place."""
-    cols = list(survey_settings(survey))
-    run = list(dict.fromkeys(_st(e) for e in es))
-    for st in run:
-        same = [i for i, c in enumerate(cols) if c[3] == "" and st[3] == "" and norm_dataset(c[0]) ==
-                norm_dataset(st[0]) and (int(c[1]), int(c[2])) == (int(st[1]), int(st[2]))]
-        if same:
-            cols[same[0]] = st
-        elif st not in cols:
-            cols.append(st)
-    return cols
-
-
-def table1_rows(es: list[Entry], survey: pd.DataFrame) -> list[tuple[str, str, list[Entry]]]:
-    """The rows of one Table 1 as (kind, name, entries of the row's label): the survey's rows in its order within
-    each family ("survey"; entries empty for a method not benchmarked), each followed by its variants, then the
-    methods run that the survey's table does not have ("run"); families in the survey's order (metric,
-    initialization, optimizer, external memory, surprise-based, memory matching network), then the others of
-    :data:`FAMILY_ORDER` (transfer), then any other family run."""
-    labels = list(dict.fromkeys(e.label for e in sorted(es, key=lambda e: (e.info.order, e.label))))
-    by_label = {lab: [e for e in es if e.label == lab] for lab in labels}
-    surveyed = {norm_dataset(m): m for m in survey["method"]}
-    fam_of = {m: f for m, f in zip(survey["method"], survey["family"])}
-    rows, used = [], set()
-
-    def labels_of(method: str, variants: bool) -> list[str]:
-        return [lab for lab in labels if lab not in used and (
-            norm_dataset(by_label[lab][0].info.variant_of or "") == norm_dataset(method) if variants
-            else norm_dataset(by_label[lab][0].key["method"]) == norm_dataset(method))]
-
-    families = list(dict.fromkeys([f for f in survey["family"] if f] + list(FAMILY_ORDER) + sorted(
-        {e.info.family or "" for e in es} - set(FAMILY_ORDER) - {""}) + [""]))
-    for fam in families:
-        for m in [m for m in survey["method"] if (fam_of[m] or "") == fam]:
-            own = labels_of(m, False)
-            if not own:
-                rows.append(("survey", m, []))
-            for lab in own + labels_of(m, True):
-                used.add(lab)
-                rows.append(("survey" if lab in own else "run", lab, by_label[lab]))
-        for lab in labels:
-            info = by_label[lab][0].info
-            if lab not in used and (info.family or "") == fam and norm_dataset(info.variant_of or info.name) \
-                    not in surveyed:
-                used.add(lab)
-                rows.append(("run", lab, by_label[lab]))
-    for lab in labels:  # anything left (e.g. a variant of a surveyed method in another family)
-        if lab not in used:
-            rows.append(("run", lab, by_label[lab]))
-    return rows
-
-
-def _published_cell(pub: dict | None, notes: dict, note: str, comparable: bool = True) -> str:
-    if not pub:
-        return "—"
-    n = notes.setdefault(note, len(notes) + 1)
-    txt = f"{pub['accuracy']:.2f}"
-    if not math.isnan(pub["ci95"]):
-        txt += f" ± {pub['ci95']:.2f}"
-    return txt + f" [{n}]" + ("" if comparable else "†")
-
-
-def table1_mirror(doc: Doc, entries: list[Entry]) -> None:
-    doc.h(2, "1. Survey Table 1 mirror: measured vs published", "table1")
-    doc.p("Rows: the survey's Table 1 in its order, within the survey's families (metric-based, initialization-based, "
-          "optimizer-based), each method's variants beneath it, then the methods run that the survey's table does "
-          "not have; a method of the survey's table that this project does not implement is listed as *not "
-          "implemented here*, one without runs in this report as *not in this report*, both with the survey's "
-          "figures. Columns: the "
-          "survey's four settings always (miniImageNet and Omniglot, 5-way 1- and 5-shot), then any other setting "
-          "run; a setting a method did not run shows *not run* beside its published figure. Per setting: "
-          "**measured** mean accuracy ± 95% CI over test episodes (with several seeds also the sd of the per-seed "
-          "means), **published** with its footnote (source), **Δ** = measured − published in percentage points, "
-          "and **budget**: the run's meta-training episodes as a share of what the method's `paper` profile trains "
-          "on for that setting (mean over seeds; — for runs that predate the record). A gap to the published figure "
-          "on a small budget is expected, not a defect. **†** marks a published figure obtained under another "
-          "protocol (different backbone, test queries per class, test-episode count or a hyperparameter the "
-          "reference records, such as Matching Networks' FCE, as the footnote says): its Δ is for information, "
-          "not a like-for-like comparison. Variants are compared only with the published ablation figure of the "
-          "same name where the reference notes give one (e.g. MTL without HT), or with a figure of their main "
-          "method whose recorded hyperparameters they ran with (e.g. `matching-nofce` with Matching Networks' "
-          "Omniglot figures, published without FCE). *Idea (survey)*: the survey's idea column, translated from "
-          "its Chinese (`benchmark/reference/survey_table1.csv`; the survey's Table 1 in full follows the mirror); "
-          "*Description (this project)*: the one-line "
-          "idea each method class declares. **[ext]** marks a method from outside this package (a plugin or a "
-          "method file, not reviewed here); the provenance section gives the origin each of its runs recorded. "
-          "**[transductive]** marks a method that scores a query using the other queries of its episode (recorded "
-          "with each run, measured by `benchmark.check`; MAML's BatchNorm uses the query batch's statistics): its "
-          "accuracy is not like for like with the non-transductive entries beside it.")
-    survey = load_survey()
-    ref = load_reference()
-    for (backbone, profile, queries), es in table1_blocks(entries).items():
-        doc.h(3, _block_title(backbone, profile, queries, sorted({int(e.row["n_episodes"]) for e in es})))
-        settings = table1_settings(es, survey)
-        notes: dict[str, int] = {}
-        rows = []
-        survey_idea = {m: i for m, i in zip(survey["method"], survey["idea"])}
-        for kind, name, res in table1_rows(es, survey):
-            if res:
-                first = res[0]
-                info = first.info
-                fam = FAMILY_LABEL.get(info.family, info.family or "—")
-                idea = survey_idea.get(info.name, "") if kind == "survey" and not info.variant_of else ""
-                row = {("", "Family"): fam, ("", "Method"): _method_cell(first),
-                       ("", "Idea (survey)"): idea or ("—" if kind == "survey" else "not in the survey's table"),
-                       ("", "Description (this project)"): info.idea or "—"}
-            else:
-                srow = survey[survey["method"] == name].iloc[0]
-                row = {("", "Family"): FAMILY_LABEL.get(srow["family"], srow["family"] or "—"),
-                       ("", "Method"): f"{name} ({'not in this report' if srow['implemented'] else NOT_HERE})",
-                       ("", "Idea (survey)"): srow["idea"] or "—",
-                       ("", "Description (this project)"): "—"}
-            for st in settings:
-                col = setting_label(*st)
-                here = [e for e in res if _st(e) == st]
-                cells = {"measured": [], "published": [], "Δ": [], "budget": []}
-                if not res:
-                    fig = survey_figure(survey, name, st[0], st[1], st[2]) if not st[3] else None
-                    pub = {"accuracy": fig, "ci95": math.nan} if fig is not None else None
-                    cells["measured"].append("not run")
-                    cells["published"].append(_published_cell(pub, notes, "survey Table 1"))
-                elif not here:
-                    pub = None if st[3] else published_figure(
-                        ref, survey, res[0].info, st[0], st[1], st[2], [r.config.get("hyperparameters")
-                                                                        for r in res[0].runs])
-                    cells["measured"].append("not run")
-                    cells["published"].append(_published_cell(pub, notes, _source_note(pub) if pub else ""))
-                for e in here:
-                    r, pub = e.row, e.row["_published"]
-                    txt = f"{r['mean']:.2f} ± {r['ci95']:.2f}"
-                    if r["n_seeds"] > 1:
-                        txt += f" ({r['n_seeds']} seeds, sd {r['seed_sd']:.2f})"
-                    elif seed_note(e):
-                        txt += f" (1 seed) [{notes.setdefault(seed_note(e), len(notes) + 1)}]"
-                    if len(here) > 1:
-                        txt += f" (episodes {short(e.key['test_fingerprint'], 8)})"
-                    cells["measured"].append(txt)
-                    mark = "" if not pub or r["published_comparable"] else "†"
-                    cells["published"].append(_published_cell(pub, notes, published_note(e, survey) if pub else "",
-                                                              not mark))
-                    cells["Δ"].append(f"{r['difference']:+.2f}{mark}" if pub else "—")
-                    cells["budget"].append(_percent(r["budget_fraction"]) if not math.isnan(r["budget_fraction"])
-                                           else "—")
-                for sub, vals in cells.items():
-                    row[(col, sub)] = "; ".join(vals) if vals else "—"
-            rows.append(row)
-        foot = [f"[{n}] {t}" for t, n in sorted(notes.items(), key=lambda kv: kv[1])]
-        foot.append(PUBLISHED_FOOTER)
-        df = pd.DataFrame(rows)
-        df.columns = pd.MultiIndex.from_tuples(df.columns)
-        doc.table(df, foot)
-    survey_table1(doc, survey, {e.info.variant_of or e.info.name for e in entries})
-
-
-NOT_HERE = "not implemented here"
-#: The attribution under every table that shows the survey's text in English.
-SURVEY_ATTRIBUTION = ("The survey's text, translated from its Chinese by this project (a faithful translation, not the "
-                      "survey's own English); the Chinese beside each cell in `benchmark/reference/`.")
-
-
-def survey_setting_label(col: tuple) -> str:
-    return setting_label(*col)
-
-
-def survey_table1(doc: Doc, survey: pd.DataFrame, ran: set[str]) -> None:
-    """The survey's Table 1 in English: its 16 rows in its order, the name as printed (in English), family, idea and
-    its four figures (— where it prints None), and what this project has of each row."""
-    doc.h(3, "The survey's Table 1 in English", "survey-table1")
-    doc.p("The survey's Table 1 (section 4.1.2: meta-learning models' recognition accuracy on miniImageNet and "
-          "Omniglot) as the survey gives it, every row in its order: the survey's name, family and idea, and its "
-          "figures (%; — where the survey prints None or leaves the cell blank). *This project*: the method that "
-          "implements the row (*in this report* where it has runs here) or *not implemented here*. Reptile is not "
-          "in the survey's table; the survey discusses it in section 4.3 (see [section 2](#table2)).")
-    cols = survey_settings(survey)
-    rows = []
-    for r in survey.itertuples(index=False):
-        row = {"Survey's name": r.name + (f" ({r.method})" if r.implemented and r.method != r.name else ""),
-               "Family": FAMILY_LABEL.get(r.family, r.family or "—"), "Idea": r.idea or "—"}
-        for c in cols:
-            v = survey_figure(survey, r.method, c[0], c[1], c[2])
-            row[survey_setting_label(c)] = _f(v)
-        here = norm_dataset(r.method) in {norm_dataset(m) for m in ran}
-        row["This project"] = (f"{r.method} (in this report)" if here else r.method if r.implemented
-                               else NOT_HERE)
-        rows.append(row)
-    notes = [f"{r.name}: {r.note}." for r in survey.itertuples(index=False) if r.note]
-    doc.table(pd.DataFrame(rows), [SURVEY_ATTRIBUTION, *notes])
-
-
-def _source_note(pub: dict) -> str:
-    """The footnote of a published figure shown for a setting not run (no protocol comparison: nothing ran)."""
-    note = pub["source"] + (f"; note: {pub['note']}" if pub.get("note") else "")
-    if pub.get("hyperparameters"):
-        note += "; published with " + ", ".join(f"{k}={v}" for k, v in pub["hyperparameters"].items())
-    return note
-
-
-#: The closing footnote of the Table 1 mirror (also under the LaTeX tables).
-PUBLISHED_FOOTER = ("Published figures and the survey's Table 1: `benchmark/reference/paper_results.csv` and "
-                    "`survey_table1.csv` (sources as listed). CIs are not comparable across papers: MAML and MTL "
-                    "report 1 query per class, ProtoNets 15. Where the reference does not record a protocol fact "
-                    "(queries, episodes or hyperparameters), or a run does not record a hyperparameter, it is not "
-                    "flagged.")
-
-
-def published_note(e: Entry, survey: pd.DataFrame | None = None) -> str:
-    """The footnote of an entry's published figure (the entry must have one): source, the reference's note, the
-    hyperparameters it was published with, the survey's figure where it differs, and "† other protocol: ..." with
-    the known protocol differences."""
-    r, pub = e.row, e.row["_published"]
-    survey = load_survey() if survey is None else survey
-    note = pub["source"]
-    if pub["note"]:
-        note += f"; note: {pub['note']}"
-    if pub.get("hyperparameters"):
-        hp = pub["hyperparameters"]
-        note += "; published with " + ", ".join(f"{k}={v}" for k, v in hp.items())
-    sfig = survey_figure(survey, pub["ref_method"], e.key["dataset"], e.key["ways"], e.key["shots"]) \
-        if not pub["ablation"] else None
-    if sfig is not None and abs(sfig - pub["accuracy"]) > 0.005:
-        note += f"; the survey's Table 1 cites {sfig:.2f}"
-    if r["protocol_differences"]:
-        note += f"; † other protocol: {r['protocol_differences']}"
-    return note
-
-
 def budget_text(fraction: float) -> str:
     """A run's meta-training budget as a share of the paper profile's, as the Table 1 mirror writes it."""
-    return f"budget {_percent(fraction)} of the paper's"
-
-
-_FACT_KEYS = [("support embedding", "Support embedding"), ("query embedding", "Query embedding"),
-              ("distance", "Distance"), ("distinctive", "Distinctive feature")]
-
-
-#: The survey's Table 2 columns shown beside the facts the runs recorded: (column of survey_table2.csv, heading)
-SURVEY_T2_COLUMNS = [("support_embedding", "Support embedding (survey)"), ("query_embedding", "Query embedding (survey)"),
-                     ("distance", "Distance (survey)"), ("strengths", "Strengths (survey)"),
-                     ("shortcomings", "Shortcomings (survey)")]
-
-
-def metric_methods(doc: Doc, entries: list[Entry]) -> None:
-    doc.h(2, "2. Metric-based methods (survey Table 2)", "table2")
-    infos = sorted({e.info.name: e.info for e in entries if e.info.family == "metric"}.values(), key=lambda i: i.order)
-    t2 = load_survey_table2()
-    survey2 = {norm_dataset(m): r for m, r in zip(t2["method"], t2.to_dict("records"))}
-    backbones: dict[str, list[str]] = {}
-    for e in entries:
-        backbones.setdefault(e.info.name, [])
-        if e.key["backbone"] not in backbones[e.info.name]:
-            backbones[e.info.name].append(e.key["backbone"])
-    notes: dict[str, int] = {}
-    rows = []
-
-    def survey_cells(name: str) -> dict:
-        s2 = survey2.get(norm_dataset(name), {})
-        return {col: s2.get(k) or "—" for k, col in SURVEY_T2_COLUMNS}
-
-    external = {e.info.name for e in entries if e.external}
-    for info in infos:
-        facts = {re.sub(r"[_\s]+", " ", str(k)).strip().lower(): v for k, v in (info.metric_facts or {}).items()}
-        name = info.name + (" [ext]" if info.name in external else "") + \
-            (f" (variant of {info.variant_of})" if info.variant_of else "")
-        note = (survey2.get(norm_dataset(info.name)) or {}).get("note")
-        if note:
-            name += f" [{notes.setdefault(note, len(notes) + 1)}]"
-        row = {"Method": name, "Paper": info.paper or "—", "Backbone (ran)": ", ".join(backbones[info.name])}
-        for k, col in _FACT_KEYS:
-            row[col] = facts.pop(k, "—")
-        for k, v in facts.items():
-            row[k.capitalize()] = v
-        row.update(survey_cells(info.name) if not info.variant_of else {col: "—" for _, col in SURVEY_T2_COLUMNS})
-        rows.append(row)
-    ran = {norm_dataset(i.name) for i in infos}
-    for r in t2.to_dict("records"):
-        if norm_dataset(r["method"]) not in ran:
-            status = _survey_status(r["method"])
-            label = r["method"] if status != NOT_HERE or not r["name"] else r["name"]
-            rows.append({"Method": f"{label} ({status})", "Paper": "—", "Backbone (ran)": "—",
-                         **{col: "—" for _, col in _FACT_KEYS}, **survey_cells(r["method"])})
-    doc.p("The metric-based methods: first what this project's runs recorded (`metric_facts`, declared by each "
-          "method class): how support and query examples are embedded, the distance or similarity, and what "
-          "distinguishes the method; — where the runs recorded none (runs that predate recorded facts). *Backbone "
-          "(ran)*: the backbones of this report's runs. Then the survey's Table 2 (section 4.2, its comparison of "
-          "metric-based methods), all five of its rows: the survey's support and query embedding, distance, "
-          "strengths and shortcomings (`benchmark/reference/survey_table2.csv`); the survey's rows for methods "
-          "without runs in this report are listed as *not in this report* or *not implemented here*. A numbered "
-          "note marks where this project follows the original paper against the survey's table.")
-    foot = [f"[{n}] {t}" for t, n in notes.items()]
-    if "matching" not in ran and any(r["note"] for r in t2.to_dict("records")):
-        foot += [f"{r['name'] or r['method']}: {r['note']}" for r in t2.to_dict("records") if r["note"]]
-    doc.table(pd.DataFrame(rows).fillna("—"), foot + [SURVEY_ATTRIBUTION])
-    if not infos:
-        doc.p("No metric-based method in this report.")
-    survey_remarks(doc, {e.info.variant_of or e.info.name for e in entries})
-
-
-def _survey_status(method: str) -> str:
-    survey = load_survey()
-    row = survey[survey["method"].map(norm_dataset) == norm_dataset(method)]
-    return "not in this report" if len(row) and bool(row["implemented"].iloc[0]) else NOT_HERE
-
-
-def survey_remarks(doc: Doc, ran: set[str]) -> None:
-    """The survey's remarks on MAML, Reptile and MTL (it has no comparison table for their families), with their
-    section: Table 2's companion for the initialization-based methods this project runs."""
-    doc.h(3, "The survey on MAML, Reptile and MTL", "survey-remarks")
-    rm = load_survey_remarks()
-    if not len(rm):
-        doc.p("The reference holds no remarks of the survey (`survey_remarks.csv` is absent).")
-        return
-    doc.p("The survey has no comparison table for the initialization-based methods; these are its own remarks on "
-          "the three this project runs, with the section of the survey they come from. Each method's recorded "
-          "description is in [section 1](#table1).")
-    here = {norm_dataset(m) for m in ran}
-    kinds = {"strength": "strength", "shortcoming": "shortcoming", "remark": "remark"}
-    names = {"maml": "MAML", "reptile": "Reptile", "mtl": "MTL"}
-    rows = [{"Method": f"{names.get(r.method, r.method)} ({r.method}"
-             + ("; in this report)" if norm_dataset(r.method) in here else ")"),
-             "Survey section": r.section, "Kind": kinds.get(r.kind, r.kind), "The survey's remark": r.remark}
-            for r in rm.itertuples(index=False)]
-    doc.table(pd.DataFrame(rows), [SURVEY_ATTRIBUTION])
+    return f"budget {percent_text(100.0 * fraction)} of the paper's"
 
 
 def paired(doc: Doc, stats, alpha: float) -> tuple[pd.DataFrame, list[str]]:
@@ -464,7 +92,7 @@ def paired(doc: Doc, stats, alpha: float) -> tuple[pd.DataFrame, list[str]]:
           "measured (`benchmark/reference/seed_spread.csv`), a one-seed entry's note gives it.")
     rows, refusals = [], []
     for st in stats:
-        doc.h(3, _setting_title(st.setting))
+        doc.h(3, setting_title(st.setting))
         for fp, ges, res in st.groups:
             if len(st.groups) > 1:
                 doc.p(f"Test episodes with fingerprint `{short(fp)}` ({len(ges[0].accuracy)} episodes):")
@@ -472,9 +100,9 @@ def paired(doc: Doc, stats, alpha: float) -> tuple[pd.DataFrame, list[str]]:
             rk = []
             for r in res.ranks.itertuples():
                 e = by_label[r.label]
-                rk.append({"Rank": int(r.rank), "Method": _method_cell(e),
+                rk.append({"Rank": int(r.rank), "Method": method_cell(e),
                            "Accuracy (%)": f"{e.row['mean']:.2f} ± {e.row['ci95']:.2f}",
-                           "Seeds": e.row["n_seeds"], "Seed sd": _f(e.row["seed_sd"]),
+                           "Seeds": e.row["n_seeds"], "Seed sd": decimal_text(e.row["seed_sd"]),
                            "Episodes": e.row["n_episodes"],
                            "Significantly better than": ", ".join(r.better_than) or "—",
                            "Not significantly different from": ", ".join(r.tied_with) or "—"})
@@ -485,13 +113,7 @@ def paired(doc: Doc, stats, alpha: float) -> tuple[pd.DataFrame, list[str]]:
                 doc.p(f"**Significance is about the trained models here, not the methods**: {which} "
                       f"{'has' if len(few) == 1 else 'have'} fewer than {MIN_SEEDS} seeds.")
             if len(res.pairs):
-                pt = pd.DataFrame({"Method A": res.pairs["a"], "Method B": res.pairs["b"],
-                                   "Δ accuracy (A − B)": res.pairs["difference"].map(lambda v: f"{v:+.2f}"),
-                                   "t": res.pairs["t"].map(lambda v: _f(v, 2)), "p": res.pairs["p"].map(_p),
-                                   "p (Holm)": res.pairs["p_holm"].map(_p),
-                                   f"Significant (α = {alpha:g})": res.pairs["significant"].map(
-                                       lambda v: "yes" if v else "no")})
-                doc.table(pt)
+                doc.table(_pairs_table(res.pairs, alpha))
             else:
                 doc.p("Only one method on these episodes: nothing to pair.")
             d = dict(zip(SETTING_KEYS, st.setting))
@@ -505,125 +127,13 @@ def paired(doc: Doc, stats, alpha: float) -> tuple[pd.DataFrame, list[str]]:
     return pd.DataFrame(rows, columns=cols), refusals
 
 
-def convergence(doc: Doc, entries: list[Entry]) -> pd.DataFrame:
-    """Section 4: validation accuracy against episodes and seconds, then against FLOPs with the "accuracy at equal
-    compute" table (returned in long form)."""
-    doc.h(2, "4. Convergence", "convergence")
-    doc.p("Validation accuracy against meta-training episodes (tasks) and against training seconds (validation "
-          "time excluded), both on a log scale; one line per method (mean over seeds, aligned on the training "
-          "step), each with its own colour and marker (colour-blind-safe palette); dashed lines are variants, the "
-          "dotted line is chance. Each figure draws one kind of band for every line, named in its legend and "
-          "caption: ± 1 sd over seeds when every method of the setting ran several seeds, else the 95% CI over "
-          "validation episodes (the mean of the runs' own CIs).")
-    for setting, es in _by_setting(entries).items():
-        d = dict(zip(SETTING_KEYS, setting))
-        doc.h(3, _setting_title(setting))
-        series = [{"label": e.label, "curve": e.curve, "dashed": bool(e.info.variant_of)} for e in es]
-        title = _setting_title(setting)
-        band = BAND_LABEL[band_kind(series)]
-        for x, xl, tag in (("episodes", "meta-training episodes (log scale)", "episodes"),
-                           ("train_seconds", "training seconds (log scale)", "seconds")):
-            png = convergence_png(series, x, title, xl, chance=100.0 / int(d["ways"]))
-            doc.img(f"convergence-{tag}-{_slug(setting)}.png", png,
-                    f"Validation accuracy vs {tag}, {title}; {band}")
-    return compute_convergence(doc, entries)
-
-
-def flops_text(v: float) -> str:
-    """FLOPs as ``1e13``, ``2.5e12`` (two significant digits)."""
-    if v is None or math.isnan(v) or v <= 0:
-        return "—"
-    k = math.floor(math.log10(v) + 1e-9)
-    m = round(v / 10.0 ** k, 1)
-    if m >= 10:
-        m, k = m / 10, k + 1
-    return f"{m:g}e{k}"
-
-
-#: What the compute axis counts, in the captions of the figure and the table (Markdown, HTML and LaTeX)
-COMPUTE_COUNTS = ("FLOPs: the forward and backward passes of meta-training steps (the run's "
-                  "`flops_per_train_episode`, counted by the harness on its first training step, × the meta-training "
-                  "episodes seen); validation and test are excluded, and so is pretraining (MTL's, the transfer "
-                  "baselines'): the records do not hold its FLOPs")
-
-
-def compute_figure_name(setting: tuple) -> str:
-    return f"convergence-flops-{_slug(setting)}.png"
-
-
-def compute_entries(es: list[Entry]) -> tuple[list[Entry], list[Entry]]:
-    """(entries with a compute curve, entries without: no FLOPs recorded or no validation points)."""
-    has = [e for e in es if len(compute_curve(e))]
-    return has, [e for e in es if e not in has]
-
-
-def pretraining_note(es: list[Entry]) -> str | None:
-    """The note naming the entries whose runs used a shared pretrained artefact (e.g. MTL's pretraining), whose
-    FLOPs are not in the compute axis."""
-    pre = [e for e in es if e.row["shared_seconds"]]
-    if not pre:
-        return None
-    return ("Pretraining not counted: " + ", ".join(
-        f"{_method_cell(e)} ({', '.join(sorted({c.get('name') or c.get('file') for r in e.runs for c in r['cache'] or []}))})"
-        for e in pre) + (" used a pretrained artefact" if len(pre) == 1 else " used pretrained artefacts")
-        + " (section 6) whose FLOPs no record holds: the compute axis starts after the pretraining.")
-
-
-def equal_compute_frame(table: pd.DataFrame, setting: tuple, es: list[Entry]) -> pd.DataFrame:
-    """One setting's "accuracy at equal compute" table (rows: entries with FLOPs; columns: budgets), cells as text
-    (accuracy %, "not reached", "before first validation")."""
-    t = table[(table[SETTING_KEYS].astype(str) == pd.Series(dict(zip(SETTING_KEYS, map(str, setting))))).all(axis=1)]
-    budgets = list(dict.fromkeys(t["budget_flops"]))
-    rows = []
-    for e in es:
-        g = t[t["method"] == e.label]
-        if not len(g):
-            continue
-        row = {"Method": _method_cell(e), "GFLOP / training episode": _f(g["flops_per_train_episode"].iloc[0] / 1e9),
-               "Training FLOPs (total)": flops_text(g["total_flops"].iloc[0])}
-        for b in budgets:
-            r = g[g["budget_flops"] == b].iloc[0]
-            row[f"{flops_text(b)} FLOPs"] = (_f(r["val_acc"]) if r["status"] == "reached" else r["status"])
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def compute_convergence(doc: Doc, entries: list[Entry]) -> pd.DataFrame:
-    """Section 4's second part: validation accuracy against cumulative meta-training FLOPs (a figure per setting)
-    and the "accuracy at equal compute" table; returns the long table (``equal_compute.csv``)."""
-    doc.h(3, "Against meta-training compute", "compute")
-    table = accuracy_at_compute(entries)
-    doc.p("Episodes are not equal work (a 60-way ProtoNet episode costs many times a MAML task) and seconds depend on "
-          "the device, the thread count and what else ran; floating-point operations do not. Per setting: "
-          "validation accuracy against cumulative meta-training FLOPs (log scale; lines and bands as above), and "
-          "**accuracy at equal compute**: each method's validation accuracy (%, mean over seeds) at common budgets "
-          "(powers of ten between the first validation point and the largest budget spent in the setting, or 1, 2 "
-          "and 5 × 10^k where fewer than three powers of ten lie between them): the "
-          "last validation point at or below the budget, so to one validation interval. **not reached**: the run "
-          "stopped before spending that much; **before first validation**: the budget lies below the method's "
-          "first validation point. " + COMPUTE_COUNTS + ". Long form: `equal_compute.csv`.")
-    for setting, es in _by_setting(entries).items():
-        d = dict(zip(SETTING_KEYS, setting))
-        title = _setting_title(setting)
-        doc.h(4, title)
-        has, missing = compute_entries(es)
-        missing_note = (f"No compute curve for {', '.join(_method_cell(e) for e in missing)}: "
-                        + "their runs recorded no FLOPs per training episode (runs older than the count, or "
-                        "methods that train no episodes, such as the transfer baselines) or no validation point.") \
-            if missing else None
-        if not has:
-            doc.p(missing_note or "No validation points.")
-            continue
-        series = [{"label": e.label, "curve": compute_curve(e), "dashed": bool(e.info.variant_of)} for e in has]
-        band = BAND_LABEL[band_kind(series)]
-        png = convergence_png(series, "flops", title, "meta-training FLOPs, forward + backward (log scale)",
-                              chance=100.0 / int(d["ways"]), powers=True)
-        doc.img(compute_figure_name(setting), png, f"Validation accuracy vs cumulative meta-training FLOPs, "
-                f"{title}; {band}. {COMPUTE_COUNTS.replace('`', '')}.")  # a caption: no Markdown
-        frame = equal_compute_frame(table, setting, has)
-        doc.table(frame, [f"Accuracy at equal compute (validation accuracy, %). {COMPUTE_COUNTS}."]
-                  + [n for n in (pretraining_note(has), missing_note) if n])
-    return table
+def _pairs_table(pairs: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    """The paired tests of a set of entries (:attr:`~benchmark.report.stats.PairedResult.pairs`) as shown."""
+    return pd.DataFrame({"Method A": pairs["a"], "Method B": pairs["b"],
+                         "Δ accuracy (A − B)": pairs["difference"].map(lambda v: f"{v:+.2f}"),
+                         "t": pairs["t"].map(lambda v: decimal_text(v, 2)), "p": pairs["p"].map(p_text),
+                         "p (Holm)": pairs["p_holm"].map(p_text),
+                         f"Significant (α = {alpha:g})": pairs["significant"].map(lambda v: "yes" if v else "no")})
 
 
 def episode_counts(doc: Doc, entries: list[Entry], thresholds) -> pd.DataFrame:
@@ -635,29 +145,30 @@ def episode_counts(doc: Doc, entries: list[Entry], thresholds) -> pd.DataFrame:
           "*validated every*, in episodes); the figures are the "
           "first validation point at or above the target. **not reached** means no validation point reached it "
           "(the best accuracy is given). Thresholds are configurable (`--thresholds`).")
-    for setting, es in _by_setting(entries).items():
-        doc.h(3, _setting_title(setting))
-        rows = []
-        for e in es:
-            c = counts[counts["method"] == e.label]
-            c = c[(c[SETTING_KEYS].astype(str) == pd.Series(dict(zip(SETTING_KEYS, map(str, setting))))).all(axis=1)]
-            row = {"Method": _method_cell(e)}
-            for r in c.itertuples():
-                col = f"≥ {r.target}" if r.target.endswith("%") else f"{r.target} ({_f(r.threshold, 1)}%)"
-                if "final" in r.target:
-                    col = f"{r.target}"
-                    row[col] = (f"{_int(r.train_episodes)} ep · {_secs(r.train_seconds)} (≥ {_f(r.threshold, 1)}%)"
-                                if r.reached else f"not reached (target {_f(r.threshold, 1)}%)")
-                else:
-                    row[col] = (f"{_int(r.train_episodes)} ep · {_secs(r.train_seconds)}" if r.reached
-                                else f"not reached (best {_f(r.best_val_acc, 1)}%)")
-            if len(c):
-                row["Final val. acc (%)"] = _f(c["final_val_acc"].iloc[0])
-                row["Validated every (episodes)"] = _int(c["val_every_episodes"].iloc[0])
-                row["Seeds"] = int(c["n_seeds"].iloc[0])
-            rows.append(row)
+    for setting, es in by_setting(entries).items():
+        doc.h(3, setting_title(setting))
+        here = setting_rows(counts, setting)
+        rows = [_count_row(e, here[here["method"] == e.label]) for e in es]
         doc.table(pd.DataFrame(rows).fillna("—"))
     return counts
+
+
+def _count_row(e: Entry, c: pd.DataFrame) -> dict:
+    """An entry's row of the episode-count table, from its rows ``c`` of the long table (one per target)."""
+    row = {"Method": method_cell(e)}
+    for r in c.itertuples():
+        at = f"{count_text(r.train_episodes)} ep · {seconds_text(r.train_seconds)}"
+        if "final" in r.target:
+            row[f"{r.target}"] = (f"{at} (≥ {decimal_text(r.threshold, 1)}%)" if r.reached
+                                  else f"not reached (target {decimal_text(r.threshold, 1)}%)")
+        else:
+            col = f"≥ {r.target}" if r.target.endswith("%") else f"{r.target} ({decimal_text(r.threshold, 1)}%)"
+            row[col] = at if r.reached else f"not reached (best {decimal_text(r.best_val_acc, 1)}%)"
+    if len(c):
+        row["Final val. acc (%)"] = decimal_text(c["final_val_acc"].iloc[0])
+        row["Validated every (episodes)"] = count_text(c["val_every_episodes"].iloc[0])
+        row["Seeds"] = int(c["n_seeds"].iloc[0])
+    return row
 
 
 def cost(doc: Doc, entries: list[Entry], runs) -> None:
@@ -673,37 +184,42 @@ def cost(doc: Doc, entries: list[Entry], runs) -> None:
           "(earlier runs of the same job, libraries), so it rises with a run's place in the job and does not rank "
           "methods. *Adapted per task* counts the parameters changed by test-time adaptation (gradient-based "
           "methods; — for methods that do not adapt).")
-    for setting, es in _by_setting(entries).items():
-        doc.h(3, _setting_title(setting))
-        rows = []
-        for e in es:
-            r = e.row
-            gradient = e.info.family in ("initialization", "optimizer") or e.info.adapts_at_test
-            rows.append({"Method": _method_cell(e), "Training episodes": _int(r["train_episodes"]),
-                         "Training time": _secs(r["train_seconds"]),
-                         "ms / training episode": _f(r["ms_per_train_episode"], 1),
-                         "GFLOP / training episode": _f(r["flops_per_train_episode"] / 1e9, 2)
-                         if not math.isnan(r["flops_per_train_episode"]) else "—",
-                         "ms / test episode": _f(r["ms_per_test_episode"], 1),
-                         "Memory added by the run (MB)": (f"{_f(r['peak_memory_increase_mb'], 0)} "
-                                                          f"({_memory_label(r['memory_kind'])})"
-                                                          if not math.isnan(r["peak_memory_increase_mb"]) else "—"),
-                         "Peak memory (MB)": f"{_f(r['peak_memory_mb'], 0)} ({r['memory_kind'] or '?'})",
-                         "Trainable parameters": _int(r["trainable_params"]) if str(r["trainable_params"]).isdigit()
-                         else r["trainable_params"],
-                         "Adapted per task": (_int(r["adapted_params"]) if str(r["adapted_params"]).isdigit()
-                                              else r["adapted_params"]) if gradient else "—",
-                         "Shared artefacts used (s)": _secs(r["shared_seconds"]) if r["shared_seconds"] else "—"})
-        doc.table(pd.DataFrame(rows))
+    for setting, es in by_setting(entries).items():
+        doc.h(3, setting_title(setting))
+        doc.table(pd.DataFrame([_cost_row(e) for e in es]))
     arts = shared_artefacts(runs)
     doc.h(3, "Shared artefacts (counted once)")
     if len(arts):
-        t = pd.DataFrame({"Artefact": arts["artefact"], "File": arts["file"], "Seconds": arts["seconds"].map(_secs),
+        t = pd.DataFrame({"Artefact": arts["artefact"], "File": arts["file"],
+                          "Seconds": arts["seconds"].map(seconds_text),
                           "Computed by": arts["computed_by"].replace("", "an earlier run"),
                           "Used by (runs)": arts["n_runs"]})
         doc.table(t, ["Computed once and reused from the results cache; not included in any run's training time."])
     else:
         doc.p("None: no run used a cached artefact.")
+
+
+def _cost_row(e: Entry) -> dict:
+    """An entry's row of the cost table."""
+    r = e.row
+    gradient = e.info.family in ("initialization", "optimizer") or e.info.adapts_at_test
+
+    def params(v):
+        return count_text(v) if str(v).isdigit() else v
+
+    return {"Method": method_cell(e), "Training episodes": count_text(r["train_episodes"]),
+            "Training time": seconds_text(r["train_seconds"]),
+            "ms / training episode": decimal_text(r["ms_per_train_episode"], 1),
+            "GFLOP / training episode": decimal_text(r["flops_per_train_episode"] / 1e9, 2)
+            if not math.isnan(r["flops_per_train_episode"]) else "—",
+            "ms / test episode": decimal_text(r["ms_per_test_episode"], 1),
+            "Memory added by the run (MB)": (f"{decimal_text(r['peak_memory_increase_mb'], 0)} "
+                                             f"({_memory_label(r['memory_kind'])})"
+                                             if not math.isnan(r["peak_memory_increase_mb"]) else "—"),
+            "Peak memory (MB)": f"{decimal_text(r['peak_memory_mb'], 0)} ({r['memory_kind'] or '?'})",
+            "Trainable parameters": params(r["trainable_params"]),
+            "Adapted per task": params(r["adapted_params"]) if gradient else "—",
+            "Shared artefacts used (s)": seconds_text(r["shared_seconds"]) if r["shared_seconds"] else "—"}
 
 
 def _memory_label(kind: str) -> str:
@@ -820,7 +336,7 @@ def provenance(doc: Doc, runs, evaluations=(), results_dirs=()) -> None:
             "Profile": r["profile"], "Device": r["device"],
                      "Device name": env.get("device_name", "—"), "Python": env.get("python", "—"),
                      "PyTorch": env.get("torch", "—"), "NumPy": env.get("numpy", "—"),
-                     "pandas": env.get("pandas", "—"), "Code version": _commit(r["code_version"]),
+                     "pandas": env.get("pandas", "—"), "Code version": commit_text(r["code_version"]),
                      "Test episodes": short(r["test_fingerprint"]), "Dataset": short(r["dataset_fingerprint"]),
                      "Finished": r["finished_at"] or "—",
                      "CPU instruction set": facts["cpu_capability"] or "—",
@@ -831,8 +347,7 @@ def provenance(doc: Doc, runs, evaluations=(), results_dirs=()) -> None:
         doc.p("Evaluations of saved models (section 7), from their `evaluation.json`:")
         doc.table(pd.DataFrame([{
             "Evaluation": f"{ev.run.path.name}/evaluations/{ev.path.name}", "Device": ev["device"] or "—",
-            "PyTorch": (ev["environment"] or {}).get("torch", "—"), "Code version": _commit(ev["code_version"]),
-            "Model made by": _commit(ev["model_code_version"]), "Test episodes": short(ev["test_fingerprint"]),
+            "PyTorch": (ev["environment"] or {}).get("torch", "—"), "Code version": commit_text(ev["code_version"]),
+            "Model made by": commit_text(ev["model_code_version"]), "Test episodes": short(ev["test_fingerprint"]),
             "Dataset": short(ev["dataset_fingerprint"]), "Finished": ev["finished_at"] or "—"}
             for ev in sorted(evaluations, key=lambda ev: str(ev.path))]))
-

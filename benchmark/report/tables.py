@@ -3,7 +3,7 @@ the shared cached artefacts the runs used."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -23,11 +23,14 @@ class SettingStats:
     setting: tuple
     groups: list[tuple[str, list[Entry], object]]  # (fingerprint, entries, PairedResult)
     refusals: list[str]
+    #: each entry's rank among the entries on its test episodes (entry :attr:`~benchmark.report.entries.Entry.ident`
+    #: -> rank; see :func:`~benchmark.report.stats.paired_comparison`)
+    ranks: dict[tuple, int] = field(default_factory=dict)
 
 
 def paired_statistics(entries: list[Entry], alpha: float) -> list[SettingStats]:
-    """Per setting: paired tests within each set of entries that share a test fingerprint; pairs across different
-    fingerprints are refused (listed in ``refusals``)."""
+    """Per setting: paired tests within each set of entries that share a test fingerprint, and each entry's rank
+    among them; pairs across different fingerprints are refused (listed in ``refusals``)."""
     by_setting: dict[tuple, list[Entry]] = {}
     for e in entries:
         by_setting.setdefault(e.setting, []).append(e)
@@ -36,12 +39,11 @@ def paired_statistics(entries: list[Entry], alpha: float) -> list[SettingStats]:
         by_fp: dict[str, list[Entry]] = {}
         for e in es:
             by_fp.setdefault(e.key["test_fingerprint"], []).append(e)
-        groups, refusals = [], []
+        groups, refusals, ranks = [], [], {}
         for fp, ges in by_fp.items():
             res = paired_comparison({e.label: e.accuracy for e in ges}, alpha)
             rank = dict(zip(res.ranks["label"], res.ranks["rank"]))
-            for e in ges:
-                e.row["rank"] = int(rank[e.label])
+            ranks.update({e.ident: int(rank[e.label]) for e in ges})
             groups.append((fp, ges, res))
         fps = list(by_fp)
         for i, a in enumerate(fps):
@@ -53,8 +55,20 @@ def paired_statistics(entries: list[Entry], alpha: float) -> list[SettingStats]:
                     f"and {', '.join(e.label for e in eb)} (test fingerprint {short(b)}, {len(eb[0].accuracy)} "
                     "episodes) were tested on different episodes, so a per-episode paired test would compare "
                     "unrelated episodes; re-run them with the same --eval-seed and --test-episodes")
-        out.append(SettingStats(setting, groups, refusals))
+        out.append(SettingStats(setting, groups, refusals, ranks))
     return out
+
+
+def entry_ranks(stats: list[SettingStats]) -> dict[tuple, int]:
+    """Every entry's rank (:attr:`SettingStats.ranks` of all settings), by entry
+    :attr:`~benchmark.report.entries.Entry.ident`."""
+    return {k: v for st in stats for k, v in st.ranks.items()}
+
+
+def setting_rows(table: pd.DataFrame, setting: tuple) -> pd.DataFrame:
+    """The rows of a long table (columns :data:`~benchmark.report.common.SETTING_KEYS` among others) of one
+    setting."""
+    return table[(table[SETTING_KEYS].astype(str) == pd.Series(dict(zip(SETTING_KEYS, map(str, setting))))).all(axis=1)]
 
 
 # ------------------------------------------------------------------------------------------------ thresholds
