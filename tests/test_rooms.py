@@ -98,7 +98,8 @@ def method_files(root: Path = ROOT):
 
 
 def room(root: Path, folder: str):
-    return sorted((root / "benchmark" / folder).glob("*.py"))
+    """The modules of a room, its subpackages' included (``benchmark/pipeline/executors/``)."""
+    return sorted((root / "benchmark" / folder).rglob("*.py"))
 
 
 def command_packages(root: Path = ROOT) -> list[Path]:
@@ -260,6 +261,7 @@ PROBE = "_rooms_probe.py"
      "benchmark.report.common"),
     ("pipeline", f"benchmark/pipeline/{PROBE}", "from ..run import main\n", "benchmark.run"),
     ("pipeline", "benchmark/pipeline/runner.py", "from .. import speed\n", "benchmark.speed"),
+    ("pipeline", f"benchmark/pipeline/executors/{PROBE}", "from ...report import build_report\n", "benchmark.report"),
     ("pipeline", f"benchmark/pipeline/{PROBE}", "from ..data.__main__ import main\n", "benchmark.data.__main__"),
     ("commands", "benchmark/run.py", "import methods.protonet\n", "methods.protonet"),
     ("commands", "benchmark/evaluate.py", "from .check import check_method\n", "benchmark.check"),
