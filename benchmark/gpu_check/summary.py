@@ -25,6 +25,8 @@ def failure_lines(dirs: list[Path]) -> list[str]:
 
 
 def write_summary(path: Path, plan: Plan, parts: list[Part], budget_s: float, started: float) -> str:
+    """The check's markdown summary of ``parts`` so far (the device, the verdict of each part, then each part's
+    lines), written to ``path``; its text."""
     from ..pipeline.machine import code_version, environment, resolve_device
 
     try:
