@@ -141,12 +141,11 @@ def _select(args) -> list[Path]:
 
 def plan(args) -> tuple[list[EvaluationJob], object]:
     """Validate everything and build the evaluations; raises UsageError with one clear line."""
-    from .data import DATASETS, DataError, load_dataset, resolve_split
+    from .data import DATASETS
     from .kit.episodes import check_spec
     from .pipeline.episode_sets import episode_set
-    from .pipeline.models import ModelError, read_model, rebuild
     from .store.files import check_writable
-    from .store.folders import EvaluationFolder, RecordError, RunFolder, evaluation_folders
+    from .store.folders import EvaluationFolder
 
     at_least("--ways", args.ways)
     at_least("--shots", args.shots)
@@ -164,35 +163,12 @@ def plan(args) -> tuple[list[EvaluationJob], object]:
     configure_determinism(device)  # deterministic CUDA kernels, before any CUDA work (nothing changes on the CPU)
     jobs = []
     for d in _select(args):
-        folder = RunFolder(d.parent, d.name)
-        try:
-            summary, config = folder.read_summary(), folder.read_config()
-            for f in evaluation_folders(d):
-                f.read_record(need=EVALUATION_KEYS)  # a damaged earlier evaluation: refused before any work
-        except RecordError as e:
-            raise UsageError(str(e)) from None
-        try:
-            payload = read_model(d)
-            method = rebuild(payload, device)
-        except ModelError as e:
-            raise UsageError(str(e)) from None
+        summary, config, payload, method = _saved_run(d, device)
         run_id = summary["run_id"]
         changed = origin_changed(payload.get("method_origin") or {}, type(method).origin)
         if changed:
             note(f"warning: {run_id}: {changed}")
-        own = args.dataset in (None, summary["dataset"])
-        dataset = summary["dataset"] if args.dataset is None else args.dataset
-        try:
-            split = resolve_split(dataset, args.split or (summary.get("split") if own else None))
-            data_dir = args.data_dir if args.data_dir is not None else (config.get("data_dir") if own else None)
-            ds = load_dataset(dataset, data_dir, split)
-        except DataError as e:
-            raise UsageError(f"{run_id}: {e}") from None
-        shape = tuple(payload["image_shape"])
-        if shape != ds.image_shape:
-            raise UsageError(f"{run_id}: its model takes {_shape(shape)} images and {dataset} has "
-                             f"{_shape(ds.image_shape)}; a saved model is tested only on data of its own image shape "
-                             "and channels")
+        dataset, split, data_dir, ds = _test_data(args, summary, config, payload)
         n = args.test_episodes or int(summary["n_episodes"])
         seen = _seen_classes(ds, summary, config) if ds.name == summary["dataset"] else None
         for ways, shots in itertools.product(args.ways or [summary["ways"]], args.shots or [summary["shots"]]):
@@ -209,6 +185,50 @@ def plan(args) -> tuple[list[EvaluationJob], object]:
         except OSError as e:
             raise UsageError(str(e).replace("--results-dir", "a writable copy of the run")) from None
     return jobs, device
+
+
+def _saved_run(d: Path, device) -> tuple[dict, dict, dict, object]:
+    """The saved run in folder ``d``: its summary, configuration, model payload and method rebuilt on ``device``;
+    UsageError when one of its records (or of its earlier evaluations) is damaged or its model cannot be read."""
+    from .pipeline.models import ModelError, read_model, rebuild
+    from .store.folders import RecordError, RunFolder, evaluation_folders
+
+    folder = RunFolder(d.parent, d.name)
+    try:
+        summary, config = folder.read_summary(), folder.read_config()
+        for f in evaluation_folders(d):
+            f.read_record(need=EVALUATION_KEYS)  # a damaged earlier evaluation: refused before any work
+    except RecordError as e:
+        raise UsageError(str(e)) from None
+    try:
+        payload = read_model(d)
+        method = rebuild(payload, device)
+    except ModelError as e:
+        raise UsageError(str(e)) from None
+    return summary, config, payload, method
+
+
+def _test_data(args, summary: dict, config: dict, payload: dict) -> tuple[str, str, str | None, object]:
+    """(dataset, split, data folder, the dataset loaded) a saved run is tested on: ``--dataset``, else its own (with
+    its own split and data folder unless ``--split`` and ``--data-dir`` say otherwise); UsageError when it cannot be
+    loaded, or when its images are not of the shape the model (``payload``) takes."""
+    from .data import DataError, load_dataset, resolve_split
+
+    run_id = summary["run_id"]
+    own = args.dataset in (None, summary["dataset"])
+    dataset = summary["dataset"] if args.dataset is None else args.dataset
+    try:
+        split = resolve_split(dataset, args.split or (summary.get("split") if own else None))
+        data_dir = args.data_dir if args.data_dir is not None else (config.get("data_dir") if own else None)
+        ds = load_dataset(dataset, data_dir, split)
+    except DataError as e:
+        raise UsageError(f"{run_id}: {e}") from None
+    shape = tuple(payload["image_shape"])
+    if shape != ds.image_shape:
+        raise UsageError(f"{run_id}: its model takes {_shape(shape)} images and {dataset} has "
+                         f"{_shape(ds.image_shape)}; a saved model is tested only on data of its own image shape "
+                         "and channels")
+    return dataset, split, data_dir, ds
 
 
 def _seen_classes(ds, summary: dict, config: dict) -> int | None:

@@ -111,7 +111,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars and per-run progress lines")
     p.add_argument("--no-save-model", action="store_true", help="do not keep each finished run's best model "
                    "(results/<run-id>/model.pt, for benchmark.evaluate and benchmark.load_run); for huge sweeps")
-    d = p.add_argument_group("speed and numerics (see docs/gpu.md)")
+    _speed_options(p.add_argument_group("speed and numerics (see docs/gpu.md)"))
+    _executor_options(p.add_argument_group("executing the runs"))
+    return p
+
+
+def _speed_options(d) -> None:
+    """The options of speed and numerics (``--help``'s group "speed and numerics")."""
     d.add_argument("--precision", default="fp32", metavar="{fp32,bf16}",
                    help="fp32 (default, the papers' precision) or bf16: autocast of training and evaluation to "
                    "bfloat16 (parameters and optimiser state stay float32); part of the run id, marked in the report")
@@ -129,7 +135,10 @@ def parser() -> argparse.ArgumentParser:
                    help="CUDA: compile the same modules with torch.compile mode reduce-overhead, so that their "
                    "forward and backward passes replay as captured CUDA graphs (fewer kernel launches); recorded per "
                    "run; off by default until measured (python -m benchmark.gpu_check); refused on the CPU")
-    g = p.add_argument_group("executing the runs")
+
+
+def _executor_options(g) -> None:
+    """The options of the executors (``--help``'s group "executing the runs")."""
     g.add_argument("--executor", choices=("sequential", "processes", "ray"), default="sequential",
                    help="sequential: one run after another in this process (the default); processes: the runs "
                    "packed in --workers processes on this machine (no Ray needed); ray: each run as a Ray task, in "
@@ -150,7 +159,6 @@ def parser() -> argparse.ArgumentParser:
                    "died is started again (from its checkpoint); default: 3")
     g.add_argument("--if-locked", choices=("wait", "skip"), default="wait",
                    help="a run another process is training: wait for it (default) or skip it with a note")
-    return p
 
 
 def plan(args):

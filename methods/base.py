@@ -80,7 +80,7 @@ class Method(nn.Module):
     #: the classifier head has one output per class of the training setting (MAML, Reptile, the Meta-LSTM's learner):
     #: a trained model is tested only on episodes with that many ways (:meth:`check_test_ways`)
     fixed_head: ClassVar[bool] = False
-    #: where the class comes from, set by the registry when it registers it (:func:`methods.origin`)
+    #: where the class comes from, set by the registry when it registers it (:func:`benchmark.pipeline.registry.origin`)
     origin: ClassVar[dict] = {"kind": "builtin"}
     #: why ``--compile`` compiles nothing of this method (None: it compiles :meth:`compile_modules`)
     compile_note: ClassVar[str | None] = None

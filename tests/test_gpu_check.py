@@ -3,6 +3,9 @@ does not stop the others."""
 from pathlib import Path
 
 import benchmark.gpu_check as gc
+from benchmark.gpu_check import determinism, jobs, reproduction, summary, throughput, timing
+from benchmark.gpu_check.jobs import Jobs
+from benchmark.gpu_check.sampler import GpuSampler
 
 SECTIONS = ["## Verdict", "## (a) Speed", "## (capture)", "## (b) Determinism", "## (c) Resume", "## (d) Packing", "## (e) The quick",
             "## (f) Reproduce"]
@@ -27,12 +30,12 @@ def test_dry_run_writes_every_section(tmp_path):
 def test_a_failing_part_is_recorded_and_the_others_run(tmp_path, monkeypatch):
     calls = []
 
-    def broken(plan, deadline, work):
+    def broken(plan, deadline, *values):
         calls.append("speed")
         raise RuntimeError("no kernel image")
 
     def fine(name):
-        def part(plan, deadline, work):
+        def part(plan, deadline, *values):
             calls.append(name)
             return gc.Part(name, gc.TITLES[name], ok=True, lines=[f"{name} figures"])
         return part
@@ -69,19 +72,18 @@ def test_full_speed_part_measures_the_paper_profile_and_projects_its_hours(tmp_p
         assert abs(hours - episodes * ms / 3.6e6) < 0.006, rows[name]
 
 
-def test_reproduction_takes_the_cheapest_settings_first(monkeypatch):
+def test_reproduction_takes_the_cheapest_settings_first():
     """Part (f) orders settings by the hours part (a) projected; settings (a) did not measure follow, by the paper's
     training episodes."""
-    monkeypatch.setattr(gc, "MEASURED", {("maml", 1): 0.2, ("protonet", 5): 0.05, ("protonet", 1): 0.1})
-    order = gc.reproduction_order(["protonet", "maml", "reptile"], [1, 5])
+    measured = {("maml", 1): 0.2, ("protonet", 5): 0.05, ("protonet", 1): 0.1}
+    order = reproduction.reproduction_order(["protonet", "maml", "reptile"], [1, 5], measured)
     assert order[:3] == [("protonet", 5), ("protonet", 1), ("maml", 1)]
     rest = order[3:]
     assert set(rest) == {("maml", 5), ("reptile", 1), ("reptile", 5)}
-    monkeypatch.setattr(gc, "MEASURED", {})
     from benchmark.kit.context import Setting
     from benchmark.pipeline import registry
 
-    order = gc.reproduction_order(["protonet", "maml", "reptile"], [1])
+    order = reproduction.reproduction_order(["protonet", "maml", "reptile"], [1], {})
     costs = [registry.get(m).paper_train_episodes(Setting("omniglot", 5, s)) for m, s in order]
     assert costs == sorted(costs)
 
@@ -101,13 +103,14 @@ def test_captured_runs_are_set_against_the_eager_runs_of_the_same_id(tmp_path):
                     overrides=(("train_steps", 2), ("val_every", 2), ("train_ways", 5)))
     for d in ("eager", "captured"):
         run(cfg, tmp_path / d, torch.device("cpu"), save_model=False)
-    lines = gc.captured_against_eager(gc._finished(tmp_path / "eager"), gc._finished(tmp_path / "captured"))
+    lines = timing.captured_against_eager(summary.finished_runs(tmp_path / "eager"),
+                                          summary.finished_runs(tmp_path / "captured"))
     (row,) = [line for line in lines if line.startswith(f"| {cfg.run_id}")]
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "True" and cells[2] == "5/5" and cells[5] == "+0.00"  # the same computation here
     assert cells[8] == "0"  # no frame compiled
     assert "capture probably did not happen" in "".join(lines)  # equal bit for bit
-    assert "no captured run finished" in "".join(gc.captured_against_eager({}, {}))
+    assert "no captured run finished" in "".join(timing.captured_against_eager({}, {}))
 
 
 def test_a_capture_case_starts_only_with_time_to_compile(tmp_path):
@@ -119,7 +122,7 @@ def test_a_capture_case_starts_only_with_time_to_compile(tmp_path):
 
     plan = dataclasses.replace(gc.make_plan("cpu", False), speed_shots=[1], speed_profile="smoke", speed_steps=1,
                                speed_warmup=1, speed_test_episodes=2, capture_methods=("protonet",))
-    lines, skipped = gc.timed_cases(plan, time.monotonic() + 30, tmp_path, ["eager", "captured"])
+    lines, skipped = timing.timed_cases(plan, time.monotonic() + 30, tmp_path, ["eager", "captured"])
     assert skipped == 1 and len(lines) == 1 and lines[0].startswith("| protonet | 1 | eager |"), lines
     assert lines[0].split(" | ")[6] == "0"  # nothing compiled in the eager case
 
@@ -130,9 +133,10 @@ def test_the_capture_part_is_not_run_without_a_compiler(tmp_path, monkeypatch):
     import dataclasses
 
     plan = dataclasses.replace(gc.make_plan("cpu", True), capture=True)
-    monkeypatch.setattr(gc, "compiler_missing", lambda: "no C compiler (cc, gcc, clang not found)")
-    monkeypatch.setattr(gc, "_run_until", lambda *a, **k: (_ for _ in ()).throw(AssertionError("a job started")))
-    part = gc.part_capture(plan, 0.0, tmp_path)
+    monkeypatch.setattr(timing, "compiler_missing", lambda: "no C compiler (cc, gcc, clang not found)")
+    no_jobs = Jobs()
+    monkeypatch.setattr(no_jobs, "run_until", lambda *a, **k: (_ for _ in ()).throw(AssertionError("a job started")))
+    part = gc.part_capture(plan, 0.0, tmp_path, no_jobs)
     assert part.ok is None and part.lines == ["- not run: no C compiler (cc, gcc, clang not found); Triton, which "
                                               "compiles the captured kernels, needs both"]
 
@@ -141,19 +145,19 @@ def test_compiler_check_names_what_is_missing(monkeypatch, tmp_path):
     import shutil
     import sysconfig
 
-    assert gc.compiler_missing() is None  # this machine has both
+    assert timing.compiler_missing() is None  # this machine has both
     monkeypatch.delenv("CC", raising=False)
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    assert gc.compiler_missing() == "no C compiler (cc, gcc, clang not found)"
+    assert timing.compiler_missing() == "no C compiler (cc, gcc, clang not found)"
     monkeypatch.setattr(sysconfig, "get_paths", lambda: {"include": str(tmp_path)})
-    assert "no Python.h" in gc.compiler_missing() and "no C compiler" in gc.compiler_missing()
+    assert "no Python.h" in timing.compiler_missing() and "no C compiler" in timing.compiler_missing()
 
 
 def test_throughput_jobs_allow_non_deterministic_kernels_in_their_runs():
     """Parts (d) and (e) measure throughput: their runs get --no-deterministic (the flag reached only the driver
     before, and each run configured deterministic kernels again)."""
-    assert "--no-deterministic" in gc._python_run(["--methods", "protonet"], "cuda", deterministic=False)
-    assert "--no-deterministic" not in gc._python_run(["--methods", "protonet"], "cuda")
+    assert "--no-deterministic" in jobs.python_run(["--methods", "protonet"], "cuda", deterministic=False)
+    assert "--no-deterministic" not in jobs.python_run(["--methods", "protonet"], "cuda")
 
 
 def test_the_checks_jobs_are_stopped_when_it_ends_on_an_interrupt(tmp_path, monkeypatch):
@@ -167,18 +171,18 @@ def test_the_checks_jobs_are_stopped_when_it_ends_on_an_interrupt(tmp_path, monk
 
     started = []
 
-    def hanging(plan, deadline, work):
+    def hanging(plan, deadline, work, check_jobs):
         cmd = [sys.executable, "-c", "import time; time.sleep(600)"]
-        threading.Thread(target=gc._run_until, args=(cmd, 600, "hang"), daemon=True).start()
-        while not gc._CHILDREN:
+        threading.Thread(target=check_jobs.run_until, args=(cmd, 600, "hang"), daemon=True).start()
+        while not check_jobs.children:
             time.sleep(0.05)
-        started.extend(gc._CHILDREN)
+        started.extend(check_jobs.children)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(gc, "part_speed", hanging)
+    monkeypatch.setattr(gc, "part_capture", hanging)
     out = tmp_path / "g.md"
     with pytest.raises(KeyboardInterrupt):
-        gc.main(["--dry-run", "--parts", "speed", "--out", str(out)])
+        gc.main(["--dry-run", "--parts", "capture", "--out", str(out)])
     (proc,) = started
     assert proc.poll() is not None and out.is_file()
 
@@ -188,9 +192,10 @@ def test_reproduction_is_not_run_when_no_projection_fits_the_time_left(tmp_path,
     failed every check shorter than its cheapest projection before)."""
     import time
 
-    monkeypatch.setattr(gc, "MEASURED", {("protonet", 1): 2.0, ("maml", 1): 5.0})
-    monkeypatch.setattr(gc, "_run_until", lambda *a, **k: (_ for _ in ()).throw(AssertionError("a job started")))
-    part = gc.part_reproduce(gc.make_plan("cpu", True), time.monotonic() + 60, tmp_path)
+    no_jobs = Jobs()
+    monkeypatch.setattr(no_jobs, "run_until", lambda *a, **k: (_ for _ in ()).throw(AssertionError("a job started")))
+    part = gc.part_reproduce(gc.make_plan("cpu", True), time.monotonic() + 60, tmp_path, no_jobs,
+                             {("protonet", 1): 2.0, ("maml", 1): 5.0})
     assert part.ok is None and part.lines[0].startswith("- not run (time): the cheapest projected setting needs 7200 s")
     text = gc.write_summary(tmp_path / "g.md", gc.make_plan("cpu", True), [part], 60, time.monotonic())
     assert "| not run (time) |" in text
@@ -200,10 +205,10 @@ def test_runs_a_stopped_job_did_not_reach_are_no_determinism_failure():
     """Part (b) compares the runs both jobs finished; a run the other job never reached because it was stopped at
     its time limit is reported, not failed; one the other job ran past without finishing is a real difference."""
     a, b = {"r1": 1, "r2": 2, "r3": 3}, {"r1": 1, "r2": 2}
-    assert gc.one_job_only(a, b, a_stopped=False, b_stopped=True) == (["r3"], [])
-    assert gc.one_job_only(a, b, a_stopped=True, b_stopped=False) == ([], ["r3"])
-    assert gc.one_job_only(b, a, a_stopped=True, b_stopped=False) == (["r3"], [])
-    assert gc.one_job_only(a, a, a_stopped=False, b_stopped=False) == ([], [])
+    assert determinism.one_job_only(a, b, a_stopped=False, b_stopped=True) == (["r3"], [])
+    assert determinism.one_job_only(a, b, a_stopped=True, b_stopped=False) == ([], ["r3"])
+    assert determinism.one_job_only(b, a, a_stopped=True, b_stopped=False) == (["r3"], [])
+    assert determinism.one_job_only(a, a, a_stopped=False, b_stopped=False) == ([], [])
 
 
 def test_a_window_counts_the_training_episodes_of_finished_and_stopped_runs(tmp_path):
@@ -218,11 +223,11 @@ def test_a_window_counts_the_training_episodes_of_finished_and_stopped_runs(tmp_
     tiny = (("train_steps", 6), ("val_every", 3), ("train_ways", 5))
     done = RunConfig("protonet", shots=1, profile="smoke", test_episodes=2, val_episodes=2, overrides=tiny)
     stopped = RunConfig("matching", shots=1, profile="smoke", test_episodes=2, val_episodes=2, overrides=tiny)
-    assert gc.trained_episodes(tmp_path) == 0
+    assert throughput.trained_episodes(tmp_path) == 0
     full = run(done, tmp_path, cpu, save_model=False)
     with pytest.raises(Interrupted):
         run(stopped, tmp_path, cpu, stop_after=2, save_model=False)
-    assert full["train_episodes"] == 6 and gc.trained_episodes(tmp_path) == 6 + 2  # meta-batch 1, 2 steps
+    assert full["train_episodes"] == 6 and throughput.trained_episodes(tmp_path) == 6 + 2  # meta-batch 1, 2 steps
 
 
 def test_the_quick_part_passes_when_stopped_at_its_deadline_having_trained(tmp_path, monkeypatch):
@@ -232,16 +237,16 @@ def test_the_quick_part_passes_when_stopped_at_its_deadline_having_trained(tmp_p
 
     plan = gc.make_plan("cpu", True)
     result = {"episodes": 5}
-    monkeypatch.setattr(gc, "_window", lambda *a, **k: (None, "", 0.1, 0, gc.GpuSampler(), result["episodes"]))
-    part = gc.part_quick(plan, 0.0, tmp_path)
+    monkeypatch.setattr(throughput, "_window", lambda *a, **k: (None, "", 0.1, 0, GpuSampler(), result["episodes"]))
+    part = gc.part_quick(plan, 0.0, tmp_path, Jobs())
     assert part.ok and any("did not end within" in line for line in part.lines), part.lines
     result["episodes"] = 0
-    assert not gc.part_quick(plan, 0.0, tmp_path).ok
+    assert not gc.part_quick(plan, 0.0, tmp_path, Jobs()).ok
     result["episodes"] = 5
     bad = tmp_path / "quick" / "protonet-omniglot-5w1s.partial"
     bad.mkdir(parents=True)
     (bad / "failed.json").write_text(json.dumps({"run_id": "protonet-omniglot-5w1s", "reason": "non-finite loss"}))
-    part = gc.part_quick(plan, 0.0, tmp_path)
+    part = gc.part_quick(plan, 0.0, tmp_path, Jobs())
     assert not part.ok and "- failed run: protonet-omniglot-5w1s: non-finite loss" in part.lines, part.lines
 
 
@@ -262,11 +267,12 @@ def test_the_determinism_part_fails_on_a_failed_run_even_in_a_stopped_job(tmp_pa
     bad = tmp_path / "det-2" / "matching-omniglot-5w1s.partial"
     bad.mkdir()
     (bad / "failed.json").write_text(json.dumps({"run_id": "matching-omniglot-5w1s", "reason": "non-finite loss"}))
-    monkeypatch.setattr(gc, "_run_until", lambda cmd, timeout, name="": (None, ""))  # both "stopped at the limit"
-    part = gc.part_determinism(gc.make_plan("cpu", True), 0.0, tmp_path)
+    stopped_jobs = Jobs()  # both jobs "stopped at the limit"
+    monkeypatch.setattr(stopped_jobs, "run_until", lambda cmd, timeout, name="": (None, ""))
+    part = gc.part_determinism(gc.make_plan("cpu", True), 0.0, tmp_path, stopped_jobs)
     assert not part.ok and "- failed run: matching-omniglot-5w1s: non-finite loss" in part.lines, part.lines
     bad.joinpath("failed.json").unlink()
-    assert gc.part_determinism(gc.make_plan("cpu", True), 0.0, tmp_path).ok
+    assert gc.part_determinism(gc.make_plan("cpu", True), 0.0, tmp_path, stopped_jobs).ok
 
 
 def test_reproduction_keeps_finished_paper_budget_runs_in_the_bundle_layout(tmp_path, monkeypatch):
@@ -280,7 +286,7 @@ def test_reproduction_keeps_finished_paper_budget_runs_in_the_bundle_layout(tmp_
     from benchmark import reproduce
     from benchmark.pipeline import RunConfig, run
 
-    def fake_job(cmd, timeout, name):  # the job's run, short, then marked as trained to the paper's budget
+    def fake_job(cmd, timeout, name, env=None):  # the job's run, short, then marked as trained to the paper's budget
         d = Path(cmd[cmd.index("--results-dir") + 1])
         cfg = RunConfig("protonet", "omniglot", 5, 1, profile="smoke", test_episodes=4, val_episodes=2,
                         overrides=(("train_steps", 2), ("val_every", 2)))
@@ -289,9 +295,10 @@ def test_reproduction_keeps_finished_paper_budget_runs_in_the_bundle_layout(tmp_
         s.write_text(json.dumps({**json.loads(s.read_text()), "budget_fraction": 1.0}))
         return 0, ""
 
-    monkeypatch.setattr(gc, "MEASURED", {("protonet", 1): 0.001})
-    monkeypatch.setattr(gc, "_run_until", fake_job)
-    part = gc.part_reproduce(gc.make_plan("cpu", True), time.monotonic() + 60, tmp_path)
+    fake_jobs = Jobs()
+    monkeypatch.setattr(fake_jobs, "run_until", fake_job)
+    part = gc.part_reproduce(gc.make_plan("cpu", True), time.monotonic() + 60, tmp_path, fake_jobs,
+                             {("protonet", 1): 0.001})
     (shipped,) = reproduce.bundle_runs(tmp_path / "bundle")
     manifest = json.loads((shipped / reproduce.MANIFEST).read_text())
     cmd = manifest["command"].split()

@@ -454,7 +454,7 @@ def test_the_runs_cuda_device_is_made_current_in_runs_and_workers(monkeypatch):
     it, not on cuda:0); a pool worker does so when it takes its GPU."""
     import signal
 
-    import benchmark.pipeline.executors as executors
+    import benchmark.pipeline.executors.pool as pool
     from benchmark.pipeline.machine import use_device
 
     made = []
@@ -473,11 +473,11 @@ def test_the_runs_cuda_device_is_made_current_in_runs_and_workers(monkeypatch):
 
     previous, threads = signal.getsignal(signal.SIGINT), torch.get_num_threads()
     try:
-        executors._init_worker(1, ["cuda:0", "cuda:1"], Counter())
+        pool._init_worker(1, ["cuda:0", "cuda:1"], Counter())
     finally:
         signal.signal(signal.SIGINT, previous)
         torch.set_num_threads(threads)
-        executors._WORKER.pop("device", None)
+        pool._WORKER.pop("device", None)
     assert made == [torch.device("cuda:1"), torch.device("cuda:1")]
 
 

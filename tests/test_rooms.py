@@ -69,7 +69,9 @@ def breaches(files, allowed, root: Path = ROOT, forbidden=()) -> list[str]:
 
 
 def module_name(path: Path, root: Path) -> str:
-    return ".".join(path.relative_to(root).with_suffix("").parts)
+    """The dotted name of the module ``path`` (a package's ``__init__.py``: the package's name)."""
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 METHOD_ALLOWED = ("benchmark.kit", "methods.base", "methods.blocks")
@@ -82,8 +84,11 @@ PIPELINE_ALLOWED = ("benchmark.pipeline", "benchmark.kit", "benchmark.data", "be
 # the commands are the top floor: they reach the harness through its rooms (the report's built report included)
 COMMAND_ALLOWED = ("benchmark.pipeline", "benchmark.kit", "benchmark.data", "benchmark.store", "benchmark.cli",
                    "benchmark.report", "methods.base")
+# the rooms: the packages of benchmark/ below the commands; any other package of benchmark/ is a command package
+# (``benchmark/gpu_check/``: one command in several modules, each of them a command module)
+ROOMS = ("cli", "data", "kit", "pipeline", "report", "store")
 # the only arrows from one command to another: the GPU check times with benchmark.speed; the report's __main__ is
-# its command module
+# its command module (a command package's modules also import each other)
 COMMAND_USES = {"benchmark.gpu_check": ("benchmark.speed", "benchmark.reproduce"),
                 "benchmark.report.__main__": ("benchmark.report.cli",)}
 
@@ -93,14 +98,29 @@ def method_files(root: Path = ROOT):
 
 
 def room(root: Path, folder: str):
-    return sorted((root / "benchmark" / folder).glob("*.py"))
+    """The modules of a room, its subpackages' included (``benchmark/pipeline/executors/``)."""
+    return sorted((root / "benchmark" / folder).rglob("*.py"))
+
+
+def command_packages(root: Path = ROOT) -> list[Path]:
+    """The command packages: every package at the top of ``benchmark/`` that is no room (``benchmark/gpu_check/``)."""
+    return sorted(p.parent for p in (root / "benchmark").glob("*/__init__.py") if p.parent.name not in ROOMS)
 
 
 def command_files(root: Path = ROOT):
     """The command modules: every module at the top of ``benchmark/`` (``python -m benchmark.run`` and its
-    siblings), every ``__main__.py``, and the report's command module that its ``__main__`` hands over to."""
+    siblings), every module of a command package, every ``__main__.py``, and the report's command module that its
+    ``__main__`` hands over to."""
     top = [p for p in (root / "benchmark").glob("*.py") if p.name != "__init__.py"]
-    return sorted(top + list((root / "benchmark").rglob("__main__.py")) + [root / "benchmark" / "report" / "cli.py"])
+    packages = [p for d in command_packages(root) for p in d.glob("*.py")]
+    return sorted(set(top + packages + list((root / "benchmark").rglob("__main__.py"))
+                      + [root / "benchmark" / "report" / "cli.py"]))
+
+
+def command_of(path: Path, root: Path = ROOT) -> str:
+    """The command the module ``path`` belongs to: its command package's, else its own."""
+    package = next((d for d in command_packages(root) if path.parent == d), None)
+    return module_name(package if package else path, root)
 
 
 def commands(root: Path = ROOT) -> tuple[str, ...]:
@@ -147,9 +167,12 @@ def pipeline_rule(root: Path = ROOT) -> list[str]:
 
 def commands_rule(root: Path = ROOT) -> list[str]:
     cmds = commands(root)
-    return [b for p in command_files(root)
-            for b in breaches([p], COMMAND_ALLOWED + COMMAND_USES.get(module_name(p, root), ()), root,
-                              forbidden=tuple(c for c in cmds if c not in COMMAND_USES.get(module_name(p, root), ())))]
+    out = []
+    for p in command_files(root):
+        own = command_of(p, root)
+        uses = COMMAND_USES.get(own, ()) + (own,)  # a command package's modules import each other
+        out += breaches([p], COMMAND_ALLOWED + uses, root, forbidden=tuple(c for c in cmds if not _under(c, uses)))
+    return out
 
 
 def upward_rule(root: Path = ROOT) -> list[str]:
@@ -203,10 +226,13 @@ def test_the_commands_reach_the_harness_through_its_rooms_and_nothing_imports_th
 
 
 def test_the_commands_are_the_modules_at_the_top_and_the_main_modules():
-    """A new module at the top of ``benchmark/`` is a command (and fenced as one)."""
+    """A new module at the top of ``benchmark/`` is a command (and fenced as one); so is every module of a package
+    at the top of ``benchmark/`` that is no room (the GPU check's)."""
     assert {"benchmark.check", "benchmark.data.__main__", "benchmark.evaluate", "benchmark.gpu_check",
-            "benchmark.report.__main__", "benchmark.report.cli", "benchmark.run", "benchmark.speed"} <= set(commands())
+            "benchmark.gpu_check.__main__", "benchmark.gpu_check.timing", "benchmark.report.__main__",
+            "benchmark.report.cli", "benchmark.run", "benchmark.speed"} <= set(commands())
     assert not {"benchmark.pipeline.runner", "benchmark.cli.toolkit", "benchmark.report.build"} & set(commands())
+    assert [d.name for d in command_packages()] == ["gpu_check"]
 
 
 # ---- each rule catches a breach: a temporary copy of the sources, one module added or changed
@@ -235,15 +261,22 @@ PROBE = "_rooms_probe.py"
      "benchmark.report.common"),
     ("pipeline", f"benchmark/pipeline/{PROBE}", "from ..run import main\n", "benchmark.run"),
     ("pipeline", "benchmark/pipeline/runner.py", "from .. import speed\n", "benchmark.speed"),
+    ("pipeline", f"benchmark/pipeline/executors/{PROBE}", "from ...report import build_report\n", "benchmark.report"),
     ("pipeline", f"benchmark/pipeline/{PROBE}", "from ..data.__main__ import main\n", "benchmark.data.__main__"),
     ("commands", "benchmark/run.py", "import methods.protonet\n", "methods.protonet"),
     ("commands", "benchmark/evaluate.py", "from .check import check_method\n", "benchmark.check"),
     ("commands", "benchmark/speed.py", "from .gpu_check import main\n", "benchmark.gpu_check"),
+    ("commands", "benchmark/speed.py", "from .gpu_check.jobs import Jobs\n", "benchmark.gpu_check.jobs"),
+    ("commands", "benchmark/gpu_check/timing.py", "from ..run import main\n", "benchmark.run"),
+    ("commands", "benchmark/gpu_check/timing.py", "import methods.protonet\n", "methods.protonet"),
+    ("commands", f"benchmark/gpu_check/{PROBE}", "from ..check import main\n", "benchmark.check"),
     ("commands", "benchmark/run.py", "from .report.cli import main\n", "benchmark.report.cli"),
     ("commands", f"benchmark/{PROBE}", "from .run import main\n", "benchmark.run"),
     ("upward", "benchmark/kit/episodes.py", "from ..evaluate import main\n", "benchmark.evaluate"),
     ("upward", "benchmark/report/build.py", "from .cli import main\n", "benchmark.report.cli"),
     ("upward", f"methods/{PROBE}", "from benchmark import gpu_check\n", "benchmark.gpu_check"),
+    ("upward", f"benchmark/pipeline/{PROBE}", "from ..gpu_check.summary import failure_lines\n",
+     "benchmark.gpu_check.summary"),
 ])
 def test_a_breach_is_caught(tmp_path, rule, where, source, caught):
     """The rules above can fail: in a copy of the sources (``tmp_path``), a module that breaks the rule (a new one in

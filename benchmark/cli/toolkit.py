@@ -1,7 +1,9 @@
 """The command-line toolkit the commands share (``benchmark.run``, ``benchmark.evaluate``, ``benchmark.speed``,
 ``benchmark.check``, ``benchmark.report``, ``benchmark.data``): exit codes, the one parser (:class:`Parser`, whose
-errors are one line), the one-line usage error, count, name and folder checks, progress bars and notes. The commands that look methods up add :mod:`benchmark.pipeline.method_options`
-(``--method-file`` and ``--help``'s catalogue).
+errors are one line), the one-line usage error, count, name and folder checks, progress bars and notes, and the
+progress lines of the executors' workers, whose output is forwarded line by line (:class:`LineProgress`). The
+commands that look methods up add :mod:`benchmark.pipeline.method_options` (``--method-file`` and ``--help``'s
+catalogue).
 
 This module imports nothing of the harness, nor torch: every command, the data checker and the report included, can
 use it. The process's set-up for PyTorch (threads, device), once the arguments are parsed, is
@@ -13,6 +15,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -136,6 +139,47 @@ def progress_factory(disabled: bool = False) -> Callable:
                     disable=disabled, file=sys.stderr, mininterval=0.5)
 
     return progress
+
+
+class LineProgress:
+    """A progress "bar" as occasional lines (every ``every`` seconds, and at the end), for tasks whose output Ray
+    forwards to the driver line by line: ``LineProgress(prefix)(iterable, total=, desc=, initial=)`` or
+    ``(total=, desc=)`` with ``update``; ``set_postfix`` adds e.g. the validation accuracy."""
+
+    def __init__(self, prefix: str, every: float = 15.0, stream=None):
+        self.prefix, self.every, self.stream = prefix, every, stream
+
+    def __call__(self, iterable=None, total=None, desc="", initial=0):
+        return _Lines(self, iterable, total, desc, initial)
+
+
+class _Lines:
+    def __init__(self, owner: LineProgress, iterable, total, desc, initial):
+        self.o, self.iterable, self.total, self.desc, self.n = owner, iterable, total, desc, initial
+        self.postfix, self.t0, self.last = "", time.time(), time.time()
+
+    def _line(self, force=False):
+        now = time.time()
+        if force or now - self.last >= self.o.every:
+            self.last = now
+            tot = f"/{self.total}" if self.total else ""
+            print(f"{self.o.prefix}: {self.desc} {self.n}{tot} ({now - self.t0:.0f} s){self.postfix}",
+                  file=self.o.stream or sys.stderr, flush=True)
+
+    def __iter__(self):
+        for x in self.iterable:
+            yield x
+            self.update(1)
+
+    def update(self, k=1):
+        self.n += k
+        self._line()
+
+    def set_postfix(self, **kw):
+        self.postfix = " " + " ".join(f"{k}={v}" for k, v in kw.items())
+
+    def close(self):
+        self._line(force=True)
 
 
 def note(text: str) -> None:

@@ -198,7 +198,8 @@ def configure_determinism(device: torch.device | str, deterministic: bool = True
     fixed number of threads (tests: ``tests/test_runner.py``'s resumed run equals the uninterrupted one).
 
     Operations of the eight methods without a deterministic CUDA kernel (read from ``help(torch.use_deterministic_
-    algorithms)`` of PyTorch 2.14 against every ``torch``/``F`` call in ``methods/`` and ``benchmark/backbones.py``):
+    algorithms)`` of PyTorch 2.14 against every ``torch``/``F`` call in ``methods/`` and
+    ``benchmark/kit/backbones.py``):
 
     * Relation Network: ``F.adaptive_avg_pool2d(h, 1)`` (``methods/relation.py``, the pool before the relation
       module's first linear layer): its backward on CUDA has no deterministic kernel (``AdaptiveAvgPool2d``, listed

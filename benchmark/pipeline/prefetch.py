@@ -20,7 +20,7 @@ The producer stops cleanly when the consumer stops early (an exception, Ctrl-C, 
 queue wakes up, and joins the thread; no thread outlives the block. An exception raised by ``f`` is re-raised in the
 consumer, at the item where it happened.
 
-Thread safety of what the producer reads (checked in the code, ``benchmark/episodes.py`` and
+Thread safety of what the producer reads (checked in the code, ``benchmark/kit/episodes.py`` and
 ``benchmark/data/dataset.py``): an episode is drawn from a fresh Philox generator per call (``keyed_rng``; no shared
 or global random state); ``FewShotDataset.tensor`` only reads the split lists and the image array (NumPy fancy
 indexing of a read-only array in RAM, or :class:`~benchmark.data.dataset.DiskImages`, whose reads are ``os.pread`` at

@@ -7,9 +7,9 @@ Layout under the results directory::
         curve.csv             validation accuracy every N steps: step, episodes, train_seconds, val_acc, val_ci95, ...
         test_episodes.csv     one row per test episode: index, accuracy, adapt_seconds
         summary.json          headline numbers, cost, provenance (versions, device, commit, episode fingerprints),
-                              method_facts and backbone_facts (benchmark/facts.py)
-        model.pt              the best-validation model and what rebuilding it needs (benchmark/models.py); absent
-                              for runs made with --no-save-model
+                              method_facts and backbone_facts (benchmark/pipeline/facts.py)
+        model.pt              the best-validation model and what rebuilding it needs (benchmark/pipeline/models.py);
+                              absent for runs made with --no-save-model
         evaluations/<eval-id>/  re-tests of the saved model by benchmark.evaluate (EvaluationFolder):
             evaluation.json   what was tested (dataset, split, setting, episode fingerprint), the training run, result
             test_episodes.csv one row per episode: index, accuracy, adapt_seconds
@@ -19,9 +19,10 @@ Layout under the results directory::
     .locks/<run-id>.lock      OS file lock (fcntl.flock) held by the process training the run; holds its pid and host
     .locks/report.lock        held while a benchmark.run command builds the report of the results directory
     cache/                    artefacts shared between runs (e.g. MTL's pretrained backbone), with their cost
-                              (:func:`artefact_dir`; benchmark/context.py)
+                              (:func:`artefact_dir`; benchmark/pipeline/method_context.py)
     leaderboard.csv           the per-run leaderboard: one row per finished run, rebuilt from the summaries under
-                              .locks/leaderboard.lock (benchmark/leaderboard.py); not the report's leaderboard.csv
+                              .locks/leaderboard.lock (benchmark/store/leaderboard.py); not the report's
+                              leaderboard.csv
 
 Every file is written to a temporary name and renamed (``os.replace``, :mod:`benchmark.store.files`), so a crash leaves
 either the old file or the new one, never half of one. :class:`RunFolder` is the one owner of a run's folder and
