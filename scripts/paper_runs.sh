@@ -12,6 +12,9 @@
 set -u
 if [ $# -lt 3 ]; then echo "usage: $0 RESULTS LOG METHOD:SHOTS..." >&2; exit 2; fi
 results=$1 log=$2; shift 2
+# nice alone does not yield to other sessions where the kernel groups processes by session (autogroup scheduling,
+# e.g. a lane started with setsid): lower this session's group too, where the kernel allows it
+[ -w /proc/self/autogroup ] && echo 19 > /proc/self/autogroup 2>/dev/null
 mkdir -p "$results" "$(dirname "$log")"
 for spec in "$@"; do
   method=${spec%%:*} shots=${spec##*:}
