@@ -235,11 +235,14 @@ def test_one_seed_entry_carries_its_methods_measured_spread(tmp_path, monkeypatc
     assert "(1 seed) [" in table1 and spread in table1
     tex = (tmp_path / "rep" / "tables.tex").read_text()
     assert "0.85 points over 3 seeds" in tex
-    # the shipped table: header only (nothing measured yet), read as empty
+    # the shipped table: measured rows only (at least 3 seeds each, an sd in points, the command that ran them)
     from benchmark.report.reference import load_seed_spread
 
     shipped = load_seed_spread()
-    assert list(shipped.columns) == SEED_SPREAD_COLUMNS and len(shipped) == 0
+    assert list(shipped.columns) == SEED_SPREAD_COLUMNS
+    assert (shipped["n_seeds"] >= 3).all() and shipped["seed_sd"].between(0, 20).all()
+    assert shipped["source"].str.contains("--seeds").all()
+    assert not shipped.duplicated(["dataset", "method", "ways", "shots", "profile", "backbone"]).any()
 
 
 # ------------------------------------------------------------------------------------------------ measuring the spread
