@@ -248,6 +248,7 @@ def record(job: EvaluationJob, acc, secs, seconds: float, device) -> dict:
     """``evaluation.json`` of a finished evaluation."""
     from .data import DATASETS
     from .pipeline.machine import code_version, environment
+    from .store.files import utc_timestamp
     from .store.folders import RunFolder
     from .store.statistics import mean_ci95
 
@@ -269,7 +270,7 @@ def record(job: EvaluationJob, acc, secs, seconds: float, device) -> dict:
         "device": str(device), "environment": environment(device), "code_version": code_version(),
         "model_code_version": payload.get("code_version"), "test_classes_seen_in_training": job.seen,
         "method_origin": dict(type(job.method).origin), "trained_method_origin": payload.get("method_origin"),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "finished_at": utc_timestamp(),
     }
 
 

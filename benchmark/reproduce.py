@@ -22,7 +22,6 @@ import argparse
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 from .cli.toolkit import EXIT_FAILED, EXIT_OK, Parser, UsageError, at_least, usage_errors
@@ -71,6 +70,8 @@ def bundle_runs(bundle: str | Path) -> list[Path]:
 
 def manifest(summary: dict, command: str, wall_seconds: float | None, where: str | None) -> dict:
     """The bundle's record of how a run was made."""
+    from .store.files import utc_timestamp
+
     env = summary.get("environment") or {}
     return {
         "run_id": summary["run_id"], "command": command, "commit": summary.get("code_version"),
@@ -82,7 +83,7 @@ def manifest(summary: dict, command: str, wall_seconds: float | None, where: str
         "val_seconds": summary.get("val_seconds"), "resumed_at_steps": summary.get("resumed_at_steps") or [],
         "budget_fraction": summary.get("budget_fraction"), "test_fingerprint": summary.get("test_fingerprint"),
         "finished_at": summary.get("finished_at"),
-        "added_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "added_at": utc_timestamp(),
     }
 
 

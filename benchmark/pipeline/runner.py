@@ -31,7 +31,6 @@ The method class is looked up in the registry here (:func:`prepare`). The pipeli
 from __future__ import annotations
 
 import dataclasses
-import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ import torch
 
 from ..data import DATASETS
 from ..kit.episodes import EpisodeSet
+from ..store.files import utc_timestamp
 from ..store.folders import RunFolder, test_table
 from ..store.statistics import at_chance, mean_ci95
 from .config import PreparedRun, RunConfig
@@ -173,7 +173,7 @@ def failure_record(kind: str, reason: str, placement: dict, step: int | None = N
     ``task_error``), the reason in one line, the step and the last validation's curve point when known, where it ran
     and when; ``extra`` adds fields (e.g. the step's metrics)."""
     return {"kind": kind, "reason": reason, "step": step, **extra, "last_curve_point": last_curve_point,
-            "placement": placement, "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "placement": placement, "failed_at": utc_timestamp()}
 
 
 def _one_line(e: BaseException) -> str:
@@ -398,7 +398,7 @@ def _records(prepared: PreparedRun, trainer: Trainer, tests: EpisodeSet, acc: np
         "precision": cfg.precision, **_execution_facts(state.get("executions") or []),
         "dataset_fingerprint": ds.fingerprint, "dataset_source": ds.source,
         "val_fingerprint": val_set.fingerprint, "test_fingerprint": tests.fingerprint,
-        "cache": trainer.cache_log, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cache": trainer.cache_log, "finished_at": utc_timestamp(),
         **record_facts(cls, cfg.backbone, hp),
     }
     curve = pd.DataFrame(state["curve"])
