@@ -124,7 +124,7 @@ class MethodChecker:
     def _fresh(self, sampler_log: list | None = None):
         """A newly built method, as the runner builds it (seeded), optionally with a spying sampler."""
         from .pipeline.method_context import make_context
-        from .pipeline.training import seed_everything
+        from .pipeline.steps import seed_everything
 
         seed_everything(self.cfg.seed)
         ctx = make_context(self.prepared, self.device, self.workdir / "context")
@@ -151,7 +151,7 @@ class MethodChecker:
 
     def _meta_batch(self, method, ctx, step: int) -> list:
         """The meta-batch the harness hands ``method`` at ``step`` (none for a method that meta-trains on none)."""
-        from .pipeline.training import draw_episodes, meta_batch_size
+        from .pipeline.steps import draw_episodes, meta_batch_size
 
         return draw_episodes(ctx.sampler, step, meta_batch_size(method, self.prepared.hp), method.train_shape(),
                              self.device)
@@ -454,7 +454,7 @@ class MethodChecker:
 
     def check_saved_model(self) -> str:
         from .pipeline.models import load_run
-        from .pipeline.training import evaluate
+        from .pipeline.steps import evaluate
 
         a = self._run("run-a")
         method = load_run(a["folder"].path)

@@ -276,7 +276,7 @@ def record(job: EvaluationJob, acc, secs, seconds: float, device) -> dict:
 
 def evaluate_job(job: EvaluationJob, device, progress=None) -> dict:
     """Evaluate one job (or return its record when already done)."""
-    from .pipeline.training import evaluate
+    from .pipeline.steps import evaluate
     from .store.folders import test_table
 
     if job.folder.is_finished():

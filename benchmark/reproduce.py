@@ -132,7 +132,7 @@ def verify_run(run_dir: Path, device: str = "cpu", threads: int | None = None) -
     from .pipeline.episode_sets import episode_set
     from .pipeline.machine import resolve_device
     from .pipeline.models import read_model, rebuild
-    from .pipeline.training import evaluate
+    from .pipeline.steps import evaluate
     from .store.folders import RunFolder
 
     folder = RunFolder.from_path(run_dir)

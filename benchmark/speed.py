@@ -46,12 +46,12 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
              results_dir: str | Path | None = "results", eval_group: int = 1, precision: str = "fp32",
              prefetch: int = 0, compile: bool = False, flops: bool = False, capture: bool = False) -> dict:
     """Time ``steps`` training steps and ``test_episodes`` test episodes (after ``warmup`` of each) of
-    ``prepared``'s method, with :func:`~benchmark.pipeline.training.timed_step` and :func:`~benchmark.pipeline.training.evaluate`;
+    ``prepared``'s method, with :func:`~benchmark.pipeline.steps.timed_step` and :func:`~benchmark.pipeline.steps.evaluate`;
     artefacts are cached under ``results_dir`` as in runs (None: computed, not cached). ``eval_group``: test
     episodes per ``predict_many`` call (1: one at a time; 0: the method's ``eval_group``, as runs do).
-    ``precision``: "fp32" or "bf16" (autocast, :func:`~benchmark.pipeline.training.autocast`). ``prefetch``: meta-batches
+    ``precision``: "fp32" or "bf16" (autocast, :func:`~benchmark.pipeline.steps.autocast`). ``prefetch``: meta-batches
     drawn ahead by the training loop's prefetcher (:mod:`benchmark.pipeline.prefetch`; 0: drawn when needed, as in the loop
-    without it). ``compile``: :func:`~benchmark.pipeline.training.compile_method` first (its compilation falls in the warm-up
+    without it). ``compile``: :func:`~benchmark.pipeline.steps.compile_method` first (its compilation falls in the warm-up
     steps); ``capture``: compiled with mode reduce-overhead instead (CUDA graphs, ``--capture``). Besides the step's
     own time (``ms_per_train_episode_*``), the wall clock per training episode from one
     step's end to the next (``ms_per_train_episode_wall_median``) includes drawing the meta-batch and moving it to
@@ -70,7 +70,7 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
     from .pipeline.machine import PeakMemory, environment, resolve_device, use_device
     from .pipeline.method_context import make_context
     from .pipeline.prefetch import prefetched
-    from .pipeline.training import (
+    from .pipeline.steps import (
         compile_method,
         count_difference,
         counted_step,
@@ -125,10 +125,10 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
 
 def step_flops(method, sampler, episodes, step: int, device, precision: str = "fp32") -> float | None:
     """Floating-point operations of one training step on ``episodes`` (forward and backward), per training episode
-    the step consumed, counted as the runs count them (:func:`~benchmark.pipeline.training.counted_step` with
+    the step consumed, counted as the runs count them (:func:`~benchmark.pipeline.steps.counted_step` with
     ``count_flops``: the meta-batch plus the episodes the method drew through its counting ``sampler``); None when
     the counter cannot follow the step (it then trains as usual)."""
-    from .pipeline.training import counted_step
+    from .pipeline.steps import counted_step
 
     try:
         r, _ = counted_step(method, sampler, episodes, step, device, precision, count_flops=True)
@@ -162,7 +162,7 @@ def sampler_rate(prepared: PreparedRun, device: str = "cpu", episodes: int = 200
 
     from .kit.episodes import TaskSampler
     from .pipeline.machine import resolve_device
-    from .pipeline.training import synchronize
+    from .pipeline.steps import synchronize
 
     dev, cfg, hp = resolve_device(device), prepared.cfg, prepared.hp
     ways, shots = hp.train_ways or cfg.ways, hp.train_shots or cfg.shots

@@ -8,7 +8,8 @@
 * :mod:`~benchmark.pipeline.method_context`: the method's context and the artefact cache;
 * :mod:`~benchmark.pipeline.execution`: how a run executes (prefetch, determinism, compile, evaluation groups);
 * :mod:`~benchmark.pipeline.prefetch`: episodes drawn ahead of the step;
-* :mod:`~benchmark.pipeline.training`: the training step, evaluation, RNG state, the training loop and checkpoints;
+* :mod:`~benchmark.pipeline.steps`: the timed training step, the FLOP counter, compiling, seeding and evaluation;
+* :mod:`~benchmark.pipeline.training`: the training loop, its checkpoints and the RNG states they keep;
 * :mod:`~benchmark.pipeline.runner`: one run, end to end (:class:`RunJob` in, :class:`Outcome` out);
 * :mod:`~benchmark.pipeline.executors`: the sequential, process-pool and Ray executors;
 * :mod:`~benchmark.pipeline.models`, :mod:`~benchmark.pipeline.facts`, :mod:`~benchmark.pipeline.eta`,
@@ -20,7 +21,7 @@ _LAZY = {
     "RunConfig": "config", "PreparedRun": "config", "build_hyper": "config", "parse_overrides": "config",
     "Execution": "execution",
     "make_context": "method_context", "ArtefactCache": "method_context",
-    "Interrupted": "training", "evaluate": "training", "seed_everything": "training", "Trainer": "training",
+    "Interrupted": "training", "evaluate": "steps", "seed_everything": "steps", "Trainer": "training",
     "RunJob": "runner", "JobTemplate": "runner", "Checkpointing": "training",
     "Plan": "plan", "RaySettings": "plan", "ProcessSettings": "plan",
     "Outcome": "runner", "RunFailed": "runner", "Locked": "runner", "run": "runner",

@@ -56,17 +56,8 @@ from .machine import placement as where
 from .method_context import make_context
 from .models import model_payload
 from .prefetch import device_images, gather_on_device
-from .training import (
-    Checkpointing,
-    Interrupted,
-    NonFiniteLoss,
-    Trainer,
-    compile_method,
-    count_difference,
-    dynamo_counts,
-    evaluate,
-    seed_everything,
-)
+from .steps import compile_method, count_difference, dynamo_counts, evaluate, seed_everything
+from .training import Checkpointing, Interrupted, NonFiniteLoss, Trainer
 
 
 class RunFailed(Exception):
