@@ -122,16 +122,14 @@ class MethodChecker:
 
     # ---- helpers
     def _fresh(self, sampler_log: list | None = None):
-        """A newly built method, as the runner builds it (seeded), optionally with a spying sampler."""
-        from .pipeline.method_context import make_context
-        from .pipeline.steps import seed_everything
+        """A newly built method, as a run builds it (:mod:`benchmark.pipeline.builder`), optionally with a spying
+        sampler."""
+        from .pipeline.builder import build_method, method_context
 
-        seed_everything(self.cfg.seed)
-        ctx = make_context(self.prepared, self.device, self.workdir / "context")
+        ctx = method_context(self.prepared, self.device, self.workdir / "context")
         if sampler_log is not None:
             ctx.sampler = _SpySampler(ctx.sampler, sampler_log)
-        with self._watched("construction"):
-            return self.cls(self.prepared.hp, ctx).to(self.device), ctx
+        return build_method(self.prepared, ctx)[0], ctx
 
     def _watched(self, what: str):
         """The rules of identical terms, watched around a call into the method (:mod:`benchmark.pipeline.guard`)."""

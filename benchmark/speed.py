@@ -65,29 +65,19 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
 
     import torch
 
+    from .pipeline.builder import build_method, method_context
     from .pipeline.episode_sets import test_set
-    from .pipeline.execution import CAPTURE_MODE, group_size
+    from .pipeline.execution import group_size
     from .pipeline.machine import PeakMemory, environment, resolve_device, use_device
-    from .pipeline.method_context import make_context
     from .pipeline.prefetch import prefetched
-    from .pipeline.steps import (
-        compile_method,
-        count_difference,
-        counted_step,
-        draw_episodes,
-        dynamo_counts,
-        evaluate,
-        seed_everything,
-    )
+    from .pipeline.steps import count_difference, counted_step, draw_episodes, dynamo_counts, evaluate
 
     dev, cfg, hp = resolve_device(device), prepared.cfg, prepared.hp
     use_device(dev)
     dynamo_before = dynamo_counts()
-    seed_everything(cfg.seed)
-    ctx = make_context(prepared, dev, results_dir)
+    ctx = method_context(prepared, dev, results_dir)
     with PeakMemory(dev) as mem:
-        m = prepared.cls(hp, ctx).to(dev)
-        compiled = compile_method(m, CAPTURE_MODE if capture else None) if compile or capture else []
+        m, compiled = build_method(prepared, ctx, compile, capture)
         times, walls = [], []
         shape = m.train_shape()
         indices = range(warmup + steps)

@@ -318,7 +318,7 @@ def test_the_flop_counted_step_runs_eagerly_and_compiling_happens_after_it():
 def test_a_run_records_whether_anything_was_compiled(tmp_path, monkeypatch):
     """``execution.dynamo`` of a run's summary: frames Dynamo compiled during the run (0 for an eager run), not
     just that compiling was asked for (``execution.compile``)."""
-    import benchmark.pipeline.runner as runner
+    import benchmark.pipeline.builder as builder
     from benchmark.pipeline import Execution
 
     def compile_eager_backend(method, mode=None):  # the inductor backend would take minutes on this CPU
@@ -327,7 +327,7 @@ def test_a_run_records_whether_anything_was_compiled(tmp_path, monkeypatch):
             m.compile(backend="eager")
         return sorted(mods)
 
-    monkeypatch.setattr(runner, "compile_method", compile_eager_backend)
+    monkeypatch.setattr(builder, "compile_method", compile_eager_backend)
     torch._dynamo.reset()
     over = (("train_steps", 2), ("val_every", 2), ("train_ways", 5), ("train_queries", 2))
     cfg = RunConfig("protonet", "omniglot", 5, 1, profile="smoke", test_episodes=4, val_episodes=2, overrides=over)

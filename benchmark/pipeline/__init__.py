@@ -6,6 +6,8 @@
 * :mod:`~benchmark.pipeline.plan`: the frozen plan of a command line (runs, execution, executor settings);
 * :mod:`~benchmark.pipeline.episode_sets`: a run's validation and test episode sets;
 * :mod:`~benchmark.pipeline.method_context`: the method's context and the artefact cache;
+* :mod:`~benchmark.pipeline.builder`: the one builder of a ready method (seeded context, instance, device, compile),
+  used by runs, ``benchmark.speed`` and ``benchmark.check``;
 * :mod:`~benchmark.pipeline.execution`: how a run executes (prefetch, determinism, compile, evaluation groups);
 * :mod:`~benchmark.pipeline.prefetch`: episodes drawn ahead of the step;
 * :mod:`~benchmark.pipeline.steps`: the timed training step, the FLOP counter, compiling, seeding and evaluation;
