@@ -150,24 +150,25 @@ def sampler_rate(prepared: PreparedRun, device: str = "cpu", episodes: int = 200
     and moving the episode to ``device``. No method is built."""
     import time
 
+    from .kit.context import train_episode_shape
     from .kit.episodes import TaskSampler
     from .pipeline.machine import resolve_device
     from .pipeline.steps import synchronize
 
-    dev, cfg, hp = resolve_device(device), prepared.cfg, prepared.hp
-    ways, shots = hp.train_ways or cfg.ways, hp.train_shots or cfg.shots
+    dev, cfg = resolve_device(device), prepared.cfg
+    ways, shots, queries = train_episode_shape(prepared.hp, prepared.setting)
     sampler = TaskSampler(prepared.dataset, "train", cfg.seed)
     for i in range(warmup):
-        sampler.episode(i, ways, shots, hp.train_queries).to(dev)
+        sampler.episode(i, ways, shots, queries).to(dev)
     times = []
     for i in range(warmup, warmup + episodes):
         t0 = time.perf_counter()
-        ep = sampler.episode(i, ways, shots, hp.train_queries).to(dev)
+        ep = sampler.episode(i, ways, shots, queries).to(dev)
         synchronize(dev)
         times.append(time.perf_counter() - t0)
     image = ep.support_x.shape[1:]
-    return {"dataset": cfg.dataset, "episode": [ways, shots, hp.train_queries], "image": list(image),
-            "images_per_episode": ways * (shots + hp.train_queries), "device": str(dev),
+    return {"dataset": cfg.dataset, "episode": [ways, shots, queries], "image": list(image),
+            "images_per_episode": ways * (shots + queries), "device": str(dev),
             "episodes_per_second": len(times) / sum(times), "ms_per_episode_median": 1000 * statistics.median(times)}
 
 
