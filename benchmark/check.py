@@ -148,11 +148,10 @@ class MethodChecker:
         return out
 
     def _meta_batch(self, method, ctx, step: int) -> list:
-        """The meta-batch the harness hands ``method`` at ``step`` (none for a method that meta-trains on none)."""
-        from .pipeline.steps import draw_episodes, meta_batch_size
+        """The meta-batch a run hands ``method`` at ``step`` (none for a method that meta-trains on none)."""
+        from .pipeline.steps import MetaBatches
 
-        return draw_episodes(ctx.sampler, step, meta_batch_size(method, self.prepared.hp), method.train_shape(),
-                             self.device)
+        return MetaBatches.of(method, self.prepared.hp).draw(ctx.sampler, step, self.device)
 
     def _test_set(self):
         from .pipeline.episode_sets import test_set

@@ -57,7 +57,10 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
     step's end to the next (``ms_per_train_episode_wall_median``) includes drawing the meta-batch and moving it to
     the device, or waiting for the prefetcher: what prefetching saves shows there. ``flops``: also count the
     floating-point operations of one more training step (forward and backward, ``torch.utils.flop_counter``, run
-    eagerly), per training episode (``flops_per_train_episode``; None where the counter fails). The test timing's
+    eagerly), per training episode (``flops_per_train_episode``; None where the counter fails). Each step is handed
+    the meta-batch a run hands it (:class:`~benchmark.pipeline.steps.MetaBatches`: ``meta_batch`` in the result,
+    0 for a method that meta-trains on no episode, e.g. the transfer baselines, whose figures per training episode
+    are then per step, as a run's ``ms_per_train_episode`` is). The test timing's
     warm-up evaluates a whole group of the measured size (``eval_group`` in the result), so the measured groups meet
     no shape the warm-up did not. ``dynamo``: Dynamo's frames compiled during the measurement (0: nothing was
     compiled, whatever was asked)."""
@@ -70,7 +73,7 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
     from .pipeline.execution import group_size
     from .pipeline.machine import PeakMemory, environment, resolve_device, use_device
     from .pipeline.prefetch import prefetched
-    from .pipeline.steps import count_difference, counted_step, draw_episodes, dynamo_counts, evaluate
+    from .pipeline.steps import MetaBatches, count_difference, counted_step, dynamo_counts, evaluate
 
     dev, cfg, hp = resolve_device(device), prepared.cfg, prepared.hp
     use_device(dev)
@@ -79,19 +82,18 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
     with PeakMemory(dev) as mem:
         m, compiled = build_method(prepared, ctx, compile, capture)
         times, walls = [], []
-        shape = m.train_shape()
+        meta = MetaBatches.of(m, hp)  # what a run hands each step
         indices = range(warmup + steps)
-        with prefetched(lambda i, d: draw_episodes(ctx.sampler, i, hp.meta_batch, shape, d), indices, prefetch,
-                        dev) as batches:
+        with prefetched(lambda i, d: meta.draw(ctx.sampler, i, d), indices, prefetch, dev) as batches:
             t_end = time.perf_counter()
             for step in indices:
                 r, _ = counted_step(m, ctx.sampler, batches.get(step), step, dev, precision)
                 t_prev, t_end = t_end, time.perf_counter()
                 if step >= warmup:
-                    times.append(r.seconds / r.tasks)
-                    walls.append((t_end - t_prev) / r.tasks)
-        counted = step_flops(m, ctx.sampler, draw_episodes(ctx.sampler, warmup + steps, hp.meta_batch, shape, dev),
-                             warmup + steps, dev, precision) if flops else None
+                    times.append(r.seconds / max(r.tasks, 1))
+                    walls.append((t_end - t_prev) / max(r.tasks, 1))
+        counted = step_flops(m, ctx.sampler, meta.draw(ctx.sampler, warmup + steps, dev), warmup + steps, dev,
+                             precision) if flops else None
         group = eval_group or None  # 0: as runs evaluate (group_size picks for the method and the device)
         measured_group = group_size(m, test_set(prepared, 1), group, dev)
         warm = max(warmup, measured_group)  # the warm-up meets the measured groups' shapes
@@ -101,7 +103,7 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
                              prefetch=prefetch)
     return {
         "method": cfg.method, "dataset": cfg.dataset, "ways": cfg.ways, "shots": cfg.shots, "backbone": cfg.backbone,
-        "train_episode": list(m.train_shape()), "meta_batch": hp.meta_batch, "device": str(dev),
+        "train_episode": list(meta.shape), "meta_batch": meta.size, "device": str(dev),
         "threads": torch.get_num_threads(), **({"precision": precision} if precision != "fp32" else {}),
         "prefetch": prefetch, "compiled": compiled, "capture": bool(capture and compiled),
         "dynamo": count_difference(dynamo_before, dynamo_counts()), "eval_group": measured_group,
@@ -117,14 +119,15 @@ def step_flops(method, sampler, episodes, step: int, device, precision: str = "f
     """Floating-point operations of one training step on ``episodes`` (forward and backward), per training episode
     the step consumed, counted as the runs count them (:func:`~benchmark.pipeline.steps.counted_step` with
     ``count_flops``: the meta-batch plus the episodes the method drew through its counting ``sampler``); None when
-    the counter cannot follow the step (it then trains as usual)."""
+    the counter cannot follow the step (it then trains as usual) or the step consumed no training episode (a method
+    that meta-trains on none, whose runs record no ``flops_per_train_episode`` either)."""
     from .pipeline.steps import counted_step
 
     try:
         r, _ = counted_step(method, sampler, episodes, step, device, precision, count_flops=True)
     except Exception:  # noqa: BLE001 - a method whose step the counter cannot trace is measured without FLOPs
         return None
-    return r.flops / max(1, r.tasks) if r.flops is not None else None
+    return r.flops / r.tasks if r.flops is not None and r.tasks else None
 
 
 #: overrides of a ``paper``-profile measurement that shorten what a step's cost does not depend on: MTL's 100

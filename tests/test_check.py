@@ -109,3 +109,31 @@ def test_speed_counts_training_episodes_as_runs_do(unfair, tmp_path):
         per[name] = time_run(prepared, steps=1, warmup=1, test_episodes=1, results_dir=tmp_path, flops=True)
     a, b = per["protonet"]["flops_per_train_episode"], per["unfair-extra"]["flops_per_train_episode"]
     assert a > 0 and abs(b / a - 1) < 0.02, (a, b)
+
+
+@pytest.mark.parametrize("name", ["protonet", "baseline"])
+def test_speed_hands_each_step_what_a_run_hands_it(tmp_path, monkeypatch, name):
+    """benchmark.speed times ``train_step`` on the meta-batch a run hands it, and says so (``meta_batch``): for a
+    method that meta-trains on no episode (the transfer baselines) that is none, where speed used to hand it
+    ``hp.meta_batch`` episodes a run never draws and divide the step's time by them."""
+    import torch
+
+    from benchmark.pipeline import RunConfig, prepare, run
+    from benchmark.speed import time_run
+
+    cls = registry.get(name)
+    original, handed = cls.train_step, []
+
+    def spy(self, episodes, step):
+        handed.append(len(episodes))
+        return original(self, episodes, step)
+
+    monkeypatch.setattr(cls, "train_step", spy)
+    over = (("train_steps", 2), ("val_every", 2))
+    prepared = prepare(RunConfig(name, "omniglot", 5, 1, profile="smoke", test_episodes=2, val_episodes=2,
+                                 overrides=over))
+    summary = run(prepared, tmp_path, torch.device("cpu"), save_model=False)
+    in_run, handed[:] = sorted(set(handed)), []
+    r = time_run(prepared, steps=2, warmup=1, test_episodes=1, results_dir=tmp_path)  # the run's cached pretraining
+    assert sorted(set(handed)) == in_run == [r["meta_batch"]]
+    assert summary["train_episodes"] == r["meta_batch"] * summary["train_steps"]

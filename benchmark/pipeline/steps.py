@@ -58,6 +58,26 @@ def meta_batch_size(method, hp) -> int:
     return hp.meta_batch if getattr(method, "meta_trains", True) else 0
 
 
+@dataclass(frozen=True)
+class MetaBatches:
+    """The meta-batches the harness hands ``method.train_step``: ``size`` episodes a step (:func:`meta_batch_size`)
+    of ``shape`` (``method.train_shape()``), step ``s`` getting the training sampler's episodes ``s * size + j``
+    (:func:`draw_episodes`). The one owner of what a step is handed: the trainer draws a run's steps with it,
+    ``benchmark.speed`` the steps it times and ``benchmark.check`` the steps it checks."""
+
+    size: int
+    shape: tuple[int, int, int]
+
+    @classmethod
+    def of(cls, method, hp) -> "MetaBatches":
+        """The meta-batches of ``method`` trained under ``hp``."""
+        return cls(meta_batch_size(method, hp), method.train_shape())
+
+    def draw(self, sampler: TaskSampler, step: int, device: torch.device) -> list[Episode]:
+        """The meta-batch of step ``step``, on ``device``."""
+        return draw_episodes(sampler, step, self.size, self.shape, device)
+
+
 @dataclass
 class StepResult:
     metrics: dict  # the method's training metrics (floats, or scalar tensors a method returned), without ``tasks``

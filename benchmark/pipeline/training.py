@@ -38,6 +38,7 @@ from .prefetch import prefetched
 # the step and the evaluation pass are .steps'; those of its names that commands, tests and plugins import from this
 # module stay importable here
 from .steps import (  # noqa: F401 - compile_method, count_difference, dynamo_counts, ...: re-exported
+    MetaBatches,
     StepResult,
     autocast,
     compile_method,
@@ -210,8 +211,8 @@ class Trainer:
         autocast(self.device, precision)  # ValueError now on an unknown name
         self.precision = precision
         self.sync_every_step = sync_every_step_default(self.device) if sync_every_step is None else bool(sync_every_step)
-        self.shape = method.train_shape()
-        self.meta_batch = meta_batch_size(method, hp)
+        self.batches = MetaBatches.of(method, hp)  # what each step is handed
+        self.shape, self.meta_batch = self.batches.shape, self.batches.size
         self.state = new_state()
         self._pending: list[tuple[int, StepResult]] = []  # deferred: (step index, result) not yet accounted
         self._drawn_in_init = drawn(self.sampler)[0]  # episodes the method drew while being built
@@ -244,7 +245,7 @@ class Trainer:
             steps = range(state["step"], min(total, state["step"] + max(1, stop_after)))
 
         def draw(step: int, dev: torch.device) -> list[Episode]:
-            return draw_episodes(self.sampler, step, self.meta_batch, self.shape, dev)
+            return self.batches.draw(self.sampler, step, dev)
 
         try:
             with prefetched(draw, steps, self.prefetch, self.device) as batches:
