@@ -325,7 +325,7 @@ class MethodChecker:
     def check_training_budget(self) -> str:
         from pathlib import Path as _Path
 
-        from .pipeline.training import Checkpointing, Trainer
+        from .pipeline.training import Checkpointing, TasksMisreported, Trainer
 
         method, ctx = self._fresh()
         hp = self.prepared.hp
@@ -337,10 +337,8 @@ class MethodChecker:
             eps = self._meta_batch(method, ctx, step)
             try:
                 r = trainer.step(eps, step)
-            except ValueError as e:
-                if "reports tasks=" in str(e):
-                    raise CheckFailed(str(e)) from None
-                raise
+            except TasksMisreported as e:
+                raise CheckFailed(str(e)) from None
             total += r.tasks
             if r.flops is not None:
                 flops, updates = r.flops, r.optimizer_steps

@@ -137,3 +137,18 @@ def test_speed_hands_each_step_what_a_run_hands_it(tmp_path, monkeypatch, name):
     r = time_run(prepared, steps=2, warmup=1, test_episodes=1, results_dir=tmp_path)  # the run's cached pretraining
     assert sorted(set(handed)) == in_run == [r["meta_batch"]]
     assert summary["train_episodes"] == r["meta_batch"] * summary["train_steps"]
+
+
+def test_a_method_reporting_other_tasks_than_counted_fails_the_training_budget(tmp_path, monkeypatch):
+    """A ``tasks`` metric (the old contract) that differs from the harness's count stops a run's step with
+    TasksMisreported (a ValueError) and fails the training budget check with its line, caught by its type."""
+    from benchmark.pipeline.training import TasksMisreported
+
+    cls = registry.get("protonet")
+    original = cls.train_step
+    monkeypatch.setattr(cls, "train_step", lambda self, episodes, step: {**original(self, episodes, step), "tasks": 7})
+    (check,) = check_method("protonet", steps=2, test_episodes=2, workdir=tmp_path, only=["training budget"])
+    assert check.status == FAILED and check.detail.startswith(
+        "protonet's train_step reports tasks=7, but the step consumed 1 training episodes (1 handed over, 0 drawn "
+        "through ctx.sampler)"), check.line()
+    assert issubclass(TasksMisreported, ValueError)

@@ -71,6 +71,12 @@ class NonFiniteLoss(Exception):
         self.step, self.metrics, self.last_curve_point = step, metrics, last_curve_point
 
 
+class TasksMisreported(ValueError):
+    """A method's ``train_step`` still reports a ``tasks`` metric (the old contract) that differs from the training
+    episodes the harness counted for the step (:meth:`Trainer.step`). A ValueError, so that a caller catching
+    ValueError catches it."""
+
+
 def non_finite(metrics: dict) -> bool:
     """Whether a step's loss (any metric whose name contains ``loss``; every metric when none does) is NaN or
     infinite."""
@@ -309,15 +315,16 @@ class Trainer:
         """One timed training step; ``tasks``: the meta-batch handed over plus the episodes the method drew through
         its counting sampler during the step. The first step a run trains also counts its FLOPs and optimiser steps
         (kept in the training state). A ``tasks`` metric the method reports that differs from the count is an
-        error."""
+        error (:class:`TasksMisreported`)."""
         state = self.state
         r, images = counted_step(self.method, self.sampler, episodes, step, self.device, self.precision,
                                  sync=self.sync_every_step, count_flops=state["flops"] is None)
         state["images"] += images
         if r.reported_tasks is not None and r.reported_tasks != r.tasks:
-            raise ValueError(f"{self.method.name}'s train_step reports tasks={r.reported_tasks}, but the step "
-                             f"consumed {r.tasks} training episodes ({len(episodes)} handed over, {r.tasks - len(episodes)} "
-                             "drawn through ctx.sampler); the harness counts them itself: drop 'tasks'")
+            raise TasksMisreported(f"{self.method.name}'s train_step reports tasks={r.reported_tasks}, but the step "
+                                   f"consumed {r.tasks} training episodes ({len(episodes)} handed over, "
+                                   f"{r.tasks - len(episodes)} drawn through ctx.sampler); the harness counts them "
+                                   "itself: drop 'tasks'")
         if r.flops is not None:
             state["flops"] = {"step": step, "flops": int(r.flops), "episodes": r.tasks,
                               "optimizer_steps": r.optimizer_steps}
