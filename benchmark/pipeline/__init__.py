@@ -14,6 +14,8 @@
 * :mod:`~benchmark.pipeline.training`: the training loop, its checkpoints and the RNG states they keep;
 * :mod:`~benchmark.pipeline.runner`: one run, end to end (:class:`RunJob` in, :class:`Outcome` out);
 * :mod:`~benchmark.pipeline.executors`: the sequential, process-pool and Ray executors;
+* :mod:`~benchmark.pipeline.method_checks`, :mod:`~benchmark.pipeline.call_checks`: the method contract's checks
+  that ``benchmark.check`` runs;
 * :mod:`~benchmark.pipeline.models`, :mod:`~benchmark.pipeline.facts`, :mod:`~benchmark.pipeline.eta`,
   :mod:`~benchmark.pipeline.machine`: saved models, method facts, the ETA and the machine (provenance, device,
   determinism, memory, CPU tuning).
