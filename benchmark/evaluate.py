@@ -268,6 +268,7 @@ def record(job: EvaluationJob, acc, secs, seconds: float, device) -> dict:
     """``evaluation.json`` of a finished evaluation."""
     from .data import DATASETS
     from .pipeline.machine import code_version, environment
+    from .store.files import utc_timestamp
     from .store.folders import RunFolder
     from .store.statistics import mean_ci95
 
@@ -289,13 +290,13 @@ def record(job: EvaluationJob, acc, secs, seconds: float, device) -> dict:
         "device": str(device), "environment": environment(device), "code_version": code_version(),
         "model_code_version": payload.get("code_version"), "test_classes_seen_in_training": job.seen,
         "method_origin": dict(type(job.method).origin), "trained_method_origin": payload.get("method_origin"),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "finished_at": utc_timestamp(),
     }
 
 
 def evaluate_job(job: EvaluationJob, device, progress=None) -> dict:
     """Evaluate one job (or return its record when already done)."""
-    from .pipeline.training import evaluate
+    from .pipeline.steps import evaluate
     from .store.folders import test_table
 
     if job.folder.is_finished():

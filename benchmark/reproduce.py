@@ -22,7 +22,6 @@ import argparse
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 from .cli.toolkit import EXIT_FAILED, EXIT_OK, Parser, UsageError, at_least, usage_errors
@@ -71,6 +70,8 @@ def bundle_runs(bundle: str | Path) -> list[Path]:
 
 def manifest(summary: dict, command: str, wall_seconds: float | None, where: str | None) -> dict:
     """The bundle's record of how a run was made."""
+    from .store.files import utc_timestamp
+
     env = summary.get("environment") or {}
     return {
         "run_id": summary["run_id"], "command": command, "commit": summary.get("code_version"),
@@ -82,7 +83,7 @@ def manifest(summary: dict, command: str, wall_seconds: float | None, where: str
         "val_seconds": summary.get("val_seconds"), "resumed_at_steps": summary.get("resumed_at_steps") or [],
         "budget_fraction": summary.get("budget_fraction"), "test_fingerprint": summary.get("test_fingerprint"),
         "finished_at": summary.get("finished_at"),
-        "added_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "added_at": utc_timestamp(),
     }
 
 
@@ -131,7 +132,7 @@ def verify_run(run_dir: Path, device: str = "cpu", threads: int | None = None) -
     from .pipeline.episode_sets import episode_set
     from .pipeline.machine import resolve_device
     from .pipeline.models import read_model, rebuild
-    from .pipeline.training import evaluate
+    from .pipeline.steps import evaluate
     from .store.folders import RunFolder
 
     folder = RunFolder.from_path(run_dir)

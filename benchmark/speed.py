@@ -46,72 +46,41 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
              results_dir: str | Path | None = "results", eval_group: int = 1, precision: str = "fp32",
              prefetch: int = 0, compile: bool = False, flops: bool = False, capture: bool = False) -> dict:
     """Time ``steps`` training steps and ``test_episodes`` test episodes (after ``warmup`` of each) of
-    ``prepared``'s method, with :func:`~benchmark.pipeline.training.timed_step` and :func:`~benchmark.pipeline.training.evaluate`;
-    artefacts are cached under ``results_dir`` as in runs (None: computed, not cached). ``eval_group``: test
-    episodes per ``predict_many`` call (1: one at a time; 0: the method's ``eval_group``, as runs do).
-    ``precision``: "fp32" or "bf16" (autocast, :func:`~benchmark.pipeline.training.autocast`). ``prefetch``: meta-batches
-    drawn ahead by the training loop's prefetcher (:mod:`benchmark.pipeline.prefetch`; 0: drawn when needed, as in the loop
-    without it). ``compile``: :func:`~benchmark.pipeline.training.compile_method` first (its compilation falls in the warm-up
-    steps); ``capture``: compiled with mode reduce-overhead instead (CUDA graphs, ``--capture``). Besides the step's
-    own time (``ms_per_train_episode_*``), the wall clock per training episode from one
-    step's end to the next (``ms_per_train_episode_wall_median``) includes drawing the meta-batch and moving it to
-    the device, or waiting for the prefetcher: what prefetching saves shows there. ``flops``: also count the
-    floating-point operations of one more training step (forward and backward, ``torch.utils.flop_counter``, run
-    eagerly), per training episode (``flops_per_train_episode``; None where the counter fails). The test timing's
-    warm-up evaluates a whole group of the measured size (``eval_group`` in the result), so the measured groups meet
-    no shape the warm-up did not. ``dynamo``: Dynamo's frames compiled during the measurement (0: nothing was
+    ``prepared``'s method, built as a run builds it (:mod:`benchmark.pipeline.builder`), with
+    :func:`~benchmark.pipeline.steps.timed_step` and :func:`~benchmark.pipeline.steps.evaluate` (:func:`time_steps`,
+    :func:`time_test`); artefacts are cached under ``results_dir`` as in runs (None: computed, not cached).
+    ``eval_group``: test episodes per ``predict_many`` call (1: one at a time; 0: the method's ``eval_group``, as runs
+    do). ``precision``: "fp32" or "bf16" (autocast, :func:`~benchmark.pipeline.steps.autocast`). ``prefetch``:
+    meta-batches drawn ahead by the training loop's prefetcher (:mod:`benchmark.pipeline.prefetch`; 0: drawn when
+    needed, as in the loop without it). ``compile``: :func:`~benchmark.pipeline.steps.compile_method` first (its
+    compilation falls in the warm-up steps); ``capture``: compiled with mode reduce-overhead instead (CUDA graphs,
+    ``--capture``). ``flops``: also count the floating-point operations of one more training step (forward and
+    backward, ``torch.utils.flop_counter``, run eagerly), per training episode (``flops_per_train_episode``,
+    :func:`step_flops`). Each step is handed the meta-batch a run hands it
+    (:class:`~benchmark.pipeline.steps.MetaBatches`: ``meta_batch`` in the result, 0 for a method that meta-trains
+    on no episode, e.g. the transfer baselines, whose figures per training episode are then per step, as a run's
+    ``ms_per_train_episode`` is). ``dynamo``: Dynamo's frames compiled during the measurement (0: nothing was
     compiled, whatever was asked)."""
-    import time
-
     import torch
 
-    from .pipeline.episode_sets import test_set
-    from .pipeline.execution import CAPTURE_MODE, group_size
+    from .pipeline.builder import build_method, method_context
     from .pipeline.machine import PeakMemory, environment, resolve_device, use_device
-    from .pipeline.method_context import make_context
-    from .pipeline.prefetch import prefetched
-    from .pipeline.training import (
-        compile_method,
-        count_difference,
-        counted_step,
-        draw_episodes,
-        dynamo_counts,
-        evaluate,
-        seed_everything,
-    )
+    from .pipeline.steps import MetaBatches, count_difference, dynamo_counts
 
-    dev, cfg, hp = resolve_device(device), prepared.cfg, prepared.hp
+    dev, cfg = resolve_device(device), prepared.cfg
     use_device(dev)
     dynamo_before = dynamo_counts()
-    seed_everything(cfg.seed)
-    ctx = make_context(prepared, dev, results_dir)
+    ctx = method_context(prepared, dev, results_dir)
     with PeakMemory(dev) as mem:
-        m = prepared.cls(hp, ctx).to(dev)
-        compiled = compile_method(m, CAPTURE_MODE if capture else None) if compile or capture else []
-        times, walls = [], []
-        shape = m.train_shape()
-        indices = range(warmup + steps)
-        with prefetched(lambda i, d: draw_episodes(ctx.sampler, i, hp.meta_batch, shape, d), indices, prefetch,
-                        dev) as batches:
-            t_end = time.perf_counter()
-            for step in indices:
-                r, _ = counted_step(m, ctx.sampler, batches.get(step), step, dev, precision)
-                t_prev, t_end = t_end, time.perf_counter()
-                if step >= warmup:
-                    times.append(r.seconds / r.tasks)
-                    walls.append((t_end - t_prev) / r.tasks)
-        counted = step_flops(m, ctx.sampler, draw_episodes(ctx.sampler, warmup + steps, hp.meta_batch, shape, dev),
-                             warmup + steps, dev, precision) if flops else None
-        group = eval_group or None  # 0: as runs evaluate (group_size picks for the method and the device)
-        measured_group = group_size(m, test_set(prepared, 1), group, dev)
-        warm = max(warmup, measured_group)  # the warm-up meets the measured groups' shapes
-        test = test_set(prepared, test_episodes + warm)
-        evaluate(m, [test[i] for i in range(warm)], dev, group=group, precision=precision)  # warm-up
-        _, ttimes = evaluate(m, [test[i] for i in range(warm, len(test))], dev, group=group, precision=precision,
-                             prefetch=prefetch)
+        m, compiled = build_method(prepared, ctx, compile, capture)
+        meta = MetaBatches.of(m, prepared.hp)  # what a run hands each step
+        times, walls = time_steps(m, ctx.sampler, meta, dev, steps, warmup, precision, prefetch)
+        counted = step_flops(m, ctx.sampler, meta.draw(ctx.sampler, warmup + steps, dev), warmup + steps, dev,
+                             precision) if flops else None
+        measured_group, ttimes = time_test(m, prepared, dev, test_episodes, warmup, eval_group, precision, prefetch)
     return {
         "method": cfg.method, "dataset": cfg.dataset, "ways": cfg.ways, "shots": cfg.shots, "backbone": cfg.backbone,
-        "train_episode": list(m.train_shape()), "meta_batch": hp.meta_batch, "device": str(dev),
+        "train_episode": list(meta.shape), "meta_batch": meta.size, "device": str(dev),
         "threads": torch.get_num_threads(), **({"precision": precision} if precision != "fp32" else {}),
         "prefetch": prefetch, "compiled": compiled, "capture": bool(capture and compiled),
         "dynamo": count_difference(dynamo_before, dynamo_counts()), "eval_group": measured_group,
@@ -123,18 +92,63 @@ def time_run(prepared: PreparedRun, device: str = "cpu", steps: int = 20, warmup
     }
 
 
+def time_steps(method, sampler, meta, device, steps: int, warmup: int, precision: str = "fp32",
+               prefetch: int = 0) -> tuple[list[float], list[float]]:
+    """Seconds per training episode of ``steps`` training steps after ``warmup`` untimed ones, each handed its
+    meta-batch (``meta``: :class:`~benchmark.pipeline.steps.MetaBatches`, drawn ``prefetch`` ahead): the step's own
+    time (:func:`~benchmark.pipeline.steps.counted_step`) and the wall clock from one step's end to the next, which
+    also holds drawing the meta-batch and moving it to the device, or waiting for the prefetcher (what prefetching
+    saves shows there). A step is divided by the training episodes it consumed (at least 1)."""
+    import time
+
+    from .pipeline.prefetch import prefetched
+    from .pipeline.steps import counted_step
+
+    times, walls = [], []
+    indices = range(warmup + steps)
+    with prefetched(lambda i, d: meta.draw(sampler, i, d), indices, prefetch, device) as batches:
+        t_end = time.perf_counter()
+        for step in indices:
+            r, _ = counted_step(method, sampler, batches.get(step), step, device, precision)
+            t_prev, t_end = t_end, time.perf_counter()
+            if step >= warmup:
+                times.append(r.seconds / max(r.tasks, 1))
+                walls.append((t_end - t_prev) / max(r.tasks, 1))
+    return times, walls
+
+
+def time_test(method, prepared: PreparedRun, device, test_episodes: int, warmup: int, eval_group: int = 1,
+              precision: str = "fp32", prefetch: int = 0) -> tuple[int, list[float]]:
+    """(the evaluation group measured, seconds per test episode of ``test_episodes`` test episodes): groups of
+    ``eval_group`` (0: the method's, as runs evaluate). The warm-up evaluates at least ``warmup`` episodes and a
+    whole group of the measured size, so the measured groups meet no shape the warm-up did not."""
+    from .pipeline.episode_sets import test_set
+    from .pipeline.execution import group_size
+    from .pipeline.steps import evaluate
+
+    group = eval_group or None  # 0: as runs evaluate (group_size picks for the method and the device)
+    measured_group = group_size(method, test_set(prepared, 1), group, device)
+    warm = max(warmup, measured_group)  # the warm-up meets the measured groups' shapes
+    test = test_set(prepared, test_episodes + warm)
+    evaluate(method, [test[i] for i in range(warm)], device, group=group, precision=precision)  # warm-up
+    _, ttimes = evaluate(method, [test[i] for i in range(warm, len(test))], device, group=group, precision=precision,
+                         prefetch=prefetch)
+    return measured_group, ttimes
+
+
 def step_flops(method, sampler, episodes, step: int, device, precision: str = "fp32") -> float | None:
     """Floating-point operations of one training step on ``episodes`` (forward and backward), per training episode
-    the step consumed, counted as the runs count them (:func:`~benchmark.pipeline.training.counted_step` with
+    the step consumed, counted as the runs count them (:func:`~benchmark.pipeline.steps.counted_step` with
     ``count_flops``: the meta-batch plus the episodes the method drew through its counting ``sampler``); None when
-    the counter cannot follow the step (it then trains as usual)."""
-    from .pipeline.training import counted_step
+    the counter cannot follow the step (it then trains as usual) or the step consumed no training episode (a method
+    that meta-trains on none, whose runs record no ``flops_per_train_episode`` either)."""
+    from .pipeline.steps import counted_step
 
     try:
         r, _ = counted_step(method, sampler, episodes, step, device, precision, count_flops=True)
     except Exception:  # noqa: BLE001 - a method whose step the counter cannot trace is measured without FLOPs
         return None
-    return r.flops / max(1, r.tasks) if r.flops is not None else None
+    return r.flops / r.tasks if r.flops is not None and r.tasks else None
 
 
 #: overrides of a ``paper``-profile measurement that shorten what a step's cost does not depend on: MTL's 100
@@ -160,24 +174,25 @@ def sampler_rate(prepared: PreparedRun, device: str = "cpu", episodes: int = 200
     and moving the episode to ``device``. No method is built."""
     import time
 
+    from .kit.context import train_episode_shape
     from .kit.episodes import TaskSampler
     from .pipeline.machine import resolve_device
-    from .pipeline.training import synchronize
+    from .pipeline.steps import synchronize
 
-    dev, cfg, hp = resolve_device(device), prepared.cfg, prepared.hp
-    ways, shots = hp.train_ways or cfg.ways, hp.train_shots or cfg.shots
+    dev, cfg = resolve_device(device), prepared.cfg
+    ways, shots, queries = train_episode_shape(prepared.hp, prepared.setting)
     sampler = TaskSampler(prepared.dataset, "train", cfg.seed)
     for i in range(warmup):
-        sampler.episode(i, ways, shots, hp.train_queries).to(dev)
+        sampler.episode(i, ways, shots, queries).to(dev)
     times = []
     for i in range(warmup, warmup + episodes):
         t0 = time.perf_counter()
-        ep = sampler.episode(i, ways, shots, hp.train_queries).to(dev)
+        ep = sampler.episode(i, ways, shots, queries).to(dev)
         synchronize(dev)
         times.append(time.perf_counter() - t0)
     image = ep.support_x.shape[1:]
-    return {"dataset": cfg.dataset, "episode": [ways, shots, hp.train_queries], "image": list(image),
-            "images_per_episode": ways * (shots + hp.train_queries), "device": str(dev),
+    return {"dataset": cfg.dataset, "episode": [ways, shots, queries], "image": list(image),
+            "images_per_episode": ways * (shots + queries), "device": str(dev),
             "episodes_per_second": len(times) / sum(times), "ms_per_episode_median": 1000 * statistics.median(times)}
 
 

@@ -39,7 +39,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-from benchmark.kit.context import Context, Setting
+from benchmark.kit.context import Context, Setting, train_episode_shape
 from benchmark.kit.episodes import Episode
 from benchmark.kit.profiles import check_profile
 
@@ -202,9 +202,8 @@ class Method(nn.Module):
                              f"{ways})")
 
     def train_shape(self) -> tuple[int, int, int]:
-        """(ways, shots, queries) of training episodes."""
-        s = self.ctx.setting
-        return (self.hp.train_ways or s.ways, self.hp.train_shots or s.shots, self.hp.train_queries)
+        """(ways, shots, queries) of training episodes (:func:`benchmark.kit.context.train_episode_shape`)."""
+        return train_episode_shape(self.hp, self.ctx.setting)
 
     @staticmethod
     def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:

@@ -109,3 +109,46 @@ def test_speed_counts_training_episodes_as_runs_do(unfair, tmp_path):
         per[name] = time_run(prepared, steps=1, warmup=1, test_episodes=1, results_dir=tmp_path, flops=True)
     a, b = per["protonet"]["flops_per_train_episode"], per["unfair-extra"]["flops_per_train_episode"]
     assert a > 0 and abs(b / a - 1) < 0.02, (a, b)
+
+
+@pytest.mark.parametrize("name", ["protonet", "baseline"])
+def test_speed_hands_each_step_what_a_run_hands_it(tmp_path, monkeypatch, name):
+    """benchmark.speed times ``train_step`` on the meta-batch a run hands it, and says so (``meta_batch``): for a
+    method that meta-trains on no episode (the transfer baselines) that is none, where speed used to hand it
+    ``hp.meta_batch`` episodes a run never draws and divide the step's time by them."""
+    import torch
+
+    from benchmark.pipeline import RunConfig, prepare, run
+    from benchmark.speed import time_run
+
+    cls = registry.get(name)
+    original, handed = cls.train_step, []
+
+    def spy(self, episodes, step):
+        handed.append(len(episodes))
+        return original(self, episodes, step)
+
+    monkeypatch.setattr(cls, "train_step", spy)
+    over = (("train_steps", 2), ("val_every", 2))
+    prepared = prepare(RunConfig(name, "omniglot", 5, 1, profile="smoke", test_episodes=2, val_episodes=2,
+                                 overrides=over))
+    summary = run(prepared, tmp_path, torch.device("cpu"), save_model=False)
+    in_run, handed[:] = sorted(set(handed)), []
+    r = time_run(prepared, steps=2, warmup=1, test_episodes=1, results_dir=tmp_path)  # the run's cached pretraining
+    assert sorted(set(handed)) == in_run == [r["meta_batch"]]
+    assert summary["train_episodes"] == r["meta_batch"] * summary["train_steps"]
+
+
+def test_a_method_reporting_other_tasks_than_counted_fails_the_training_budget(tmp_path, monkeypatch):
+    """A ``tasks`` metric (the old contract) that differs from the harness's count stops a run's step with
+    TasksMisreported (a ValueError) and fails the training budget check with its line, caught by its type."""
+    from benchmark.pipeline.training import TasksMisreported
+
+    cls = registry.get("protonet")
+    original = cls.train_step
+    monkeypatch.setattr(cls, "train_step", lambda self, episodes, step: {**original(self, episodes, step), "tasks": 7})
+    (check,) = check_method("protonet", steps=2, test_episodes=2, workdir=tmp_path, only=["training budget"])
+    assert check.status == FAILED and check.detail.startswith(
+        "protonet's train_step reports tasks=7, but the step consumed 1 training episodes (1 handed over, 0 drawn "
+        "through ctx.sampler)"), check.line()
+    assert issubclass(TasksMisreported, ValueError)

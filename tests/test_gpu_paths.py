@@ -318,7 +318,7 @@ def test_the_flop_counted_step_runs_eagerly_and_compiling_happens_after_it():
 def test_a_run_records_whether_anything_was_compiled(tmp_path, monkeypatch):
     """``execution.dynamo`` of a run's summary: frames Dynamo compiled during the run (0 for an eager run), not
     just that compiling was asked for (``execution.compile``)."""
-    import benchmark.pipeline.runner as runner
+    import benchmark.pipeline.builder as builder
     from benchmark.pipeline import Execution
 
     def compile_eager_backend(method, mode=None):  # the inductor backend would take minutes on this CPU
@@ -327,7 +327,7 @@ def test_a_run_records_whether_anything_was_compiled(tmp_path, monkeypatch):
             m.compile(backend="eager")
         return sorted(mods)
 
-    monkeypatch.setattr(runner, "compile_method", compile_eager_backend)
+    monkeypatch.setattr(builder, "compile_method", compile_eager_backend)
     torch._dynamo.reset()
     over = (("train_steps", 2), ("val_every", 2), ("train_ways", 5), ("train_queries", 2))
     cfg = RunConfig("protonet", "omniglot", 5, 1, profile="smoke", test_episodes=4, val_episodes=2, overrides=over)
@@ -567,16 +567,17 @@ def test_speed_applies_the_runs_determinism_settings(monkeypatch, capsys):
 def test_speed_warms_the_test_timing_up_with_the_measured_group(tmp_path, monkeypatch):
     """The test timing's warm-up evaluates a whole group of the size measured (a smaller warm-up group left the
     measured group's shapes to the timed part: cuDNN's and the compiler's first calls)."""
+    import benchmark.pipeline.steps as steps
     from benchmark.speed import prepare_measurement, time_run
 
     calls = []
-    original = training.evaluate
+    original = steps.evaluate
 
     def recorded(method, episodes, device, *a, **k):
-        calls.append((len(episodes), training.group_size(method, episodes, k.get("group"), device)))
+        calls.append((len(episodes), steps.group_size(method, episodes, k.get("group"), device)))
         return original(method, episodes, device, *a, **k)
 
-    monkeypatch.setattr(training, "evaluate", recorded)
+    monkeypatch.setattr(steps, "evaluate", recorded)
     prepared = prepare_measurement("protonet", shots=1, profile="smoke", train_queries=2)
     r = time_run(prepared, "cpu", steps=1, warmup=1, test_episodes=3, results_dir=None, eval_group=0)
     assert r["eval_group"] == calls[1][1] > 1

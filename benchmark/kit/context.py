@@ -35,6 +35,14 @@ class Setting:
         return f"{self.dataset} {self.ways}-way {self.shots}-shot"
 
 
+def train_episode_shape(hp, setting: Setting) -> tuple[int, int, int]:
+    """(ways, shots, queries) of the training episodes of a method under ``hp`` (its ``Hyper``) for ``setting``:
+    ``train_ways`` and ``train_shots``, ``None`` meaning the test setting's, and ``train_queries``. The one statement
+    of the rule: :meth:`methods.base.Method.train_shape` gives it, a run's preparation checks that the training split
+    holds such episodes and ``benchmark.speed --sampler`` draws them."""
+    return (hp.train_ways or setting.ways, hp.train_shots or setting.shots, hp.train_queries)
+
+
 @dataclass
 class Context:
     """What the harness gives a method: the data it may train on, the backbone factory, and services."""

@@ -6,11 +6,16 @@
 * :mod:`~benchmark.pipeline.plan`: the frozen plan of a command line (runs, execution, executor settings);
 * :mod:`~benchmark.pipeline.episode_sets`: a run's validation and test episode sets;
 * :mod:`~benchmark.pipeline.method_context`: the method's context and the artefact cache;
+* :mod:`~benchmark.pipeline.builder`: the one builder of a ready method (seeded context, instance, device, compile),
+  used by runs, ``benchmark.speed`` and ``benchmark.check``;
 * :mod:`~benchmark.pipeline.execution`: how a run executes (prefetch, determinism, compile, evaluation groups);
 * :mod:`~benchmark.pipeline.prefetch`: episodes drawn ahead of the step;
-* :mod:`~benchmark.pipeline.training`: the training step, evaluation, RNG state, the training loop and checkpoints;
+* :mod:`~benchmark.pipeline.steps`: the timed training step, the FLOP counter, compiling, seeding and evaluation;
+* :mod:`~benchmark.pipeline.training`: the training loop, its checkpoints and the RNG states they keep;
 * :mod:`~benchmark.pipeline.runner`: one run, end to end (:class:`RunJob` in, :class:`Outcome` out);
 * :mod:`~benchmark.pipeline.executors`: the sequential, process-pool and Ray executors;
+* :mod:`~benchmark.pipeline.method_checks`, :mod:`~benchmark.pipeline.call_checks`: the method contract's checks
+  that ``benchmark.check`` runs;
 * :mod:`~benchmark.pipeline.models`, :mod:`~benchmark.pipeline.facts`, :mod:`~benchmark.pipeline.eta`,
   :mod:`~benchmark.pipeline.machine`: saved models, method facts, the ETA and the machine (provenance, device,
   determinism, memory, CPU tuning).
@@ -20,7 +25,7 @@ _LAZY = {
     "RunConfig": "config", "PreparedRun": "config", "build_hyper": "config", "parse_overrides": "config",
     "Execution": "execution",
     "make_context": "method_context", "ArtefactCache": "method_context",
-    "Interrupted": "training", "evaluate": "training", "seed_everything": "training", "Trainer": "training",
+    "Interrupted": "training", "evaluate": "steps", "seed_everything": "steps", "Trainer": "training",
     "RunJob": "runner", "JobTemplate": "runner", "Checkpointing": "training",
     "Plan": "plan", "RaySettings": "plan", "ProcessSettings": "plan",
     "Outcome": "runner", "RunFailed": "runner", "Locked": "runner", "run": "runner",

@@ -203,7 +203,7 @@ def prepare(cfg: RunConfig, method_cls: type, data_dir: str | Path | None = None
     ``positive``: require positive budgets in the overrides (the command line's check).
     """
     from ..kit.backbones import BACKBONES
-    from ..kit.context import Setting
+    from ..kit.context import Setting, train_episode_shape
 
     if cfg.backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {cfg.backbone!r}; choose from {', '.join(BACKBONES)}")
@@ -216,6 +216,5 @@ def prepare(cfg: RunConfig, method_cls: type, data_dir: str | Path | None = None
     ds = load_dataset(cfg.dataset, data_dir, cfg.split or None)
     check_spec(ds, "test", cfg.ways, cfg.shots, cfg.queries)
     check_spec(ds, "val", cfg.ways, cfg.shots, cfg.queries)
-    tw, ts = hp.train_ways or cfg.ways, hp.train_shots or cfg.shots
-    check_spec(ds, "train", tw, ts, hp.train_queries)
+    check_spec(ds, "train", *train_episode_shape(hp, setting))
     return PreparedRun(cfg, method_cls, ds, setting, hp, data_dir)

@@ -25,13 +25,13 @@ The process training a run holds its OS file lock (:meth:`RunFolder.lock`); anot
 run waits for it (``if_locked="wait"``, then reads the finished run) or skips it (``"skip"``: :class:`Locked`),
 so a run is never trained by two processes at once.
 
-The method class is looked up in the registry here (:func:`prepare`). The pipeline's public names are those of
+The method class is looked up in the registry here (:func:`prepare`); the method is built by
+:mod:`benchmark.pipeline.builder`, as ``benchmark.speed`` and ``benchmark.check`` build it. The pipeline's public names are those of
 :mod:`benchmark.pipeline` (its face), not re-exported here.
 """
 from __future__ import annotations
 
 import dataclasses
-import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,30 +43,21 @@ import torch
 
 from ..data import DATASETS
 from ..kit.episodes import EpisodeSet
+from ..store.files import utc_timestamp
 from ..store.folders import RunFolder, test_table
 from ..store.statistics import at_chance, mean_ci95
+from .builder import build_method, method_context
 from .config import PreparedRun, RunConfig
 from .config import prepare as config_prepare
 from .episode_sets import test_set, validation_set
-from .execution import CAPTURE_MODE, Execution, group_size
+from .execution import Execution, group_size
 from .facts import record_facts
-from .guard import watching
 from .machine import NondeterministicOps, PeakMemory, code_version, configure_determinism, environment, use_device
 from .machine import placement as where
-from .method_context import make_context
 from .models import model_payload
 from .prefetch import device_images, gather_on_device
-from .training import (
-    Checkpointing,
-    Interrupted,
-    NonFiniteLoss,
-    Trainer,
-    compile_method,
-    count_difference,
-    dynamo_counts,
-    evaluate,
-    seed_everything,
-)
+from .steps import count_difference, dynamo_counts, evaluate
+from .training import Checkpointing, Interrupted, NonFiniteLoss, Trainer
 
 
 class RunFailed(Exception):
@@ -173,7 +164,7 @@ def failure_record(kind: str, reason: str, placement: dict, step: int | None = N
     ``task_error``), the reason in one line, the step and the last validation's curve point when known, where it ran
     and when; ``extra`` adds fields (e.g. the step's metrics)."""
     return {"kind": kind, "reason": reason, "step": step, **extra, "last_curve_point": last_curve_point,
-            "placement": placement, "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "placement": placement, "failed_at": utc_timestamp()}
 
 
 def _one_line(e: BaseException) -> str:
@@ -296,8 +287,7 @@ class _Attempt:
         on_device = gather_on_device(prepared.dataset, device, gpu_fraction=job.placement.get("gpu_fraction"))
         images = device_images(prepared.dataset, device) if on_device else None
         tests = test_set(prepared).gathered_by(images)
-        seed_everything(cfg.seed)
-        ctx = make_context(prepared, device, t.results_dir, job.progress, images)
+        ctx = method_context(prepared, device, t.results_dir, job.progress, images)
         label = f"{cfg.method} {cfg.ways}w{cfg.shots}s"
         prefetch = 0 if images is not None else ex.prefetch_for(device)
         # this attempt's execution, kept in the checkpoint's training state (a resumed run lists every attempt).
@@ -312,10 +302,8 @@ class _Attempt:
                                      lambda: attempt.update(deterministic=False))
         dynamo_before = dynamo_counts()
         with PeakMemory(device) as mem, watch:
-            with watching(prepared.cls, "construction"):
-                method = prepared.cls(prepared.hp, ctx).to(device)
-            if ex.compile or ex.capture:  # --capture: compiled for CUDA graphs (Execution's docstring)
-                attempt["compiled"] = compile_method(method, CAPTURE_MODE if ex.capture else None)
+            # the one builder's method (compiled with --compile; for CUDA graphs with --capture: Execution's docstring)
+            method, attempt["compiled"] = build_method(prepared, ctx, ex.compile, ex.capture)
             self.trainer = trainer = Trainer(method, prepared.hp, ctx, validation_set(prepared).gathered_by(images),
                                              Checkpointing(folder.checkpoint, dataclasses.asdict(cfg),
                                                            ctx.cached.log), prefetch, cfg.precision)
@@ -398,7 +386,7 @@ def _records(prepared: PreparedRun, trainer: Trainer, tests: EpisodeSet, acc: np
         "precision": cfg.precision, **_execution_facts(state.get("executions") or []),
         "dataset_fingerprint": ds.fingerprint, "dataset_source": ds.source,
         "val_fingerprint": val_set.fingerprint, "test_fingerprint": tests.fingerprint,
-        "cache": trainer.cache_log, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cache": trainer.cache_log, "finished_at": utc_timestamp(),
         **record_facts(cls, cfg.backbone, hp),
     }
     curve = pd.DataFrame(state["curve"])

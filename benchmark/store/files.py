@@ -1,5 +1,6 @@
 """Writing files safely: atomic writers (a temporary name, then ``os.replace``, so a crash leaves either the old file
-or the new one, never half of one), the OS file lock (:class:`FileLock`) and the check that a folder is writable.
+or the new one, never half of one), the OS file lock (:class:`FileLock`), the check that a folder is writable and
+the records' UTC timestamp (:func:`utc_timestamp`).
 
 Names no file: what goes where is the run store's job (:mod:`benchmark.store.folders`). Imports torch only inside
 :func:`atomic_torch_save`, so the report can use this module without torch.
@@ -17,6 +18,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+
+def utc_timestamp() -> str:
+    """Now in UTC, as the records write their times (``finished_at``, ``failed_at``, ``added_at``):
+    ``2024-01-31T12:00:00Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
