@@ -125,3 +125,23 @@ def test_a_prepared_run_is_neither_prepared_nor_resolved_again(tmp_path, monkeyp
         run(dataclasses.replace(cfg, seed=1), tmp_path, CPU, prepared=prepared)
     with pytest.raises(TypeError, match="no_such_option"):
         run(prepared, tmp_path / "other", CPU, no_such_option=1)
+
+
+def test_an_interruption_says_where_it_stopped(tmp_path, monkeypatch):
+    """Stopped while the method is built (MTL's pretraining happens there and keeps no checkpoint) the run says so,
+    instead of claiming it was testing; stopped while testing, it says its checkpoint stays."""
+    import benchmark.pipeline.runner as runner
+
+    cfg = RunConfig("protonet", "omniglot", 5, 1, profile="smoke", test_episodes=4, val_episodes=2,
+                    overrides=(("train_steps", 2), ("val_every", 2)))
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "build_method", stop)
+    with pytest.raises(Interrupted, match="while setting up .*keeps no checkpoint"):
+        run(cfg, tmp_path, CPU)
+    monkeypatch.undo()
+    monkeypatch.setattr(runner, "evaluate", stop)
+    with pytest.raises(Interrupted, match="while testing .*checkpoint stays"):
+        run(cfg, tmp_path / "b", CPU)

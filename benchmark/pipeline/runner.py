@@ -254,6 +254,7 @@ class _Attempt:
 
     def __init__(self, job: RunJob):
         self.job, self.trainer = job, None
+        self.phase = "setting up"  # then "training" (the trainer reports its own interruption) and "testing"
 
     def train_and_test(self) -> dict:
         job = self.job
@@ -262,8 +263,7 @@ class _Attempt:
         except Interrupted:
             raise
         except KeyboardInterrupt:
-            raise Interrupted(f"interrupted while testing {job.cfg.run_id}; its checkpoint stays, run the same "
-                              "command again to resume") from None
+            raise Interrupted(interruption_message(job.cfg.run_id, self.phase)) from None
         except NonFiniteLoss as e:
             metrics = {k: v if np.isfinite(v) else str(v) for k, v in e.metrics.items()}  # "nan": strict JSON
             record = failure_record("non_finite_loss", str(e), job.placement, e.step, e.last_curve_point,
@@ -304,6 +304,7 @@ class _Attempt:
         with PeakMemory(device) as mem, watch:
             # the one builder's method (compiled with --compile; for CUDA graphs with --capture: Execution's docstring)
             method, attempt["compiled"] = build_method(prepared, ctx, ex.compile, ex.capture)
+            self.phase = "training"
             self.trainer = trainer = Trainer(method, prepared.hp, ctx, validation_set(prepared).gathered_by(images),
                                              Checkpointing(folder.checkpoint, dataclasses.asdict(cfg),
                                                            ctx.cached.log), prefetch, cfg.precision)
@@ -313,6 +314,7 @@ class _Attempt:
             trainer.state.setdefault("executions", []).append(attempt)
             trainer.train(job.progress, f"{label} train", t.stop_after)
             trainer.restore_best()
+            self.phase = "testing"
             attempt["eval_group"] = group_size(method, tests, None, device)  # what evaluate takes (recorded)
             acc, secs = evaluate(method, tests, device, job.progress, desc=f"{label} test", prefetch=prefetch,
                                  precision=cfg.precision)
@@ -324,6 +326,17 @@ class _Attempt:
         summary["model_bytes"] = folder.write_model(model_payload(prepared, method)) if t.save_model else None
         folder.finish(config, curve, episodes, summary)
         return summary
+
+
+def interruption_message(run_id: str, phase: str) -> str:
+    """What an interrupted attempt says, by where it stopped: while the method was being built (its own preparation
+    inside the method, such as MTL's pretraining, keeps no checkpoint: it starts again; artefacts it finished and
+    cached are reused), or while training or testing (the checkpoint stays and the run resumes from it)."""
+    if phase == "setting up":
+        return (f"interrupted while setting up {run_id} (building the method: its own preparation, such as MTL's "
+                "pretraining, keeps no checkpoint and starts again; finished cached artefacts are reused); run the "
+                "same command again to start it")
+    return f"interrupted while {phase} {run_id}; its checkpoint stays, run the same command again to resume"
 
 
 def _execution_facts(attempts: list[dict]) -> dict:
