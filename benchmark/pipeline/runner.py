@@ -373,7 +373,7 @@ def _records(prepared: PreparedRun, trainer: Trainer, tests: EpisodeSet, acc: np
     mean, ci = mean_ci95(acc)
     paper_episodes = cls.paper_train_episodes(prepared.setting)
     config = {**dataclasses.asdict(cfg), "run_id": cfg.run_id, "hyperparameters": dataclasses.asdict(hp),
-              "hyperparameter_class": type(hp).__name__, "train_episode_shape": list(trainer.shape),
+              "hyperparameter_class": type(hp).__name__, "train_episode_shape": list(trainer.batches.shape),
               "val_spec": dataclasses.asdict(val_set.spec), "test_spec": dataclasses.asdict(tests.spec),
               "data_dir": str(prepared.data_dir) if prepared.data_dir else None}
     summary = {

@@ -218,7 +218,6 @@ class Trainer:
         self.precision = precision
         self.sync_every_step = sync_every_step_default(self.device) if sync_every_step is None else bool(sync_every_step)
         self.batches = MetaBatches.of(method, hp)  # what each step is handed
-        self.shape, self.meta_batch = self.batches.shape, self.batches.size
         self.state = new_state()
         self._pending: list[tuple[int, StepResult]] = []  # deferred: (step index, result) not yet accounted
         self._drawn_in_init = drawn(self.sampler)[0]  # episodes the method drew while being built
