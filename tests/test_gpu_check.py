@@ -172,7 +172,9 @@ def test_the_checks_jobs_are_stopped_when_it_ends_on_an_interrupt(tmp_path, monk
     started = []
 
     def hanging(plan, deadline, work, check_jobs):
-        cmd = [sys.executable, "-c", "import time; time.sleep(600)"]
+        # as python_run's jobs do: Ctrl-C's handler restored, even where the suite runs with SIGINT ignored
+        cmd = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               "time.sleep(600)"]
         threading.Thread(target=check_jobs.run_until, args=(cmd, 600, "hang"), daemon=True).start()
         while not check_jobs.children:
             time.sleep(0.05)

@@ -22,7 +22,10 @@ def python_run(args: list[str], device: str, deterministic: bool = True) -> list
     """A ``python`` command running ``benchmark.run`` with ``args`` after configuring determinism in its process;
     ``deterministic=False`` also passes ``--no-deterministic``, so that the runs themselves (which configure
     determinism for each run) allow non-deterministic kernels, not only the driver."""
-    code = ("import sys; from benchmark.pipeline.machine import configure_determinism, resolve_device; "
+    # Ctrl-C's handler restored first: a check started where SIGINT is ignored (``nohup``, a shell's ``&``) passes
+    # that on to its jobs, which could then not save their checkpoints when stopped, only be killed after the grace
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from benchmark.pipeline.machine import configure_determinism, resolve_device; "
             f"configure_determinism(resolve_device({device!r}), deterministic={deterministic!r}); "
             "from benchmark.run import main; sys.exit(main(sys.argv[1:]))")
     return [sys.executable, "-c", code, *args, "--device", device, "--no-report", "--no-progress",
