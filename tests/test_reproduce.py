@@ -43,6 +43,11 @@ def test_add_verify_and_table(finished, tmp_path, capsys):
     t.to_csv(shipped / "test_episodes.csv", index=False)
     assert reproduce.main(["verify", "--bundle", str(bundle)]) == 1
     assert "1 of 12 episodes differ" in capsys.readouterr().out
+    # --first N re-tests episodes 0 .. N-1 only: the same episodes, so 3 pass and 5 reach the changed one
+    assert reproduce.main(["verify", "--bundle", str(bundle), "--first", "3"]) == 0
+    assert "the first 3 test episodes identical" in capsys.readouterr().out
+    assert reproduce.main(["verify", "--bundle", str(bundle), "--first", "5"]) == 1
+    assert "1 of 5 episodes differ" in capsys.readouterr().out
     text = reproduce.table(bundle)
     assert "| protonet | omniglot 5-way 1-shot |" in text and "| 98.8 |" in text  # the paper's Table 1 figure
 
@@ -54,6 +59,7 @@ def test_bad_input_is_one_line(finished, tmp_path, capsys):
     for argv in (["add", str(partial), "--command", "x", "--bundle", str(tmp_path / "b")],
                  ["verify", "--bundle", str(tmp_path / "none")],
                  ["verify", "--bundle", str(tmp_path), "--threads", "0"],
+                 ["verify", "--bundle", str(tmp_path), "--first", "0"],
                  ["add", str(finished), "--command", "x", "--bundle", str(tmp_path / "b"), "--wall-seconds", "-1"]):
         capsys.readouterr()
         assert reproduce.main(argv) == 2, argv
@@ -74,7 +80,7 @@ def test_block_rewrite(tmp_path):
 @pytest.mark.skipif(not BUNDLE.is_dir(), reason="no shipped bundle in this checkout")
 def test_the_shipped_bundle_retests_exactly_and_the_docs_table_is_its_own(capsys):
     """Every shipped paper-budget run: full paper budget, the main job's test fingerprints, and its model re-tests to
-    the last digit on its recorded episodes (the cheapest model here; the command checks them all)."""
+    the last digit on its recorded episodes (the cheapest model's first 100 here; the command checks them all)."""
     runs = reproduce.bundle_runs(BUNDLE)
     assert runs
     for d in runs:
@@ -83,8 +89,8 @@ def test_the_shipped_bundle_retests_exactly_and_the_docs_table_is_its_own(capsys
         assert s["test_fingerprint"][:12] in ("493920220c04", "2b9fd94e26ae")
         assert (d / reproduce.MANIFEST).is_file()
     cheapest = min(runs, key=lambda d: json.loads((d / "summary.json").read_text())["ms_per_test_episode"])
-    r = reproduce.verify_run(cheapest)
-    assert r["fingerprint_ok"] and r["differ"] == 0, r
+    r = reproduce.verify_run(cheapest, first=100)  # the command checks all of them; episode i is the same either way
+    assert r["fingerprint_ok"] and r["differ"] == 0 and r["episodes"] == 100 and r["n_recorded"] == 600, r
     docs = (ROOT / "docs" / "reproduction.md").read_text()
     block = docs.split(reproduce.BEGIN, 1)[1].split(reproduce.END, 1)[0]
     assert block == "\n" + reproduce.table(BUNDLE), "python -m benchmark.reproduce table --readme docs/reproduction.md"
