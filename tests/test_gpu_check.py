@@ -169,14 +169,17 @@ def test_the_checks_jobs_are_stopped_when_it_ends_on_an_interrupt(tmp_path, monk
 
     import pytest
 
-    started = []
+    started, ready = [], tmp_path / "ready"
 
     def hanging(plan, deadline, work, check_jobs):
-        # as python_run's jobs do: Ctrl-C's handler restored, even where the suite runs with SIGINT ignored
-        cmd = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, signal.default_int_handler); "
-               "time.sleep(600)"]
+        # as python_run's jobs do: Ctrl-C's handler restored, even where the suite runs with SIGINT ignored; the check
+        # is stopped once the job is up (stopped before, a job that ignores SIGINT waits out the grace, then is killed)
+        cmd = [sys.executable, "-c", "import pathlib, signal, time; "
+               "signal.signal(signal.SIGINT, signal.default_int_handler); "
+               f"pathlib.Path({str(ready)!r}).touch(); time.sleep(600)"]
         threading.Thread(target=check_jobs.run_until, args=(cmd, 600, "hang"), daemon=True).start()
-        while not check_jobs.children:
+        end = time.monotonic() + 60
+        while not (check_jobs.children and ready.exists()) and time.monotonic() < end:
             time.sleep(0.05)
         started.extend(check_jobs.children)
         raise KeyboardInterrupt
