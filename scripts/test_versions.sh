@@ -20,7 +20,7 @@ venv=$1; shift
 root=$(cd "$(dirname "$0")/.." && pwd)
 [ -x "$venv/bin/python" ] || "${PYTHON:-python3}" -m venv "$venv"
 "$venv/bin/pip" install -q "$@"
-"$venv/bin/pip" install -q pandas scipy seaborn matplotlib tqdm pillow pytest "$@"
+"$venv/bin/pip" install -q pandas scipy seaborn matplotlib tqdm pillow pytest pytest-xdist "$@"
 "$venv/bin/python" -c "import sys, torch, numpy, pandas; print('python', sys.version.split()[0], 'torch',
   torch.__version__, 'numpy', numpy.__version__, 'pandas', pandas.__version__)"
 cd "$root"

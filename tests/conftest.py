@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -9,15 +10,21 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-torch.set_num_threads(2)
+#: torch threads per test process: 2 (the machine's cores) in one process; 1 in each of pytest-xdist's workers
+#: (``-n 2``), so that two workers on two cores do not oversubscribe them. OMP_NUM_THREADS carries the same count
+#: to the commands the tests start.
+SUITE_THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(SUITE_THREADS)
 
 
 @pytest.fixture(autouse=True)
-def _two_threads():
-    """Every test starts at the suite's 2 torch threads: a command run in-process with ``--threads 1`` sets the
+def _suite_threads():
+    """Every test starts at the suite's torch threads: a command run in-process with ``--threads 1`` sets the
     process's count and leaves it, and a later test comparing against a shared reference run (``smoke_run``) would
     then train at another thread count and round differently."""
-    torch.set_num_threads(2)
+    torch.set_num_threads(SUITE_THREADS)
     yield
 
 
@@ -51,8 +58,8 @@ class SmokeRun:
 def smoke_run(tmp_path_factory):
     """``smoke_run(cfg, threads=None)``: the run of ``cfg`` (a RunConfig) trained on the CPU once for the whole
     session, at ``threads`` torch threads (1: the reference of an executor's workers, which train on one thread so that
-    even the rounding of the convolutions is the same; None: the suite's 2), and shared by every test that asks for
-    it. For tests that only read it: a test that changes a record copies the folder first."""
+    even the rounding of the convolutions is the same; None: the suite's :data:`SUITE_THREADS`), and shared by every test
+    that asks for it. For tests that only read it: a test that changes a record copies the folder first."""
     from benchmark.pipeline import run
 
     cache = {}
@@ -61,7 +68,7 @@ def smoke_run(tmp_path_factory):
         if (cfg, threads) not in cache:
             results = tmp_path_factory.mktemp("smoke-run")
             n = torch.get_num_threads()
-            torch.set_num_threads(threads or 2)
+            torch.set_num_threads(threads or SUITE_THREADS)
             try:
                 summary = run(cfg, results, torch.device("cpu"))
             finally:

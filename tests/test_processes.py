@@ -96,7 +96,7 @@ def test_a_killed_worker_is_replaced_and_its_run_resumes_from_the_checkpoint(tmp
 
     from benchmark.pipeline import prepare
 
-    over = (("train_steps", 60), ("val_every", 10), ("train_ways", 5), ("train_queries", 5))
+    over = (("train_steps", 30), ("val_every", 10), ("train_ways", 5), ("train_queries", 5))
     cfg = RunConfig("protonet", shots=1, profile="smoke", test_episodes=20, val_episodes=5, overrides=over)
     res = tmp_path / "pool"
     folder = RunFolder(res, cfg.run_id)
