@@ -6,8 +6,8 @@ profile's training shape, plus the 600 test episodes, on this machine.
 
 The step is timed with ``benchmark.speed.time_run`` (the runner's own timed step, median of ``--steps``). Left
 out, and said so in the table: validation passes (every ``val_every`` steps, a few percent of a run for most
-methods), MTL's 100 pretraining epochs (measured with a shortened pretraining, ``pre_epochs=0.05``: a meta-step
-does not cost more for a better-pretrained encoder) and the transfer baselines, whose cost is pretraining, not
+methods), MTL's 100 pretraining epochs (measured with a shortened pretraining, ``pre_epochs=0.05``, validated once
+on 2 episodes: a meta-step does not cost more for a better-pretrained encoder) and the transfer baselines, whose cost is pretraining, not
 episodes. Figures are for reading; run it alone on an idle machine.
 """
 from __future__ import annotations
