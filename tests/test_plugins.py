@@ -27,7 +27,12 @@ def bench(*args, cwd, **kw):
                           timeout=600)
 
 
-def test_method_file_runs_and_records_its_origin(tmp_path):
+def test_method_file_runs_and_records_its_origin(tmp_path, monkeypatch, capsys):
+    """The real command trains the file's method; the saved model, benchmark.evaluate and the report then run in
+    this process (their main), the registry reset between them as a new process would start it."""
+    from benchmark import evaluate, load_run
+    from benchmark.report import cli as report
+
     r = bench("benchmark.run", "--method-file", str(FILE), "--methods", "cosine-protonet", *SMOKE,
               "--results-dir", str(tmp_path / "res"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -35,17 +40,19 @@ def test_method_file_runs_and_records_its_origin(tmp_path):
     origin = json.loads((run_dir / "summary.json").read_text())["method_facts"]["origin"]
     assert origin == {"kind": "file", "path": str(FILE), "sha256": hashlib.sha256(FILE.read_bytes()).hexdigest()}
     # the saved model names its origin: without the file the error says how to load it, with it the model loads
-    code = f"from benchmark import load_run; m = load_run({str(run_dir)!r}); print('LOADED', m.name)"
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env(), capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode != 0 and f"load it with --method-file {FILE}" in r.stderr
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env(**{registry.FILES_ENV: str(FILE)}),
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and "LOADED cosine-protonet" in r.stdout, r.stderr
-    r = bench("benchmark.evaluate", "--runs", str(run_dir), "--method-file", str(FILE), "--ways", "3", cwd=tmp_path)
-    assert r.returncode == 0 and "1 evaluations done" in r.stderr, r.stderr
-    r = bench("benchmark.report", "--results-dir", str(tmp_path / "res"), "--reports-dir", str(tmp_path / "rep"),
-              cwd=tmp_path)
+    monkeypatch.delenv(registry.FILES_ENV, raising=False)
+    monkeypatch.setattr(registry, "_REGISTRY", None)
+    with pytest.raises(Exception, match=f"load it with --method-file {FILE}"):
+        load_run(run_dir)
+    monkeypatch.setenv(registry.FILES_ENV, str(FILE))
+    monkeypatch.setattr(registry, "_REGISTRY", None)
+    assert load_run(run_dir).name == "cosine-protonet"
+    monkeypatch.delenv(registry.FILES_ENV)
+    monkeypatch.setattr(registry, "_REGISTRY", None)
+    capsys.readouterr()
+    assert evaluate.main(["--runs", str(run_dir), "--method-file", str(FILE), "--ways", "3", "--no-progress"]) == 0
+    assert "1 evaluations done" in capsys.readouterr().err
+    assert report.main(["--results-dir", str(tmp_path / "res"), "--reports-dir", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "latest" / "report.md").read_text()
     assert f"`cosine-protonet`: file {FILE} (SHA-256 {origin['sha256'][:12]})" in md
     rows = [line for line in md.splitlines() if line.startswith("|") and "cosine-protonet" in line
