@@ -344,7 +344,8 @@ class MethodInfo:
 
 
 #: Kind and width of every backbone name that existed before runs recorded their ``backbone_facts``: a frozen copy of
-#: ``benchmark/backbones.py``'s table, unchanged from the first commit until facts were recorded, so that older runs
+#: the backbone table as it stood then (``benchmark/backbones.py``, today ``benchmark/kit/backbone_table.py``),
+#: unchanged from the first commit until facts were recorded, so that older runs
 #: are still compared with published figures by what their backbone was then (not by what the name means today).
 LEGACY_BACKBONE_FACTS = {
     "conv4": {"kind": "conv4", "width": 64}, "conv4-32": {"kind": "conv4", "width": 32},
