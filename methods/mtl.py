@@ -339,16 +339,18 @@ class MTL(Method):
         opt = torch.optim.SGD([*net.parameters(), *head.parameters()], lr=hp.pre_lr, momentum=hp.pre_momentum,
                               nesterov=True, weight_decay=hp.pre_weight_decay)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=drop, gamma=hp.pre_gamma)
-        best = {"acc": -1.0, "state": None}
+        best = {"acc": -1.0, "state": None}  # kept in the loop's snapshots, restored in place on a resume
 
-        def validate(it: int) -> None:
+        def validate(it: int) -> bool:
             if (it + 1) % val_every == 0 or it + 1 == iters:
                 acc = self._pre_validate(net)
                 if acc > best["acc"]:
                     best.update(acc=acc, state={k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
+                return True  # a snapshot after each validation: a resume does not validate again
+            return False
 
         train_classifier(ctx, net, head, opt, iters, hp.pre_batch, "mtl-pretrain", "MTL pretrain", scheduler=sched,
-                         after_step=validate)
+                         after_step=validate, keep=best)
         return best["state"]
 
     @torch.no_grad()
