@@ -9,7 +9,8 @@ No meta-learning. Two stages (Chen et al., Sec. 3.1 and Fig. 1):
    ``test_loop`` returns -1 for the baselines unless the CUB-only Davies-Bouldin option is set). The classifier is
    then discarded and the backbone frozen. The pretrained backbone is computed once per (dataset, backbone, seed,
    head, pretraining hyperparameters) through ``ctx.cached`` and shared by every ways/shots setting, under its own
-   seeded torch RNG (``blocks.seeded_fork``).
+   seeded torch RNG (``blocks.seeded_fork``). A run stopped during it resumes it from its last snapshot (every
+   ``blocks.SNAPSHOT_EVERY`` iterations, through ``ctx.snapshots``) to the same backbone.
 2. **Fine-tuning stage** (every test episode). A *new* classifier with one output per episode class is trained on the
    frozen features of the support set and classifies the queries: 100 passes over the support set in shuffled
    mini-batches of 4 (the paper's "100 iterations"; ``methods/baselinefinetune.py`` loops ``for epoch in

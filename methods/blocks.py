@@ -14,7 +14,9 @@
   Baseline++): ``train_image_count`` (epochs are counted in images of the training split), ``seeded_fork`` (the
   pretraining's own seeded torch RNG, so that computing or reusing a cached pretraining leaves the run's later random
   draws identical) and ``train_classifier`` (the loop: batches ``ctx.sampler.batch(i, ...)`` over all training
-  classes, cross-entropy, one optimiser step per batch).
+  classes, cross-entropy, one optimiser step per batch; it hands its full state to ``ctx.snapshots`` every
+  ``SNAPSHOT_EVERY`` iterations and when its caller asks, and a stopped pretraining resumes from the last snapshot
+  to the same result).
 """
 from __future__ import annotations
 
@@ -131,14 +133,58 @@ def seeded_fork(device: torch.device, *key) -> Iterator[None]:
         yield
 
 
+#: iterations of :func:`train_classifier` between two snapshots of its state (``ctx.snapshots``; MTL also snapshots
+#: after each of its validations). Measured on the 2-core CPU, shared with two training runs, one torch thread: the
+#: largest conv4 state, with Omniglot's 4,112-class head, is 3.5 MB with SGD momentum (MTL) and took 12 ms to write
+#: atomically (median of 10), 5.0 MB with Adam (Baseline) 25 ms; one iteration took 120-130 ms at 128 images (MTL)
+#: and 16 ms at 16 images (Baseline). Every 2,000 iterations a snapshot then costs under 0.01% of MTL's time and
+#: about 0.1% of Baseline's (still under 1% at 2 ms an iteration, a fast GPU's), and a stop loses at most 2,000
+#: iterations (half a minute of Baseline's pretraining on this CPU).
+SNAPSHOT_EVERY = 2000
+
+
+def _rng_state(device: torch.device) -> dict:
+    """The torch RNG states a pretraining's later draws depend on: the CPU's and, on CUDA, the device's."""
+    out = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def _set_rng_state(device: torch.device, state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 def train_classifier(ctx, net: nn.Module, head: nn.Module, optimizer: torch.optim.Optimizer, iters: int,
                      batch: int, stream: str, desc: str, scheduler=None,
-                     after_step: Callable[[int], None] | None = None) -> None:
+                     after_step: Callable[[int], bool | None] | None = None, keep: dict | None = None) -> None:
     """``iters`` steps of ``head(net(x))`` trained with cross-entropy on batches ``ctx.sampler.batch(i, batch,
     stream)`` (uniform over the training split's images, labels 0..n_classes-1): one ``optimizer`` (and
     ``scheduler``) step per batch, ``net`` in training mode; ``after_step(i)`` after step ``i`` (e.g. a
-    validation, which may switch ``net`` to eval mode)."""
-    for it in ctx.iterate(range(iters), total=iters, desc=desc):
+    validation, which may switch ``net`` to eval mode).
+
+    Resumable: every ``SNAPSHOT_EVERY`` iterations, and after a step whose ``after_step`` returned True (e.g. one
+    that validated), the loop hands ``ctx.snapshots`` its full state (iterations done, ``net``, ``head``,
+    ``optimizer``, ``scheduler``, the caller's ``keep`` dict, e.g. a best-so-far record, and the torch RNG states);
+    started again after a stop, it loads the last one (``keep`` is restored in place) and goes on from there, to the
+    same result as an uninterrupted loop (the batches are pure functions of the iteration index). Nothing is kept
+    after the last step: the caller's result is then stored instead."""
+    start = 0
+    saved = ctx.snapshots.load()
+    if saved is not None:
+        start, state = saved
+        net.load_state_dict(state["net"])
+        head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if keep is not None:
+            keep.clear()
+            keep.update(state["keep"])
+        _set_rng_state(ctx.device, state["rng"])
+    for it in ctx.iterate(range(start, iters), total=iters - start, desc=desc):
         net.train()
         x, y = ctx.sampler.batch(it, batch, stream=stream)
         loss = F.cross_entropy(head(net(x.to(ctx.device))), y.to(ctx.device))
@@ -147,5 +193,9 @@ def train_classifier(ctx, net: nn.Module, head: nn.Module, optimizer: torch.opti
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        if after_step is not None:
-            after_step(it)
+        asked = after_step(it) if after_step is not None else False
+        if it + 1 < iters and (asked or (it + 1) % SNAPSHOT_EVERY == 0):
+            ctx.snapshots.save(it + 1, {
+                "net": net.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": None if scheduler is None else scheduler.state_dict(), "keep": keep,
+                "rng": _rng_state(ctx.device)})

@@ -61,7 +61,10 @@ Decisions where the paper (and the code) leave things open:
 * **Pretraining time** is spent in ``__init__``, so the runner's ``train_seconds`` covers meta-training only; the
   pretraining seconds are in the run's ``summary["cache"]`` record (``seconds``; ``computed_in_this_run``). The
   pretraining runs under a forked, seeded torch RNG so that computing or reusing it leaves every later random draw
-  of the run identical.
+  of the run identical. It is resumable: ``blocks.train_classifier`` hands ``ctx.snapshots`` its state (network,
+  head, optimiser, scheduler, the best-so-far record of the validations, the RNG states) after each validation and
+  every ``blocks.SNAPSHOT_EVERY`` iterations, and a run stopped during the pretraining resumes it from the last
+  snapshot to the same backbone (the cache record's ``resumed_from`` says from which iteration).
 * **Meta-validation / checkpointing** of the meta-training phase is the runner's (``val_every`` steps). The paper
   profile validates every 100 ordinary tasks, as the code does once per 100-task epoch.
 
@@ -339,16 +342,18 @@ class MTL(Method):
         opt = torch.optim.SGD([*net.parameters(), *head.parameters()], lr=hp.pre_lr, momentum=hp.pre_momentum,
                               nesterov=True, weight_decay=hp.pre_weight_decay)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=drop, gamma=hp.pre_gamma)
-        best = {"acc": -1.0, "state": None}
+        best = {"acc": -1.0, "state": None}  # kept in the loop's snapshots, restored in place on a resume
 
-        def validate(it: int) -> None:
+        def validate(it: int) -> bool:
             if (it + 1) % val_every == 0 or it + 1 == iters:
                 acc = self._pre_validate(net)
                 if acc > best["acc"]:
                     best.update(acc=acc, state={k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
+                return True  # a snapshot after each validation: a resume does not validate again
+            return False
 
         train_classifier(ctx, net, head, opt, iters, hp.pre_batch, "mtl-pretrain", "MTL pretrain", scheduler=sched,
-                         after_step=validate)
+                         after_step=validate, keep=best)
         return best["state"]
 
     @torch.no_grad()

@@ -262,3 +262,36 @@ def test_report_places_transfer_after_meta_learning_and_finds_published_figures(
         info = MethodInfo(name, "transfer", "", "", None, True, None, True, 0)
         pub = published_figure(ref, survey, info, ds, 5, shots)
         assert pub is not None and math.isclose(pub["accuracy"], fig) and "Chen et al." in pub["source"]
+
+
+
+def test_a_stopped_pretraining_resumes_to_the_same_backbone(runs, tmp_path, monkeypatch):
+    """Baseline's smoke pretraining (100 iterations, Adam), snapshotted every 30 iterations, stopped at iteration 75
+    and run again, resumes from its snapshot at 60 and stores the backbone of the module's uninterrupted run bit for
+    bit (same images, same test episodes); the summary's cache log says where it resumed."""
+    import methods.blocks as blocks
+    from benchmark.kit.episodes import TrainingSampler
+
+    root, out = runs
+    cfg, full = _cfg("baseline", 1), out[("baseline", 1)]
+    monkeypatch.setattr(blocks, "SNAPSHOT_EVERY", 30)
+    batch, stop = TrainingSampler.batch, [75]
+
+    def stopping(self, index, size, stream="batches"):
+        if stream == "baseline-pretrain" and stop and index == stop[0]:
+            stop.clear()
+            raise KeyboardInterrupt
+        return batch(self, index, size, stream)
+
+    monkeypatch.setattr(TrainingSampler, "batch", stopping)
+    with pytest.raises(Interrupted, match="setting up"):
+        run(cfg, tmp_path, CPU)
+    resumed = run(cfg, tmp_path, CPU)
+    (a,), (b,) = full["cache"], resumed["cache"]
+    assert a["resumed_from"] is None and b["resumed_from"] == 60 and b["file"] == a["file"]
+    assert b["images"] == a["images"] == 100 * 16
+    sa = torch.load(root / a["file"], weights_only=False)["value"]
+    sb = torch.load(tmp_path / b["file"], weights_only=False)["value"]
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    ea = pd.read_csv(root / cfg.run_id / "test_episodes.csv")["accuracy"].tolist()
+    assert ea == pd.read_csv(tmp_path / cfg.run_id / "test_episodes.csv")["accuracy"].tolist()

@@ -112,6 +112,52 @@ def test_artefact_computed_once_when_asked_for_at_the_same_time(tmp_path):
     assert sorted(c.log[0]["computed_in_this_run"] for c in caches) == [False, True]
 
 
+
+def test_a_stopped_computation_keeps_its_snapshot_and_resumes_from_it(tmp_path):
+    """``ctx.snapshots``: a computation under the artefact cache saves its progress beside the artefact (atomically,
+    while the lock is held); stopped, the next attempt reads it back, with the sampler's counts of the stopped
+    attempt added (the artefact's images are an uninterrupted computation's), and the log says where it resumed. The
+    partial file goes once the artefact is stored; outside a computation, and without a results directory, saving
+    keeps nothing and loading finds nothing."""
+    import types
+
+    from benchmark.pipeline import make_context, prepare
+    from benchmark.pipeline.method_context import ArtefactCache
+
+    sampler = types.SimpleNamespace(images_drawn=0, batches_drawn=0)
+    cache = ArtefactCache(tmp_path, "fp", "conv4", 0, CPU, sampler)
+    seen = []
+
+    def compute(stop_at=None):
+        saved = cache.snapshots.load()
+        seen.append(None if saved is None else saved[0])
+        done, total = saved if saved is not None else (0, torch.zeros(2))
+        for i in range(done, 5):
+            sampler.images_drawn, sampler.batches_drawn = sampler.images_drawn + 8, sampler.batches_drawn + 1
+            total = total + i
+            if i == stop_at:
+                raise KeyboardInterrupt
+            if i == 2:
+                cache.snapshots.save(i + 1, total)
+        return total
+
+    with pytest.raises(KeyboardInterrupt):
+        cache("thing", {"k": 1}, lambda: compute(stop_at=3))
+    (partial,) = (tmp_path / "cache").glob("thing-*.partial.pt")
+    assert not cache.log and partial.name.endswith(".partial.pt")
+    sampler.images_drawn = sampler.batches_drawn = 100  # what the process drew before: not the artefact's
+    value = cache("thing", {"k": 1}, compute)
+    assert seen == [None, 3] and torch.equal(value, torch.full((2,), 10.0))
+    assert cache.log[-1]["resumed_from"] == 3 and cache.log[-1]["images"] == 5 * 8
+    assert (sampler.images_drawn, sampler.batches_drawn) == (100 + 5 * 8, 100 + 5)  # as if uninterrupted
+    assert not partial.exists() and len(list((tmp_path / "cache").glob("thing-*.pt"))) == 1
+    assert cache("thing", {"k": 1}, compute) is not None and cache.log[-1]["resumed_from"] is None
+    assert seen == [None, 3]  # read from its file, not computed
+    cache.snapshots.save(1, torch.ones(1))  # outside a computation: nothing kept
+    assert cache.snapshots.load() is None and not list((tmp_path / "cache").glob("*.partial.pt"))
+    ctx = make_context(prepare(RunConfig("protonet", "omniglot", 5, 1, profile="smoke")), CPU)  # no results dir
+    assert ctx.snapshots.save(1, torch.ones(1)) is None and ctx.snapshots.load() is None
+
 @pytest.mark.slow
 def test_two_commands_on_one_results_dir(tmp_path):
     """Two processes run the same runs at once: each run is trained by one of them, the other waits and reads it."""

@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -161,3 +162,63 @@ def test_speed_measures_with_the_runs_artefact_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(MTL, "_pretrain", lambda self: pytest.fail("pretrained again"))
     second = measure()
     assert second["train_episode"] == first["train_episode"] and second["ms_per_test_episode_median"] > 0
+
+
+def _equal_states(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_stopped_pretraining_resumes_to_the_same_backbone(tmp_path, monkeypatch):
+    """The smoke pretraining (60 iterations) validated every 20 and snapshotted every 25 iterations, stopped at
+    iteration 55 and run again, resumes from its snapshot at 50 and stores the uninterrupted run's backbone, bit for
+    bit: the best of the validations, scored here so that the one at 40 wins, comes from the restored best-so-far
+    record; the validation at 60 sees the same RNG state and scores the same; the same images and test episodes. The
+    summary's cache log says where it resumed, and the partial file is gone once the artefact is stored."""
+    import methods.blocks as blocks
+    from benchmark.kit.episodes import TrainingSampler
+    from benchmark.pipeline import Interrupted
+
+    epochs = MTL.hyper("smoke", methods.Setting("omniglot", 5, 1)).pre_epochs
+    cfg = RunConfig("mtl", "omniglot", 5, 1, profile="smoke", test_episodes=3, val_episodes=2, overrides=(
+        ("pre_val_every", epochs / 3), ("train_steps", 1), ("val_every", 1)))
+    monkeypatch.setattr(blocks, "SNAPSHOT_EVERY", 25)
+    batch, validate = TrainingSampler.batch, MTL._pre_validate
+    last, stop, seen = [0], [], []
+
+    def drawing(self, index, size, stream="batches"):
+        if stream == "mtl-pretrain":
+            if stop and index == stop[0]:
+                stop.clear()
+                raise KeyboardInterrupt
+            last[0] = index
+        return batch(self, index, size, stream)
+
+    def scoring(self, net):
+        rng = torch.get_rng_state()  # the validation's random classifiers are drawn from it
+        seen.append((last[0] + 1, validate(self, net), rng))
+        return {20: 0.5, 40: 0.9, 60: 0.7}[last[0] + 1]
+
+    monkeypatch.setattr(TrainingSampler, "batch", drawing)
+    monkeypatch.setattr(MTL, "_pre_validate", scoring)
+    full = run(cfg, tmp_path / "a", CPU)
+    full_seen, seen[:] = list(seen), []
+    assert [s[0] for s in full_seen] == [20, 40, 60] and full["cache"][0]["resumed_from"] is None
+
+    stop.append(55)
+    with pytest.raises(Interrupted, match="setting up"):
+        run(cfg, tmp_path / "b", CPU)
+    assert [s[0] for s in seen] == [20, 40]
+    assert len(list((tmp_path / "b" / "cache").glob("mtl-pretrain-*.partial.pt"))) == 1
+    resumed = run(cfg, tmp_path / "b", CPU)
+    assert [s[0] for s in seen] == [20, 40, 60]  # not validated again at 20 and 40
+    assert all(a[1] == b[1] and torch.equal(a[2], b[2]) for a, b in zip(full_seen, seen))
+
+    (a,), (b,) = full["cache"], resumed["cache"]
+    assert b["resumed_from"] == 50 and b["computed_in_this_run"] and b["file"] == a["file"]
+    assert b["images"] == a["images"] == 60 * 64
+    stored_a = torch.load(tmp_path / "a" / a["file"], weights_only=False)
+    stored_b = torch.load(tmp_path / "b" / b["file"], weights_only=False)
+    assert _equal_states(stored_a["value"], stored_b["value"]) and stored_a["images"] == stored_b["images"]
+    assert not list((tmp_path / "b" / "cache").glob("*.partial.pt"))
+    ea = pd.read_csv(tmp_path / "a" / cfg.run_id / "test_episodes.csv")["accuracy"].tolist()
+    assert ea == pd.read_csv(tmp_path / "b" / cfg.run_id / "test_episodes.csv")["accuracy"].tolist()

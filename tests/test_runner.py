@@ -128,8 +128,8 @@ def test_a_prepared_run_is_neither_prepared_nor_resolved_again(tmp_path, monkeyp
 
 
 def test_an_interruption_says_where_it_stopped(tmp_path, monkeypatch):
-    """Stopped while the method is built (MTL's pretraining happens there and keeps no checkpoint) the run says so,
-    instead of claiming it was testing; stopped while testing, it says its checkpoint stays."""
+    """Stopped while the method is built (MTL's pretraining happens there; its progress is kept and resumes) the run
+    says so, instead of claiming it was testing; stopped while testing, it says its checkpoint stays."""
     import benchmark.pipeline.runner as runner
 
     cfg = RunConfig("protonet", "omniglot", 5, 1, profile="smoke", test_episodes=4, val_episodes=2,
@@ -139,7 +139,7 @@ def test_an_interruption_says_where_it_stopped(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runner, "build_method", stop)
-    with pytest.raises(Interrupted, match="while setting up .*keeps no checkpoint"):
+    with pytest.raises(Interrupted, match="while setting up .*progress is kept and resumes .*again to resume it"):
         run(cfg, tmp_path, CPU)
     monkeypatch.undo()
     monkeypatch.setattr(runner, "evaluate", stop)

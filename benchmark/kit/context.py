@@ -5,7 +5,9 @@ the harness core never imports the methods. The harness builds a run's context i
 (:func:`benchmark.pipeline.method_context.make_context`): the training sampler (the run's seed, its training split
 only, counted by the harness: :class:`~benchmark.kit.episodes.TrainingSampler`), the evaluation seed, the backbone
 factory and the services ``ctx.cached`` (an artefact cache under the results directory, so that e.g. MTL's
-pretraining is computed once and shared by all runs with the same key), ``ctx.val_accuracy`` (the harness scores a
+pretraining is computed once and shared by all runs with the same key), ``ctx.snapshots`` (a computation running
+under ``ctx.cached`` hands the harness its progress and reads it back, so that a stopped computation resumes where
+it was: :class:`Snapshots`), ``ctx.val_accuracy`` (the harness scores a
 method's own validation, e.g. MTL's pretraining checkpoints, on label-hidden validation episodes) and
 ``ctx.progress``. A method reaches no validation or test data and no query label of either.
 """
@@ -43,6 +45,27 @@ def train_episode_shape(hp, setting: Setting) -> tuple[int, int, int]:
     return (hp.train_ways or setting.ways, hp.train_shots or setting.shots, hp.train_queries)
 
 
+class Snapshots:
+    """``ctx.snapshots``: the progress of a long computation running under ``ctx.cached``, kept by the harness, so that
+    a computation stopped part-way (Ctrl-C, SIGTERM, a killed worker) resumes where it was instead of starting again.
+
+    ``save(done, state)``: ``state`` (tensors, numbers, dicts and lists of them; CPU or device tensors) after ``done``
+    units of work (e.g. iterations); ``load()``: ``(done, state)`` of the last ``save`` of the same artefact's
+    computation in an earlier, stopped attempt (tensors on the host), or None (nothing kept: start from the
+    beginning). The harness writes and reads the file, next to the artefact, and removes it once the artefact is
+    stored; the method does no I/O. Resuming must give the artefact an uninterrupted computation gives, so ``state``
+    is everything the rest of the computation depends on (RNG states included).
+
+    This class is what a context without an artefact cache has (no results directory, a saved model rebuilt):
+    ``save`` keeps nothing and ``load`` finds nothing. So is the harness's outside a ``ctx.cached`` computation."""
+
+    def save(self, done: int, state: Any) -> None:
+        return None
+
+    def load(self) -> tuple[int, Any] | None:
+        return None
+
+
 @dataclass
 class Context:
     """What the harness gives a method: the data it may train on, the backbone factory, and services."""
@@ -66,6 +89,8 @@ class Context:
     #: compute what that state replaces (e.g. MTL's pretraining); ``sampler`` then only knows ``n_classes`` (of the
     #: training split) and draws nothing, and ``eval_seed`` and ``val_accuracy`` are None.
     restoring: bool = False
+    #: the progress of a computation under ``cached``, kept across a stopped attempt (:class:`Snapshots`)
+    snapshots: Snapshots = field(default_factory=Snapshots)
 
     @property
     def val_episodes(self):

@@ -330,12 +330,13 @@ class _Attempt:
 
 def interruption_message(run_id: str, phase: str) -> str:
     """What an interrupted attempt says, by where it stopped: while the method was being built (its own preparation
-    inside the method, such as MTL's pretraining, keeps no checkpoint: it starts again; artefacts it finished and
-    cached are reused), or while training or testing (the checkpoint stays and the run resumes from it)."""
+    inside the method, such as MTL's pretraining: a cached artefact's computation keeps its progress through
+    ``ctx.snapshots`` and resumes from its last snapshot; artefacts it finished and cached are reused), or while
+    training or testing (the checkpoint stays and the run resumes from it)."""
     if phase == "setting up":
-        return (f"interrupted while setting up {run_id} (building the method: its own preparation, such as MTL's "
-                "pretraining, keeps no checkpoint and starts again; finished cached artefacts are reused); run the "
-                "same command again to start it")
+        return (f"interrupted while setting up {run_id} (building the method: its pretraining's progress is kept "
+                "and resumes from its last snapshot; finished cached artefacts are reused); run the same command "
+                "again to resume it")
     return f"interrupted while {phase} {run_id}; its checkpoint stays, run the same command again to resume"
 
 
