@@ -56,7 +56,7 @@ def test_command_line_exit_codes(tmp_path, capsys):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop(registry.FILES_ENV, None)
     r = subprocess.run([sys.executable, "-m", "benchmark.check", "broken-many", "--method-file", str(BROKEN),
-                        "--steps", "2", "--test-episodes", "3"], cwd=tmp_path, env=env, capture_output=True,
+                        "--steps", "2", "--test-episodes", "2"], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 1, r.stdout + r.stderr
     lines = r.stdout.splitlines()

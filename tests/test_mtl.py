@@ -121,7 +121,8 @@ def variant_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("mtl_runs")
     out = {}
     for name in ("mtl", "mtl-noht", "mtl-ft", "pretrain-only"):
-        cfg = RunConfig(name, "omniglot", 5, 5, profile="smoke", test_episodes=50, val_episodes=10)
+        # 20 test episodes: the variants score 56-58% on them (57-60% on 50), chance is 20%, the floor below 45%
+        cfg = RunConfig(name, "omniglot", 5, 5, profile="smoke", test_episodes=20, val_episodes=10)
         out[name] = run(cfg, root, CPU)
     return out
 
