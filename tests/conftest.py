@@ -19,6 +19,24 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 torch.set_num_threads(SUITE_THREADS)
 
 
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pyproject's addopts): one worker per core this process may use: its CPU affinity, capped by a
+    container's CPU quota (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``), which neither the affinity nor
+    ``os.cpu_count()`` shows; at most 8 (the suite's 37 files gain little from more)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for quota, period in (("/sys/fs/cgroup/cpu.max", None), ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us",
+                                                             "/sys/fs/cgroup/cpu/cpu.cfs_period_us")):
+        try:
+            q = Path(quota).read_text().split()
+            per = q[1] if period is None else Path(period).read_text().strip()
+            if q[0] not in ("max", "-1"):
+                cores = min(cores, max(1, -(-int(q[0]) // int(per))))
+            break
+        except (OSError, IndexError, ValueError):
+            continue
+    return max(1, min(cores, 8))
+
+
 @pytest.fixture(autouse=True)
 def _suite_threads():
     """Every test starts at the suite's torch threads: a command run in-process with ``--threads 1`` sets the
