@@ -152,14 +152,11 @@ def verify_run(run_dir: Path, device: str = "cpu", threads: int | None = None, f
         dev = resolve_device(device)
         method = rebuild(read_model(run_dir), dev)
         ds = load_dataset(summary["dataset"], config.get("data_dir"), summary.get("split") or None)
-
-        def episodes(n):
-            return episode_set(ds, "test", summary["ways"], summary["shots"], summary["queries"],
-                               config.get("eval_seed", 0), n)
-
-        fingerprint = episodes(n_all).fingerprint
-        retested = episodes(n_all if first is None else min(first, n_all))
+        shape = (ds, "test", summary["ways"], summary["shots"], summary["queries"], config.get("eval_seed", 0))
+        recorded_set = episode_set(*shape, n_all)
+        retested = recorded_set if first is None or first >= n_all else episode_set(*shape, first)
         acc, _ = evaluate(method, retested, dev, precision=summary.get("precision", "fp32"))
+        fingerprint = recorded_set.fingerprint
     finally:
         torch.set_num_threads(before)
     acc = np.asarray(acc, dtype=np.float64)

@@ -143,20 +143,6 @@ def seeded_fork(device: torch.device, *key) -> Iterator[None]:
 SNAPSHOT_EVERY = 2000
 
 
-def _rng_state(device: torch.device) -> dict:
-    """The torch RNG states a pretraining's later draws depend on: the CPU's and, on CUDA, the device's."""
-    out = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        out["cuda"] = torch.cuda.get_rng_state(device)
-    return out
-
-
-def _set_rng_state(device: torch.device, state: dict) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def train_classifier(ctx, net: nn.Module, head: nn.Module, optimizer: torch.optim.Optimizer, iters: int,
                      batch: int, stream: str, desc: str, scheduler=None,
                      after_step: Callable[[int], bool | None] | None = None, keep: dict | None = None) -> None:
@@ -167,7 +153,8 @@ def train_classifier(ctx, net: nn.Module, head: nn.Module, optimizer: torch.opti
 
     Resumable: every ``SNAPSHOT_EVERY`` iterations, and after a step whose ``after_step`` returned True (e.g. one
     that validated), the loop hands ``ctx.snapshots`` its full state (iterations done, ``net``, ``head``,
-    ``optimizer``, ``scheduler``, the caller's ``keep`` dict, e.g. a best-so-far record, and the torch RNG states);
+    ``optimizer``, ``scheduler`` and the caller's ``keep`` dict, e.g. a best-so-far record; the harness keeps the
+    random generators' states with it);
     started again after a stop, it loads the last one (``keep`` is restored in place) and goes on from there, to the
     same result as an uninterrupted loop (the batches are pure functions of the iteration index). Nothing is kept
     after the last step: the caller's result is then stored instead."""
@@ -183,7 +170,6 @@ def train_classifier(ctx, net: nn.Module, head: nn.Module, optimizer: torch.opti
         if keep is not None:
             keep.clear()
             keep.update(state["keep"])
-        _set_rng_state(ctx.device, state["rng"])
     for it in ctx.iterate(range(start, iters), total=iters - start, desc=desc):
         net.train()
         x, y = ctx.sampler.batch(it, batch, stream=stream)
@@ -197,5 +183,4 @@ def train_classifier(ctx, net: nn.Module, head: nn.Module, optimizer: torch.opti
         if it + 1 < iters and (asked or (it + 1) % SNAPSHOT_EVERY == 0):
             ctx.snapshots.save(it + 1, {
                 "net": net.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": None if scheduler is None else scheduler.state_dict(), "keep": keep,
-                "rng": _rng_state(ctx.device)})
+                "scheduler": None if scheduler is None else scheduler.state_dict(), "keep": keep})

@@ -62,8 +62,8 @@ Decisions where the paper (and the code) leave things open:
   pretraining seconds are in the run's ``summary["cache"]`` record (``seconds``; ``computed_in_this_run``). The
   pretraining runs under a forked, seeded torch RNG so that computing or reusing it leaves every later random draw
   of the run identical. It is resumable: ``blocks.train_classifier`` hands ``ctx.snapshots`` its state (network,
-  head, optimiser, scheduler, the best-so-far record of the validations, the RNG states) after each validation and
-  every ``blocks.SNAPSHOT_EVERY`` iterations, and a run stopped during the pretraining resumes it from the last
+  head, optimiser, scheduler, the best-so-far record of the validations; the harness adds the RNG states) after
+  each validation and every ``blocks.SNAPSHOT_EVERY`` iterations, and a run stopped during the pretraining resumes it from the last
   snapshot to the same backbone (the cache record's ``resumed_from`` says from which iteration).
 * **Meta-validation / checkpointing** of the meta-training phase is the runner's (``val_every`` steps). The paper
   profile validates every 100 ordinary tasks, as the code does once per 100-task epoch.

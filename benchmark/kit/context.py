@@ -54,7 +54,8 @@ class Snapshots:
     computation in an earlier, stopped attempt (tensors on the host), or None (nothing kept: start from the
     beginning). The harness writes and reads the file, next to the artefact, and removes it once the artefact is
     stored; the method does no I/O. Resuming must give the artefact an uninterrupted computation gives, so ``state``
-    is everything the rest of the computation depends on (RNG states included).
+    is everything the rest of the computation depends on; the random generators' states the harness keeps with each
+    snapshot and restores on ``load``.
 
     This class is what a context without an artefact cache has (no results directory, a saved model rebuilt):
     ``save`` keeps nothing and ``load`` finds nothing. So is the harness's outside a ``ctx.cached`` computation."""

@@ -111,7 +111,9 @@ class ArtefactSnapshots:
     ``load`` finds nothing.
 
     A partial file holds ``done``, the state, the artefact's full key (a file of another key is not resumed), the
-    seconds spent so far and the sampler's images and batches counted so far; ``load`` adds those counts back to the
+    seconds spent so far, the random generators' states (the checkpoints' :func:`~benchmark.pipeline.training.rng_state`;
+    ``load`` restores them, so that the computation draws on as it would have) and the sampler's images and batches
+    counted so far; ``load`` adds those counts back to the
     sampler, so that the artefact's ``images`` (and the sampler's counters) are those of an uninterrupted
     computation. A partial file that cannot be read (another PyTorch's, say) is ignored: the computation starts
     again, as it did before partial files existed."""
@@ -124,10 +126,13 @@ class ArtefactSnapshots:
             cache = self._cache
             if not cache._computing:
                 return
+            from .training import rng_state
+
             job, now = cache._computing[-1], cache._drawn()
             drawn = None if job.drawn is None else [now[0] - job.drawn[0], now[1] - job.drawn[1]]
             atomic_torch_save(job.partial, {"done": int(done), "state": state, "key": job.key,
-                                            "seconds": job.seconds(), "drawn": drawn})
+                                            "seconds": job.seconds(), "drawn": drawn,
+                                            "rng": rng_state(cache.device)})
 
     def load(self) -> tuple[int, Any] | None:
         with suspended():
@@ -144,6 +149,9 @@ class ArtefactSnapshots:
                 return None
             if not isinstance(blob, dict) or blob.get("key") != job.key:
                 return None
+            from .training import set_rng_state
+
+            set_rng_state(blob["rng"], cache.device)  # the generators as they were at the snapshot
             if job.drawn is not None and blob.get("drawn") is not None:
                 cache.sampler.images_drawn += int(blob["drawn"][0])
                 cache.sampler.batches_drawn += int(blob["drawn"][1])
